@@ -1,0 +1,94 @@
+"""Adapters confined to a mask.
+
+Masked LoRA. LoRA's change of a linear weight is `delta = (alpha / r) * B @ A` with `B: out x r`, `A: r x in`.
+Zero rows of B give zero rows of delta and zero columns of A give zero columns, so LoRA holds exactly a
+row x column mask `rows[:, None] & cols[None, :]`. `confine_lora` projects each targeted weight's element mask
+to such rows/columns (`hf_wagle.mask.project_rows_columns`), zeroes B's rows and A's columns outside them and
+returns gradient masks that keep them zero, plus the structured mask that is then actually enforced.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .attribution import base_named_parameters
+from .mask import WeightMask, project_rows_columns
+
+
+def check_lora_config(peft_config, masked: bool) -> None:
+    """Raise before any work if `peft_config` cannot be confined to a mask exactly."""
+    from peft import LoraConfig
+
+    if not isinstance(peft_config, LoraConfig):
+        raise NotImplementedError(
+            f"peft_config must be a peft.LoraConfig, got {type(peft_config).__name__}; other adapter types are not "
+            "supported for unlearning yet"
+        )
+    if getattr(peft_config, "use_dora", False):
+        raise ValueError("use_dora=True rescales whole weight columns, which no mask can confine; set use_dora=False")
+    if peft_config.bias != "none":
+        raise ValueError(f"LoraConfig(bias={peft_config.bias!r}) trains biases outside LoRA's factors; use bias='none'")
+    if masked and peft_config.modules_to_save:
+        raise ValueError(
+            "modules_to_save trains full copies of modules, outside the mask; leave it empty, or set mask_method=None"
+        )
+
+
+def lora_modules(peft_model) -> list[tuple[str, torch.nn.Module]]:
+    """`(base weight name, LoRA layer)` for every LoRA-wrapped layer; raises unless each wraps an `nn.Linear`."""
+    from peft.tuners.lora import LoraLayer
+
+    out = []
+    for name, module in peft_model.get_base_model().named_modules():
+        if isinstance(module, LoraLayer):
+            if not isinstance(module.get_base_layer(), torch.nn.Linear):
+                raise NotImplementedError(
+                    f"{name} is a {type(module.get_base_layer()).__name__}; masked LoRA supports nn.Linear targets "
+                    "only. Restrict `target_modules` to linear projections."
+                )
+            out.append((f"{name}.weight", module))
+    if not out:
+        raise ValueError("the PEFT model has no LoRA layers; check `target_modules`")
+    return out
+
+
+def confine_lora(peft_model, element_mask: WeightMask | None) -> tuple[WeightMask, dict[torch.Tensor, torch.Tensor]]:
+    """Confine every active LoRA adapter of `peft_model` to the row x column projection of `element_mask`.
+
+    Returns `(enforced, grad_masks)`: `enforced` is the mask of base weights LoRA can now change (structured on
+    the targeted weights, False elsewhere); `grad_masks` maps each LoRA factor to the bool mask its gradient must
+    be multiplied by. With `element_mask=None` (dense LoRA) every targeted weight is enforced whole.
+    """
+    modules = dict(lora_modules(peft_model))
+    enforced, grad_masks = {}, {}
+    for name, p in base_named_parameters(peft_model):
+        if name not in modules:
+            enforced[name] = torch.zeros(p.shape, dtype=torch.bool)
+            continue
+        module = modules[name]
+        if element_mask is None:
+            enforced[name] = torch.ones(p.shape, dtype=torch.bool)
+            continue
+        rows, cols = project_rows_columns(element_mask[name])
+        enforced[name] = rows[:, None] & cols[None, :]
+        for adapter in module.active_adapters:
+            a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+            rows_d, cols_d = rows.to(b.device), cols.to(a.device)
+            with torch.no_grad():
+                a.mul_(cols_d[None, :])
+                b.mul_(rows_d[:, None])
+            if not rows.any():
+                a.requires_grad_(False)
+                b.requires_grad_(False)
+            else:
+                grad_masks[a] = cols_d[None, :].expand_as(a).contiguous()
+                grad_masks[b] = rows_d[:, None].expand_as(b).contiguous()
+    meta = dict(element_mask.metadata) if element_mask is not None else {"method": None}
+    meta["enforced_by"] = "lora_rows_columns"
+    return WeightMask(enforced, meta), grad_masks
+
+
+def lora_delta(module, adapter: str = "default") -> torch.Tensor:
+    """The change LoRA adds to the base weight: `scaling * B @ A` (`out x in`)."""
+    a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+    return (b @ a) * module.scaling[adapter]

@@ -1,0 +1,66 @@
+"""`WagleConfig`: `TrainingArguments` plus every unlearning option, validated before any work starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+DEFAULT_PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
+MASK_METHODS = ("wagle", "snip", "gradient", "grin", "magnitude", "random")
+# Optimizers whose update is exactly zero for a parameter element whose gradient has always been zero
+# (moments start at zero and stay zero), so masking the gradient keeps off-mask weights bit-identical.
+MASK_SAFE_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adagrad", "rmsprop")
+
+
+@dataclass
+class WagleConfig(TrainingArguments):
+    """Arguments for `WagleTrainer`. Loss = `forget_weight * forget_objective + retain_weight * NLL_retain`.
+
+    The mask keeps the `mask_ratio` fraction of weights (the ones allowed to change), ranked by `mask_method`;
+    `mask_method=None` trains every weight (dense).
+    """
+
+    objective: str = field(default="npo", metadata={"help": "Forget objective: 'grad_diff' or 'npo'."})
+    forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget objective."})
+    retain_weight: float = field(default=1.0, metadata={"help": "gamma: weight of the retain NLL."})
+    npo_beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature beta."})
+    mask_method: str | None = field(
+        default="wagle",
+        metadata={"help": f"Weight attribution for the mask: one of {MASK_METHODS}, or None for dense unlearning."},
+    )
+    mask_ratio: float = field(default=0.8, metadata={"help": "Fraction of weights that may change (0.8 = 80%)."})
+    mu: float = field(default=1e-6, metadata={"help": "WAGLE diagonal-Hessian constant mu."})
+    mask_reduction: str = field(default="sum", metadata={"help": "'sum' or 'mean' of per-example gradients."})
+    mask_batch_size: int = field(default=8, metadata={"help": "Batch size of the attribution pass."})
+    prompt_template: str = field(
+        default=DEFAULT_PROMPT_TEMPLATE, metadata={"help": "Prompt for QA data; must contain '{question}'."}
+    )
+    max_length: int | None = field(default=512, metadata={"help": "Truncate tokenised QA/text examples."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        from .objectives import OBJECTIVES
+
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of {', '.join(sorted(OBJECTIVES))}")
+        if self.mask_method in ("", "none", "None", "dense"):
+            self.mask_method = None
+        if self.mask_method is not None and self.mask_method not in MASK_METHODS:
+            raise ValueError(
+                f"unknown mask_method {self.mask_method!r}; choose one of {', '.join(MASK_METHODS)} or None (dense)"
+            )
+        if not 0.0 < self.mask_ratio <= 1.0:
+            raise ValueError(f"mask_ratio is the fraction of weights that may change: (0, 1], got {self.mask_ratio}")
+        if not self.mu > 0:
+            raise ValueError(f"mu must be > 0, got {self.mu}")
+        if self.mask_reduction not in ("sum", "mean"):
+            raise ValueError(f"mask_reduction must be 'sum' or 'mean', got {self.mask_reduction!r}")
+        if not self.npo_beta > 0:
+            raise ValueError(f"npo_beta must be > 0, got {self.npo_beta}")
+        if self.forget_weight < 0 or self.retain_weight < 0:
+            raise ValueError("forget_weight and retain_weight must be >= 0")
+        if "{question}" not in self.prompt_template:
+            raise ValueError(f"prompt_template must contain '{{question}}', got {self.prompt_template!r}")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2 or None, got {self.max_length}")

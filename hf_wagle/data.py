@@ -1,0 +1,131 @@
+"""Forget/retain data: the three accepted dataset shapes, tokenisation, forget/retain pairing and padding.
+
+Shapes (detected from the columns):
+
+* QA: `question`, `answer`. Text = `prompt_template.format(question=q) + " " + answer` followed by EOS; labels
+  cover the answer tokens and EOS only.
+* text: `text`. Labels cover every token.
+* pre-tokenised: `input_ids`, optional `attention_mask` and `labels` (-100 where no loss); used exactly as given
+  (`labels` default to `input_ids` where `attention_mask` is 1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset as TorchDataset
+
+IGNORE_INDEX = -100
+SHAPES = {"qa": ("question", "answer"), "text": ("text",), "tokenized": ("input_ids",)}
+
+
+def dataset_shape(dataset, what: str = "dataset") -> str:
+    """Return "tokenized", "qa" or "text" for a `datasets.Dataset`, or raise a ValueError naming what is missing."""
+    columns = set(getattr(dataset, "column_names", None) or [])
+    for shape in ("tokenized", "qa", "text"):
+        if set(SHAPES[shape]) <= columns:
+            return shape
+    raise ValueError(
+        f"{what} has columns {sorted(columns)}, which match none of the accepted shapes: "
+        "QA (`question`, `answer`), text (`text`) or pre-tokenised (`input_ids`, optional `attention_mask`, "
+        "`labels`). Rename the columns (`dataset.rename_column`) or tokenise the data yourself."
+    )
+
+
+def tokenize_example(example: dict, tokenizer, prompt_template: str, max_length: int | None, shape: str) -> dict:
+    """One example -> `{"input_ids", "attention_mask", "labels"}` as lists of ints."""
+    if shape == "tokenized":
+        ids = list(example["input_ids"])
+        attn = list(example.get("attention_mask") or [1] * len(ids))
+        labels = example.get("labels")
+        labels = list(labels) if labels is not None else [t if a else IGNORE_INDEX for t, a in zip(ids, attn)]
+        if not (len(ids) == len(attn) == len(labels)):
+            raise ValueError("pre-tokenised example: `input_ids`, `attention_mask` and `labels` differ in length")
+        return {"input_ids": ids, "attention_mask": attn, "labels": labels}
+    if shape == "text":
+        ids = tokenizer(example["text"], add_special_tokens=True)["input_ids"][:max_length]
+        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)}
+    prompt = prompt_template.format(question=example["question"])
+    text = prompt + " " + example["answer"]
+    if tokenizer.is_fast:
+        enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+        # A token belongs to the answer when it covers any character after the prompt.
+        in_answer = [end > len(prompt) for _, end in enc["offset_mapping"]]
+        ids = enc["input_ids"]
+    else:
+        n_prompt = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        in_answer = [i >= n_prompt for i in range(len(ids))]
+    ids = ids + [tokenizer.eos_token_id]
+    labels = [t if a else IGNORE_INDEX for t, a in zip(ids, in_answer + [True])]
+    if max_length is not None:
+        ids, labels = ids[:max_length], labels[:max_length]
+    if all(label == IGNORE_INDEX for label in labels):
+        raise ValueError(
+            f"the prompt fills all {max_length} tokens of `max_length`, so no answer token is left to learn from; "
+            "raise `max_length` or shorten the question."
+        )
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def tokenize_dataset(dataset, tokenizer, prompt_template: str, max_length: int | None = None, what="dataset"):
+    """Tokenise a dataset of any accepted shape; returns a list of example dicts."""
+    shape = dataset_shape(dataset, what)
+    if shape != "tokenized" and tokenizer is None:
+        raise ValueError(f"{what} is not pre-tokenised, so a tokenizer (`processing_class`) is required")
+    if shape != "tokenized" and tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token; set `tokenizer.eos_token` before unlearning")
+    return [tokenize_example(ex, tokenizer, prompt_template, max_length, shape) for ex in dataset]
+
+
+def collate(examples: list[dict], pad_token_id: int | None) -> dict[str, torch.Tensor]:
+    """Right-pad `input_ids` (with `pad_token_id`, or 0), `attention_mask` (0) and `labels` (-100).
+
+    Labels come from tokenisation, never from comparing ids with the pad token, so a real EOS keeps its label
+    when pad == EOS.
+    """
+    width = max(len(e["input_ids"]) for e in examples)
+    pad = 0 if pad_token_id is None else pad_token_id
+
+    def padded(key, value):
+        return torch.tensor([e[key] + [value] * (width - len(e[key])) for e in examples], dtype=torch.long)
+
+    batch = {"input_ids": padded("input_ids", pad), "attention_mask": padded("attention_mask", 0),
+             "labels": padded("labels", IGNORE_INDEX)}
+    if "index" in examples[0]:
+        batch["index"] = torch.tensor([e["index"] for e in examples], dtype=torch.long)
+    return batch
+
+
+class ForgetRetainPairs(TorchDataset):
+    """Item i = forget example i, paired with a retain example drawn at random.
+
+    The retain index comes from `numpy.random.default_rng([seed, rank, i, visit])`, where `visit` counts how often
+    item i was read in this process: pairs differ between ranks and between epochs, and do not depend on the
+    order in which the sampler visits items. (With `dataloader_num_workers > 0` and non-persistent workers the
+    counts restart each epoch, so each epoch repeats the first epoch's pairs.)
+    """
+
+    def __init__(self, forget: list[dict], retain: list[dict], seed: int, rank: int):
+        if not forget or not retain:
+            raise ValueError("both the forget and the retain dataset need at least one example")
+        self.forget, self.retain, self.seed, self.rank = forget, retain, seed, rank
+        self._visits = [0] * len(forget)
+
+    def __len__(self) -> int:
+        return len(self.forget)
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.rank, i, self._visits[i]])
+        self._visits[i] += 1
+        return {"forget": {**self.forget[i], "index": i}, "retain": self.retain[int(rng.integers(len(self.retain)))]}
+
+
+class PairCollator:
+    """Pads the forget and retain halves of a batch separately: `{"forget": {...}, "retain": {...}}`."""
+
+    def __init__(self, pad_token_id: int | None):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, items: list[dict]) -> dict:
+        return {half: collate([it[half] for it in items], self.pad_token_id) for half in ("forget", "retain")}

@@ -1,0 +1,62 @@
+"""Model cards (and, later, publishing). Cards never contain forget-set text."""
+
+from __future__ import annotations
+
+import os
+
+from huggingface_hub import ModelCard, ModelCardData
+
+
+def card_for(trainer) -> ModelCard:
+    """A model card describing an unlearning run: objective, mask, what was enforced, how to load and undo it."""
+    from peft import PeftModel
+
+    args, enforced = trainer.args, trainer.enforced_mask
+    adapter = isinstance(trainer.model, PeftModel)
+    base = getattr(getattr(trainer.model, "config", None), "_name_or_path", None) or None
+    if adapter:
+        base = trainer.model.peft_config[trainer.model.active_adapter].base_model_name_or_path or base
+    data = ModelCardData(
+        base_model=base if base and not os.path.isabs(base) else None,
+        library_name="peft" if adapter else "transformers",
+        tags=["unlearning", "wagle", f"objective:{args.objective}", f"mask:{args.mask_method or 'dense'}"],
+    )
+    method = args.mask_method or "dense (no mask)"
+    requested = f"{args.mask_ratio:g}" if args.mask_method else "1"
+    load = (
+        "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
+        f"base = AutoModelForCausalLM.from_pretrained({base or '<base model>'!r})\n"
+        "model = PeftModel.from_pretrained(base, '<this folder or repo>')\n"
+        "# undo the unlearning: model.unload() returns the untouched base model\n```\n"
+        if adapter else
+        "```python\nfrom transformers import AutoModelForCausalLM\n\n"
+        "model = AutoModelForCausalLM.from_pretrained('<this folder or repo>')\n```\n"
+    )
+    body = f"""
+# Unlearned with hf_wagle
+
+This {'adapter' if adapter else 'model'} was produced by machine unlearning with
+[WAGLE](https://arxiv.org/abs/2410.17509)-style weight attribution: an unlearning objective was run only through a
+mask of the weights allowed to change. The forget data is not described here.
+
+| setting | value |
+|---|---|
+| objective | `{args.objective}` |
+| forget weight / retain weight (gamma) | {args.forget_weight:g} / {args.retain_weight:g} |
+| mask method | `{method}` |
+| mask ratio requested (fraction of weights that may change) | {requested} |
+| weights the run could change (`wagle_mask.safetensors`) | {enforced.num_selected} of {enforced.num_total} ({enforced.ratio:.4f}) |
+| enforcement | {enforced.metadata.get('enforced_by', '')} |
+| learning rate / steps | {args.learning_rate:g} / {trainer.state.global_step} |
+
+`wagle_mask.safetensors` holds the mask actually enforced (bit-packed, base-model parameter names): every weight
+outside it is bit-identical to the base model.
+
+## How to load
+
+{load}"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def write_model_card(output_dir, trainer) -> None:
+    card_for(trainer).save(os.path.join(output_dir, "README.md"))
