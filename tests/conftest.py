@@ -1,0 +1,48 @@
+import copy
+import os
+
+import pytest
+import torch
+from transformers.utils import logging
+
+from hf_wagle.world import make_world, pretrained_world_model
+
+logging.set_verbosity_error()
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def world():
+    return make_world()
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """The memorised world model and its tokenizer (trained once per test session, from scratch)."""
+    cache = os.environ.get("HF_WAGLE_TEST_MODEL") or tmp_path_factory.mktemp("world_model")
+    model, tokenizer, _ = pretrained_world_model(cache_dir=cache)
+    return model, tokenizer
+
+
+@pytest.fixture
+def model(trained):
+    return copy.deepcopy(trained[0])
+
+
+@pytest.fixture(scope="session")
+def tokenizer(trained):
+    return trained[1]
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def small_args(tmp_path, **kw):
+    from hf_wagle import WagleConfig
+
+    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=6, learning_rate=1e-3,
+                report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True, logging_steps=1000, seed=0)
+    base.update(kw)
+    return WagleConfig(**base)
