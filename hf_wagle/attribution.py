@@ -5,36 +5,57 @@ Gradients are those of the plain next-token NLL at the current weights theta:
 examples; with `reduction="mean"` divided by the example count), and `G_r` the same over the retain examples.
 They are accumulated in fp32 whatever the model's dtype, and the result does not depend on `batch_size`.
 
-Scores (elementwise):
+Scores (elementwise, fp32):
 
 * `wagle`:     S = | theta * G_f - (1/mu) * G_r * G_f |   (Jia et al. 2024; mu is the diagonal-Hessian constant)
 * `snip`:      S = | theta * G_f |
 * `gradient`:  S = | G_f |                                  (SalUn-style saliency)
-* `grin`:      S = | G_f | / (| G_r | + eps)                (gradient ratio, eps = 1e-12)
+* `grin`:      S = | G_f | / (| G_r | + eps)                (GRIN's gradient ratio, eps = 1e-12 by default)
 * `magnitude`: S = | theta |
-* `random`:    S ~ U(0, 1), seeded by `seed`
+* `wanda`:     S_ij = | W_ij | * || X_j ||_2 for the weight W (out x in) of every linear layer, X_j the j-th input
+  feature over all non-padding tokens of the forget examples (Sun et al. 2023, calibrated on forget inputs).
+  Parameters that are not the weight of an `nn.Linear` (or transformers `Conv1D`) -- embeddings, norms, biases --
+  score 0: they are selected only once every linear weight is, in the tie order below.
+* `random`:    S ~ U(0, 1), seeded by `seed` and the parameter's name (identical on every rank).
 
-Selection is one global ranking over all parameters (embeddings, norms and `lm_head` included): the
-`k = round(ratio * N)` largest scores are kept. The threshold is found exactly by a two-pass radix select over
-the fp32 bit patterns (no sorted copy of the scores); ties at the threshold go to the parameter that comes first
-in `named_parameters()` order, then to the lower flat index.
+Selection (`scope="global"`) is one ranking over all parameters (embeddings, norms and `lm_head` included): the
+`k = round(ratio * N)` largest scores are kept. `scope="per_layer"` applies the ratio within each numbered block
+(`...layers.3...`; each parameter outside numbered blocks is its own group) and `scope="per_tensor"` within each
+tensor, so the total is the sum of the groups' `round(ratio * N_g)`. `include`/`exclude` patterns restrict which
+parameters take part: the others are never selected and not counted in N.
+
+`granularity="row"|"column"` selects whole rows (dim 0: a linear layer's output features) or columns (dim 1, the
+remaining dims flattened: input features) of every tensor of >= 2 dims; a unit's score is the mean of its elements'
+scores and units of 1-D tensors are single elements. Units are taken in ranking order until they hold the weight
+count nearest to k (units are whole, so the count is exact only for elements).
+
+Ties: equal scores are ranked by parameter (`named_parameters()` order), then by flat index; the threshold is
+found exactly by a two-pass radix select over the fp32 bit patterns, chunk by chunk, with no sorted copy. Extra
+memory while selecting is the packed result (N/8 bytes) plus O(chunk).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import hashlib
+import json
+import math
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
-from .config import DEFAULT_PROMPT_TEMPLATE, MASK_METHODS as METHODS
+from .config import DEFAULT_PROMPT_TEMPLATE, MASK_GRANULARITIES, MASK_METHODS as METHODS, MASK_SCOPES
 from .data import collate, tokenize_dataset
-from .mask import WeightMask
+from .mask import WeightMask, layer_and_module, parameter_fingerprint
 from .objectives import sequence_nll
 
-_NEEDS_FORGET = {"wagle", "snip", "gradient", "grin"}
+_NEEDS_FORGET = {"wagle", "snip", "gradient", "grin", "wanda"}
+_NEEDS_GRADIENTS = {"wagle", "snip", "gradient", "grin"}
 _NEEDS_RETAIN = {"wagle", "grin"}
 _ADAPTER_PREFIXES = ("lora_", "shira_")
+CHUNK = 1 << 22  # elements per selection chunk (a multiple of 8, so packed chunks concatenate)
 
 
 def base_named_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
@@ -50,7 +71,42 @@ def base_named_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
     return out
 
 
-def _check_options(method, ratio, mu, reduction, batch_size):
+def _as_patterns(patterns, what: str) -> list[str] | None:
+    if patterns is None:
+        return None
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    patterns = list(patterns)
+    if not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(f"{what} must be a non-empty list of non-empty name patterns, got {patterns!r}")
+    return patterns
+
+
+def name_matches(name: str, pattern: str) -> bool:
+    """A glob (`*`, `?`, `[...]`) matches the whole parameter name; a plain pattern matches whole dotted
+    components (`"q_proj"` and `"layers.0"` match `model.layers.0.self_attn.q_proj.weight`, `"layers.1"` does not
+    match `model.layers.10...`)."""
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(name, pattern)
+    return f".{pattern}." in f".{name}."
+
+
+def select_parameters(names: list[str], include=None, exclude=None) -> list[bool]:
+    """Which names take part: those matching some `include` pattern (all when None) and no `exclude` pattern."""
+    include, exclude = _as_patterns(include, "include"), _as_patterns(exclude, "exclude")
+    for what, pats in (("include", include), ("exclude", exclude)):
+        for p in pats or []:
+            if not any(name_matches(n, p) for n in names):
+                raise ValueError(f"{what} pattern {p!r} matches no parameter (names look like {names[:2]})")
+    keep = [(include is None or any(name_matches(n, p) for p in include))
+            and not any(name_matches(n, p) for p in exclude or []) for n in names]
+    if not any(keep):
+        raise ValueError("include/exclude leave no parameter to select")
+    return keep
+
+
+def _check_options(method, ratio, mu, reduction, batch_size, num_samples=None, scope="global",
+                   granularity="element", eps=1e-12):
     if method not in METHODS:
         raise ValueError(f"unknown mask method {method!r}; choose one of {', '.join(METHODS)}")
     if not 0.0 <= ratio <= 1.0:
@@ -61,26 +117,65 @@ def _check_options(method, ratio, mu, reduction, batch_size):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_samples is not None and (isinstance(num_samples, bool) or int(num_samples) != num_samples
+                                    or num_samples < 1):
+        raise ValueError(f"num_samples must be a positive integer or None, got {num_samples!r}")
+    if scope not in MASK_SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(MASK_SCOPES)}, got {scope!r}")
+    if granularity not in MASK_GRANULARITIES:
+        raise ValueError(f"granularity must be one of {', '.join(MASK_GRANULARITIES)}, got {granularity!r}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+
+
+def subset_indices(n: int, num_samples: int | None, seed: int, stream: int = 0) -> list[int]:
+    """The deterministic subset `num_samples` draws from `n` examples: sorted indices drawn without replacement by
+    `numpy.random.default_rng([seed, stream])` (all indices when `num_samples` is None or >= n)."""
+    if num_samples is None or num_samples >= n:
+        return list(range(n))
+    return sorted(np.random.default_rng([seed, stream]).choice(n, size=num_samples, replace=False).tolist())
+
+
+def data_fingerprint(dataset) -> str:
+    """sha256 of a dataset's column names and rows (JSON with sorted keys); "" for None."""
+    if dataset is None:
+        return ""
+    h = hashlib.sha256(json.dumps(sorted(getattr(dataset, "column_names", []) or [])).encode())
+    for row in dataset:
+        h.update(json.dumps(row, sort_keys=True, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
+                 .encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _rank_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _batches(examples: list[dict], batch_size: int):
+    rank, world = _rank_world()
+    mine = examples[rank::world]
+    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
 def accumulate_gradients(model, params: list[torch.Tensor], examples: list[dict], batch_size: int,
-                         reduction: str = "sum", pad_token_id: int | None = None) -> list[torch.Tensor]:
+                         reduction: str = "sum", pad_token_id: int | None = None, progress=None) -> list[torch.Tensor]:
     """fp32 `sum_i grad (per-example token-mean NLL_i)` over `examples` (divided by their count for "mean").
 
     Under `torch.distributed`, rank r takes examples r, r+W, ... and the sums are all-reduced, so every rank
-    returns the same gradients.
+    returns the same gradients. `progress` (a tqdm bar or None) advances by one per batch.
     """
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     device = params[0].device
     grads = [torch.zeros(p.shape, dtype=torch.float32, device=device) for p in params]
-    mine = examples[rank::world]
-    for start in range(0, len(mine), batch_size):
-        batch = {k: v.to(device) for k, v in collate(mine[start:start + batch_size], pad_token_id).items()}
+    for chunk in _batches(examples, batch_size):
+        batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
         loss = sequence_nll(model, batch).per_example_mean.sum()
         for acc, g in zip(grads, torch.autograd.grad(loss, params, allow_unused=True)):
             if g is not None:
                 acc.add_(g.float())
-    if world > 1:
+        if progress is not None:
+            progress.update(1)
+    if _rank_world()[1] > 1:
         for g in grads:
             dist.all_reduce(g)
     bad = [i for i, g in enumerate(grads) if not torch.isfinite(g).all()]
@@ -93,9 +188,64 @@ def accumulate_gradients(model, params: list[torch.Tensor], examples: list[dict]
     return grads
 
 
+def _linear_layers(model) -> list[tuple[torch.nn.Module, torch.nn.Parameter, bool]]:
+    """`(module, weight, transposed)` for every `nn.Linear` and transformers `Conv1D` (weight `in x out`)."""
+    from transformers.pytorch_utils import Conv1D
+
+    out = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            out.append((module, module.weight, False))
+        elif isinstance(module, Conv1D):
+            out.append((module, module.weight, True))
+    return out
+
+
+def input_feature_norms(model, params: list[torch.Tensor], examples: list[dict], batch_size: int,
+                        pad_token_id: int | None = None, progress=None) -> dict[int, torch.Tensor]:
+    """Wanda's calibration: `||X_j||_2` of every input feature j of every linear layer whose weight is in `params`,
+    over all non-padding tokens of `examples` (sums of squares in fp64, all-reduced under `torch.distributed`).
+
+    Returns `{id(weight): fp32 [in_features]}`. A weight shared by several linear layers sums over all of them.
+    """
+    wanted = {id(p) for p in params}
+    layers = [(m, w, t) for m, w, t in _linear_layers(model) if id(w) in wanted]
+    device = params[0].device
+    sq = {id(w): torch.zeros(w.shape[0] if t else w.shape[1], dtype=torch.float64, device=device)
+          for _, w, t in layers}
+    current = {}
+
+    def hook(module, args, weight):
+        x = args[0].detach()
+        x = x.reshape(-1, x.shape[-1])
+        keep = current.get("mask")
+        if keep is not None and keep.numel() == x.shape[0]:
+            x = x[keep]
+        sq[id(weight)] += x.double().pow(2).sum(0)
+
+    handles = [m.register_forward_pre_hook(lambda mod, args, w=w: hook(mod, args, w)) for m, w, _ in layers]
+    try:
+        with torch.no_grad():
+            for chunk in _batches(examples, batch_size):
+                batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
+                current["mask"] = batch["attention_mask"].reshape(-1).bool()
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                if progress is not None:
+                    progress.update(1)
+    finally:
+        for h in handles:
+            h.remove()
+    if _rank_world()[1] > 1:
+        for v in sq.values():
+            dist.all_reduce(v)
+    transposed = {id(w): t for _, w, t in layers}
+    return {k: (v.sqrt().float(), transposed[k]) for k, v in sq.items()}
+
+
 def score(method: str, theta: torch.Tensor, g_f: torch.Tensor | None, g_r: torch.Tensor | None, mu: float,
-          generator: torch.Generator | None = None) -> torch.Tensor:
-    """The fp32 score of one parameter tensor (see the module docstring). May overwrite `g_f` to save memory."""
+          generator: torch.Generator | None = None, eps: float = 1e-12) -> torch.Tensor:
+    """The fp32 score of one parameter tensor for the gradient methods, `magnitude` and `random` (see the module
+    docstring). May overwrite `g_f` to save memory."""
     if method == "wagle":
         return g_f.mul_(theta.float() - g_r / mu).abs_()
     if method == "snip":
@@ -103,7 +253,7 @@ def score(method: str, theta: torch.Tensor, g_f: torch.Tensor | None, g_r: torch
     if method == "gradient":
         return g_f.abs_()
     if method == "grin":
-        return g_f.abs_().div_(g_r.abs() + 1e-12)
+        return g_f.abs_().div_(g_r.abs() + eps)
     if method == "magnitude":
         return theta.detach().float().abs()
     if method == "random":
@@ -111,87 +261,375 @@ def score(method: str, theta: torch.Tensor, g_f: torch.Tensor | None, g_r: torch
     raise ValueError(method)
 
 
+# -- lazily evaluated scores, chunk by chunk ------------------------------------------------------------------
+
+class _Scores:
+    """Flat fp32 scores of one tensor, produced in aligned chunks `[i * CHUNK, (i + 1) * CHUNK)`."""
+
+    def __init__(self, numel: int, shape: tuple):
+        self.numel, self.shape = numel, tuple(shape)
+
+    @property
+    def num_chunks(self) -> int:
+        return (self.numel + CHUNK - 1) // CHUNK
+
+    def chunk(self, i: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _Stored(_Scores):
+    def __init__(self, scores: torch.Tensor):
+        super().__init__(scores.numel(), scores.shape)
+        self.flat = scores.reshape(-1)
+
+    def chunk(self, i):
+        return self.flat[i * CHUNK:(i + 1) * CHUNK]
+
+
+class _Magnitude(_Scores):
+    def __init__(self, theta: torch.Tensor):
+        super().__init__(theta.numel(), theta.shape)
+        self.flat = theta.detach().reshape(-1)
+
+    def chunk(self, i):
+        return self.flat[i * CHUNK:(i + 1) * CHUNK].float().abs()
+
+
+class _Random(_Scores):
+    def __init__(self, theta: torch.Tensor, name: str, seed: int):
+        super().__init__(theta.numel(), theta.shape)
+        self.key = f"{seed}:{name}"
+
+    def chunk(self, i):
+        n = min(CHUNK, self.numel - i * CHUNK)
+        s = int.from_bytes(hashlib.sha256(f"{self.key}:{i}".encode()).digest()[:8], "little") >> 1
+        return torch.rand(n, generator=torch.Generator().manual_seed(s))
+
+
+class _Wanda(_Scores):
+    """`|W_ij| * norm_j` with j the input feature (dim 1 of an `nn.Linear` weight, dim 0 of a `Conv1D` weight)."""
+
+    def __init__(self, weight: torch.Tensor, norm: torch.Tensor, transposed: bool):
+        super().__init__(weight.numel(), weight.shape)
+        self.w = weight.detach()
+        self.norm, self.transposed = norm, transposed
+
+    def chunk(self, i):
+        a, b = i * CHUNK, min(self.numel, (i + 1) * CHUNK)
+        cols = self.w.shape[1]
+        r0, r1 = a // cols, (b + cols - 1) // cols
+        block = self.w[r0:r1].float().abs()
+        block = block * (self.norm[r0:r1, None] if self.transposed else self.norm[None, :])
+        return block.reshape(-1)[a - r0 * cols:b - r0 * cols]
+
+
+class _Zeros(_Scores):
+    def __init__(self, theta: torch.Tensor):
+        super().__init__(theta.numel(), theta.shape)
+        self.device = theta.device
+
+    def chunk(self, i):
+        return torch.zeros(min(CHUNK, self.numel - i * CHUNK), device=self.device)
+
+
+def unit_scores(scores: _Scores, granularity: str) -> tuple[torch.Tensor, int]:
+    """`(fp32 unit scores, weights per unit)`: the mean element score of each row (dim 0) or column (dim 1, the
+    remaining dims flattened) of a tensor of >= 2 dims; 1-D tensors keep their elements as units."""
+    if len(scores.shape) < 2 or granularity == "element":
+        return torch.cat([scores.chunk(i) for i in range(scores.num_chunks)]), 1
+    rows, cols = scores.shape[0], scores.numel // scores.shape[0]
+    n_units = rows if granularity == "row" else cols
+    sums = torch.zeros(n_units, dtype=torch.float64)
+    for i in range(scores.num_chunks):
+        c = scores.chunk(i).to("cpu", torch.float64)
+        idx = torch.arange(i * CHUNK, i * CHUNK + c.numel())
+        sums.index_add_(0, idx // cols if granularity == "row" else idx % cols, c)
+    return (sums / (cols if granularity == "row" else rows)).float(), (cols if granularity == "row" else rows)
+
+
+# -- selection ---------------------------------------------------------------------------------------------------
+
+def _chunks(s):
+    if isinstance(s, _Scores):
+        return (s.chunk(i) for i in range(s.num_chunks))
+    flat = s.reshape(-1)
+    return (flat[i:i + CHUNK] for i in range(0, flat.numel(), CHUNK))
+
+
+def _numel(s) -> int:
+    return s.numel if isinstance(s, _Scores) else s.numel()
+
+
+def _kth_bucket(hist: torch.Tensor, k: int) -> tuple[int, int]:
+    """Largest bucket b with (weight in buckets >= b) >= k, and the weight still needed from bucket b."""
+    above = hist.flip(0).cumsum(0).flip(0)
+    b = int((above >= k).nonzero().max())
+    return b, k - (int(above[b + 1]) if b + 1 < len(hist) else 0)
+
+
+def select_top_k_packed(scores: list, k: int, weights: list[int] | None = None) -> list[np.ndarray]:
+    """Packed bool masks (`mask.pack_bits` layout) of the top-ranked units holding k weights; see `select_top_k`."""
+    weights = weights or [1] * len(scores)
+    total = sum(_numel(s) * w for s, w in zip(scores, weights))
+    if k <= 0 or k >= total:
+        fill = 0xFF if k >= total and k > 0 else 0
+        out = []
+        for s in scores:
+            n = _numel(s)
+            a = np.full((n + 7) // 8, fill, dtype=np.uint8)
+            if n % 8 and fill:
+                a[-1] = (1 << (n % 8)) - 1
+            out.append(a)
+        return out
+
+    def weighted_hist(select_bits):
+        hist = torch.zeros(1 << 16, dtype=torch.int64)
+        for s, w in zip(scores, weights):
+            for c in _chunks(s):
+                vals = select_bits(c.contiguous().view(torch.int32))
+                if vals.numel():
+                    hist += torch.bincount(vals.reshape(-1), minlength=1 << 16).cpu() * w
+        return hist
+
+    hi, k_in = _kth_bucket(weighted_hist(lambda b: b >> 16), k)
+    lo, needed = _kth_bucket(weighted_hist(lambda b: b[(b >> 16) == hi] & 0xFFFF), k_in)
+    threshold = (hi << 16) | lo
+    out = []
+    for s, w in zip(scores, weights):
+        parts = []
+        for c in _chunks(s):
+            b = c.contiguous().view(torch.int32)
+            m = b > threshold
+            if needed > 0:
+                tied = (b == threshold).reshape(-1)
+                n_tied = int(tied.sum())
+                if n_tied:
+                    # take tied units in order while the count gets nearer to k (exact when w == 1)
+                    take = min(n_tied, needed // w + (1 if needed % w > w / 2 else 0))
+                    if take:
+                        pos = tied.nonzero()[:take, 0]
+                        m.reshape(-1)[pos] = True
+                    needed = 0 if take < n_tied else needed - take * w
+            parts.append(np.packbits(m.reshape(-1).cpu().numpy(), bitorder="little"))
+        out.append(np.concatenate(parts) if parts else np.zeros(0, np.uint8))
+    return out
+
+
 def select_top_k(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
     """Bool masks keeping exactly the k largest of all (non-negative, finite) scores; ties as in the module doc.
 
     Radix select: non-negative fp32 values order like their int32 bit patterns, so a histogram of the high 16 bits
-    finds the threshold's bucket and a second of the low 16 bits inside it the exact threshold. Extra memory is one
-    int32 tensor the size of the largest parameter.
+    finds the threshold's bucket and a second of the low 16 bits inside it the exact threshold. Both passes and the
+    final one run over chunks of `CHUNK` elements, so extra memory is O(chunk) plus the result.
     """
-    total = sum(s.numel() for s in scores)
-    if k <= 0:
-        return [torch.zeros_like(s, dtype=torch.bool) for s in scores]
-    if k >= total:
-        return [torch.ones_like(s, dtype=torch.bool) for s in scores]
-    bits = [s.contiguous().view(torch.int32) for s in scores]
+    from .mask import unpack_bits
 
-    def kth_bucket(hist: torch.Tensor, k: int) -> tuple[int, int]:
-        above = hist.flip(0).cumsum(0).flip(0)  # above[b] = count in buckets >= b
-        b = int((above >= k).nonzero().max())
-        return b, k - (int(above[b + 1]) if b + 1 < len(hist) else 0)
+    return [unpack_bits(p, s.shape) for p, s in zip(select_top_k_packed(scores, k), scores)]
 
-    high = sum(torch.bincount((b >> 16).reshape(-1), minlength=1 << 16).cpu() for b in bits)
-    hi, k_in = kth_bucket(high, k)
-    low = sum(torch.bincount((b[(b >> 16) == hi] & 0xFFFF), minlength=1 << 16).cpu() for b in bits)
-    lo, ties_needed = kth_bucket(low, k_in)
-    threshold = (hi << 16) | lo
-    masks = []
-    for b in bits:
-        m = b > threshold
-        if ties_needed > 0:
-            tied = (b == threshold).reshape(-1)
-            take = tied.cumsum(0) <= ties_needed
-            m.reshape(-1)[tied & take] = True
-            ties_needed -= min(ties_needed, int(tied.sum()))
-        masks.append(m)
-    return masks
 
+def _expand_units(unit_mask: torch.Tensor, shape: tuple, granularity: str) -> np.ndarray:
+    """Packed element mask of a tensor from its selected rows/columns."""
+    n = math.prod(shape)
+    if len(shape) < 2 or granularity == "element":
+        return np.packbits(unit_mask.numpy(), bitorder="little")
+    cols = n // shape[0]
+    parts = []
+    for a in range(0, n, CHUNK):
+        idx = torch.arange(a, min(n, a + CHUNK))
+        parts.append(np.packbits(unit_mask[idx // cols if granularity == "row" else idx % cols].numpy(),
+                                 bitorder="little"))
+    return np.concatenate(parts)
+
+
+def _groups(names: list[str], scope: str) -> list[list[int]]:
+    if scope == "global":
+        return [list(range(len(names)))]
+    if scope == "per_tensor":
+        return [[i] for i in range(len(names))]
+    groups: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        layer, _ = layer_and_module(n)
+        groups.setdefault(layer if layer != "-" else f"-{n}", []).append(i)
+    return list(groups.values())
+
+
+def select(scores: list[_Scores], ratio: float, scope: str = "global", granularity: str = "element",
+           names: list[str] | None = None) -> list[np.ndarray]:
+    """Packed masks keeping `round(ratio * N_g)` weights of each scope group g (see the module docstring)."""
+    names = names or [str(i) for i in range(len(scores))]
+    out: list[np.ndarray | None] = [None] * len(scores)
+    for group in _groups(names, scope):
+        n_g = sum(scores[i].numel for i in group)
+        k = round(ratio * n_g)
+        if granularity == "element":
+            packed = select_top_k_packed([scores[i] for i in group], k)
+        else:
+            units = [unit_scores(scores[i], granularity) for i in group]
+            unit_masks = select_top_k_packed([u for u, _ in units], k, [w for _, w in units])
+            from .mask import unpack_bits
+
+            packed = [_expand_units(unpack_bits(m, (u.numel(),)), scores[i].shape, granularity)
+                      for m, (u, _), i in zip(unit_masks, units, group)]
+        for i, p in zip(group, packed):
+            out[i] = p
+    return out
+
+
+# -- the public entry point -----------------------------------------------------------------------------------
 
 def compute_mask(model, forget, retain, tokenizer=None, method: str = "wagle", ratio: float = 0.8,
                  mu: float = 1e-6, reduction: str = "sum", batch_size: int = 8, seed: int = 0,
-                 prompt_template: str = DEFAULT_PROMPT_TEMPLATE, max_length: int | None = None) -> WeightMask:
+                 prompt_template: str = DEFAULT_PROMPT_TEMPLATE, max_length: int | None = None, *,
+                 num_samples: int | None = None, scope: str = "global", granularity: str = "element",
+                 include=None, exclude=None, eps: float = 1e-12, progress: bool = True) -> WeightMask:
     """Score every weight of `model` with `method` and keep the top `ratio` fraction (the weights that may change).
 
-    `forget`/`retain` are `datasets.Dataset`s in any shape `hf_wagle.data` accepts. Names in the returned mask are
-    the base model's `named_parameters()` names, also when `model` is a `PeftModel`.
+    `forget`/`retain` are `datasets.Dataset`s in any shape `hf_wagle.data` accepts (`retain` may be None for
+    methods that do not use it, `forget` too for `magnitude`/`random`). `num_samples` scores on a deterministic
+    subset of that many forget and that many retain examples (`subset_indices`, streams 0 and 1). `scope`,
+    `granularity`, `include`/`exclude`: see the module docstring. `progress` shows a tqdm bar over the attribution
+    batches on rank 0. Names in the returned mask are the base model's `named_parameters()` names (all of them;
+    excluded ones are all False), also when `model` is a `PeftModel`; `mask.metadata` records how it was made.
     """
-    _check_options(method, ratio, mu, reduction, batch_size)
+    _check_options(method, ratio, mu, reduction, batch_size, num_samples, scope, granularity, eps)
     named = base_named_parameters(model)
-    names, params = [n for n, _ in named], [p for _, p in named]
-    g_f = g_r = [None] * len(params)
-    n_forget = n_retain = 0
+    names = [n for n, _ in named]
+    keep = select_parameters(names, include, exclude)
+    inc = [i for i, k in enumerate(keep) if k]
+    params = [named[i][1] for i in inc]
+    if method in _NEEDS_FORGET and forget is None:
+        raise ValueError(f"mask method {method!r} needs a forget dataset")
+    if method in _NEEDS_RETAIN and retain is None:
+        raise ValueError(f"mask method {method!r} needs a retain dataset")
+    forget_ex, retain_ex = [], []
     if method in _NEEDS_FORGET:
-        forget_ex = tokenize_dataset(forget, tokenizer, prompt_template, max_length, "forget dataset")
-        retain_ex = tokenize_dataset(retain, tokenizer, prompt_template, max_length, "retain dataset") \
-            if method in _NEEDS_RETAIN else []
-        n_forget, n_retain = len(forget_ex), len(retain_ex)
-        if not forget_ex or (method in _NEEDS_RETAIN and not retain_ex):
-            raise ValueError(f"mask method {method!r} needs a non-empty forget"
-                             + (" and retain" if method in _NEEDS_RETAIN else "") + " dataset")
-        pad = getattr(tokenizer, "pad_token_id", None)
-        was_training = model.training
-        saved_flags = [p.requires_grad for p in params]
-        model.eval()
-        try:
-            for p in params:
-                p.requires_grad_(True)
-            with _adapter_disabled(model):
-                g_f = accumulate_gradients(model, params, forget_ex, batch_size, reduction, pad)
-                if retain_ex:
-                    g_r = accumulate_gradients(model, params, retain_ex, batch_size, reduction, pad)
-        finally:
-            for p, flag in zip(params, saved_flags):
-                p.requires_grad_(flag)
-            model.train(was_training)
-    generator = torch.Generator().manual_seed(seed)
+        idx = subset_indices(len(forget), num_samples, seed, 0)
+        forget_ex = tokenize_dataset(forget.select(idx) if len(idx) < len(forget) else forget, tokenizer,
+                                     prompt_template, max_length, "forget dataset")
+    if method in _NEEDS_RETAIN:
+        idx = subset_indices(len(retain), num_samples, seed, 1)
+        retain_ex = tokenize_dataset(retain.select(idx) if len(idx) < len(retain) else retain, tokenizer,
+                                     prompt_template, max_length, "retain dataset")
+    if (method in _NEEDS_FORGET and not forget_ex) or (method in _NEEDS_RETAIN and not retain_ex):
+        raise ValueError(f"mask method {method!r} needs a non-empty forget"
+                         + (" and retain" if method in _NEEDS_RETAIN else "") + " dataset")
+
+    pad = getattr(tokenizer, "pad_token_id", None)
+    n_batches = len(_batches(forget_ex, batch_size)) + len(_batches(retain_ex, batch_size))
+    bar = _progress_bar(n_batches, f"attribution ({method})") if progress and n_batches else None
+    g_f = g_r = norms = None
+    try:
+        if method in _NEEDS_FORGET:
+            was_training = model.training
+            saved_flags = [p.requires_grad for _, p in named]
+            model.eval()
+            try:
+                if method in _NEEDS_GRADIENTS:
+                    for p in params:
+                        p.requires_grad_(True)
+                with _adapter_disabled(model):
+                    if method == "wanda":
+                        norms = input_feature_norms(model, params, forget_ex, batch_size, pad, bar)
+                    else:
+                        g_f = accumulate_gradients(model, params, forget_ex, batch_size, reduction, pad, bar)
+                        if retain_ex:
+                            g_r = accumulate_gradients(model, params, retain_ex, batch_size, reduction, pad, bar)
+            finally:
+                for (_, p), flag in zip(named, saved_flags):
+                    p.requires_grad_(flag)
+                model.train(was_training)
+    finally:
+        if bar is not None:
+            bar.close()
+
     with torch.no_grad():
-        scores = [score(method, p, gf, gr, mu, generator) for p, gf, gr in zip(params, g_f, g_r)]
-        total = sum(s.numel() for s in scores)
-        selected = select_top_k(scores, round(ratio * total))
-    metadata = {"method": method, "ratio": ratio, "mu": mu, "reduction": reduction, "seed": seed,
-                "num_forget": n_forget, "num_retain": n_retain,
-                "model": getattr(getattr(model, "config", None), "_name_or_path", "") or ""}
-    return WeightMask(dict(zip(names, selected)), metadata)
+        scores = []
+        for j, p in enumerate(params):
+            name = names[inc[j]]
+            if method in _NEEDS_GRADIENTS:
+                scores.append(_Stored(score(method, p, g_f[j], g_r[j] if g_r else None, mu, eps=eps)))
+            elif method == "magnitude":
+                scores.append(_Magnitude(p))
+            elif method == "random":
+                scores.append(_Random(p, name, seed))
+            elif id(p) in norms:
+                norm, transposed = norms[id(p)]
+                scores.append(_Wanda(p, norm, transposed))
+            else:
+                scores.append(_Zeros(p))
+        packed = select(scores, ratio, scope, granularity, [names[i] for i in inc])
+        del scores, g_f, g_r
+    packed = _broadcast_packed(packed)
+    result = {}
+    chosen = dict(zip(inc, packed))
+    for i, (name, p) in enumerate(named):
+        result[name] = (chosen[i] if i in chosen else np.zeros((p.numel() + 7) // 8, np.uint8), tuple(p.shape))
+
+    from . import __version__
+
+    metadata = {
+        "method": method, "ratio": ratio, "mu": mu, "reduction": reduction, "seed": seed, "scope": scope,
+        "granularity": granularity, "include": include if include is None else list(_as_patterns(include, "")),
+        "exclude": exclude if exclude is None else list(_as_patterns(exclude, "")), "num_samples": num_samples,
+        "num_forget": len(forget_ex), "num_retain": len(retain_ex), "batch_size": batch_size,
+        "forget_sha256": data_fingerprint(forget) if method in _NEEDS_FORGET else "",
+        "retain_sha256": data_fingerprint(retain) if method in _NEEDS_RETAIN else "",
+        "model": getattr(getattr(model, "config", None), "_name_or_path", "") or "",
+        "param_sha256": parameter_fingerprint((n, tuple(p.shape)) for n, p in named),
+        "hf_wagle_version": __version__,
+    }
+    if method == "grin":
+        metadata["eps"] = eps
+    return WeightMask.from_packed(result, metadata)
+
+
+def _broadcast_packed(packed: list[np.ndarray]) -> list[np.ndarray]:
+    """Under `torch.distributed`, every rank takes rank 0's selection (the scores are already identical up to
+    all-reduce rounding; this makes the masks bit-identical)."""
+    if _rank_world()[1] == 1 or not packed:
+        return packed
+    flat = torch.from_numpy(np.concatenate(packed))
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    flat = flat.to(device)
+    dist.broadcast(flat, src=0)
+    flat = flat.cpu().numpy()
+    out, offset = [], 0
+    for p in packed:
+        out.append(flat[offset:offset + p.size].copy())
+        offset += p.size
+    return out
+
+
+def add_mask_noise(model, mask: WeightMask, std: float, seed: int = 0) -> int:
+    """GRIN's noise step: `theta += mask * N(0, (std * sigma_t)^2)` for every tensor t, in place, where sigma_t is
+    the standard deviation of the tensor's own weights. Each tensor's noise comes from a CPU generator seeded by
+    `(seed, name)`, so every rank draws the same. Returns the number of weights changed."""
+    if not std >= 0:
+        raise ValueError(f"noise std must be >= 0, got {std}")
+    if std == 0:
+        return 0
+    changed = 0
+    with torch.no_grad():
+        for name, p in base_named_parameters(model):
+            if name not in mask or mask.count(name) == 0 or p.numel() < 2:
+                continue
+            sigma = float(p.float().std())
+            if sigma == 0:
+                continue
+            s = int.from_bytes(hashlib.sha256(f"noise:{seed}:{name}".encode()).digest()[:8], "little") >> 1
+            noise = torch.randn(p.shape, generator=torch.Generator().manual_seed(s)) * (std * sigma)
+            m = mask[name]
+            p.add_((noise * m).to(p.device, p.dtype))
+            changed += mask.count(name)
+    return changed
+
+
+def _progress_bar(total: int, desc: str):
+    if _rank_world()[0] != 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", leave=False)
 
 
 def _adapter_disabled(model):

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 DEFAULT_PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
-MASK_METHODS = ("wagle", "snip", "gradient", "grin", "magnitude", "random")
+MASK_METHODS = ("wagle", "snip", "gradient", "grin", "magnitude", "wanda", "random")
+MASK_SCOPES = ("global", "per_layer", "per_tensor")
+MASK_GRANULARITIES = ("element", "row", "column")
 # Optimizers whose update is exactly zero for a parameter element whose gradient has always been zero
 # (moments start at zero and stay zero), so masking the gradient keeps off-mask weights bit-identical.
 MASK_SAFE_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adagrad", "rmsprop")
@@ -33,6 +35,25 @@ class WagleConfig(TrainingArguments):
     mu: float = field(default=1e-6, metadata={"help": "WAGLE diagonal-Hessian constant mu."})
     mask_reduction: str = field(default="sum", metadata={"help": "'sum' or 'mean' of per-example gradients."})
     mask_batch_size: int = field(default=8, metadata={"help": "Batch size of the attribution pass."})
+    mask_num_samples: int | None = field(
+        default=None, metadata={"help": "Score on a seeded subset of this many forget (and retain) examples; None = all."}
+    )
+    mask_scope: str = field(
+        default="global", metadata={"help": f"Where the ratio applies: one of {MASK_SCOPES}."}
+    )
+    mask_granularity: str = field(
+        default="element", metadata={"help": f"Select single weights or whole rows/columns: one of {MASK_GRANULARITIES}."}
+    )
+    mask_include: list[str] | None = field(
+        default=None, metadata={"help": "Only parameters matching one of these name patterns may change."}
+    )
+    mask_exclude: list[str] | None = field(
+        default=None, metadata={"help": "Parameters matching one of these name patterns never change."}
+    )
+    mask_noise_std: float = field(
+        default=0.0,
+        metadata={"help": "GRIN: before unlearning add N(0, (mask_noise_std * std(theta))^2) to every selected weight."},
+    )
     prompt_template: str = field(
         default=DEFAULT_PROMPT_TEMPLATE, metadata={"help": "Prompt for QA data; must contain '{question}'."}
     )
@@ -56,6 +77,20 @@ class WagleConfig(TrainingArguments):
             raise ValueError(f"mu must be > 0, got {self.mu}")
         if self.mask_reduction not in ("sum", "mean"):
             raise ValueError(f"mask_reduction must be 'sum' or 'mean', got {self.mask_reduction!r}")
+        if self.mask_num_samples is not None and self.mask_num_samples < 1:
+            raise ValueError(f"mask_num_samples must be >= 1 or None, got {self.mask_num_samples}")
+        if self.mask_scope not in MASK_SCOPES:
+            raise ValueError(f"mask_scope must be one of {', '.join(MASK_SCOPES)}, got {self.mask_scope!r}")
+        if self.mask_granularity not in MASK_GRANULARITIES:
+            raise ValueError(
+                f"mask_granularity must be one of {', '.join(MASK_GRANULARITIES)}, got {self.mask_granularity!r}"
+            )
+        if isinstance(self.mask_include, str):
+            self.mask_include = [self.mask_include]
+        if isinstance(self.mask_exclude, str):
+            self.mask_exclude = [self.mask_exclude]
+        if not self.mask_noise_std >= 0:
+            raise ValueError(f"mask_noise_std must be >= 0, got {self.mask_noise_std}")
         if not self.npo_beta > 0:
             raise ValueError(f"npo_beta must be > 0, got {self.npo_beta}")
         if self.forget_weight < 0 or self.retain_weight < 0:

@@ -1,14 +1,20 @@
 """`WeightMask`: which weights of a model may change, by base-model parameter name.
 
-On disk (`wagle_mask.safetensors`) every mask is bit-packed (1 bit per weight, `numpy.packbits`, little bit order)
-under its parameter name; the safetensors metadata holds the shapes and what produced the mask.
+In memory and on disk every mask is bit-packed (1 bit per weight, `numpy.packbits`, little bit order, each tensor
+padded to a whole byte). `wagle_mask.safetensors` holds one uint8 tensor `bits` (the tensors' packed bytes one after
+another) and, in the safetensors metadata, the index (`wagle.index`: `[[name, shape], ...]` in order) and what
+produced the mask (`wagle.metadata`): method, ratio, mu, reduction, sample counts, sha256 fingerprints of the
+forget and retain data, the model's name, a sha256 of its parameter names and shapes, the library version.
+Files are about `1 + (index bytes) * 8 / N` bits per weight.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,89 +23,286 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 MASK_FILE = "wagle_mask.safetensors"
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+_LAYER = re.compile(r"\.(\d+)\.")
+
+
+def pack_bits(mask: torch.Tensor) -> np.ndarray:
+    """A bool tensor -> its elements in row-major order as little-bit-order bytes (`ceil(n / 8)` uint8)."""
+    return np.packbits(mask.detach().to("cpu", torch.bool).reshape(-1).numpy(), bitorder="little")
+
+
+def unpack_bits(packed: np.ndarray, shape) -> torch.Tensor:
+    """Inverse of `pack_bits`."""
+    n = math.prod(shape)
+    return torch.from_numpy(np.unpackbits(packed, count=n, bitorder="little").astype(bool)).reshape(tuple(shape))
+
+
+def parameter_fingerprint(named_shapes) -> str:
+    """sha256 of `name:shape;` over `(name, shape)` pairs in order: identifies a model architecture."""
+    h = hashlib.sha256()
+    for name, shape in named_shapes:
+        h.update(f"{name}:{list(shape)};".encode())
+    return h.hexdigest()
+
+
+def layer_and_module(name: str) -> tuple[str, str]:
+    """`("3", "q_proj")` for `model.layers.3.self_attn.q_proj.weight`; the layer is `"-"` outside numbered blocks.
+
+    The module type is the last name component before `weight`/`bias` (a parameter directly on a module keeps
+    its own name, e.g. `lm_head` or `embed_tokens`).
+    """
+    m = _LAYER.search(name)
+    layer = m.group(1) if m else "-"
+    parts = name.split(".")
+    module = parts[-2] if len(parts) > 1 and parts[-1] in ("weight", "bias") else parts[-1]
+    return layer, module
 
 
 class WeightMask:
-    """`mask[name]` -> bool tensor of the parameter's shape; True = the weight may change."""
+    """`mask[name]` -> bool tensor of the parameter's shape; True = the weight may change.
+
+    Stored bit-packed; `mask[name]` unpacks a fresh tensor on each access.
+    """
 
     def __init__(self, masks: dict[str, torch.Tensor], metadata: dict | None = None):
-        self._masks = {n: m.detach().to("cpu", torch.bool) for n, m in masks.items()}
+        self._packed: dict[str, np.ndarray] = {}
+        self._shapes: dict[str, tuple] = {}
+        self._counts: dict[str, int] = {}
+        for name, m in masks.items():
+            self._set(name, pack_bits(m), tuple(m.shape))
         self.metadata = dict(metadata or {})
 
+    @classmethod
+    def from_packed(cls, packed: dict[str, tuple[np.ndarray, tuple]], metadata: dict | None = None) -> "WeightMask":
+        """Build from `{name: (pack_bits(mask), shape)}` without unpacking."""
+        self = cls({}, metadata)
+        for name, (bits, shape) in packed.items():
+            n = math.prod(shape)
+            if bits.dtype != np.uint8 or bits.size != (n + 7) // 8:
+                raise ValueError(f"{name}: expected {(n + 7) // 8} packed uint8 bytes for shape {tuple(shape)}, "
+                                 f"got {bits.size} of {bits.dtype}")
+            self._set(name, bits, tuple(shape))
+        return self
+
+    def _set(self, name, bits: np.ndarray, shape: tuple) -> None:
+        n = math.prod(shape)
+        if n % 8:  # padding bits must be zero for the counts (and equality) to hold
+            bits = bits.copy()
+            bits[-1] &= (1 << (n % 8)) - 1
+        self._packed[name], self._shapes[name] = bits, shape
+        self._counts[name] = int(_POPCOUNT[bits].sum())
+
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self._masks[name]
+        return unpack_bits(self._packed[name], self._shapes[name])
 
     def __contains__(self, name: str) -> bool:
-        return name in self._masks
+        return name in self._packed
 
     def __len__(self) -> int:
-        return len(self._masks)
+        return len(self._packed)
 
     def names(self) -> list[str]:
-        return list(self._masks)
+        return list(self._packed)
 
     def items(self):
-        return self._masks.items()
+        """`(name, bool tensor)` pairs, unpacked one at a time."""
+        return ((n, self[n]) for n in self._packed)
+
+    def shape(self, name: str) -> tuple:
+        return self._shapes[name]
+
+    def packed(self, name: str) -> np.ndarray:
+        """The packed bytes of one tensor (read-only view)."""
+        return self._packed[name]
+
+    def count(self, name: str) -> int:
+        """Selected weights of one tensor."""
+        return self._counts[name]
 
     @property
     def num_selected(self) -> int:
-        return sum(int(m.sum()) for m in self._masks.values())
+        return sum(self._counts.values())
 
     @property
     def num_total(self) -> int:
-        return sum(m.numel() for m in self._masks.values())
+        return sum(math.prod(s) for s in self._shapes.values())
 
     @property
     def ratio(self) -> float:
         """Fraction of all weights that may change."""
         return self.num_selected / max(1, self.num_total)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the packed bits take in memory."""
+        return sum(b.nbytes for b in self._packed.values())
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, WeightMask) and self._shapes == other._shapes
+                and all(np.array_equal(self._packed[n], other._packed[n]) for n in self._packed))
+
     def __repr__(self) -> str:
         return f"WeightMask({len(self)} tensors, {self.num_selected}/{self.num_total} selected, ratio={self.ratio:.4f})"
 
+    # -- fitting a model --------------------------------------------------------------------------------------
+
     def check_fits(self, named_shapes: dict[str, tuple]) -> None:
-        """Raise a ValueError unless every masked name exists in `named_shapes` with the same shape."""
-        missing = [n for n in self._masks if n not in named_shapes]
-        wrong = [f"{n}: mask {tuple(m.shape)} vs model {tuple(named_shapes[n])}"
-                 for n, m in self._masks.items() if n in named_shapes and tuple(m.shape) != tuple(named_shapes[n])]
-        if missing or wrong:
+        """Raise a ValueError unless the mask covers exactly the names in `named_shapes`, with the same shapes."""
+        missing = [n for n in self._shapes if n not in named_shapes]
+        extra = [n for n in named_shapes if n not in self._shapes]
+        wrong = [f"{n}: mask {s} vs model {tuple(named_shapes[n])}"
+                 for n, s in self._shapes.items() if n in named_shapes and s != tuple(named_shapes[n])]
+        if missing or extra or wrong:
+            made_on = self.metadata.get("model") or "another model"
             raise ValueError(
-                "this mask does not fit the model: "
+                f"this mask (computed on {made_on}) does not fit the model: "
                 + (f"{len(missing)} names absent from the model (first: {missing[:3]}); " if missing else "")
+                + (f"{len(extra)} model parameters absent from the mask (first: {extra[:3]}); " if extra else "")
                 + (f"{len(wrong)} shapes differ (first: {wrong[:3]})" if wrong else "")
                 + ". Compute the mask on this model, or load the model it was computed on."
             )
+
+    def check_model(self, model) -> None:
+        """Raise a ValueError unless this mask was made for `model`'s base parameters (names and shapes, in order).
+
+        Uses the stored `param_sha256` when present (also catches a different parameter order), else the names and
+        shapes themselves. PEFT wrapping and adapter parameters are ignored.
+        """
+        from .attribution import base_named_parameters
+
+        named = [(n, tuple(p.shape)) for n, p in base_named_parameters(model)]
+        self.check_fits(dict(named))
+        want = self.metadata.get("param_sha256")
+        if want and want != parameter_fingerprint(named):
+            raise ValueError(f"this mask was computed on a model whose parameters differ from this one (names and "
+                             f"shapes fingerprint {want[:12]}... vs {parameter_fingerprint(named)[:12]}...); "
+                             "compute the mask on this model")
+
+    # -- storage ----------------------------------------------------------------------------------------------
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write `directory/wagle_mask.safetensors` atomically; returns its path."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {n: torch.from_numpy(np.packbits(m.numpy().reshape(-1), bitorder="little")) for n, m in self.items()}
-        meta = {"format": "pt", "wagle.shapes": json.dumps({n: list(m.shape) for n, m in self.items()}),
+        bits = np.concatenate([self._packed[n] for n in self._packed]) if self._packed else np.zeros(0, np.uint8)
+        meta = {"format": "pt", "wagle.index": json.dumps([[n, list(s)] for n, s in self._shapes.items()]),
                 "wagle.metadata": json.dumps(self.metadata, sort_keys=True)}
         path = directory / MASK_FILE
         tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
+        save_file({"bits": torch.from_numpy(bits)}, str(tmp), metadata=meta)
         os.replace(tmp, path)
         return path
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "WeightMask":
+    def load(cls, directory: str | os.PathLike, model=None) -> "WeightMask":
+        """Read a mask saved by `save` (a folder or the file itself); with `model`, also `check_model(model)`."""
         path = Path(directory)
         path = path / MASK_FILE if path.is_dir() else path
         if not path.exists():
             raise FileNotFoundError(f"no {MASK_FILE} at {path.parent}; save a mask there with `WeightMask.save`")
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            if "wagle.shapes" not in meta:
-                raise ValueError(f"{path} is not a WeightMask file (no `wagle.shapes` metadata)")
-            shapes = json.loads(meta["wagle.shapes"])
-            masks = {}
-            for name, shape in shapes.items():
-                n = math.prod(shape)
-                bits = np.unpackbits(f.get_tensor(name).numpy(), count=n, bitorder="little")
-                masks[name] = torch.from_numpy(bits.astype(bool)).reshape(shape)
-        return cls(masks, json.loads(meta.get("wagle.metadata", "{}")))
+            packed = {}
+            if "wagle.index" in meta:
+                data, offset = f.get_tensor("bits").numpy(), 0
+                for name, shape in json.loads(meta["wagle.index"]):
+                    size = (math.prod(shape) + 7) // 8
+                    if offset + size > data.size:
+                        raise ValueError(f"{path} is truncated: {name} needs bytes {offset}..{offset + size}")
+                    packed[name] = (data[offset:offset + size], tuple(shape))
+                    offset += size
+            elif "wagle.shapes" in meta:  # one tensor per parameter (files written by hf_wagle 0.1.0)
+                for name, shape in json.loads(meta["wagle.shapes"]).items():
+                    packed[name] = (f.get_tensor(name).numpy(), tuple(shape))
+            else:
+                raise ValueError(f"{path} is not a WeightMask file (no `wagle.index` metadata)")
+        mask = cls.from_packed(packed, json.loads(meta.get("wagle.metadata", "{}")))
+        if model is not None:
+            mask.check_model(model)
+        return mask
+
+    # -- statistics -------------------------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """Selected counts and fractions, overall, per layer, per module type and per (layer, module type).
+
+        Returns `{"selected", "total", "fraction", "per_layer": {layer: {...}}, "per_module": {type: {...}},
+        "per_layer_module": {layer: {type: {...}}}}` where each `{...}` is `{"selected", "total", "fraction"}`;
+        layers are the numbered blocks (`"0"`, `"1"`, ...) and `"-"` for parameters outside them
+        (see `layer_and_module`).
+        """
+        def add(d, key, sel, tot):
+            e = d.setdefault(key, {"selected": 0, "total": 0})
+            e["selected"] += sel
+            e["total"] += tot
+
+        per_layer, per_module, per_lm = {}, {}, {}
+        for name, shape in self._shapes.items():
+            layer, module = layer_and_module(name)
+            sel, tot = self._counts[name], math.prod(shape)
+            add(per_layer, layer, sel, tot)
+            add(per_module, module, sel, tot)
+            add(per_lm.setdefault(layer, {}), module, sel, tot)
+
+        def frac(d):
+            for e in d.values():
+                e["fraction"] = e["selected"] / max(1, e["total"])
+            return d
+
+        order = lambda d: dict(sorted(d.items(), key=lambda kv: (kv[0] == "-", int(kv[0]) if kv[0].isdigit() else 0)))
+        return {"selected": self.num_selected, "total": self.num_total, "fraction": self.ratio,
+                "per_layer": frac(order(per_layer)), "per_module": frac(per_module),
+                "per_layer_module": {k: frac(v) for k, v in order(per_lm).items()}}
+
+    def format_stats(self) -> str:
+        """`stats()` as a readable table: one line per layer and per module type."""
+        s = self.stats()
+        lines = [f"selected {s['selected']} of {s['total']} weights ({100 * s['fraction']:.2f}%)",
+                 f"{'layer':>8} {'selected':>12} {'total':>12} {'fraction':>9}"]
+        lines += [f"{k:>8} {e['selected']:>12} {e['total']:>12} {100 * e['fraction']:>8.2f}%"
+                  for k, e in s["per_layer"].items()]
+        lines.append(f"{'module':>16} {'selected':>12} {'total':>12} {'fraction':>9}")
+        lines += [f"{k:>16} {e['selected']:>12} {e['total']:>12} {100 * e['fraction']:>8.2f}%"
+                  for k, e in sorted(s["per_module"].items())]
+        return "\n".join(lines)
+
+    def plot_heatmap(self, path: str | os.PathLike, title: str | None = None) -> Path:
+        """Save a PNG heat map of the selected fraction, layers (rows) x module types (columns), with matplotlib Agg.
+
+        Parameters outside numbered blocks (embeddings, final norm, `lm_head`) are left out; cells for module types
+        a layer lacks are blank.
+        """
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        per_lm = {k: v for k, v in self.stats()["per_layer_module"].items() if k != "-"}
+        if not per_lm:
+            raise ValueError("the mask has no numbered layers to plot")
+        layers = list(per_lm)
+        modules = sorted({m for v in per_lm.values() for m in v})
+        grid = np.full((len(layers), len(modules)), np.nan)
+        for i, layer in enumerate(layers):
+            for j, module in enumerate(modules):
+                if module in per_lm[layer]:
+                    grid[i, j] = per_lm[layer][module]["fraction"]
+        fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(modules), 1.2 + 0.3 * len(layers)))
+        im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
+        ax.set_xticks(range(len(modules)), modules, rotation=45, ha="right")
+        ax.set_yticks(range(len(layers)), layers)
+        ax.set_xlabel("module type")
+        ax.set_ylabel("layer")
+        method = self.metadata.get("method")
+        ax.set_title(title or f"selected fraction ({method or 'mask'}, overall {self.ratio:.2f})")
+        fig.colorbar(im, ax=ax, label="fraction selected")
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
 
 
 def project_rows_columns(element_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
