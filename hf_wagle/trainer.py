@@ -116,13 +116,21 @@ class WagleTrainer(Trainer):
 
     def _install_mask(self) -> None:
         a = self.args
+        from peft import PeftModel
+
+        if a.mask_noise_std > 0 and isinstance(self.model, PeftModel):
+            raise ValueError("mask_noise_std > 0 adds noise to base weights, which an adapter cannot carry; train "
+                             "full parameters (no peft_config) or set mask_noise_std=0")
         if self.mask is None and a.mask_method is not None:
             self.mask = compute_mask(
                 self.model, self.forget_dataset, self.retain_dataset, self.processing_class, method=a.mask_method,
                 ratio=a.mask_ratio, mu=a.mu, reduction=a.mask_reduction, batch_size=a.mask_batch_size, seed=a.seed,
-                prompt_template=a.prompt_template, max_length=a.max_length,
+                prompt_template=a.prompt_template, max_length=a.max_length, num_samples=a.mask_num_samples,
+                scope=a.mask_scope, granularity=a.mask_granularity, include=a.mask_include, exclude=a.mask_exclude,
+                progress=not a.disable_tqdm,
             )
-        from peft import PeftModel
+        elif self.mask is not None:
+            self.mask.check_model(self.model)
 
         if isinstance(self.model, PeftModel):
             self.enforced_mask, self._grad_masks = confine_lora(self.model, self.mask)
@@ -133,6 +141,11 @@ class WagleTrainer(Trainer):
                 )
         else:
             self.enforced_mask, self._grad_masks = _confine_parameters(self.model, self.mask)
+        if a.mask_noise_std > 0:  # GRIN: perturb the weights that may change, the same on every rank
+            from .attribution import add_mask_noise
+
+            add_mask_noise(self.model, self.enforced_mask, a.mask_noise_std, seed=a.seed)
+            self.enforced_mask.metadata["noise_std"] = a.mask_noise_std
         for p, m in self._grad_masks.items():
             self._hooks.append(p.register_hook(lambda g, m=m: g * m))
 
