@@ -13,6 +13,149 @@ def _demo(a) -> int:
     return 0
 
 
+def _add_evaluate(sub) -> None:
+    """`hf-wagle evaluate`: score a model (and, with --adapter, the model before and after it) on a benchmark, write
+    the numbers to a JSON file and a forget-vs-utility PNG next to it."""
+
+    def run(a) -> int:
+        import json
+        from pathlib import Path
+
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from .evaluation.benchmarks import plot_forget_vs_utility, run_benchmark
+
+        retain_trs = None
+        if a.retain_results:
+            retain = json.loads(Path(a.retain_results).read_text())
+            runs = retain["runs"]
+            retain_trs = runs.get("after", runs.get("before"))["report"]["forget_truth_ratios"]
+        if a.adapter and not Path(a.adapter, "adapter_config.json").exists():
+            raise SystemExit(f"--adapter {a.adapter}: no adapter_config.json there")
+        tokenizer = AutoTokenizer.from_pretrained(a.model)
+        model = AutoModelForCausalLM.from_pretrained(a.model)
+        kwargs = dict(data=a.data, forget_split=a.split, retain_model_truth_ratios=retain_trs,
+                      utility_data=a.utility_data, limit=a.limit, batch_size=a.batch_size,
+                      max_new_tokens=a.max_new_tokens)
+        runs = {"before": run_benchmark(a.benchmark, model, tokenizer, **kwargs)}
+        if a.adapter:
+            from peft import PeftModel
+
+            runs["after"] = run_benchmark(a.benchmark, PeftModel.from_pretrained(model, a.adapter), tokenizer,
+                                          **kwargs)
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result = {"benchmark": a.benchmark, "model": a.model, "adapter": a.adapter, "data": a.data, "runs": runs}
+        out.write_text(json.dumps(result, indent=2))
+        png = Path(a.plot) if a.plot else out.with_suffix(".png")
+        plot_forget_vs_utility(runs, str(png), title=a.benchmark)
+        for name, r in runs.items():
+            s = r["summary"]
+            utility = "n/a" if s["utility"] is None else f"{s['utility']:.4g}"
+            print(f"{name}: {s['forget_label']} {s['forget']:.4g}, {s['utility_label']} {utility}")
+        print(f"wrote {out} and {png}")
+        return 0
+
+    p = sub.add_parser("evaluate", help="score a model (before/after an adapter) on TOFU, WMDP, MUSE or offline")
+    p.add_argument("--model", required=True, help="base model: Hub id or local folder")
+    p.add_argument("--adapter", help="PEFT adapter folder; evaluates the model before and after it")
+    p.add_argument("--benchmark", required=True, choices=("tofu", "wmdp", "muse", "offline"),
+                   help="offline = the fictitious world of `hf-wagle demo` (no downloads)")
+    p.add_argument("--data", help="benchmark data: Hub name or local folder in the same layout (default: the "
+                                  "benchmark's Hub data set)")
+    p.add_argument("--split", default="forget10", help="TOFU forget split (default: %(default)s)")
+    p.add_argument("--retain-results", help="results.json of the retain-only model, for TOFU forget quality")
+    p.add_argument("--utility-data", help="WMDP: MMLU data (Hub name or folder) for the utility axis")
+    p.add_argument("--limit", type=int, help="use only the first N rows of each split (quick checks)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, help="generation length (default: the benchmark's)")
+    p.add_argument("--out", default="results.json", help="results file (default: %(default)s)")
+    p.add_argument("--plot", help="PNG path (default: the results path with .png)")
+    p.set_defaults(func=run)
+
+
+def _add_attribute(sub) -> None:
+    """`hf-wagle attribute`: score a model's weights on local forget/retain data, write the mask, print its stats
+    and save a heat map (layers x module types)."""
+    from .config import MASK_GRANULARITIES, MASK_METHODS, MASK_SCOPES
+
+    def load_local(path: str, what: str):
+        from pathlib import Path
+
+        import datasets
+
+        p = Path(path)
+        if not p.exists():
+            raise SystemExit(f"--{what} {path}: no such file or folder")
+        if p.is_dir():
+            data = datasets.load_from_disk(str(p))
+            if isinstance(data, datasets.DatasetDict):
+                if "train" not in data and len(data) != 1:
+                    raise SystemExit(f"--{what} {path} holds splits {list(data)}; point at one split's folder")
+                data = data["train"] if "train" in data else next(iter(data.values()))
+            return data
+        kinds = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+        if p.suffix not in kinds:
+            raise SystemExit(f"--{what} {path}: expected a .json, .jsonl, .parquet or .csv file or a save_to_disk "
+                             "folder")
+        return datasets.load_dataset(kinds[p.suffix], data_files=str(p), split="train")
+
+    def run(a) -> int:
+        import json
+        from pathlib import Path
+
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from .attribution import compute_mask
+
+        if not 0.0 <= a.ratio <= 1.0:
+            raise SystemExit(f"--ratio is the fraction of weights that may change, in [0, 1]; got {a.ratio}")
+        forget = load_local(a.forget, "forget") if a.forget else None
+        retain = load_local(a.retain, "retain") if a.retain else None
+        tokenizer = AutoTokenizer.from_pretrained(a.model)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(a.model, dtype=getattr(torch, a.dtype))
+        if a.device:
+            model.to(a.device)
+        mask = compute_mask(model, forget, retain, tokenizer, method=a.method, ratio=a.ratio, mu=a.mu,
+                            reduction=a.reduction, batch_size=a.batch_size, seed=a.seed,
+                            prompt_template=a.prompt_template, max_length=a.max_length, num_samples=a.num_samples,
+                            scope=a.scope, granularity=a.granularity, include=a.include, exclude=a.exclude)
+        out = Path(a.out)
+        path = mask.save(out)
+        stats = mask.stats()
+        (out / "mask_stats.json").write_text(json.dumps({"metadata": mask.metadata, "stats": stats}, indent=2))
+        png = mask.plot_heatmap(out / "mask_heatmap.png", title=f"{a.method} mask, ratio {a.ratio:g}: {a.model}")
+        print(mask.format_stats())
+        bits = path.stat().st_size * 8 / max(1, mask.num_total)
+        print(f"wrote {path} ({bits:.3f} bits per weight), {out / 'mask_stats.json'} and {png}")
+        return 0
+
+    p = sub.add_parser("attribute", help="score a model's weights on forget/retain data and save the mask")
+    p.add_argument("--model", required=True, help="model: Hub id or local folder")
+    p.add_argument("--forget", help="forget data: .json/.jsonl/.parquet/.csv file or a save_to_disk folder")
+    p.add_argument("--retain", help="retain data, same formats (needed by wagle and grin)")
+    p.add_argument("--method", default="wagle", choices=MASK_METHODS)
+    p.add_argument("--ratio", type=float, default=0.8, help="fraction of weights that may change")
+    p.add_argument("--mu", type=float, default=1e-6, help="WAGLE's diagonal-Hessian constant")
+    p.add_argument("--reduction", default="sum", choices=("sum", "mean"))
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-samples", type=int, help="score on a seeded subset of this many examples of each set")
+    p.add_argument("--scope", default="global", choices=MASK_SCOPES)
+    p.add_argument("--granularity", default="element", choices=MASK_GRANULARITIES)
+    p.add_argument("--include", nargs="+", help="only parameters matching these name patterns may be selected")
+    p.add_argument("--exclude", nargs="+", help="parameters matching these name patterns are never selected")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--prompt-template", default="Question: {question}\nAnswer:")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--device", help="e.g. cuda:0 (default: where the model loads)")
+    p.add_argument("--out", required=True, help="folder for wagle_mask.safetensors, mask_stats.json, mask_heatmap.png")
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-wagle", description="WAGLE unlearning for Hugging Face models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -22,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--mask-ratio", type=float, default=0.8, help="fraction of weights that may change")
     demo.add_argument("--full", action="store_true", help="full-parameter unlearning instead of masked LoRA")
     demo.set_defaults(func=_demo)
+    _add_evaluate(sub)
+    _add_attribute(sub)
     return parser
 
 
