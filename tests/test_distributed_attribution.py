@@ -1,0 +1,60 @@
+"""Two CPU ranks (gloo, torchrun): each scores its shard, gradients are all-reduced, every rank ends with the
+identical mask, and it matches the single-process mask."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_wagle import compute_mask
+from hf_wagle.attribution import accumulate_gradients
+from hf_wagle.data import tokenize_dataset
+
+SCRIPT = Path(__file__).with_name("distributed_mask_script.py")
+
+
+def jaccard(a, b):
+    inter = sum(int((a[n] & b[n]).sum()) for n in a)
+    return inter / max(1, sum(int((a[n] | b[n]).sum()) for n in a))
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+                    reason="torchrun not installed")
+def test_two_ranks_build_the_single_process_mask(trained, world, tmp_path):
+    model, tokenizer = trained
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    forget, retain = world["forget"].select(range(5)), world["retain"].select(range(7))  # uneven shards
+    forget.save_to_disk(str(tmp_path / "forget"))
+    retain.save_to_disk(str(tmp_path / "retain"))
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(SCRIPT), str(tmp_path / "model"),
+                           str(tmp_path), str(tmp_path / "forget"), str(tmp_path / "retain")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert r0["world"] == r1["world"] == 2
+
+    params = list(model.parameters())
+    saved = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    examples = tokenize_dataset(forget, tokenizer, "Question: {question}\nAnswer:")
+    g_single = accumulate_gradients(model, params, examples, 2)
+    for p, s in zip(params, saved):
+        p.requires_grad_(s)
+    for a, b, c in zip(r0["g_f"], r1["g_f"], g_single):
+        assert torch.allclose(a, c, rtol=1e-4, atol=1e-7) and torch.allclose(b, c, rtol=1e-4, atol=1e-7)
+
+    for method in ("wagle", "grin", "wanda", "random"):
+        m0, m1 = r0[method], r1[method]
+        assert all(torch.equal(m0[n], m1[n]) for n in m0), method  # identical on every rank
+        single = compute_mask(model, forget, retain, tokenizer, method=method, ratio=0.3, mu=1e-3, batch_size=2,
+                              progress=False)
+        assert jaccard(m0, dict(single.items())) >= 0.999, method
+        assert sum(int(m.sum()) for m in m0.values()) == single.num_selected
