@@ -55,7 +55,7 @@ _NEEDS_FORGET = {"wagle", "snip", "gradient", "grin", "wanda"}
 _NEEDS_GRADIENTS = {"wagle", "snip", "gradient", "grin"}
 _NEEDS_RETAIN = {"wagle", "grin"}
 _ADAPTER_PREFIXES = ("lora_", "shira_")
-CHUNK = 1 << 22  # elements per selection chunk (a multiple of 8, so packed chunks concatenate)
+CHUNK = 1 << 20  # elements per selection chunk (a multiple of 8, so packed chunks concatenate)
 
 
 def base_named_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:

@@ -268,10 +268,29 @@ def test_metadata_records_how_the_mask_was_made(tiny, small_data, tokenizer):
     m.check_model(tiny)
 
 
-def test_progress_bar_over_batches(tiny, small_data, tokenizer, capsys):
+def test_progress_bar_over_batches(tiny, small_data, tokenizer, capsys, monkeypatch):
+    import hf_wagle.attribution as attribution
+
     compute_mask(tiny, small_data[0], small_data[1], tokenizer, ratio=0.3, batch_size=2)
-    err = capsys.readouterr().err
-    assert "attribution (wagle)" in err and "8/8" in err  # 3 forget + 5 retain batches
+    assert "attribution (wagle)" in capsys.readouterr().err
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc):
+            self.total, self.n, self.closed = total, 0, False
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(attribution, "_progress_bar", Bar)
+    compute_mask(tiny, small_data[0], small_data[1], tokenizer, ratio=0.3, batch_size=2)
+    assert [(b.total, b.n, b.closed) for b in bars] == [(8, 8, True)]  # 3 forget + 5 retain batches
+    compute_mask(tiny, small_data[0], small_data[1], tokenizer, ratio=0.3, batch_size=2, progress=False)
+    assert len(bars) == 1
 
 
 def test_more_bad_options_fail_before_work(tiny, world, tokenizer):
