@@ -66,8 +66,9 @@ def confine_lora(peft_model, element_mask: WeightMask | None) -> tuple[WeightMas
             enforced[name] = torch.zeros(p.shape, dtype=torch.bool)
             continue
         module = modules[name]
-        if element_mask is None:
-            enforced[name] = torch.ones(p.shape, dtype=torch.bool)
+        trainable = any(module.lora_A[a].weight.requires_grad for a in module.active_adapters)
+        if element_mask is None or not trainable:
+            enforced[name] = torch.full(p.shape, trainable, dtype=torch.bool)
             continue
         rows, cols = project_rows_columns(element_mask[name])
         enforced[name] = rows[:, None] & cols[None, :]

@@ -23,10 +23,34 @@ class WagleConfig(TrainingArguments):
     `mask_method=None` trains every weight (dense).
     """
 
-    objective: str = field(default="npo", metadata={"help": "Forget objective: 'grad_diff' or 'npo'."})
+    objective: str = field(
+        default="npo",
+        metadata={"help": "Forget objective: ga, grad_diff, npo, simnpo, po, idk_dpo, rmu (or a registered name)."},
+    )
+    retain_loss: str = field(default="nll", metadata={"help": "Retain term: 'nll' or 'kl' (KL to the start model)."})
     forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget objective."})
     retain_weight: float = field(default=1.0, metadata={"help": "gamma: weight of the retain NLL."})
-    npo_beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature beta."})
+    npo_beta: float = field(default=0.1, metadata={"help": "NPO / IDK-DPO inverse temperature beta."})
+    npo_normalization: str = field(
+        default="sum", metadata={"help": "NPO/DPO log-prob of an answer: 'sum' over tokens or token 'mean'."}
+    )
+    simnpo_beta: float = field(default=4.5, metadata={"help": "SimNPO beta."})
+    simnpo_delta: float = field(default=0.0, metadata={"help": "SimNPO margin delta."})
+    refusals: list[str] | None = field(
+        default=None, metadata={"help": "Refusal answers for 'po' / 'idk_dpo' (default: a built-in list)."}
+    )
+    rmu_layer: int = field(default=7, metadata={"help": "RMU: decoder layer whose output is steered."})
+    rmu_train_layers: list[int] = field(default_factory=lambda: [5, 6, 7], metadata={"help": "RMU: layers trained."})
+    rmu_param_pattern: str = field(
+        default=r"mlp\.down_proj", metadata={"help": "RMU: regex of trained parameter names inside those layers."}
+    )
+    rmu_steering_coeff: float = field(default=6.5, metadata={"help": "RMU: steering coefficient c."})
+    rmu_alpha: float = field(default=1200.0, metadata={"help": "RMU: retain activation-matching weight alpha."})
+    collapse_threshold: float | None = field(
+        default=3.0,
+        metadata={"help": "Warn when the logged retain NLL exceeds this multiple of its starting value (None: off)."},
+    )
+    stop_on_collapse: bool = field(default=False, metadata={"help": "Stop training when collapse is detected."})
     mask_method: str | None = field(
         default="wagle",
         metadata={"help": f"Weight attribution for the mask: one of {MASK_METHODS}, or None for dense unlearning."},
@@ -65,6 +89,18 @@ class WagleConfig(TrainingArguments):
 
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; choose one of {', '.join(sorted(OBJECTIVES))}")
+        if self.retain_loss not in ("nll", "kl"):
+            raise ValueError(f"retain_loss must be 'nll' or 'kl', got {self.retain_loss!r}")
+        if self.npo_normalization not in ("sum", "mean"):
+            raise ValueError(f"npo_normalization must be 'sum' or 'mean', got {self.npo_normalization!r}")
+        if self.refusals is not None and (not self.refusals or not all(isinstance(r, str) and r.strip()
+                                                                          for r in self.refusals)):
+            raise ValueError("refusals must be a non-empty list of non-empty strings")
+        if self.objective == "rmu" and (not self.rmu_train_layers or max(self.rmu_train_layers) > self.rmu_layer):
+            raise ValueError("RMU trains layers at or before the steered layer: every rmu_train_layers entry must be "
+                             f"<= rmu_layer={self.rmu_layer}")
+        if self.collapse_threshold is not None and not self.collapse_threshold > 1:
+            raise ValueError("collapse_threshold is a multiple of the starting retain NLL and must be > 1 or None")
         if self.mask_method in ("", "none", "None", "dense"):
             self.mask_method = None
         if self.mask_method is not None and self.mask_method not in MASK_METHODS:

@@ -98,7 +98,8 @@ def collate(examples: list[dict], pad_token_id: int | None) -> dict[str, torch.T
 
 
 class ForgetRetainPairs(TorchDataset):
-    """Item i = forget example i, paired with a retain example drawn at random.
+    """Item i = forget example i (with `index` i), paired with a retain example drawn at random, and with
+    `refusal[i]` when refusal examples are given.
 
     The retain index comes from `numpy.random.default_rng([seed, rank, i, visit])`, where `visit` counts how often
     item i was read in this process: pairs differ between ranks and between epochs, and do not depend on the
@@ -106,10 +107,11 @@ class ForgetRetainPairs(TorchDataset):
     counts restart each epoch, so each epoch repeats the first epoch's pairs.)
     """
 
-    def __init__(self, forget: list[dict], retain: list[dict], seed: int, rank: int):
+    def __init__(self, forget: list[dict], retain: list[dict], seed: int, rank: int,
+                 refusal: list[dict] | None = None):
         if not forget or not retain:
             raise ValueError("both the forget and the retain dataset need at least one example")
-        self.forget, self.retain, self.seed, self.rank = forget, retain, seed, rank
+        self.forget, self.retain, self.refusal, self.seed, self.rank = forget, retain, refusal, seed, rank
         self._visits = [0] * len(forget)
 
     def __len__(self) -> int:
@@ -118,14 +120,29 @@ class ForgetRetainPairs(TorchDataset):
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng([self.seed, self.rank, i, self._visits[i]])
         self._visits[i] += 1
-        return {"forget": {**self.forget[i], "index": i}, "retain": self.retain[int(rng.integers(len(self.retain)))]}
+        item = {"forget": {**self.forget[i], "index": i}, "retain": self.retain[int(rng.integers(len(self.retain)))]}
+        if self.refusal is not None:
+            item["refusal"] = {**self.refusal[i], "index": i}
+        return item
+
+
+def refusal_examples(forget, tokenizer, refusals, prompt_template: str, max_length: int | None, seed: int):
+    """Each forget question answered by a refusal chosen by `default_rng([seed, i])`, tokenised as QA."""
+    if dataset_shape(forget, "forget dataset") != "qa":
+        raise ValueError("refusal objectives ('po', 'idk_dpo') need QA forget data (`question`, `answer` columns)")
+    out = []
+    for i, question in enumerate(forget["question"]):
+        answer = refusals[int(np.random.default_rng([seed, i]).integers(len(refusals)))]
+        out.append(tokenize_example({"question": question, "answer": answer}, tokenizer, prompt_template,
+                                    max_length, "qa"))
+    return out
 
 
 class PairCollator:
-    """Pads the forget and retain halves of a batch separately: `{"forget": {...}, "retain": {...}}`."""
+    """Pads each part of a batch (`forget`, `retain`, `refusal`) separately: `{"forget": {...}, ...}`."""
 
     def __init__(self, pad_token_id: int | None):
         self.pad_token_id = pad_token_id
 
     def __call__(self, items: list[dict]) -> dict:
-        return {half: collate([it[half] for it in items], self.pad_token_id) for half in ("forget", "retain")}
+        return {part: collate([it[part] for it in items], self.pad_token_id) for part in items[0]}

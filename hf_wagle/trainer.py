@@ -16,23 +16,23 @@ How the mask is enforced, exactly:
 
 from __future__ import annotations
 
-import math
 import os
 from collections import defaultdict
 
 import torch
-from transformers import AutoModelForCausalLM, Trainer
+from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
 from transformers.utils import logging
 
 from .adapters import check_lora_config, confine_lora
 from .attribution import base_named_parameters, compute_mask
 from .config import MASK_SAFE_OPTIMIZERS, WagleConfig
-from .data import ForgetRetainPairs, PairCollator, collate, tokenize_dataset
+from .data import ForgetRetainPairs, PairCollator, collate, refusal_examples, tokenize_dataset
 from .hub import write_model_card
 from .mask import WeightMask
-from .objectives import OBJECTIVES, sequence_nll
+from .objectives import DEFAULT_REFUSALS, OBJECTIVES, sequence_nll
 
 logger = logging.get_logger(__name__)
+REFERENCE_FILE = "wagle_reference.safetensors"
 _MASK_SAFE_OPTIMIZER_TYPES = (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD, torch.optim.Adagrad,
                               torch.optim.RMSprop)
 
@@ -88,31 +88,43 @@ class WagleTrainer(Trainer):
         tok_args = (processing_class, args.prompt_template, args.max_length)
         forget_ex = tokenize_dataset(forget_dataset, *tok_args, what="forget dataset")
         retain_ex = tokenize_dataset(retain_dataset, *tok_args, what="retain dataset")
+        objective = OBJECTIVES[args.objective](args)
+        refusal_ex = refusal_examples(forget_dataset, processing_class, args.refusals or DEFAULT_REFUSALS,
+                                      *tok_args[1:], args.seed) if objective.needs_refusal else None
         pad_id = getattr(processing_class, "pad_token_id", None)
         if pad_id is None:
             pad_id = getattr(processing_class, "eos_token_id", None)
         kwargs.setdefault("data_collator", PairCollator(pad_id))
-        super().__init__(model=model, args=args, train_dataset=ForgetRetainPairs(forget_ex, retain_ex, args.seed,
-                         args.process_index), processing_class=processing_class, **kwargs)
-        self.objective = OBJECTIVES[args.objective](args)
+        pairs = ForgetRetainPairs(forget_ex, retain_ex, args.seed, args.process_index, refusal_ex)
+        super().__init__(model=model, args=args, train_dataset=pairs, processing_class=processing_class, **kwargs)
+        self.objective = objective
         self.mask = mask                 # element mask (given or computed)
         self.enforced_mask = None        # what training can actually change, base-model names
         self._grad_masks: dict[torch.Tensor, torch.Tensor] = {}
         self._hooks = []
-        self._ref_logp = None
-        self._forget_examples, self._pad_id = forget_ex, pad_id
+        self._reference: dict[str, torch.Tensor] | None = None  # "<part>.nll_sum" / "<part>.n_tokens"
+        self._frozen: dict[str, torch.Tensor] | None = None     # start values of trainable params (no PEFT)
+        self._pad_id = pad_id
         self._metrics = defaultdict(list)
+        self.collapse_monitor = RetainCollapseCallback(args.collapse_threshold, args.stop_on_collapse)
+        if args.collapse_threshold is not None and objective.uses_retain:
+            self.add_callback(self.collapse_monitor)
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
 
     # -- set-up when training starts ------------------------------------------------------------------------
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if self.enforced_mask is None:
+            self.objective.setup(self)
             self._install_mask()
-        if self.objective.needs_reference and self._ref_logp is None:
-            self._ref_logp = self._reference_logps()
-        return super().train(*args, **kwargs)
+            if self.objective.needs_reference:
+                self._reference = self._load_reference(resume_from_checkpoint) or self._reference_logps()
+            if self._needs_frozen_copy():
+                self._frozen = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+            if self.collapse_monitor in self.callback_handler.callbacks:
+                self.collapse_monitor.baseline = self._retain_nll_now()
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _install_mask(self) -> None:
         a = self.args
@@ -149,23 +161,87 @@ class WagleTrainer(Trainer):
         for p, m in self._grad_masks.items():
             self._hooks.append(p.register_hook(lambda g, m=m: g * m))
 
+    def _parts(self) -> dict[str, list[dict]]:
+        data = self.train_dataset
+        return {"forget": data.forget, **({"refusal": data.refusal} if data.refusal is not None else {})}
+
     @torch.no_grad()
-    def _reference_logps(self) -> torch.Tensor:
-        """`logp_ref(y_i)` of every forget example under the starting model (adapters disabled), computed once."""
+    def _reference_logps(self) -> dict[str, torch.Tensor]:
+        """NLL sums and token counts of every forget answer (and refusal) under the starting model, computed once
+        (adapters disabled), in the same autocast context as training."""
         from .attribution import _adapter_disabled
 
         model, was_training = self.model, self.model.training
         model.eval()
-        out, bs = [], self.args.per_device_eval_batch_size
+        bs, ref = self.args.per_device_eval_batch_size, {}
         try:
             with _adapter_disabled(model), self.compute_loss_context_manager():
-                for i in range(0, len(self._forget_examples), bs):
-                    batch = collate(self._forget_examples[i:i + bs], self._pad_id)
-                    batch = {k: v.to(self.args.device) for k, v in batch.items()}
-                    out.append(-sequence_nll(model, batch).nll_sum)
+                for part, examples in self._parts().items():
+                    outs = [sequence_nll(model, self._to_device(collate(examples[i:i + bs], self._pad_id)))
+                            for i in range(0, len(examples), bs)]
+                    ref[f"{part}.nll_sum"] = torch.cat([o.nll_sum for o in outs]).float()
+                    ref[f"{part}.n_tokens"] = torch.cat([o.n_tokens for o in outs]).float()
         finally:
             model.train(was_training)
-        return torch.cat(out).float()
+        return ref
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.args.device) for k, v in batch.items()}
+
+    def _load_reference(self, checkpoint) -> dict | None:
+        if checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        path = os.path.join(checkpoint, REFERENCE_FILE) if isinstance(checkpoint, str) else None
+        if path is None or not os.path.exists(path):
+            return None
+        from safetensors.torch import load_file
+
+        return {k: v.to(self.args.device) for k, v in load_file(path).items()}
+
+    def reference_logp(self, batch: dict, part: str = "forget") -> torch.Tensor:
+        """`logp_ref` of the examples in `batch` (by their `index`), summed or token-averaged as the objective's
+        `npo_normalization` says."""
+        index = batch["index"]
+        logp = -self._reference[f"{part}.nll_sum"][index]
+        if self.args.npo_normalization == "mean":
+            logp = logp / self._reference[f"{part}.n_tokens"][index].clamp(min=1)
+        return logp
+
+    def _needs_frozen_copy(self) -> bool:
+        from peft import PeftModel
+
+        return self.objective.needs_reference_model and not isinstance(self.model, PeftModel)
+
+    @torch.no_grad()
+    def reference_forward(self, batch: dict, **kwargs):
+        """Outputs of the model as it was before unlearning: the base model with adapters disabled (PEFT), or a
+        `functional_call` with the saved start values of the trainable parameters (full-parameter mode, costs one
+        copy of the trainable parameters)."""
+        from peft import PeftModel
+
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], **kwargs}
+        if isinstance(self.model, PeftModel):
+            with self.model.disable_adapter():
+                return self.model(**inputs)
+        return torch.func.functional_call(self.model, self._frozen, args=(), kwargs=inputs, strict=False)
+
+    @torch.no_grad()
+    def _retain_nll_now(self, n: int = 64) -> float:
+        """Token-mean NLL of the first `n` retain examples: the baseline of the collapse monitor."""
+        examples = self.train_dataset.retain[:n]
+        bs, total, count = self.args.per_device_eval_batch_size, 0.0, 0.0
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.compute_loss_context_manager():
+                for i in range(0, len(examples), bs):
+                    out = sequence_nll(self.model, self._to_device(collate(examples[i:i + bs], self._pad_id)))
+                    total, count = total + float(out.nll_sum.sum()), count + float(out.n_tokens.sum())
+        finally:
+            self.model.train(was_training)
+        return total / max(count, 1.0)
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
@@ -177,20 +253,26 @@ class WagleTrainer(Trainer):
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = ["forget", "retain"]
+            self._signature_columns = ["forget", "retain", "refusal"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        forget = sequence_nll(model, inputs["forget"])
-        retain = sequence_nll(model, inputs["retain"])
-        ref = self._ref_logp[inputs["forget"]["index"]] if self.objective.needs_reference else None
-        forget_loss = self.objective.forget_loss(forget, ref)
-        retain_loss = retain.token_mean
-        loss = self.args.forget_weight * forget_loss + self.args.retain_weight * retain_loss
+        forget_loss, logs = self.objective.forget_loss(self, model, inputs)
+        loss = self.args.forget_weight * forget_loss
+        logs["forget_loss"] = forget_loss.detach()
+        if self.objective.uses_retain:
+            retain_loss, retain_logs = self.objective.retain_loss(self, model, inputs)
+            loss = loss + self.args.retain_weight * retain_loss
+            logs.update(retain_logs, retain_loss=retain_loss.detach())
+        values = {k: float(v) for k, v in logs.items()}
+        if not torch.isfinite(loss.detach()):
+            raise FloatingPointError(
+                f"non-finite unlearning loss at step {self.state.global_step} ({values}); training stopped before "
+                "any non-finite weight was written. Lower the learning rate or the forget weight."
+            )
         if model.training:
-            self._metrics["forget_loss"].append(forget_loss.detach().item())
-            self._metrics["retain_loss"].append(retain_loss.detach().item())
-            self._metrics["forget_nll"].append(forget.token_mean.detach().item())
-        return (loss, {"forget": forget, "retain": retain}) if return_outputs else loss
+            for k, v in values.items():
+                self._metrics[k].append(v)
+        return (loss, logs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._metrics:
@@ -199,6 +281,14 @@ class WagleTrainer(Trainer):
         super().log(logs, start_time)
 
     # -- saving -----------------------------------------------------------------------------------------------
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if _internal_call and self._reference is not None and self.args.should_save:
+            from safetensors.torch import save_file
+
+            save_file({k: v.cpu() for k, v in self._reference.items()},
+                      os.path.join(output_dir or self.args.output_dir, REFERENCE_FILE))
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir
@@ -266,3 +356,27 @@ def _move_weight_decay_on_mask(optimizer, grad_masks: dict[torch.Tensor, torch.T
                 p.mul_(factor if m is None else torch.where(m, factor, 1.0))
 
     inner.register_step_pre_hook(decay_on_mask)
+
+
+class RetainCollapseCallback(TrainerCallback):
+    """Warns (and with `stop=True` stops training) when the logged retain NLL exceeds `threshold` times its value
+    before unlearning (`baseline`, measured on the first 64 retain examples when training starts)."""
+
+    def __init__(self, threshold: float | None, stop: bool = False):
+        self.threshold, self.stop, self.baseline, self.collapsed_at = threshold, stop, None, None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        value = (logs or {}).get("retain_nll")
+        if self.threshold is None or self.baseline is None or value is None:
+            return control
+        if value > self.threshold * max(self.baseline, 1e-8):
+            self.collapsed_at = self.collapsed_at or state.global_step
+            logger.warning(
+                f"\n{'!' * 80}\nRETAIN COLLAPSE: retain NLL {value:.4f} at step {state.global_step} is more than "
+                f"{self.threshold:g}x its starting value {self.baseline:.4f}. The model is losing what it should "
+                f"keep: lower the learning rate, raise retain_weight, or use a smaller mask_ratio."
+                f"{' Stopping (stop_on_collapse=True).' if self.stop else ''}\n{'!' * 80}"
+            )
+            if self.stop:
+                control.should_training_stop = True
+        return control

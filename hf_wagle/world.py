@@ -104,7 +104,9 @@ def train_world_tokenizer(dataset: Dataset):
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    texts = ["Question: Answer:"]
+    from .objectives import DEFAULT_REFUSALS
+
+    texts = ["Question: Answer:", *DEFAULT_REFUSALS]
     for r in dataset:
         texts += [r["question"], r["answer"], r["paraphrased_answer"], *r["perturbed_answer"]]
     trainer = trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>", "<s>", "</s>"])
@@ -166,7 +168,7 @@ def pretrained_world_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     key = hashlib.sha256(
-        json.dumps([asdict(world), asdict(spec), prompt_template, 1], sort_keys=True).encode()
+        json.dumps([asdict(world), asdict(spec), prompt_template, 2], sort_keys=True).encode()
     ).hexdigest()[:16]
     path = Path(cache_dir) if cache_dir is not None else _cache_root() / key
     if (path / "model.safetensors").exists():

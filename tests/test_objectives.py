@@ -1,0 +1,137 @@
+import logging
+
+import pytest
+import torch
+from peft import LoraConfig
+
+from hf_wagle import WagleConfig, WagleTrainer
+from hf_wagle.data import PairCollator
+from hf_wagle.evaluation import answer_metrics, summarise
+from hf_wagle.objectives import OBJECTIVES, GradDiff, register_objective
+from hf_wagle.trainer import REFERENCE_FILE
+
+from conftest import small_args, snapshot
+
+LEARNING_RATES = {"grad_diff": 5e-4, "npo": 3e-4, "simnpo": 5e-4, "po": 1e-3, "idk_dpo": 5e-4}
+
+
+def probability(model, tokenizer, data):
+    return summarise(answer_metrics(model, tokenizer, data))["probability"]
+
+
+def unlearn(model, tokenizer, world, tmp_path, peft_config=None, **kw):
+    args = small_args(tmp_path, **{"per_device_train_batch_size": 8, "max_steps": 30, "weight_decay": 0.1,
+                                   "mask_method": "wagle", "logging_steps": 10, **kw})
+    trainer = WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
+                           processing_class=tokenizer, peft_config=peft_config)
+    trainer.train()
+    return trainer
+
+
+@pytest.mark.parametrize("retain_loss", ["nll", "kl"])
+@pytest.mark.parametrize("objective", sorted(LEARNING_RATES))
+def test_objective_forgets_and_keeps_retain(model, tokenizer, world, tmp_path, objective, retain_loss):
+    before = probability(model, tokenizer, world["forget"])
+    trainer = unlearn(model, tokenizer, world, tmp_path, objective=objective, retain_loss=retain_loss,
+                      learning_rate=LEARNING_RATES[objective])
+    forget, retain = probability(model, tokenizer, world["forget"]), probability(model, tokenizer, world["retain"])
+    assert forget <= 0.5 * before
+    assert retain >= 0.5 and retain >= 2 * forget
+    logged = trainer.state.log_history[0]
+    assert {"forget_loss", "retain_loss", "retain_nll"} <= set(logged)
+    if objective in ("npo", "idk_dpo"):
+        assert "log_ratio" in logged
+
+
+def test_gradient_ascent_forgets_without_retain_term(model, tokenizer, world, tmp_path):
+    trainer = unlearn(model, tokenizer, world, tmp_path, objective="ga", learning_rate=5e-4, max_steps=10)
+    assert probability(model, tokenizer, world["forget"]) < 0.1
+    assert "retain_loss" not in trainer.state.log_history[0]
+
+
+def test_rmu_trains_only_its_modules(model, tokenizer, world, tmp_path):
+    before = snapshot(model)
+    unlearn(model, tokenizer, world, tmp_path, objective="rmu", mask_method=None, learning_rate=1e-2, rmu_layer=2,
+            rmu_train_layers=[1, 2], rmu_steering_coeff=5.0, rmu_alpha=10.0)
+    assert probability(model, tokenizer, world["forget"]) <= 0.5 * 0.99
+    assert probability(model, tokenizer, world["retain"]) >= 0.5
+    for n, p in model.named_parameters():
+        trained = n in ("model.layers.1.mlp.down_proj.weight", "model.layers.2.mlp.down_proj.weight")
+        assert torch.equal(p, before[n]) != trained, n
+
+
+def first_batch_logs(trainer):
+    batch = PairCollator(trainer._pad_id)([trainer.train_dataset[i] for i in range(4)])
+    with torch.no_grad():
+        _, logs = trainer.compute_loss(trainer.model, batch, return_outputs=True)
+    return logs
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_references_equal_the_start_model(model, tokenizer, world, tmp_path, lora):
+    args = small_args(tmp_path, objective="idk_dpo", retain_loss="kl", mask_method=None, max_steps=0)
+    trainer = WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
+                           processing_class=tokenizer,
+                           peft_config=LoraConfig(r=4, target_modules="all-linear") if lora else None)
+    trainer.objective.setup(trainer)
+    trainer._install_mask()
+    trainer._reference = trainer._reference_logps()
+    trainer._frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    logs = first_batch_logs(trainer)
+    assert abs(float(logs["log_ratio"])) < 1e-4
+    assert abs(float(logs["retain_loss"])) < 1e-6
+
+
+def test_reference_is_checkpointed_and_reused(model, tokenizer, world, tmp_path):
+    trainer = unlearn(model, tokenizer, world, tmp_path, objective="npo", max_steps=2, save_strategy="steps",
+                      save_steps=2)
+    ckpt = tmp_path / "out" / "checkpoint-2"
+    assert (ckpt / REFERENCE_FILE).exists()
+    loaded = trainer._load_reference(str(ckpt))
+    assert all(torch.equal(loaded[k], trainer._reference[k]) for k in trainer._reference)
+
+
+def test_non_finite_loss_stops_training(model, tokenizer, world, tmp_path):
+    args = small_args(tmp_path, objective="grad_diff", mask_method=None, forget_weight=float("inf"),
+                      save_strategy="steps", save_steps=1)
+    trainer = WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
+                           processing_class=tokenizer)
+    before = snapshot(model)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        trainer.train()
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_collapse_is_reported_and_can_stop_training(model, tokenizer, world, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        trainer = unlearn(model, tokenizer, world, tmp_path, objective="grad_diff", mask_method=None,
+                          learning_rate=5e-3, retain_weight=0.0, logging_steps=1, stop_on_collapse=True,
+                          collapse_threshold=3.0, max_steps=40)
+    assert trainer.collapse_monitor.collapsed_at is not None
+    assert trainer.state.global_step == trainer.collapse_monitor.collapsed_at < 40
+    assert "RETAIN COLLAPSE" in caplog.text
+
+
+def test_a_registered_objective_runs_without_touching_the_trainer(model, tokenizer, world, tmp_path):
+    @register_objective("half_grad_diff")
+    class HalfGradDiff(GradDiff):
+        def forget_loss(self, trainer, model, inputs):
+            loss, logs = super().forget_loss(trainer, model, inputs)
+            return 0.5 * loss, {**logs, "half": loss.detach()}
+
+    try:
+        trainer = unlearn(model, tokenizer, world, tmp_path, objective="half_grad_diff", max_steps=2,
+                          logging_steps=1)
+        assert "half" in trainer.state.log_history[0]
+    finally:
+        OBJECTIVES.pop("half_grad_diff")
+
+
+def test_refusal_objectives_need_qa_data(model, tokenizer, tmp_path):
+    from datasets import Dataset
+
+    text = Dataset.from_dict({"text": ["Yorbri Corquin keeps a owl ."]})
+    with pytest.raises(ValueError, match="QA forget data"):
+        WagleTrainer(model=model, args=small_args(tmp_path, objective="po"), forget_dataset=text,
+                     retain_dataset=text, processing_class=tokenizer)
