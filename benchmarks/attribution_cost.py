@@ -110,8 +110,6 @@ def main() -> None:
     t0 = time.perf_counter()
     packed, select_extra = peak_extra_bytes(lambda: select(stored, a.ratio))
     select_s = time.perf_counter() - t0
-    selected = sum(int(torch.from_numpy(p).bitwise_count().sum()) if hasattr(torch.Tensor, "bitwise_count") else 0
-                   for p in packed)
     del stored, scores, packed
     mask, magnitude_extra = peak_extra_bytes(lambda: compute_mask(model, None, None, method="magnitude",
                                                                   ratio=a.ratio))
@@ -144,7 +142,7 @@ def main() -> None:
     result = {
         "parameters": n_params, "parameter_bytes": param_bytes, "ratio": a.ratio,
         "selection_extra_bytes": select_extra, "selection_extra_over_param_bytes": select_extra / param_bytes,
-        "selection_seconds": select_s, "selected": selected or None,
+        "selection_seconds": select_s,
         "magnitude_mask_extra_bytes": magnitude_extra,
         "magnitude_mask_extra_over_param_bytes": magnitude_extra / param_bytes,
         "forward_backward_seconds": plain, "attribution_seconds": attrib, "attribution_over_forward_backward": ratio,
