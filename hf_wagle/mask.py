@@ -2,7 +2,8 @@
 
 In memory and on disk every mask is bit-packed (1 bit per weight, `numpy.packbits`, little bit order, each tensor
 padded to a whole byte). `wagle_mask.safetensors` holds one uint8 tensor `bits` (the tensors' packed bytes one after
-another) and, in the safetensors metadata, the index (`wagle.index`: `[[name, shape], ...]` in order) and what
+another) and, in the safetensors metadata, the index (`wagle.index_z`: base64 of zlib-compressed JSON
+`[[name, shape], ...]` in order) and what
 produced the mask (`wagle.metadata`): method, ratio, mu, reduction, sample counts, sha256 fingerprints of the
 forget and retain data, the model's name, a sha256 of its parameter names and shapes, the library version.
 Files are about `1 + (index bytes) * 8 / N` bits per weight.
@@ -10,11 +11,13 @@ Files are about `1 + (index bytes) * 8 / N` bits per weight.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
 import os
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -186,7 +189,8 @@ class WeightMask:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         bits = np.concatenate([self._packed[n] for n in self._packed]) if self._packed else np.zeros(0, np.uint8)
-        meta = {"format": "pt", "wagle.index": json.dumps([[n, list(s)] for n, s in self._shapes.items()]),
+        index = json.dumps([[n, list(s)] for n, s in self._shapes.items()]).encode()
+        meta = {"format": "pt", "wagle.index_z": base64.b64encode(zlib.compress(index, 9)).decode(),
                 "wagle.metadata": json.dumps(self.metadata, sort_keys=True)}
         path = directory / MASK_FILE
         tmp = path.with_name(path.name + ".tmp")
@@ -204,9 +208,9 @@ class WeightMask:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             packed = {}
-            if "wagle.index" in meta:
+            if "wagle.index_z" in meta:
                 data, offset = f.get_tensor("bits").numpy(), 0
-                for name, shape in json.loads(meta["wagle.index"]):
+                for name, shape in json.loads(zlib.decompress(base64.b64decode(meta["wagle.index_z"]))):
                     size = (math.prod(shape) + 7) // 8
                     if offset + size > data.size:
                         raise ValueError(f"{path} is truncated: {name} needs bytes {offset}..{offset + size}")
@@ -216,7 +220,7 @@ class WeightMask:
                 for name, shape in json.loads(meta["wagle.shapes"]).items():
                     packed[name] = (f.get_tensor(name).numpy(), tuple(shape))
             else:
-                raise ValueError(f"{path} is not a WeightMask file (no `wagle.index` metadata)")
+                raise ValueError(f"{path} is not a WeightMask file (no `wagle.index_z` metadata)")
         mask = cls.from_packed(packed, json.loads(meta.get("wagle.metadata", "{}")))
         if model is not None:
             mask.check_model(model)
@@ -288,8 +292,13 @@ class WeightMask:
             for j, module in enumerate(modules):
                 if module in per_lm[layer]:
                     grid[i, j] = per_lm[layer][module]["fraction"]
-        fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(modules), 1.2 + 0.3 * len(layers)))
+        fig, ax = plt.subplots(figsize=(2.5 + 0.9 * len(modules), 3.0 + 0.3 * len(layers)), layout="constrained")
         im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
+        if len(layers) * len(modules) <= 400:
+            for (i, j), v in np.ndenumerate(grid):
+                if not np.isnan(v):
+                    ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7,
+                            color="black" if v > 0.6 else "white")
         ax.set_xticks(range(len(modules)), modules, rotation=45, ha="right")
         ax.set_yticks(range(len(layers)), layers)
         ax.set_xlabel("module type")
@@ -297,7 +306,6 @@ class WeightMask:
         method = self.metadata.get("method")
         ax.set_title(title or f"selected fraction ({method or 'mask'}, overall {self.ratio:.2f})")
         fig.colorbar(im, ax=ax, label="fraction selected")
-        fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
