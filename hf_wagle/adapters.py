@@ -9,6 +9,9 @@ returns gradient masks that keep them zero, plus the structured mask that is the
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from .attribution import base_named_parameters
@@ -89,7 +92,79 @@ def confine_lora(peft_model, element_mask: WeightMask | None) -> tuple[WeightMas
     return WeightMask(enforced, meta), grad_masks
 
 
-def lora_delta(module, adapter: str = "default") -> torch.Tensor:
-    """The change LoRA adds to the base weight: `scaling * B @ A` (`out x in`)."""
-    a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
-    return (b @ a) * module.scaling[adapter]
+def _tensors(directory: Path, stem: str):
+    """`(name, tensor)` of `stem.safetensors`, or of every shard listed in `stem.safetensors.index.json`."""
+    from safetensors import safe_open
+
+    index = directory / f"{stem}.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else \
+        [f"{stem}.safetensors"]
+    for file in files:
+        with safe_open(str(directory / file), framework="pt") as f:
+            for key in f.keys():
+                yield key, f.get_tensor(key)
+
+
+def verify(directory, base=None) -> dict:
+    """Audit an unlearning output folder against the mask it ships (`wagle_mask.safetensors`).
+
+    Adapter folders (`adapter_model.safetensors`): for every LoRA pair, `B @ A` must be exactly zero outside the
+    mask of its base weight and finite; any other trained tensor (e.g. `modules_to_save`) is unconfined unless the
+    mask selects all of its weight. Full-model folders need `base` (a local folder or Hub id): every weight must
+    be finite and bit-identical to the base model outside the mask. Returns a report whose `"confined"` is True
+    only when every check passes.
+    """
+    directory = Path(directory)
+    mask = WeightMask.load(directory)
+    problems, modules, outside_total, inside_total = [], 0, 0, 0
+
+    def check(name: str, change: torch.Tensor):
+        nonlocal outside_total, inside_total, modules
+        modules += 1
+        if not torch.isfinite(change).all():
+            problems.append(f"{name}: non-finite values")
+        if name not in mask:
+            problems.append(f"{name}: changed but absent from the mask")
+            return
+        m = mask[name]
+        outside = int((change[~m] != 0).sum())
+        outside_total += outside
+        inside_total += int((change[m] != 0).sum())
+        if outside:
+            problems.append(f"{name}: {outside} weights change outside the mask")
+
+    if (directory / "adapter_model.safetensors").exists():
+        kind = "lora"
+        factors: dict[str, dict[str, torch.Tensor]] = {}
+        for key, t in _tensors(directory, "adapter_model"):
+            parts = key.split(".")
+            if "lora_A" in parts or "lora_B" in parts:
+                i = parts.index("lora_A") if "lora_A" in parts else parts.index("lora_B")
+                module = ".".join(parts[:i]).removeprefix("base_model.model.")
+                factors.setdefault(module, {})[parts[i]] = t.float()
+            else:
+                name = key.removeprefix("base_model.model.").replace(".modules_to_save", "")
+                if name not in mask or not bool(mask[name].all()):
+                    problems.append(f"{key}: a full trained tensor that the mask does not cover")
+        for module, ab in factors.items():
+            check(f"{module}.weight", ab["lora_B"] @ ab["lora_A"])
+    else:
+        kind = "full"
+        if base is None:
+            raise ValueError(f"{directory} holds a full model; pass the base model (--base) to compare against")
+        base_dir = Path(base) if Path(base).exists() else Path(_download(base))
+        trained = dict(_tensors(directory, "model"))
+        for name, b in _tensors(base_dir, "model"):
+            if name in trained:
+                check(name, trained[name].float() - b.float())
+                if name in mask and not torch.equal(trained[name][~mask[name]], b[~mask[name]]):
+                    problems.append(f"{name}: off-mask weights are not bit-identical")
+    return {"directory": str(directory), "kind": kind, "confined": not problems, "tensors_checked": modules,
+            "changed_inside_mask": inside_total, "changed_outside_mask": outside_total,
+            "mask_ratio": mask.ratio, "mask_metadata": mask.metadata, "problems": problems}
+
+
+def _download(repo_id: str) -> str:
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(repo_id, allow_patterns=["*.safetensors", "*.json"])

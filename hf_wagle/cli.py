@@ -156,6 +156,33 @@ def _add_attribute(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_verify(sub) -> None:
+    """`hf-wagle verify DIR [--base MODEL]`: check that an output folder changes nothing outside its mask."""
+
+    def run(a) -> int:
+        import json
+
+        from .adapters import verify
+
+        report = verify(a.directory, base=a.base)
+        if a.json:
+            print(json.dumps(report, indent=2, default=str))
+        else:
+            print(f"{report['directory']} ({report['kind']}): {report['tensors_checked']} tensors checked, "
+                  f"{report['changed_inside_mask']} weights changed inside the mask, "
+                  f"{report['changed_outside_mask']} outside; mask ratio {report['mask_ratio']:.4f}")
+            for problem in report["problems"]:
+                print(f"  FAIL {problem}")
+            print("confined to its mask: " + ("yes" if report["confined"] else "NO"))
+        return 0 if report["confined"] else 1
+
+    p = sub.add_parser("verify", help="audit an adapter or model folder against its wagle_mask.safetensors")
+    p.add_argument("directory", help="folder written by WagleTrainer.save_model")
+    p.add_argument("--base", help="base model (folder or Hub id); needed for full-model folders")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-wagle", description="WAGLE unlearning for Hugging Face models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
     _add_evaluate(sub)
     _add_attribute(sub)
+    _add_verify(sub)
     return parser
 
 

@@ -18,10 +18,9 @@ def world():
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    """The memorised world model and its tokenizer (trained once per test session, from scratch)."""
-    cache = os.environ.get("HF_WAGLE_TEST_MODEL") or tmp_path_factory.mktemp("world_model")
-    model, tokenizer, _ = pretrained_world_model(cache_dir=cache)
+def trained():
+    """The memorised world model and its tokenizer, trained from scratch once and cached (`HF_WAGLE_CACHE`)."""
+    model, tokenizer, _ = pretrained_world_model(cache_dir=os.environ.get("HF_WAGLE_TEST_MODEL"))
     return model, tokenizer
 
 

@@ -44,8 +44,9 @@ def test_objective_forgets_and_keeps_retain(model, tokenizer, world, tmp_path, o
 
 
 def test_gradient_ascent_forgets_without_retain_term(model, tokenizer, world, tmp_path):
-    trainer = unlearn(model, tokenizer, world, tmp_path, objective="ga", learning_rate=5e-4, max_steps=10)
-    assert probability(model, tokenizer, world["forget"]) < 0.1
+    before = probability(model, tokenizer, world["forget"])
+    trainer = unlearn(model, tokenizer, world, tmp_path, objective="ga", learning_rate=5e-4, max_steps=20)
+    assert probability(model, tokenizer, world["forget"]) <= 0.5 * before
     assert "retain_loss" not in trainer.state.log_history[0]
 
 

@@ -6,14 +6,9 @@ import torch
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from hf_wagle import WagleConfig, WagleTrainer, WeightMask, compute_mask
-from hf_wagle.evaluation import answer_metrics, summarise
+from hf_wagle import WagleTrainer, WeightMask, compute_mask
 
 from conftest import small_args, snapshot
-
-
-def mean_probability(model, tokenizer, data):
-    return summarise(answer_metrics(model, tokenizer, data))["probability"]
 
 
 class GradientProbe(TrainerCallback):
@@ -47,21 +42,6 @@ def test_off_mask_weights_bit_identical_with_decay_clipping_accumulation(model, 
     assert probe.off_mask == [0.0] * 4
     # clipping acted on the masked gradient: its norm is exactly the clipping threshold
     assert probe.norms == pytest.approx([1e-3] * 4, rel=1e-4)
-
-
-@pytest.mark.parametrize("objective", ["grad_diff", "npo"])
-def test_masked_unlearning_forgets_and_keeps_retain(model, tokenizer, world, tmp_path, objective):
-    forget_before = mean_probability(model, tokenizer, world["forget"])
-    args = small_args(tmp_path, objective=objective, mask_method="wagle", mask_ratio=0.8, learning_rate=5e-4,
-                      max_steps=30, per_device_train_batch_size=8, weight_decay=0.1)
-    trainer = WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
-                           processing_class=tokenizer)
-    trainer.train()
-    forget_after = mean_probability(model, tokenizer, world["forget"])
-    retain_after = mean_probability(model, tokenizer, world["retain"])
-    assert trainer.mask.metadata["method"] == "wagle"
-    assert forget_after <= 0.5 * forget_before
-    assert retain_after >= 0.5 and retain_after >= 3 * forget_after
 
 
 def test_masked_lora_reloads_with_stock_peft_and_is_confined(trained, tokenizer, world, tmp_path):
