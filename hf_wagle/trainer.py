@@ -81,9 +81,12 @@ class WagleTrainer(Trainer):
             from peft import get_peft_model
 
             check_lora_config(peft_config, masked)
+            if args.mask_noise_std > 0:
+                raise ValueError("mask_noise_std > 0 adds noise to base weights, which an adapter cannot carry; "
+                                 "train full parameters (no peft_config) or set mask_noise_std=0")
             model = get_peft_model(model, peft_config)
         if mask is not None:
-            mask.check_fits({n: tuple(p.shape) for n, p in base_named_parameters(model)})
+            mask.check_model(model)
         self.forget_dataset, self.retain_dataset = forget_dataset, retain_dataset
         tok_args = (processing_class, args.prompt_template, args.max_length)
         forget_ex = tokenize_dataset(forget_dataset, *tok_args, what="forget dataset")
@@ -116,23 +119,25 @@ class WagleTrainer(Trainer):
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if self.enforced_mask is None:
+            # References and baselines describe the model before unlearning: take them before the mask is
+            # installed (GRIN noise changes weights there).
             self.objective.setup(self)
-            self._install_mask()
             if self.objective.needs_reference:
                 self._reference = self._load_reference(resume_from_checkpoint) or self._reference_logps()
             if self._needs_frozen_copy():
                 self._frozen = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
             if self.collapse_monitor in self.callback_handler.callbacks:
                 self.collapse_monitor.baseline = self._retain_nll_now()
+            self._install_mask()
+            if self._frozen is not None:  # parameters the mask froze never change: no copy needed
+                trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+                self._frozen = {n: t for n, t in self._frozen.items() if n in trainable}
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _install_mask(self) -> None:
         a = self.args
         from peft import PeftModel
 
-        if a.mask_noise_std > 0 and isinstance(self.model, PeftModel):
-            raise ValueError("mask_noise_std > 0 adds noise to base weights, which an adapter cannot carry; train "
-                             "full parameters (no peft_config) or set mask_noise_std=0")
         if self.mask is None and a.mask_method is not None:
             self.mask = compute_mask(
                 self.model, self.forget_dataset, self.retain_dataset, self.processing_class, method=a.mask_method,
@@ -141,8 +146,6 @@ class WagleTrainer(Trainer):
                 scope=a.mask_scope, granularity=a.mask_granularity, include=a.mask_include, exclude=a.mask_exclude,
                 progress=not a.disable_tqdm,
             )
-        elif self.mask is not None:
-            self.mask.check_model(self.model)
 
         if isinstance(self.model, PeftModel):
             self.enforced_mask, self._grad_masks = confine_lora(self.model, self.mask)
