@@ -16,8 +16,9 @@ def card_for(trainer) -> ModelCard:
     base = getattr(getattr(trainer.model, "config", None), "_name_or_path", None) or None
     if adapter:
         base = trainer.model.peft_config[trainer.model.active_adapter].base_model_name_or_path or base
+    base = base if base and not os.path.isabs(base) else None  # never publish a local path
     data = ModelCardData(
-        base_model=base if base and not os.path.isabs(base) else None,
+        base_model=base,
         library_name="peft" if adapter else "transformers",
         tags=["unlearning", "wagle", f"objective:{args.objective}", f"mask:{args.mask_method or 'dense'}"],
     )
@@ -42,6 +43,7 @@ mask of the weights allowed to change. The forget data is not described here.
 | setting | value |
 |---|---|
 | objective | `{args.objective}` |
+| retain term | `{args.retain_loss}` |
 | forget weight / retain weight (gamma) | {args.forget_weight:g} / {args.retain_weight:g} |
 | mask method | `{method}` |
 | mask ratio requested (fraction of weights that may change) | {requested} |
