@@ -29,8 +29,17 @@ def check_lora_config(peft_config, masked: bool) -> None:
         )
     if getattr(peft_config, "use_dora", False):
         raise ValueError("use_dora=True rescales whole weight columns, which no mask can confine; set use_dora=False")
-    if peft_config.bias != "none":
-        raise ValueError(f"LoraConfig(bias={peft_config.bias!r}) trains biases outside LoRA's factors; use bias='none'")
+    if peft_config.bias != "none" or getattr(peft_config, "lora_bias", False):
+        raise ValueError("LoraConfig(bias=...) / lora_bias=True train biases that shift every output feature, outside "
+                         "any mask; use bias='none' and lora_bias=False")
+    init = peft_config.init_lora_weights
+    if init not in (True, False, "gaussian") or getattr(peft_config, "loftq_config", None):
+        raise ValueError(
+            f"init_lora_weights={init!r} moves part of each base weight into the adapter (or quantises it), so the "
+            "base model is no longer untouched and the mask cannot hold; use init_lora_weights=True or 'gaussian'"
+        )
+    if getattr(peft_config, "trainable_token_indices", None):
+        raise ValueError("trainable_token_indices trains embedding rows outside LoRA's factors; leave it unset")
     if masked and peft_config.modules_to_save:
         raise ValueError(
             "modules_to_save trains full copies of modules, outside the mask; leave it empty, or set mask_method=None"
@@ -138,10 +147,12 @@ def verify(directory, base=None) -> dict:
         factors: dict[str, dict[str, torch.Tensor]] = {}
         for key, t in _tensors(directory, "adapter_model"):
             parts = key.split(".")
-            if "lora_A" in parts or "lora_B" in parts:
-                i = parts.index("lora_A") if "lora_A" in parts else parts.index("lora_B")
-                module = ".".join(parts[:i]).removeprefix("base_model.model.")
-                factors.setdefault(module, {})[parts[i]] = t.float()
+            factor = next((x for x in ("lora_A", "lora_B") if x in parts), None)
+            if factor is not None and parts[-1] == "weight":
+                module = ".".join(parts[:parts.index(factor)]).removeprefix("base_model.model.")
+                factors.setdefault(module, {})[factor] = t.float()
+            elif factor is not None:
+                problems.append(f"{key}: a LoRA {parts[-1]} changes every output feature, outside any mask")
             else:
                 name = key.removeprefix("base_model.model.").replace(".modules_to_save", "")
                 if name not in mask or not bool(mask[name].all()):

@@ -62,6 +62,9 @@ class WagleTrainer(Trainer):
             raise TypeError(f"args must be a WagleConfig, got {type(args).__name__}")
         if "train_dataset" in kwargs:
             raise TypeError("WagleTrainer takes `forget_dataset` and `retain_dataset` instead of `train_dataset`")
+        if kwargs.get("eval_dataset") is not None:
+            raise TypeError("WagleTrainer does not take `eval_dataset`; to measure forgetting during training add "
+                            "`hf_wagle.evaluation.WagleEvalCallback(forget, retain, ...)` to `callbacks`")
         if forget_dataset is None or retain_dataset is None:
             raise ValueError("WagleTrainer needs both `forget_dataset` and `retain_dataset`")
         if args.deepspeed or args.fsdp:

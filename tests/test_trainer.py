@@ -122,6 +122,15 @@ def test_bad_input_fails_before_work(model, tokenizer, world, tmp_path):
     with pytest.raises(ValueError, match="does not fit"):
         WagleTrainer(model=model, args=small_args(tmp_path), forget_dataset=world["forget"],
                      retain_dataset=world["retain"], processing_class=tokenizer, mask=wrong)
+    with pytest.raises(TypeError, match="WagleEvalCallback"):
+        WagleTrainer(model=model, args=small_args(tmp_path), forget_dataset=world["forget"],
+                     retain_dataset=world["retain"], processing_class=tokenizer, eval_dataset=world["retain"])
+    for bad, message in [(dict(init_lora_weights="pissa"), "init_lora_weights"), (dict(lora_bias=True), "lora_bias"),
+                         (dict(trainable_token_indices=[1, 2]), "trainable_token_indices")]:
+        with pytest.raises(ValueError, match=message):
+            WagleTrainer(model=model, args=small_args(tmp_path), forget_dataset=world["forget"],
+                         retain_dataset=world["retain"], processing_class=tokenizer,
+                         peft_config=LoraConfig(r=2, target_modules=["q_proj"], **bad))
     with pytest.raises(ValueError, match="use_dora"):
         WagleTrainer(model=model, args=small_args(tmp_path), forget_dataset=world["forget"],
                      retain_dataset=world["retain"], processing_class=tokenizer,

@@ -36,6 +36,13 @@ def test_verify_accepts_a_masked_adapter_and_catches_tampering(trained, tokenize
     assert not report["confined"] and report["changed_outside_mask"] > 0
     assert main(["verify", str(out)]) == 1
 
+    weights = load_file(out / "adapter_model.safetensors")  # a LoRA bias shifts every output row
+    weights[key] = torch.zeros_like(weights[key])
+    weights[key.replace("lora_A.weight", "lora_B.bias")] = torch.ones(1)
+    save_file(weights, str(out / "adapter_model.safetensors"))
+    report = verify(out)
+    assert not report["confined"] and any("lora_B.bias" in p for p in report["problems"])
+
 
 def test_verify_full_model_against_its_base(trained, tokenizer, world, tmp_path):
     base_dir = tmp_path / "base"
