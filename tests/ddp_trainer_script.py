@@ -6,6 +6,7 @@ from datasets import load_from_disk
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_wagle import WagleConfig, WagleTrainer
+from hf_wagle.evaluation import WagleEvalCallback
 
 model_dir, out, objective = sys.argv[1], sys.argv[2], sys.argv[3]
 model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -14,11 +15,15 @@ args = WagleConfig(output_dir=f"{out}/run", objective=objective, mask_method="wa
                    learning_rate=1e-3, max_steps=3, per_device_train_batch_size=2, gradient_accumulation_steps=2,
                    weight_decay=0.1, max_grad_norm=0.5, use_cpu=True, ddp_backend="gloo", report_to="none",
                    save_strategy="no", disable_tqdm=True, seed=0, dataloader_drop_last=True)
-trainer = WagleTrainer(model=model, args=args, forget_dataset=load_from_disk(f"{out}/forget"),
-                       retain_dataset=load_from_disk(f"{out}/retain"), processing_class=tokenizer)
+forget, retain = load_from_disk(f"{out}/forget"), load_from_disk(f"{out}/retain")
+trainer = WagleTrainer(model=model, args=args, forget_dataset=forget, retain_dataset=retain,
+                       processing_class=tokenizer)
+# uneven shards: 5 and 7 rows over 2 ranks
+evaluation = WagleEvalCallback(forget.select(range(5)), retain.select(range(7)), eval_steps=1,
+                               restore_best=False).attach(trainer)
 trainer.train()
 rank = args.process_index
 torch.save({"params": {n: p.detach().clone() for n, p in trainer.model.named_parameters()},
             "mask": dict(trainer.enforced_mask.items()),
             "retain_draws": [trainer.train_dataset[i]["retain"]["input_ids"] for i in range(6)],
-            "world": args.world_size}, f"{out}/trainer_rank{rank}.pt")
+            "eval_history": evaluation.history, "world": args.world_size}, f"{out}/trainer_rank{rank}.pt")

@@ -1,13 +1,18 @@
 """WagleTrainer on two CPU ranks (torchrun, gloo): DDP keeps the ranks in step, the mask is identical on both,
-off-mask weights stay bit-identical, and the ranks draw different retain examples."""
+off-mask weights stay bit-identical, the ranks draw different retain examples, and the evaluation callback gives
+every rank the same numbers."""
+import copy
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+
+from hf_wagle.evaluation import WagleEvalCallback
 
 SCRIPT = Path(__file__).with_name("ddp_trainer_script.py")
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
@@ -38,3 +43,12 @@ def test_two_ranks_unlearn_in_step_inside_the_mask(trained, world, tmp_path, obj
         moved += int((p0[m] != original[name].detach()[m]).sum())
     assert moved > 0
     assert r0["retain_draws"] != r1["retain_draws"]
+
+    # the evaluation callback ran on both ranks together and gives what one process computes on the final weights
+    assert r0["eval_history"] == r1["eval_history"] and [h["step"] for h in r0["eval_history"]] == [1, 2, 3]
+    final = copy.deepcopy(model)
+    final.load_state_dict(r0["params"])
+    single = WagleEvalCallback(world["forget"].select(range(5)), world["retain"].select(range(7))).evaluate(
+        final, tokenizer, SimpleNamespace(device="cpu", prompt_template="Question: {question}\nAnswer:"))
+    last = r0["eval_history"][-1]
+    assert all(last[k] == pytest.approx(v, rel=1e-5) for k, v in single.items())
