@@ -183,6 +183,24 @@ def _add_verify(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_push(sub) -> None:
+    """`hf-wagle push DIR REPO_ID`: audit a saved folder against its mask, then upload it with its card."""
+
+    def run(a) -> int:
+        from .hub import push_to_hub
+
+        info = push_to_hub(a.directory, a.repo_id, private=a.private or None, base=a.base)
+        print(f"pushed {a.directory} to {getattr(info, 'commit_url', None) or a.repo_id}")
+        return 0
+
+    p = sub.add_parser("push", help="verify a saved adapter/model folder and upload it to the Hub")
+    p.add_argument("directory", help="folder written by WagleTrainer.save_model")
+    p.add_argument("repo_id", help="Hub repository, e.g. my-org/my-model-unlearned")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--base", help="base model, needed to verify a full-model folder")
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-wagle", description="WAGLE unlearning for Hugging Face models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -195,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_attribute(sub)
     _add_verify(sub)
+    _add_push(sub)
     return parser
 
 

@@ -1,4 +1,9 @@
-"""Model cards (and, later, publishing). Cards never contain forget-set text."""
+"""Model cards and publishing. Cards never contain forget-set text.
+
+`Trainer.push_to_hub` and `PeftModel.push_to_hub` rewrite README.md with generic cards: `WagleTrainer` overrides
+`create_model_card` so `trainer.push_to_hub()` keeps this card, and `push_to_hub` below uploads a saved folder as
+it is, after checking it against its mask.
+"""
 
 from __future__ import annotations
 
@@ -62,3 +67,30 @@ outside it is bit-identical to the base model.
 
 def write_model_card(output_dir, trainer) -> None:
     card_for(trainer).save(os.path.join(output_dir, "README.md"))
+
+
+# Files the Trainer writes that do not belong in a published repository.
+_NOT_PUBLISHED = ["training_args.bin", "wagle_reference.safetensors", "checkpoint-*", "*.tmp"]
+
+
+def push_to_hub(folder, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                commit_message: str = "Upload unlearned adapter (hf_wagle)", base=None, api=None):
+    """Upload a folder written by `WagleTrainer.save_model` to the Hub as it is (card included).
+
+    The folder is first audited with `hf_wagle.adapters.verify` (pass `base` for a full model): a folder that
+    changes weights outside its mask is refused. `api` is an `HfApi`-like object (default `HfApi(token=token)`).
+    Returns the commit info of `upload_folder`.
+    """
+    from huggingface_hub import HfApi
+
+    from .adapters import verify
+
+    report = verify(folder, base=base)
+    if not report["confined"]:
+        raise ValueError(f"refusing to publish {folder}: {'; '.join(report['problems'][:3])}")
+    if not os.path.exists(os.path.join(folder, "README.md")):
+        raise FileNotFoundError(f"{folder} has no README.md model card; save it with WagleTrainer.save_model")
+    api = api or HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder),
+                             commit_message=commit_message, ignore_patterns=_NOT_PUBLISHED)

@@ -296,6 +296,11 @@ class WagleTrainer(Trainer):
             save_file({k: v.cpu() for k, v in self._reference.items()},
                       os.path.join(output_dir or self.args.output_dir, REFERENCE_FILE))
 
+    def create_model_card(self, *args, **kwargs) -> None:
+        """Used by `Trainer.push_to_hub`: write hf_wagle's card (not the Trainer's generic one)."""
+        if self.is_world_process_zero() and self.enforced_mask is not None:
+            write_model_card(self.args.output_dir, self)
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         bad = [n for n, p in self.model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
