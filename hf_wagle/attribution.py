@@ -242,10 +242,10 @@ def input_feature_norms(model, params: list[torch.Tensor], examples: list[dict],
     return {k: (v.sqrt().float(), transposed[k]) for k, v in sq.items()}
 
 
-def score(method: str, theta: torch.Tensor, g_f: torch.Tensor | None, g_r: torch.Tensor | None, mu: float,
-          generator: torch.Generator | None = None, eps: float = 1e-12) -> torch.Tensor:
-    """The fp32 score of one parameter tensor for the gradient methods, `magnitude` and `random` (see the module
-    docstring). May overwrite `g_f` to save memory."""
+def score(method: str, theta: torch.Tensor, g_f: torch.Tensor, g_r: torch.Tensor | None, mu: float,
+          eps: float = 1e-12) -> torch.Tensor:
+    """The fp32 score of one parameter tensor for the gradient methods (see the module docstring). Overwrites
+    `g_f` to save memory."""
     if method == "wagle":
         return g_f.mul_(theta.float() - g_r / mu).abs_()
     if method == "snip":
@@ -254,11 +254,7 @@ def score(method: str, theta: torch.Tensor, g_f: torch.Tensor | None, g_r: torch
         return g_f.abs_()
     if method == "grin":
         return g_f.abs_().div_(g_r.abs() + eps)
-    if method == "magnitude":
-        return theta.detach().float().abs()
-    if method == "random":
-        return torch.rand(theta.shape, generator=generator).to(theta.device)
-    raise ValueError(method)
+    raise ValueError(f"{method!r} is not a gradient method")
 
 
 # -- lazily evaluated scores, chunk by chunk ------------------------------------------------------------------
@@ -534,7 +530,7 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = "wagle", r
                 if method in _NEEDS_GRADIENTS:
                     for p in params:
                         p.requires_grad_(True)
-                with _adapter_disabled(model):
+                with adapter_disabled(model):
                     if method == "wanda":
                         norms = input_feature_norms(model, params, forget_ex, batch_size, pad, bar)
                     else:
@@ -639,7 +635,7 @@ def _progress_bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="batch", leave=False)
 
 
-def _adapter_disabled(model):
+def adapter_disabled(model):
     """The base model's outputs for a `PeftModel`; a no-op context for a plain model."""
     from peft import PeftModel
 

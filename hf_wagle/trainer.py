@@ -24,12 +24,12 @@ from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
 from transformers.utils import logging
 
 from .adapters import check_lora_config, confine_lora
-from .attribution import base_named_parameters, compute_mask
+from .attribution import adapter_disabled, base_named_parameters, compute_mask
 from .config import MASK_SAFE_OPTIMIZERS, WagleConfig
 from .data import ForgetRetainPairs, PairCollator, collate, refusal_examples, tokenize_dataset
 from .hub import write_model_card
 from .mask import WeightMask
-from .objectives import DEFAULT_REFUSALS, OBJECTIVES, sequence_nll
+from .objectives import DEFAULT_REFUSALS, OBJECTIVES, SequenceNLL, sequence_nll
 
 logger = logging.get_logger(__name__)
 REFERENCE_FILE = "wagle_reference.safetensors"
@@ -172,23 +172,25 @@ class WagleTrainer(Trainer):
         return {"forget": data.forget, **({"refusal": data.refusal} if data.refusal is not None else {})}
 
     @torch.no_grad()
-    def _reference_logps(self) -> dict[str, torch.Tensor]:
-        """NLL sums and token counts of every forget answer (and refusal) under the starting model, computed once
-        (adapters disabled), in the same autocast context as training."""
-        from .attribution import _adapter_disabled
-
-        model, was_training = self.model, self.model.training
+    def _start_nll(self, examples: list[dict]) -> SequenceNLL:
+        """Per-example NLL of `examples` under the model before unlearning: eval mode, adapters disabled, in the
+        training autocast context, in batches of `per_device_eval_batch_size`."""
+        model, was_training, bs = self.model, self.model.training, self.args.per_device_eval_batch_size
         model.eval()
-        bs, ref = self.args.per_device_eval_batch_size, {}
         try:
-            with _adapter_disabled(model), self.compute_loss_context_manager():
-                for part, examples in self._parts().items():
-                    outs = [sequence_nll(model, self._to_device(collate(examples[i:i + bs], self._pad_id)))
-                            for i in range(0, len(examples), bs)]
-                    ref[f"{part}.nll_sum"] = torch.cat([o.nll_sum for o in outs]).float()
-                    ref[f"{part}.n_tokens"] = torch.cat([o.n_tokens for o in outs]).float()
+            with adapter_disabled(model), self.compute_loss_context_manager():
+                outs = [sequence_nll(model, self._to_device(collate(examples[i:i + bs], self._pad_id)))
+                        for i in range(0, len(examples), bs)]
         finally:
             model.train(was_training)
+        return SequenceNLL(torch.cat([o.nll_sum for o in outs]).float(), torch.cat([o.n_tokens for o in outs]).float())
+
+    def _reference_logps(self) -> dict[str, torch.Tensor]:
+        """NLL sums and token counts of every forget answer (and refusal) under the starting model, computed once."""
+        ref = {}
+        for part, examples in self._parts().items():
+            out = self._start_nll(examples)
+            ref[f"{part}.nll_sum"], ref[f"{part}.n_tokens"] = out.nll_sum, out.n_tokens
         return ref
 
     def _to_device(self, batch: dict) -> dict:
@@ -233,21 +235,9 @@ class WagleTrainer(Trainer):
                 return self.model(**inputs)
         return torch.func.functional_call(self.model, self._frozen, args=(), kwargs=inputs, strict=False)
 
-    @torch.no_grad()
     def _retain_nll_now(self, n: int = 64) -> float:
-        """Token-mean NLL of the first `n` retain examples: the baseline of the collapse monitor."""
-        examples = self.train_dataset.retain[:n]
-        bs, total, count = self.args.per_device_eval_batch_size, 0.0, 0.0
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with self.compute_loss_context_manager():
-                for i in range(0, len(examples), bs):
-                    out = sequence_nll(self.model, self._to_device(collate(examples[i:i + bs], self._pad_id)))
-                    total, count = total + float(out.nll_sum.sum()), count + float(out.n_tokens.sum())
-        finally:
-            self.model.train(was_training)
-        return total / max(count, 1.0)
+        """Token-mean NLL of the first `n` retain examples before unlearning: the collapse monitor's baseline."""
+        return float(self._start_nll(self.train_dataset.retain[:n]).token_mean)
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
