@@ -635,8 +635,22 @@ def _progress_bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="batch", leave=False)
 
 
+@contextlib.contextmanager
 def adapter_disabled(model):
-    """The base model's outputs for a `PeftModel`; a no-op context for a plain model."""
+    """The base model's outputs for a `PeftModel`; a no-op context for a plain model.
+
+    Leaving PEFT's `disable_adapter()` re-marks every parameter of the active adapters trainable; the
+    `requires_grad` flags are put back as they were, so modules frozen on purpose (RMU, empty masks) stay frozen.
+    """
     from peft import PeftModel
 
-    return model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext()
+    if not isinstance(model, PeftModel):
+        yield
+        return
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        with model.disable_adapter():
+            yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

@@ -231,7 +231,7 @@ class WagleTrainer(Trainer):
 
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], **kwargs}
         if isinstance(self.model, PeftModel):
-            with self.model.disable_adapter():
+            with adapter_disabled(self.model):
                 return self.model(**inputs)
         return torch.func.functional_call(self.model, self._frozen, args=(), kwargs=inputs, strict=False)
 

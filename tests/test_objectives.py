@@ -50,15 +50,25 @@ def test_gradient_ascent_forgets_without_retain_term(model, tokenizer, world, tm
     assert "retain_loss" not in trainer.state.log_history[0]
 
 
-def test_rmu_trains_only_its_modules(model, tokenizer, world, tmp_path):
+@pytest.mark.parametrize("lora", [False, True])
+def test_rmu_trains_only_its_modules(model, tokenizer, world, tmp_path, lora):
     before = snapshot(model)
-    unlearn(model, tokenizer, world, tmp_path, objective="rmu", mask_method=None, learning_rate=1e-2, rmu_layer=2,
-            rmu_train_layers=[1, 2], rmu_steering_coeff=5.0, rmu_alpha=10.0)
-    assert probability(model, tokenizer, world["forget"]) <= 0.5 * 0.99
-    assert probability(model, tokenizer, world["retain"]) >= 0.5
+    trainer = unlearn(model, tokenizer, world, tmp_path, objective="rmu", mask_method=None,
+                      learning_rate=3e-2 if lora else 1e-2,
+                      rmu_layer=2, rmu_train_layers=[1, 2], rmu_steering_coeff=5.0, rmu_alpha=10.0,
+                      peft_config=LoraConfig(r=8, target_modules="all-linear") if lora else None)
+    chosen = ("model.layers.1.mlp.down_proj.weight", "model.layers.2.mlp.down_proj.weight")
+    assert probability(trainer.model, tokenizer, world["forget"]) <= 0.5 * 0.99
+    assert probability(trainer.model, tokenizer, world["retain"]) >= 0.5
+    if lora:
+        assert set(trainer.enforced_mask.names()) >= set(chosen)
+        assert {n for n in trainer.enforced_mask.names() if trainer.enforced_mask[n].any()} == set(chosen)
+        trained = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+        assert trained and all(".mlp.down_proj.lora_" in n and (".layers.1." in n or ".layers.2." in n)
+                               for n in trained)
+        model = trainer.model.merge_and_unload()
     for n, p in model.named_parameters():
-        trained = n in ("model.layers.1.mlp.down_proj.weight", "model.layers.2.mlp.down_proj.weight")
-        assert torch.equal(p, before[n]) != trained, n
+        assert torch.equal(p, before[n]) != (n in chosen), n
 
 
 def first_batch_logs(trainer):
