@@ -135,3 +135,34 @@ def test_bad_input_fails_before_work(model, tokenizer, world, tmp_path):
         WagleTrainer(model=model, args=small_args(tmp_path), forget_dataset=world["forget"],
                      retain_dataset=world["retain"], processing_class=tokenizer,
                      peft_config=LoraConfig(r=2, target_modules="all-linear", use_dora=True))
+
+
+def test_confinement_holds_in_bf16_with_gradient_checkpointing(model, tokenizer, world, tmp_path):
+    model = model.to(torch.bfloat16)
+    mask = compute_mask(model, world["forget"], world["retain"], tokenizer, method="wagle", ratio=0.3)
+    before = snapshot(model)
+    args = small_args(tmp_path, objective="npo", retain_loss="kl", weight_decay=0.1, gradient_checkpointing=True,
+                      learning_rate=1e-2, max_steps=3)
+    WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
+                 processing_class=tokenizer, mask=mask).train()
+    moved = 0
+    for n, p in model.named_parameters():
+        m = mask[n]
+        assert p.dtype == torch.bfloat16
+        assert torch.equal(p.detach()[~m].view(torch.int16), before[n][~m].view(torch.int16)), n  # same bits
+        moved += int((p.detach()[m] != before[n][m]).sum())
+    assert moved > 0
+
+
+def test_masked_lora_with_gradient_checkpointing_stays_confined(trained, tokenizer, world, tmp_path):
+    from hf_wagle.adapters import verify
+
+    args = small_args(tmp_path, objective="grad_diff", mask_method="wagle", gradient_checkpointing=True, max_steps=3,
+                      learning_rate=5e-3)
+    trainer = WagleTrainer(model=copy.deepcopy(trained[0]), args=args, forget_dataset=world["forget"],
+                           retain_dataset=world["retain"], processing_class=tokenizer,
+                           peft_config=LoraConfig(r=4, target_modules="all-linear"))
+    trainer.train()
+    trainer.save_model(str(tmp_path / "gc"))
+    report = verify(tmp_path / "gc")
+    assert report["confined"] and report["changed_inside_mask"] > 0
