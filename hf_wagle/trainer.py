@@ -271,8 +271,14 @@ class WagleTrainer(Trainer):
         return (loss, logs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds the mean of each loss term since the last log, averaged over ranks (every rank logs together)."""
         if "loss" in logs and self._metrics:
-            logs.update({k: sum(v) / len(v) for k, v in self._metrics.items() if v})
+            names = sorted(k for k, v in self._metrics.items() if v)
+            means = torch.tensor([sum(self._metrics[k]) / len(self._metrics[k]) for k in names],
+                                 dtype=torch.float64, device=self.args.device)
+            if self.args.world_size > 1:
+                means = self.accelerator.reduce(means, reduction="mean")
+            logs.update(zip(names, means.tolist()))
             self._metrics.clear()
         super().log(logs, start_time)
 

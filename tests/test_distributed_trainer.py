@@ -43,6 +43,8 @@ def test_two_ranks_unlearn_in_step_inside_the_mask(trained, world, tmp_path, obj
         moved += int((p0[m] != original[name].detach()[m]).sum())
     assert moved > 0
     assert r0["retain_draws"] != r1["retain_draws"]
+    # loss terms are logged every step, averaged over the ranks (so both ranks hold the same numbers)
+    assert len(r0["logged"]) == 3 and r0["logged"] == r1["logged"]
 
     # the evaluation callback ran on both ranks together and gives what one process computes on the final weights
     assert r0["eval_history"] == r1["eval_history"] and [h["step"] for h in r0["eval_history"]] == [1, 2, 3]

@@ -151,7 +151,9 @@ class WagleEvalCallback(TrainerCallback):
         logs = {PREFIX + k: v for k, v in metrics.items()}
         logs[PREFIX + "best_step"] = self.best_step
         if self._trainer is not None:
+            should_log = control.should_log  # Trainer.log clears it: keep this step's regular loss log
             self._trainer.log(logs)
+            control.should_log = should_log
         else:
             state.log_history.append({**logs, "step": state.global_step})
         return control
