@@ -56,3 +56,9 @@ def test_verify_full_model_against_its_base(trained, tokenizer, world, tmp_path)
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     report = verify(out, base=str(base_dir))
     assert not report["confined"] and any(name in p for p in report["problems"])
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
+    assert main(["verify", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "hf-wagle verify: error:" in err and "wagle_mask.safetensors" in err and "Traceback" not in err
