@@ -78,7 +78,7 @@ def run_demo(output_dir: str = "wagle_demo", steps: int = 30, mask_ratio: float 
     log("[4/4] results (prob = mean answer probability; exact = greedy answer reproduced exactly;\n"
         "      changeable = weights the run was allowed to change)\n")
     log(format_table(rows))
-    log(f"\nadapters (stock PEFT format, with wagle_mask.safetensors and a model card) written to:")
+    log("\nadapters (stock PEFT format, with wagle_mask.safetensors and a model card) written to:")
     for out in written:
         log(f"  {out}")
     log(f"done in {time.time() - t0:.0f}s")

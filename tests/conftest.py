@@ -2,7 +2,6 @@ import copy
 import os
 
 import pytest
-import torch
 from transformers.utils import logging
 
 from hf_wagle.world import make_world, pretrained_world_model

@@ -4,7 +4,7 @@ import pytest
 import torch
 from peft import LoraConfig
 
-from hf_wagle import WagleConfig, WagleTrainer
+from hf_wagle import WagleTrainer
 from hf_wagle.data import PairCollator
 from hf_wagle.evaluation import answer_metrics, summarise
 from hf_wagle.objectives import OBJECTIVES, GradDiff, register_objective
