@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .attribution import base_named_parameters
+from .attribution import base_named_parameters, tied_aliases
 from .mask import WeightMask, project_rows_columns
 
 
@@ -50,6 +50,8 @@ def lora_modules(peft_model) -> list[tuple[str, torch.nn.Module]]:
     """`(base weight name, LoRA layer)` for every LoRA-wrapped layer; raises unless each wraps an `nn.Linear`."""
     from peft.tuners.lora import LoraLayer
 
+    tied = tied_aliases(peft_model)
+    shared = set(tied) | set(tied.values())
     out = []
     for name, module in peft_model.get_base_model().named_modules():
         if isinstance(module, LoraLayer):
@@ -57,6 +59,12 @@ def lora_modules(peft_model) -> list[tuple[str, torch.nn.Module]]:
                 raise NotImplementedError(
                     f"{name} is a {type(module.get_base_layer()).__name__}; masked LoRA supports nn.Linear targets "
                     "only. Restrict `target_modules` to linear projections."
+                )
+            if f"{name}.weight" in shared:
+                raise ValueError(
+                    f"{name} shares its weight with another module (tied input embedding and output head). A LoRA on "
+                    "it changes only this module, but merging it changes the shared tensor, so the merged model "
+                    f"would differ from the trained one. Leave {name} out of `target_modules` ('all-linear' does)."
                 )
             out.append((f"{name}.weight", module))
     if not out:
@@ -71,6 +79,7 @@ def confine_lora(peft_model, element_mask: WeightMask | None) -> tuple[WeightMas
     the targeted weights, False elsewhere); `grad_masks` maps each LoRA factor to the bool mask its gradient must
     be multiplied by. With `element_mask=None` (dense LoRA) every targeted weight is enforced whole.
     """
+    tied = tied_aliases(peft_model)
     modules = dict(lora_modules(peft_model))
     enforced, grad_masks = {}, {}
     for name, p in base_named_parameters(peft_model):
@@ -98,6 +107,8 @@ def confine_lora(peft_model, element_mask: WeightMask | None) -> tuple[WeightMas
                 grad_masks[b] = rows_d[:, None].expand_as(b).contiguous()
     meta = dict(element_mask.metadata) if element_mask is not None else {"method": None}
     meta["enforced_by"] = "lora_rows_columns"
+    if tied:
+        meta["tied"] = tied
     return WeightMask(enforced, meta), grad_masks
 
 
@@ -127,18 +138,20 @@ def verify(directory, base=None) -> dict:
     mask = WeightMask.load(directory)
     problems, modules, outside_total, inside_total = [], 0, 0, 0
 
-    def check(name: str, change: torch.Tensor):
+    def check(name: str, changed: torch.Tensor, finite: bool):
+        """`changed`: bool tensor, True where the weight differs from the base model's."""
         nonlocal outside_total, inside_total, modules
         modules += 1
-        if not torch.isfinite(change).all():
+        if not finite:
             problems.append(f"{name}: non-finite values")
         if name not in mask:
             problems.append(f"{name}: changed but absent from the mask")
             return
         m = mask[name]
-        outside = int((change[~m] != 0).sum())
+        inside = int((changed & m).sum())
+        outside = int(changed.sum()) - inside
         outside_total += outside
-        inside_total += int((change[m] != 0).sum())
+        inside_total += inside
         if outside:
             problems.append(f"{name}: {outside} weights change outside the mask")
 
@@ -158,7 +171,8 @@ def verify(directory, base=None) -> dict:
                 if name not in mask or not bool(mask[name].all()):
                     problems.append(f"{key}: a full trained tensor that the mask does not cover")
         for module, ab in factors.items():
-            check(f"{module}.weight", ab["lora_B"] @ ab["lora_A"])
+            delta = ab["lora_B"] @ ab["lora_A"]
+            check(f"{module}.weight", delta != 0, bool(torch.isfinite(delta).all()))
     else:
         kind = "full"
         if base is None:
@@ -167,9 +181,14 @@ def verify(directory, base=None) -> dict:
         trained = dict(_tensors(directory, "model"))
         for name, b in _tensors(base_dir, "model"):
             if name in trained:
-                check(name, trained[name].float() - b.float())
-                if name in mask and not torch.equal(trained[name][~mask[name]], b[~mask[name]]):
-                    problems.append(f"{name}: off-mask weights are not bit-identical")
+                t = trained[name]
+                if t.shape != b.shape or t.dtype != b.dtype:
+                    problems.append(f"{name}: {t.dtype} {tuple(t.shape)} differs from the base's {b.dtype} "
+                                    f"{tuple(b.shape)}")
+                    continue
+                # bit patterns, so -0.0 vs 0.0 or a changed NaN payload count as changes
+                bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+                check(name, t.view(bits) != b.view(bits), bool(torch.isfinite(t).all()))
     return {"directory": str(directory), "kind": kind, "confined": not problems, "tensors_checked": modules,
             "changed_inside_mask": inside_total, "changed_outside_mask": outside_total,
             "mask_ratio": mask.ratio, "mask_metadata": mask.metadata, "problems": problems}

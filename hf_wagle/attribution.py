@@ -71,6 +71,22 @@ def base_named_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
     return out
 
 
+def tied_aliases(model) -> dict[str, str]:
+    """`{alias: name}` for parameters registered under several names (a tied input embedding and output head):
+    `name` is the one `base_named_parameters` keeps, in the same PEFT-free spelling."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    first, aliases = {}, {}
+    for name, p in base.named_parameters(remove_duplicate=False):
+        parts = name.split(".")
+        if any(part.startswith(_ADAPTER_PREFIXES) for part in parts):
+            continue
+        name = ".".join(x for x in parts if x != "base_layer")
+        if id(p) in first and first[id(p)] != name:
+            aliases[name] = first[id(p)]
+        first.setdefault(id(p), name)
+    return aliases
+
+
 def _as_patterns(patterns, what: str) -> list[str] | None:
     if patterns is None:
         return None
@@ -581,6 +597,9 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = "wagle", r
         "param_sha256": parameter_fingerprint((n, tuple(p.shape)) for n, p in named),
         "hf_wagle_version": __version__,
     }
+    tied = tied_aliases(model)
+    if tied:
+        metadata["tied"] = tied
     if method == "grin":
         metadata["eps"] = eps
     return WeightMask.from_packed(result, metadata)

@@ -16,6 +16,7 @@ def _demo(a) -> int:
 def _add_evaluate(sub) -> None:
     """`hf-wagle evaluate`: score a model (and, with --adapter, the model before and after it) on a benchmark, write
     the numbers to a JSON file and a forget-vs-utility PNG next to it."""
+    from .config import DEFAULT_PROMPT_TEMPLATE
 
     def run(a) -> int:
         import json
@@ -36,7 +37,7 @@ def _add_evaluate(sub) -> None:
         model = AutoModelForCausalLM.from_pretrained(a.model)
         kwargs = dict(data=a.data, forget_split=a.split, retain_model_truth_ratios=retain_trs,
                       utility_data=a.utility_data, limit=a.limit, batch_size=a.batch_size,
-                      max_new_tokens=a.max_new_tokens)
+                      max_new_tokens=a.max_new_tokens, prompt_template=a.prompt_template, mcq_style=a.mcq_style)
         runs = {"before": run_benchmark(a.benchmark, model, tokenizer, **kwargs)}
         if a.adapter:
             from peft import PeftModel
@@ -69,6 +70,11 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--limit", type=int, help="use only the first N rows of each split (quick checks)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, help="generation length (default: the benchmark's)")
+    p.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE,
+                   help="QA prompt with {question}, or 'chat' for the tokenizer's chat template (default: %(default)r)")
+    p.add_argument("--mcq-style", default="letter", choices=("letter", "cloze"),
+                   help="wmdp: score the answer letter (the benchmark's format) or each choice's text (cloze, as "
+                        "lm-eval scores small models)")
     p.add_argument("--out", default="results.json", help="results file (default: %(default)s)")
     p.add_argument("--plot", help="PNG path (default: the results path with .png)")
     p.set_defaults(func=run)
@@ -77,7 +83,7 @@ def _add_evaluate(sub) -> None:
 def _add_attribute(sub) -> None:
     """`hf-wagle attribute`: score a model's weights on local forget/retain data, write the mask, print its stats
     and save a heat map (layers x module types)."""
-    from .config import MASK_GRANULARITIES, MASK_METHODS, MASK_SCOPES
+    from .config import DEFAULT_PROMPT_TEMPLATE, MASK_GRANULARITIES, MASK_METHODS, MASK_SCOPES
 
     def load_local(path: str, what: str):
         from pathlib import Path
@@ -149,7 +155,8 @@ def _add_attribute(sub) -> None:
     p.add_argument("--exclude", nargs="+", help="parameters matching these name patterns are never selected")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--prompt-template", default="Question: {question}\nAnswer:")
+    p.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE,
+                   help="QA prompt with {question}, or 'chat' for the tokenizer's chat template (default: %(default)r)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--device", help="e.g. cuda:0 (default: where the model loads)")
     p.add_argument("--out", required=True, help="folder for wagle_mask.safetensors, mask_stats.json, mask_heatmap.png")

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .data import check_prompt_template
+
 DEFAULT_PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 MASK_METHODS = ("wagle", "snip", "gradient", "grin", "magnitude", "wanda", "random")
 MASK_SCOPES = ("global", "per_layer", "per_tensor")
@@ -79,7 +81,9 @@ class WagleConfig(TrainingArguments):
         metadata={"help": "GRIN: before unlearning add N(0, (mask_noise_std * std(theta))^2) to every selected weight."},
     )
     prompt_template: str = field(
-        default=DEFAULT_PROMPT_TEMPLATE, metadata={"help": "Prompt for QA data; must contain '{question}'."}
+        default=DEFAULT_PROMPT_TEMPLATE,
+        metadata={"help": "Prompt for QA data: a template containing '{question}', or 'chat' for the tokenizer's chat "
+                          "template (question = user turn, answer = assistant turn)."}
     )
     max_length: int | None = field(default=512, metadata={"help": "Truncate tokenised QA/text examples."})
 
@@ -131,7 +135,6 @@ class WagleConfig(TrainingArguments):
             raise ValueError(f"npo_beta must be > 0, got {self.npo_beta}")
         if self.forget_weight < 0 or self.retain_weight < 0:
             raise ValueError("forget_weight and retain_weight must be >= 0")
-        if "{question}" not in self.prompt_template:
-            raise ValueError(f"prompt_template must contain '{{question}}', got {self.prompt_template!r}")
+        check_prompt_template(self.prompt_template)
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must be >= 2 or None, got {self.max_length}")

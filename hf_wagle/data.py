@@ -3,7 +3,9 @@
 Shapes (detected from the columns):
 
 * QA: `question`, `answer`. Text = `prompt_template.format(question=q) + " " + answer` followed by EOS; labels
-  cover the answer tokens and EOS only.
+  cover the answer tokens and EOS only. With `prompt_template="chat"` the prompt is the tokenizer's chat template
+  with the question as the user turn (`apply_chat_template(..., add_generation_prompt=True)`) and the answer follows
+  it directly as the assistant turn, ended by EOS; the template brings its own special tokens, so none are added.
 * text: `text`. Labels cover every token.
 * pre-tokenised: `input_ids`, optional `attention_mask` and `labels` (-100 where no loss); used exactly as given
   (`labels` default to `input_ids` where `attention_mask` is 1).
@@ -16,6 +18,7 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 
 IGNORE_INDEX = -100
+CHAT = "chat"  # `prompt_template` value: use the tokenizer's chat template
 SHAPES = {"qa": ("question", "answer"), "text": ("text",), "tokenized": ("input_ids",)}
 
 
@@ -32,6 +35,39 @@ def dataset_shape(dataset, what: str = "dataset") -> str:
     )
 
 
+def check_prompt_template(prompt_template: str, tokenizer=None) -> None:
+    """Raise a ValueError unless `prompt_template` is `"chat"` (with a tokenizer that has a chat template, when
+    given) or a `str.format` template whose only field is `{question}`."""
+    if prompt_template == CHAT:
+        if tokenizer is not None and not getattr(tokenizer, "chat_template", None):
+            raise ValueError("prompt_template='chat' needs a tokenizer with a chat template, and this one has none; "
+                             "use a plain template such as 'Question: {question}\\nAnswer:'")
+        return
+    if not isinstance(prompt_template, str) or "{question}" not in prompt_template:
+        raise ValueError(f"prompt_template must contain '{{question}}' (or be 'chat'), got {prompt_template!r}")
+    try:
+        prompt_template.format(question="")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"prompt_template {prompt_template!r} has a field other than {{question}} ({e!r}); "
+                         "write literal braces as {{ and }}") from None
+
+
+def qa_prompt(tokenizer, prompt_template: str, question: str) -> tuple[str, str, bool]:
+    """`(prompt, separator, add_special_tokens)` of a QA example: the text is `prompt + separator + answer`,
+    tokenised with `add_special_tokens`."""
+    if prompt_template == CHAT:
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                               add_generation_prompt=True)
+        return prompt, "", False
+    return prompt_template.format(question=question), " ", True
+
+
+def prompt_ids(tokenizer, prompt_template: str, question: str) -> list[int]:
+    """Token ids of the prompt alone, as generation starts from it."""
+    prompt, _, special = qa_prompt(tokenizer, prompt_template, question)
+    return tokenizer(prompt, add_special_tokens=special)["input_ids"]
+
+
 def tokenize_example(example: dict, tokenizer, prompt_template: str, max_length: int | None, shape: str) -> dict:
     """One example -> `{"input_ids", "attention_mask", "labels"}` as lists of ints."""
     if shape == "tokenized":
@@ -45,16 +81,16 @@ def tokenize_example(example: dict, tokenizer, prompt_template: str, max_length:
     if shape == "text":
         ids = tokenizer(example["text"], add_special_tokens=True)["input_ids"][:max_length]
         return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)}
-    prompt = prompt_template.format(question=example["question"])
-    text = prompt + " " + example["answer"]
+    prompt, separator, special = qa_prompt(tokenizer, prompt_template, example["question"])
+    text = prompt + separator + example["answer"]
     if tokenizer.is_fast:
-        enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+        enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
         # A token belongs to the answer when it covers any character after the prompt.
         in_answer = [end > len(prompt) for _, end in enc["offset_mapping"]]
         ids = enc["input_ids"]
     else:
-        n_prompt = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        n_prompt = len(tokenizer(prompt, add_special_tokens=special)["input_ids"])
+        ids = tokenizer(text, add_special_tokens=special)["input_ids"]
         in_answer = [i >= n_prompt for i in range(len(ids))]
     ids = ids + [tokenizer.eos_token_id]
     labels = [t if a else IGNORE_INDEX for t, a in zip(ids, in_answer + [True])]
@@ -75,6 +111,8 @@ def tokenize_dataset(dataset, tokenizer, prompt_template: str, max_length: int |
         raise ValueError(f"{what} is not pre-tokenised, so a tokenizer (`processing_class`) is required")
     if shape != "tokenized" and tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; set `tokenizer.eos_token` before unlearning")
+    if shape == "qa":
+        check_prompt_template(prompt_template, tokenizer)
     return [tokenize_example(ex, tokenizer, prompt_template, max_length, shape) for ex in dataset]
 
 

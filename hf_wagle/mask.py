@@ -65,7 +65,9 @@ def layer_and_module(name: str) -> tuple[str, str]:
 class WeightMask:
     """`mask[name]` -> bool tensor of the parameter's shape; True = the weight may change.
 
-    Stored bit-packed; `mask[name]` unpacks a fresh tensor on each access.
+    Stored bit-packed; `mask[name]` unpacks a fresh tensor on each access. A parameter shared by several modules
+    (tied input embedding and output head) is stored once, under its first name in `named_parameters()`; its other
+    names are aliases (`metadata["tied"]`, `{alias: name}`) that index the same mask.
     """
 
     def __init__(self, masks: dict[str, torch.Tensor], metadata: dict | None = None):
@@ -96,11 +98,16 @@ class WeightMask:
         self._packed[name], self._shapes[name] = bits, shape
         self._counts[name] = int(_POPCOUNT[bits].sum())
 
+    def resolve(self, name: str) -> str:
+        """The stored name of `name` (itself unless it is an alias of a tied parameter)."""
+        return self.metadata.get("tied", {}).get(name, name)
+
     def __getitem__(self, name: str) -> torch.Tensor:
+        name = self.resolve(name)
         return unpack_bits(self._packed[name], self._shapes[name])
 
     def __contains__(self, name: str) -> bool:
-        return name in self._packed
+        return self.resolve(name) in self._packed
 
     def __len__(self) -> int:
         return len(self._packed)
@@ -113,15 +120,15 @@ class WeightMask:
         return ((n, self[n]) for n in self._packed)
 
     def shape(self, name: str) -> tuple:
-        return self._shapes[name]
+        return self._shapes[self.resolve(name)]
 
     def packed(self, name: str) -> np.ndarray:
         """The packed bytes of one tensor (read-only view)."""
-        return self._packed[name]
+        return self._packed[self.resolve(name)]
 
     def count(self, name: str) -> int:
         """Selected weights of one tensor."""
-        return self._counts[name]
+        return self._counts[self.resolve(name)]
 
     @property
     def num_selected(self) -> int:
@@ -269,6 +276,8 @@ class WeightMask:
         lines.append(f"{'module':>16} {'selected':>12} {'total':>12} {'fraction':>9}")
         lines += [f"{k:>16} {e['selected']:>12} {e['total']:>12} {100 * e['fraction']:>8.2f}%"
                   for k, e in sorted(s["per_module"].items())]
+        lines += [f"{alias} is tied to {name}: one tensor, scored and masked once (counted under {name})"
+                  for alias, name in self.metadata.get("tied", {}).items()]
         return "\n".join(lines)
 
     def plot_heatmap(self, path: str | os.PathLike, title: str | None = None) -> Path:

@@ -23,8 +23,8 @@ import torch
 from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
 from transformers.utils import logging
 
-from .adapters import check_lora_config, confine_lora
-from .attribution import adapter_disabled, base_named_parameters, compute_mask
+from .adapters import check_lora_config, confine_lora, lora_modules
+from .attribution import adapter_disabled, base_named_parameters, compute_mask, tied_aliases
 from .config import MASK_SAFE_OPTIMIZERS, WagleConfig
 from .data import ForgetRetainPairs, PairCollator, collate, refusal_examples, tokenize_dataset
 from .hub import write_model_card
@@ -88,6 +88,7 @@ class WagleTrainer(Trainer):
                 raise ValueError("mask_noise_std > 0 adds noise to base weights, which an adapter cannot carry; "
                                  "train full parameters (no peft_config) or set mask_noise_std=0")
             model = get_peft_model(model, peft_config)
+            lora_modules(model)  # refuses targets a mask cannot confine, before any work
         if mask is not None:
             mask.check_model(model)
         self.forget_dataset, self.retain_dataset = forget_dataset, retain_dataset
@@ -153,9 +154,13 @@ class WagleTrainer(Trainer):
         if isinstance(self.model, PeftModel):
             self.enforced_mask, self._grad_masks = confine_lora(self.model, self.mask)
             if self.mask is not None:
+                targeted = {n for n, _ in lora_modules(self.model)}
+                outside = sum(self.mask.count(n) for n in self.mask.names() if n not in targeted)
                 logger.warning(
                     f"LoRA holds {self.enforced_mask.num_selected} of the {self.mask.num_selected} weights the "
-                    f"{a.mask_method or 'given'} mask selects (row x column projection on the targeted linear layers)."
+                    f"{a.mask_method or 'given'} mask selects: a row x column projection on the {len(targeted)} "
+                    f"targeted linear layers. The {outside} selected weights of other parameters (embeddings, a tied "
+                    "output head, norms, untargeted layers) stay unchanged."
                 )
         else:
             self.enforced_mask, self._grad_masks = _confine_parameters(self.model, self.mask)
@@ -328,6 +333,9 @@ def _confine_parameters(model, mask: WeightMask | None) -> tuple[WeightMask, dic
         enforced[name] = m
     meta = dict(mask.metadata) if mask is not None else {"method": None}
     meta["enforced_by"] = "gradient_mask"
+    tied = tied_aliases(model)
+    if tied:
+        meta["tied"] = tied
     return WeightMask(enforced, meta), grad_masks
 
 

@@ -9,7 +9,7 @@ Modules: `answers` (teacher-forced answer metrics), `scoring` (batched NLLs, log
 from .answers import answer_metrics, summarise
 from .callback import WagleEvalCallback
 from .loaders import load_muse, load_tofu, load_wmdp, load_wmdp_corpora
-from .mcq import lm_eval_accuracy, mcq_accuracy, mcq_predictions, mcq_prompt
+from .mcq import lm_eval_accuracy, mcq_accuracy, mcq_predictions, mcq_prompt, mcq_scores
 from .muse import auc, knowmem, mia_auc, min_k_score, privleak, verbmem
 from .rouge import rouge_l
 from .tofu import (forget_quality, forget_truth_ratio, format_tofu_report, kept_truth_ratio, model_utility,
@@ -32,6 +32,6 @@ def metric_path(name: str) -> str:
 __all__ = [
     "answer_metrics", "summarise", "qa_metrics", "forget_quality", "forget_truth_ratio", "kept_truth_ratio",
     "model_utility", "tofu_report", "tofu_summary", "format_tofu_report", "mcq_accuracy", "mcq_predictions",
-    "mcq_prompt", "lm_eval_accuracy", "verbmem", "knowmem", "mia_auc", "min_k_score", "auc", "privleak", "rouge_l",
+    "mcq_prompt", "mcq_scores", "lm_eval_accuracy", "verbmem", "knowmem", "mia_auc", "min_k_score", "auc", "privleak", "rouge_l",
     "load_tofu", "load_wmdp", "load_wmdp_corpora", "load_muse", "WagleEvalCallback", "metric_path",
 ]

@@ -29,9 +29,11 @@ def _mean(values) -> float:
 
 def run_benchmark(benchmark: str, model, tokenizer, data=None, *, forget_split: str = "forget10",
                   retain_model_truth_ratios=None, utility_data=None, limit: int | None = None, batch_size: int = 16,
-                  max_new_tokens: int | None = None, prompt_template: str = DEFAULT_PROMPT_TEMPLATE) -> dict:
+                  max_new_tokens: int | None = None, prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+                  mcq_style: str = "letter") -> dict:
     """Evaluate `model` on one benchmark (see the module docstring). `data` is a Hub name or a local folder
-    (ignored by `offline`, which rebuilds the fictitious world of `hf_wagle.world`)."""
+    (ignored by `offline`, which rebuilds the fictitious world of `hf_wagle.world`). `mcq_style` ("letter" or
+    "cloze", see `hf_wagle.evaluation.mcq`) is how `wmdp` scores its multiple-choice questions."""
     if benchmark not in BENCHMARKS:
         raise ValueError(f"benchmark must be one of {BENCHMARKS}, got {benchmark!r}")
     from .tofu import tofu_report
@@ -64,12 +66,12 @@ def run_benchmark(benchmark: str, model, tokenizer, data=None, *, forget_split: 
         from .mcq import mcq_accuracy
 
         subsets = load_wmdp(data or "cais/wmdp")
-        accuracy = {f"wmdp_{k}": mcq_accuracy(model, tokenizer, _head(v, limit), batch_size) for k, v in
-                    subsets.items()}
+        accuracy = {f"wmdp_{k}": mcq_accuracy(model, tokenizer, _head(v, limit), batch_size, style=mcq_style)
+                    for k, v in subsets.items()}
         utility = None
         if utility_data is not None:
             accuracy["mmlu"] = utility = mcq_accuracy(model, tokenizer, _head(load_split(utility_data, "all", "test"),
-                                                                               limit), batch_size)
+                                                                               limit), batch_size, style=mcq_style)
         summary = {"forget": _mean([v for k, v in accuracy.items() if k.startswith("wmdp_")]),
                    "forget_label": "WMDP accuracy", "utility": utility, "utility_label": "MMLU accuracy"}
         return {"benchmark": benchmark, "accuracy": accuracy, "summary": summary}

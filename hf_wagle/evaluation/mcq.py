@@ -1,8 +1,16 @@
 """Zero-shot multiple choice as WMDP and MMLU score it, plus an optional bridge to lm-eval-harness.
 
-Prompt (WMDP's): `"{question}\\nA. {choices[0]}\\nB. {choices[1]}\\nC. {choices[2]}\\nD. {choices[3]}\\nAnswer:"`.
-Prediction: `argmax_i log p(" " + letter_i | prompt)` (summed over the letter's tokens; the first letter wins a tie).
-Accuracy: the fraction of rows whose prediction equals `answer` (an index). Chance is 1 / number of choices.
+Two styles, each scoring every choice by its log-likelihood after a prompt:
+
+* `"letter"` (WMDP's and MMLU's): prompt `"{question}\\nA. {choices[0]}\\nB. ...\\nD. {choices[3]}\\nAnswer:"`,
+  continuation `" " + letter_i`. Small models (a 135M model, say) sit at chance here: they pick one letter for
+  every question.
+* `"cloze"` (how lm-eval-harness scores small-model tasks such as ARC and HellaSwag): prompt
+  `"Question: {question}\\nAnswer:"`, continuation `" " + choices[i]`. `acc` takes the choice with the highest
+  summed log-likelihood; `acc_norm` divides each log-likelihood by the continuation's length in UTF-8 bytes first.
+
+Ties go to the first choice. Accuracy = the fraction of rows whose prediction equals `answer` (an index). Chance is
+1 / number of choices.
 """
 
 from __future__ import annotations
@@ -14,13 +22,21 @@ from .scoring import continuation_logprob
 LETTERS = string.ascii_uppercase
 
 
-def mcq_prompt(question: str, choices: list[str], description: str = "") -> str:
-    """`description + question + "\\n" + "A. c0\\nB. c1..." + "\\nAnswer:"`."""
+def mcq_prompt(question: str, choices: list[str], description: str = "", style: str = "letter") -> str:
+    """The prompt a row's choices are scored after: `description + question + "\\n" + "A. c0\\nB. c1..." +
+    "\\nAnswer:"` (letter style) or `description + "Question: " + question + "\\nAnswer:"` (cloze style)."""
+    if style == "cloze":
+        return f"{description}Question: {question}\nAnswer:"
     options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
     return f"{description}{question}\n{options}\nAnswer:"
 
 
-def _check_mcq(dataset) -> None:
+MCQ_STYLES = ("letter", "cloze")
+
+
+def _check_mcq(dataset, style: str) -> None:
+    if style not in MCQ_STYLES:
+        raise ValueError(f"style must be one of {MCQ_STYLES}, got {style!r}")
     columns = set(getattr(dataset, "column_names", None) or [])
     missing = {"question", "choices", "answer"} - columns
     if missing:
@@ -31,31 +47,50 @@ def _check_mcq(dataset) -> None:
     for i, (choices, answer) in enumerate(zip(dataset["choices"], dataset["answer"])):
         if isinstance(choices, str) or not 2 <= len(choices) <= len(LETTERS):
             raise ValueError(f"row {i}: `choices` must be a list of 2 to {len(LETTERS)} strings")
+        if style == "cloze" and not all(isinstance(c, str) and c.strip() for c in choices):
+            raise ValueError(f"row {i}: cloze scoring needs every choice to be a non-empty string")
         if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
             raise ValueError(f"row {i}: `answer` must be the index of the right choice (0..{len(choices) - 1}), "
                              f"got {answer!r}")
 
 
-def mcq_predictions(model, tokenizer, dataset, batch_size: int = 32, description: str = "") -> list[int]:
-    """Index of the letter with the highest log-likelihood after `mcq_prompt` for every row."""
-    _check_mcq(dataset)
+def mcq_scores(model, tokenizer, dataset, batch_size: int = 32, description: str = "",
+               style: str = "letter") -> list[list[float]]:
+    """Per row, the log-likelihood of each choice's continuation after `mcq_prompt` (see the module docstring)."""
+    _check_mcq(dataset, style)
     pairs, sizes = [], []
     for row in dataset:
-        prompt = mcq_prompt(row["question"], row["choices"], description)
-        pairs += [(prompt, " " + LETTERS[i]) for i in range(len(row["choices"]))]
+        prompt = mcq_prompt(row["question"], row["choices"], description, style)
+        options = row["choices"] if style == "cloze" else LETTERS[:len(row["choices"])]
+        pairs += [(prompt, " " + option) for option in options]
         sizes.append(len(row["choices"]))
     scores = continuation_logprob(model, tokenizer, pairs, batch_size)
-    predictions, pos = [], 0
+    out, pos = [], 0
     for k in sizes:
-        row = scores[pos:pos + k]
-        predictions.append(max(range(k), key=lambda i: (row[i], -i)))
+        out.append(scores[pos:pos + k])
         pos += k
-    return predictions
+    return out
 
 
-def mcq_accuracy(model, tokenizer, dataset, batch_size: int = 32, description: str = "") -> float:
-    """`(1/N) sum_i [argmax_c log p(" " + letter_c | prompt_i) == answer_i]` (see the module docstring)."""
-    predictions = mcq_predictions(model, tokenizer, dataset, batch_size, description)
+def _argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=lambda i: (values[i], -i))
+
+
+def mcq_predictions(model, tokenizer, dataset, batch_size: int = 32, description: str = "", style: str = "letter",
+                    length_normalized: bool = False) -> list[int]:
+    """Index of the choice with the highest log-likelihood for every row (divided by the continuation's UTF-8 byte
+    length first with `length_normalized`, as lm-eval's `acc_norm`)."""
+    scores = mcq_scores(model, tokenizer, dataset, batch_size, description, style)
+    if length_normalized:
+        options = (row["choices"] if style == "cloze" else LETTERS[:len(row["choices"])] for row in dataset)
+        scores = [[s / len((" " + o).encode()) for s, o in zip(row, opts)] for row, opts in zip(scores, options)]
+    return [_argmax(row) for row in scores]
+
+
+def mcq_accuracy(model, tokenizer, dataset, batch_size: int = 32, description: str = "", style: str = "letter",
+                 length_normalized: bool = False) -> float:
+    """`(1/N) sum_i [argmax_c score_i(c) == answer_i]` with the style's score (see the module docstring)."""
+    predictions = mcq_predictions(model, tokenizer, dataset, batch_size, description, style, length_normalized)
     return sum(int(p == a) for p, a in zip(predictions, dataset["answer"])) / len(predictions)
 
 

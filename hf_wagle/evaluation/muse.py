@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from ..config import DEFAULT_PROMPT_TEMPLATE
+from ..data import check_prompt_template, prompt_ids
 from .rouge import rouge_l
 from .scoring import greedy_generate, token_logprobs
 
@@ -37,11 +38,10 @@ def verbmem(model, tokenizer, dataset, max_new_tokens: int = 128, batch_size: in
 def knowmem(model, tokenizer, dataset, prompt_template: str = DEFAULT_PROMPT_TEMPLATE, max_new_tokens: int = 32,
             batch_size: int = 16, use_stemmer: bool = True) -> dict[str, list[float]]:
     """Per row of (`question`, `answer`): ROUGE-L `f1` and `recall` of the greedy answer to
-    `prompt_template.format(question=...)`."""
+    `prompt_template.format(question=...)` (or the chat template, `prompt_template="chat"`)."""
     _columns(dataset, ("question", "answer"), "KnowMem data")
-    if "{question}" not in prompt_template:
-        raise ValueError(f"prompt_template must contain '{{question}}', got {prompt_template!r}")
-    prompts = [prompt_template.format(question=q) for q in dataset["question"]]
+    check_prompt_template(prompt_template, tokenizer)
+    prompts = [prompt_ids(tokenizer, prompt_template, q) for q in dataset["question"]]
     generations = greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size)
     scores = rouge_l(list(dataset["answer"]), generations, use_stemmer)
     return {"rougeL_f1": scores["f1"], "rougeL_recall": scores["recall"]}

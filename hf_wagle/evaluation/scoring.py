@@ -95,12 +95,14 @@ def token_logprobs(model, tokenizer, texts: list[str], batch_size: int = 8,
     return out
 
 
-def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 200, batch_size: int = 16,
+def greedy_generate(model, tokenizer, prompts: list, max_new_tokens: int = 200, batch_size: int = 16,
                     max_prompt_tokens: int | None = None) -> list[str]:
     """Greedy continuations of `prompts` (left-padded batches), decoded without special tokens, stripped.
 
-    Generation stops at EOS; the text is the decoded tokens before it."""
-    encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    A prompt is a string (tokenised with the tokenizer's special tokens) or a list of token ids (used as given, e.g.
+    `hf_wagle.data.prompt_ids`). Generation stops at EOS; the text is the decoded tokens before it."""
+    encoded = [list(p) if not isinstance(p, str) else tokenizer(p, add_special_tokens=True)["input_ids"]
+               for p in prompts]
     if max_prompt_tokens is not None:
         encoded = [ids[-max_prompt_tokens:] for ids in encoded]
     eos, pad = tokenizer.eos_token_id, pad_id(tokenizer)

