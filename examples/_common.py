@@ -14,8 +14,9 @@ def parse(description: str, default_config: str):
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", default=str(Path(__file__).with_name(default_config)))
     p.add_argument("--dry-run", action="store_true",
-                   help="run the same code path on the offline fictitious world and its small model (no downloads)")
-    p.add_argument("--world-cache", help="dry run: folder of a saved world model (trained there if missing)")
+                   help="run the same code path on SmolLM2-135M-Instruct and the shipped real-knowledge scenario "
+                        "(CPU, no Hub downloads)")
+    p.add_argument("--model-dir", help="dry run: folder of the converted SmolLM2 (default: the hf_wagle cache)")
     p.add_argument("--objective", help="override `training.objective` (e.g. grad_diff, npo, rmu)")
     p.add_argument("--output-dir", help="override `output_dir`")
     return p
@@ -43,13 +44,13 @@ def load_config(args) -> dict:
 
 
 def load_model(config: dict, args):
-    """`(model, tokenizer)`: the configured Hub model, or with --dry-run the offline world model."""
-    if args.dry_run:
-        from hf_wagle.world import pretrained_world_model
-
-        model, tokenizer, _ = pretrained_world_model(cache_dir=args.world_cache)
-        return model, tokenizer
+    """`(model, tokenizer)`: the configured Hub model, or with --dry-run SmolLM2-135M-Instruct (fp32)."""
     import torch
+
+    if args.dry_run:
+        from hf_wagle.real_model import load_smollm2
+
+        return load_smollm2(args.model_dir)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(config["model"])
@@ -83,6 +84,13 @@ def write_results(config: dict, results: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     return path
+
+
+def scenario():
+    """The dry run's data: the shipped real-knowledge scenario (`hf_wagle.real_model.load_scenario`)."""
+    from hf_wagle.real_model import load_scenario
+
+    return load_scenario("element_symbols")
 
 
 def head(dataset, config: dict):

@@ -1,7 +1,7 @@
 """WAGLE + NPO on TOFU forget10 (Llama-2-7b-chat fine-tuned on TOFU), with the authors' hyperparameters.
 
     python examples/unlearn_tofu.py                    # the real run (GPU, downloads the model and TOFU)
-    python examples/unlearn_tofu.py --dry-run          # the same code path on the offline fictitious world
+    python examples/unlearn_tofu.py --dry-run          # the same code path on SmolLM2-135M, real facts, CPU
 
 Reports the TOFU table before and after unlearning (forget quality needs `retain_results`: the results.json of
 `hf-wagle evaluate --benchmark tofu` on the retain90 model).
@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import json
 
-from _common import head, load_config, load_model, parse, unlearn, write_results
+from _common import head, load_config, load_model, parse, scenario, unlearn, write_results
 
 from hf_wagle.evaluation import format_tofu_report, tofu_report
 
 
 def tofu_data(config: dict, dry_run: bool) -> dict:
-    """forget/retain training QA and the four evaluation splits (on the offline world: forget and retain only)."""
+    """forget/retain training QA and the evaluation splits. Dry run: the real-knowledge scenario, with its held-out
+    facts in the place of TOFU's world facts (knowledge the model had before, never trained on)."""
     if dry_run:
-        from hf_wagle.world import make_world
-
-        world = make_world()
-        return {"forget": world["forget"], "retain": world["retain"], "eval": {"forget": world["forget"],
-                                                                              "retain": world["retain"]}}
+        data = scenario()
+        return {"forget": data["forget"], "retain": data["retain"],
+                "eval": {"forget": data["forget"], "retain": data["retain"], "world_facts": data["holdout"]}}
     from hf_wagle.evaluation import load_tofu
 
     tofu = load_tofu(config["data"], config["forget_split"])

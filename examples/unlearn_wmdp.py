@@ -2,52 +2,40 @@
 
     python examples/unlearn_wmdp.py                      # the real run (GPU; downloads Zephyr, the corpora, WMDP)
     python examples/unlearn_wmdp.py --objective rmu      # RMU instead (no mask; only the configured MLPs train)
-    python examples/unlearn_wmdp.py --dry-run            # the same code path on the offline fictitious world
+    python examples/unlearn_wmdp.py --dry-run            # the same code path on SmolLM2-135M, real facts, CPU
 
 The `cyber` corpora are public; the `bio` forget corpus is gated on the Hub (request access, then set
 `corpus_subset: bio`).
 
-The dry run checks the code path, not the numbers: the world's word-level tokenizer has no tokens for the letters
-A-D, so every choice scores the same and accuracies sit at the share of rows whose answer is A.
+The dry run forgets chemical element symbols (the shipped real-knowledge scenario, as text corpora) and scores its
+multiple-choice questions in the cloze style (`mcq_style: cloze`): a 135M model answers WMDP's letter format at
+chance.
 """
 
 from __future__ import annotations
 
 from datasets import Dataset
 
-from _common import head, load_config, load_model, parse, unlearn, write_results
+from _common import head, load_config, load_model, parse, scenario, unlearn, write_results
 
 from hf_wagle.evaluation import mcq_accuracy
 
 
-def world_as_wmdp():
-    """The offline world in WMDP's shapes: text corpora (question + answer) and four-way multiple choice built from
-    each fact's paraphrased answer and three perturbed ones (the right one at position `i % 4`)."""
-    from hf_wagle.world import make_world
-
-    world = make_world()
+def scenario_as_wmdp():
+    """The real-knowledge scenario in WMDP's shapes: text corpora (question + answer) to forget and keep, its
+    forget multiple-choice questions as the hazard test and its retain ones as the utility test."""
+    data = scenario()
 
     def corpus(split):
-        return Dataset.from_dict({"text": [f"{q} {a}" for q, a in zip(world[split]["question"],
-                                                                       world[split]["answer"])]})
+        return Dataset.from_dict({"text": [f"{q} {a}" for q, a in zip(data[split]["question"], data[split]["answer"])]})
 
-    def mcq(split):
-        rows = {"question": [], "choices": [], "answer": []}
-        for i, r in enumerate(world[split]):
-            wrong = r["perturbed_answer"][:3]
-            k = i % (len(wrong) + 1)
-            rows["question"].append(r["question"])
-            rows["choices"].append(wrong[:k] + [r["paraphrased_answer"]] + wrong[k:])
-            rows["answer"].append(k)
-        return Dataset.from_dict(rows)
-
-    return {"forget": corpus("forget"), "retain": corpus("retain"), "eval": {"wmdp_world": mcq("forget")},
-            "utility": mcq("retain")}
+    return {"forget": corpus("forget"), "retain": corpus("retain"), "eval": {"wmdp_elements": data["forget_mcq"]},
+            "utility": data["retain_mcq"]}
 
 
 def wmdp_data(config: dict, dry_run: bool) -> dict:
     if dry_run:
-        return world_as_wmdp()
+        return scenario_as_wmdp()
     from hf_wagle.evaluation import load_wmdp, load_wmdp_corpora
     from hf_wagle.evaluation.loaders import load_split
 
@@ -60,9 +48,9 @@ def wmdp_data(config: dict, dry_run: bool) -> dict:
             "utility": load_split(config["utility_data"], "all", "test")}
 
 
-def scores(model, tokenizer, data, batch_size) -> dict:
-    out = {name: mcq_accuracy(model, tokenizer, d, batch_size) for name, d in data["eval"].items()}
-    out["utility_accuracy"] = mcq_accuracy(model, tokenizer, data["utility"], batch_size)
+def scores(model, tokenizer, data, batch_size, style) -> dict:
+    out = {name: mcq_accuracy(model, tokenizer, d, batch_size, style=style) for name, d in data["eval"].items()}
+    out["utility_accuracy"] = mcq_accuracy(model, tokenizer, data["utility"], batch_size, style=style)
     return out
 
 
@@ -74,9 +62,10 @@ def main(argv=None) -> dict:
     data["eval"] = {k: head(v, config) for k, v in data["eval"].items()}
     data["utility"] = head(data["utility"], config)
     batch_size = config.get("eval_batch_size", 8)
-    before = scores(model, tokenizer, data, batch_size)
+    style = config.get("mcq_style", "letter")
+    before = scores(model, tokenizer, data, batch_size, style)
     trainer = unlearn(model, tokenizer, data["forget"], data["retain"], config)
-    after = scores(trainer.model, tokenizer, data, batch_size)
+    after = scores(trainer.model, tokenizer, data, batch_size, style)
     for name in before:
         print(f"{name:>20}: {before[name]:.3f} -> {after[name]:.3f}")
     path = write_results(config, {"benchmark": "wmdp", "dry_run": args.dry_run, "objective":

