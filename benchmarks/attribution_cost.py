@@ -12,6 +12,7 @@ Measures, in one run:
 
     python benchmarks/attribution_cost.py            # ~162M parameters, about 5 minutes on 2 CPU cores
     python benchmarks/attribution_cost.py --layers 2 --vocab 8000 --examples 8   # a quick smoke run
+    python benchmarks/attribution_cost.py --model smollm2   # the real SmolLM2-135M-Instruct (tied head, GQA)
 
 Writes the numbers as JSON to `--out` (default `benchmarks/results/attribution_cost.json`) and prints them.
 """
@@ -44,6 +45,8 @@ def forward_backward_pass(model, examples: list[dict], batch_size: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="random", choices=("random", "smollm2"),
+                    help="random: a random-init Llama of the size below; smollm2: the real pretrained model")
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--hidden", type=int, default=768)
@@ -56,7 +59,15 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).with_name("results") / "attribution_cost.json"))
     a = ap.parse_args()
 
-    model = make_model(a.layers, a.vocab, a.hidden, a.intermediate)
+    if a.model == "smollm2":
+        from hf_wagle.real_model import load_smollm2
+
+        model = load_smollm2()[0].eval()
+        c = model.config
+        a.layers, a.vocab, a.hidden, a.intermediate = (c.num_hidden_layers, c.vocab_size, c.hidden_size,
+                                                       c.intermediate_size)
+    else:
+        model = make_model(a.layers, a.vocab, a.hidden, a.intermediate)
     n_params = sum(p.numel() for p in model.parameters())
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     print(f"model: {n_params / 1e6:.1f}M parameters, {param_bytes / 2**20:.0f} MiB (fp32), {torch.get_num_threads()} "
@@ -107,7 +118,7 @@ def main() -> None:
         "forward_backward_seconds": plain, "attribution_seconds": attrib, "attribution_over_forward_backward": ratio,
         "examples": len(examples), "length": a.length, "batch_size": a.batch_size,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
-        "config": {k: getattr(a, k) for k in ("layers", "vocab", "hidden", "intermediate")},
+        "config": {k: getattr(a, k) for k in ("model", "layers", "vocab", "hidden", "intermediate")},
     }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -127,7 +127,7 @@ def run_real_demo(output_dir: str = "wagle_demo_smollm2", scenario: str = "eleme
     """
     import torch
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
     from transformers.utils import logging as hf_logging
 
     from .adapters import verify
@@ -158,6 +158,7 @@ def run_real_demo(output_dir: str = "wagle_demo_smollm2", scenario: str = "eleme
                            processing_class=tokenizer,
                            peft_config=LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules="all-linear",
                                                   task_type="CAUSAL_LM"))
+    trainer.remove_callback(PrinterCallback)  # the table below reports the run
     trainer.train()
     trainer.save_model(str(output_dir))
     report = verify(output_dir)

@@ -152,10 +152,12 @@ def test_masked_full_parameter_grad_diff_keeps_off_mask_bits(smollm2, no_pad, sc
     assert all(torch.equal(p, dict(model.named_parameters())[n]) for n, p in reloaded.named_parameters())
 
 
-def test_masked_lora_npo_with_chat_prompts_reloads_with_stock_peft(smollm2, no_pad, scenario, tmp_path, capsys):
+@pytest.mark.parametrize("objective,template", [("npo", "chat"), ("grad_diff", PLAIN)])
+def test_masked_lora_reloads_with_stock_peft_and_verifies(smollm2, no_pad, scenario, tmp_path, capsys, objective,
+                                                          template):
     base, _, _ = smollm2
-    args = small_args(tmp_path, objective="npo", mask_method="wagle", mask_ratio=0.5, learning_rate=2e-3,
-                      max_steps=2, per_device_train_batch_size=4, prompt_template="chat")
+    args = small_args(tmp_path, objective=objective, mask_method="wagle", mask_ratio=0.5, learning_rate=2e-3,
+                      max_steps=2, per_device_train_batch_size=4, prompt_template=template)
     trainer = WagleTrainer(model=copy.deepcopy(base), args=args, forget_dataset=scenario["forget"].select(range(8)),
                            retain_dataset=scenario["retain"].select(range(8)), processing_class=no_pad,
                            peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
@@ -167,7 +169,7 @@ def test_masked_lora_npo_with_chat_prompts_reloads_with_stock_peft(smollm2, no_p
     assert saved.count(EMBED) == 0 < trainer.mask.count(EMBED)  # LoRA does not hold the embedding/head part
     assert main(["verify", str(out)]) == 0 and "confined to its mask: yes" in capsys.readouterr().out
 
-    batch = {"input_ids": torch.tensor([tokenize_example(GOLD, no_pad, "chat", None, "qa")["input_ids"]])}
+    batch = {"input_ids": torch.tensor([tokenize_example(GOLD, no_pad, template, None, "qa")["input_ids"]])}
     trainer.model.eval()
     with torch.no_grad():
         want = trainer.model(**batch).logits
