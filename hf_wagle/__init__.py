@@ -1,10 +1,9 @@
 """hf_wagle: weight-attribution-guided unlearning (WAGLE) for Hugging Face Transformers."""
 
-__version__ = "0.1.0"
-
-from .attribution import compute_mask
+from .attribution import compute_mask, register_mask_method
 from .config import WagleConfig
 from .mask import WeightMask
 from .trainer import WagleTrainer
+from .version import __version__
 
-__all__ = ["WagleConfig", "WagleTrainer", "WeightMask", "compute_mask", "__version__"]
+__all__ = ["WagleConfig", "WagleTrainer", "WeightMask", "compute_mask", "register_mask_method", "__version__"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .attribution import base_named_parameters, tied_aliases
+from .modeling import base_named_parameters, tied_aliases
 from .mask import WeightMask, project_rows_columns
 
 

@@ -36,55 +36,27 @@ memory while selecting is the packed result (N/8 bytes) plus O(chunk).
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import hashlib
 import json
 import math
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from .config import DEFAULT_PROMPT_TEMPLATE, MASK_GRANULARITIES, MASK_METHODS as METHODS, MASK_SCOPES
 from .data import collate, tokenize_dataset
-from .mask import WeightMask, layer_and_module, parameter_fingerprint
-from .objectives import sequence_nll
+from .losses import sequence_nll
+from .mask import WeightMask, layer_and_module, parameter_fingerprint, unpack_bits
+from .modeling import adapter_disabled, base_named_parameters, rank_world, tied_aliases
+from .options import (DEFAULT_GRIN_EPS, DEFAULT_MASK_METHOD, DEFAULT_MASK_RATIO, DEFAULT_MU,
+                      DEFAULT_PROMPT_TEMPLATE, check_mask_options)
+from .version import __version__
 
-_NEEDS_FORGET = {"wagle", "snip", "gradient", "grin", "wanda"}
-_NEEDS_GRADIENTS = {"wagle", "snip", "gradient", "grin"}
-_NEEDS_RETAIN = {"wagle", "grin"}
-_ADAPTER_PREFIXES = ("lora_", "shira_")
 CHUNK = 1 << 20  # elements per selection chunk (a multiple of 8, so packed chunks concatenate)
-
-
-def base_named_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
-    """`(name, parameter)` of the base model, with PEFT wrapping removed from the names
-    (`base_model.model.` and `.base_layer`) and adapter parameters left out. Shared (tied) parameters appear once."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    out = []
-    for name, p in base.named_parameters():
-        parts = name.split(".")
-        if any(part.startswith(_ADAPTER_PREFIXES) for part in parts):
-            continue
-        out.append((".".join(x for x in parts if x != "base_layer"), p))
-    return out
-
-
-def tied_aliases(model) -> dict[str, str]:
-    """`{alias: name}` for parameters registered under several names (a tied input embedding and output head):
-    `name` is the one `base_named_parameters` keeps, in the same PEFT-free spelling."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    first, aliases = {}, {}
-    for name, p in base.named_parameters(remove_duplicate=False):
-        parts = name.split(".")
-        if any(part.startswith(_ADAPTER_PREFIXES) for part in parts):
-            continue
-        name = ".".join(x for x in parts if x != "base_layer")
-        if id(p) in first and first[id(p)] != name:
-            aliases[name] = first[id(p)]
-        first.setdefault(id(p), name)
-    return aliases
 
 
 def _as_patterns(patterns, what: str) -> list[str] | None:
@@ -121,29 +93,6 @@ def select_parameters(names: list[str], include=None, exclude=None) -> list[bool
     return keep
 
 
-def _check_options(method, ratio, mu, reduction, batch_size, num_samples=None, scope="global",
-                   granularity="element", eps=1e-12):
-    if method not in METHODS:
-        raise ValueError(f"unknown mask method {method!r}; choose one of {', '.join(METHODS)}")
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"mask ratio is the fraction of weights that may change and must lie in [0, 1], got {ratio}")
-    if not mu > 0:
-        raise ValueError(f"mu must be > 0, got {mu}")
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if num_samples is not None and (isinstance(num_samples, bool) or int(num_samples) != num_samples
-                                    or num_samples < 1):
-        raise ValueError(f"num_samples must be a positive integer or None, got {num_samples!r}")
-    if scope not in MASK_SCOPES:
-        raise ValueError(f"scope must be one of {', '.join(MASK_SCOPES)}, got {scope!r}")
-    if granularity not in MASK_GRANULARITIES:
-        raise ValueError(f"granularity must be one of {', '.join(MASK_GRANULARITIES)}, got {granularity!r}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
-
-
 def subset_indices(n: int, num_samples: int | None, seed: int, stream: int = 0) -> list[int]:
     """The deterministic subset `num_samples` draws from `n` examples: sorted indices drawn without replacement by
     `numpy.random.default_rng([seed, stream])` (all indices when `num_samples` is None or >= n)."""
@@ -164,12 +113,8 @@ def data_fingerprint(dataset) -> str:
     return h.hexdigest()
 
 
-def _rank_world() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
 def _batches(examples: list[dict], batch_size: int):
-    rank, world = _rank_world()
+    rank, world = rank_world()
     mine = examples[rank::world]
     return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
 
@@ -191,7 +136,7 @@ def accumulate_gradients(model, params: list[torch.Tensor], examples: list[dict]
                 acc.add_(g.float())
         if progress is not None:
             progress.update(1)
-    if _rank_world()[1] > 1:
+    if rank_world()[1] > 1:
         for g in grads:
             dist.all_reduce(g)
     bad = [i for i, g in enumerate(grads) if not torch.isfinite(g).all()]
@@ -251,26 +196,11 @@ def input_feature_norms(model, params: list[torch.Tensor], examples: list[dict],
     finally:
         for h in handles:
             h.remove()
-    if _rank_world()[1] > 1:
+    if rank_world()[1] > 1:
         for v in sq.values():
             dist.all_reduce(v)
     transposed = {id(w): t for _, w, t in layers}
     return {k: (v.sqrt().float(), transposed[k]) for k, v in sq.items()}
-
-
-def score(method: str, theta: torch.Tensor, g_f: torch.Tensor, g_r: torch.Tensor | None, mu: float,
-          eps: float = 1e-12) -> torch.Tensor:
-    """The fp32 score of one parameter tensor for the gradient methods (see the module docstring). Overwrites
-    `g_f` to save memory."""
-    if method == "wagle":
-        return g_f.mul_(theta.float() - g_r / mu).abs_()
-    if method == "snip":
-        return g_f.mul_(theta.float()).abs_()
-    if method == "gradient":
-        return g_f.abs_()
-    if method == "grin":
-        return g_f.abs_().div_(g_r.abs() + eps)
-    raise ValueError(f"{method!r} is not a gradient method")
 
 
 # -- lazily evaluated scores, chunk by chunk ------------------------------------------------------------------
@@ -342,6 +272,130 @@ class _Zeros(_Scores):
 
     def chunk(self, i):
         return torch.zeros(min(CHUNK, self.numel - i * CHUNK), device=self.device)
+
+
+# -- mask methods, registered by name -------------------------------------------------------------------------------
+
+NEEDS = ("none", "forget", "forget_retain", "forget_inputs")
+
+
+@dataclass(frozen=True)
+class MaskMethod:
+    """A registered mask method: `score(param, grad_forget=None, grad_retain=None, **options)` and what it needs.
+
+    `needs`: `"none"` (no data), `"forget"` (`grad_forget` = G_f), `"forget_retain"` (G_f and G_r) or
+    `"forget_inputs"` (no gradients; `input_norm=(norms, transposed)` of the parameter's linear layer over the forget
+    tokens, or None for parameters that are not a linear weight). Other options: `name` (the parameter's base
+    name), `mu`, `eps`, `seed`.
+    """
+
+    name: str
+    score: Callable
+    needs: str
+
+    @property
+    def uses_forget(self) -> bool:
+        return self.needs != "none"
+
+    @property
+    def uses_retain(self) -> bool:
+        return self.needs == "forget_retain"
+
+    @property
+    def uses_gradients(self) -> bool:
+        return self.needs in ("forget", "forget_retain")
+
+
+MASK_METHODS: dict[str, MaskMethod] = {}
+
+
+def register_mask_method(name: str, needs: str = "forget"):
+    """Decorator: make `score(param, grad_forget=None, grad_retain=None, **options)` available as a mask method by
+    name, in `compute_mask(method=name)`, `WagleConfig(mask_method=name)` and `hf-wagle attribute --method name`.
+
+    `score` returns the elementwise score of `param` (a tensor of its shape, non-negative and finite; larger = more
+    worth changing), or one of this module's chunked score objects. Gradients are fp32 buffers owned by attribution
+    and may be overwritten in place. `needs` says which data the method uses (see `MaskMethod`), so attribution
+    computes only that: `"none"`, `"forget"`, `"forget_retain"` or `"forget_inputs"`.
+
+        @register_mask_method("fisher", needs="forget")
+        def fisher(param, grad_forget=None, grad_retain=None, **options):
+            return grad_forget.pow(2)
+    """
+    if not isinstance(name, str) or not name or name in ("none", "None", "dense"):
+        raise ValueError(f"a mask method needs a non-empty name other than none/dense, got {name!r}")
+    if needs not in NEEDS:
+        raise ValueError(f"needs must be one of {', '.join(NEEDS)}, got {needs!r}")
+
+    def wrap(score):
+        MASK_METHODS[name] = MaskMethod(name, score, needs)
+        return score
+
+    return wrap
+
+
+def get_mask_method(name: str) -> MaskMethod:
+    if name not in MASK_METHODS:
+        raise ValueError(f"unknown mask method {name!r}; registered: {', '.join(MASK_METHODS)} "
+                         "(add one with hf_wagle.register_mask_method)")
+    return MASK_METHODS[name]
+
+
+@register_mask_method("wagle", needs="forget_retain")
+def wagle_score(param, grad_forget, grad_retain, mu=DEFAULT_MU, **_):
+    """S = | theta * G_f - (1/mu) * G_r * G_f |   (Jia et al. 2024)."""
+    return grad_forget.mul_(param.float() - grad_retain / mu).abs_()
+
+
+@register_mask_method("snip", needs="forget")
+def snip_score(param, grad_forget, grad_retain=None, **_):
+    """S = | theta * G_f |."""
+    return grad_forget.mul_(param.float()).abs_()
+
+
+@register_mask_method("gradient", needs="forget")
+def gradient_score(param, grad_forget, grad_retain=None, **_):
+    """S = | G_f |   (SalUn-style saliency)."""
+    return grad_forget.abs_()
+
+
+@register_mask_method("grin", needs="forget_retain")
+def grin_score(param, grad_forget, grad_retain, eps=DEFAULT_GRIN_EPS, **_):
+    """S = | G_f | / (| G_r | + eps)   (GRIN's gradient ratio)."""
+    return grad_forget.abs_().div_(grad_retain.abs() + eps)
+
+
+@register_mask_method("magnitude", needs="none")
+def magnitude_score(param, grad_forget=None, grad_retain=None, **_):
+    """S = | theta |, made chunk by chunk."""
+    return _Magnitude(param)
+
+
+@register_mask_method("random", needs="none")
+def random_score(param, grad_forget=None, grad_retain=None, name="", seed=0, **_):
+    """S ~ U(0, 1), seeded by `seed` and the parameter's name (identical on every rank)."""
+    return _Random(param, name, seed)
+
+
+@register_mask_method("wanda", needs="forget_inputs")
+def wanda_score(param, grad_forget=None, grad_retain=None, input_norm=None, **_):
+    """S_ij = | W_ij | * || X_j ||_2 for linear weights; 0 for every other parameter."""
+    return _Zeros(param) if input_norm is None else _Wanda(param, *input_norm)
+
+
+def _as_scores(method: MaskMethod, value, param, name: str):
+    if isinstance(value, _Scores):
+        return value
+    if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(param.shape):
+        raise ValueError(f"mask method {method.name!r} returned {type(value).__name__} "
+                         f"{tuple(getattr(value, 'shape', ()))} for {name}; it must return a tensor of the "
+                         f"parameter's shape {tuple(param.shape)}")
+    value = value.detach().float()
+    if not torch.isfinite(value).all() or (value < 0).any():
+        raise ValueError(f"mask method {method.name!r} gave {name} negative or non-finite scores; scores must be "
+                         "finite and >= 0 (take abs() of signed quantities)")
+    return _Stored(value)
+
 
 
 def unit_scores(scores: _Scores, granularity: str) -> tuple[torch.Tensor, int]:
@@ -441,8 +495,6 @@ def select_top_k(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
     finds the threshold's bucket and a second of the low 16 bits inside it the exact threshold. Both passes and the
     final one run over chunks of `CHUNK` elements, so extra memory is O(chunk) plus the result.
     """
-    from .mask import unpack_bits
-
     return [unpack_bits(p, s.shape) for p, s in zip(select_top_k_packed(scores, k), scores)]
 
 
@@ -485,8 +537,6 @@ def select(scores: list[_Scores], ratio: float, scope: str = "global", granulari
         else:
             units = [unit_scores(scores[i], granularity) for i in group]
             unit_masks = select_top_k_packed([u for u, _ in units], k, [w for _, w in units])
-            from .mask import unpack_bits
-
             packed = [_expand_units(unpack_bits(m, (u.numel(),)), scores[i].shape, granularity)
                       for m, (u, _), i in zip(unit_masks, units, group)]
         for i, p in zip(group, packed):
@@ -496,62 +546,63 @@ def select(scores: list[_Scores], ratio: float, scope: str = "global", granulari
 
 # -- the public entry point -----------------------------------------------------------------------------------
 
-def compute_mask(model, forget, retain, tokenizer=None, method: str = "wagle", ratio: float = 0.8,
-                 mu: float = 1e-6, reduction: str = "sum", batch_size: int = 8, seed: int = 0,
-                 prompt_template: str = DEFAULT_PROMPT_TEMPLATE, max_length: int | None = None, *,
-                 num_samples: int | None = None, scope: str = "global", granularity: str = "element",
-                 include=None, exclude=None, eps: float = 1e-12, progress: bool = True) -> WeightMask:
-    """Score every weight of `model` with `method` and keep the top `ratio` fraction (the weights that may change).
+def compute_mask(model, forget, retain, tokenizer=None, method: str = DEFAULT_MASK_METHOD,
+                 ratio: float = DEFAULT_MASK_RATIO, mu: float = DEFAULT_MU, reduction: str = "sum",
+                 batch_size: int = 8, seed: int = 0, prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+                 max_length: int | None = None, *, num_samples: int | None = None, scope: str = "global",
+                 granularity: str = "element", include=None, exclude=None, eps: float = DEFAULT_GRIN_EPS,
+                 progress: bool = True) -> WeightMask:
+    """Score every weight of `model` with the mask method `method` (a name registered with `register_mask_method`)
+    and keep the top `ratio` fraction (the weights that may change).
 
     `forget`/`retain` are `datasets.Dataset`s in any shape `hf_wagle.data` accepts (`retain` may be None for
-    methods that do not use it, `forget` too for `magnitude`/`random`). `num_samples` scores on a deterministic
+    methods that do not use it, `forget` too for methods that need no data). `num_samples` scores on a deterministic
     subset of that many forget and that many retain examples (`subset_indices`, streams 0 and 1). `scope`,
     `granularity`, `include`/`exclude`: see the module docstring. `progress` shows a tqdm bar over the attribution
     batches on rank 0. Names in the returned mask are the base model's `named_parameters()` names (all of them;
     excluded ones are all False), also when `model` is a `PeftModel`; `mask.metadata` records how it was made.
     """
-    _check_options(method, ratio, mu, reduction, batch_size, num_samples, scope, granularity, eps)
+    spec = get_mask_method(method)
+    check_mask_options(ratio=ratio, mu=mu, reduction=reduction, batch_size=batch_size, num_samples=num_samples,
+                       scope=scope, granularity=granularity, eps=eps)
     named = base_named_parameters(model)
     names = [n for n, _ in named]
     keep = select_parameters(names, include, exclude)
     inc = [i for i, k in enumerate(keep) if k]
     params = [named[i][1] for i in inc]
-    if method in _NEEDS_FORGET and forget is None:
-        raise ValueError(f"mask method {method!r} needs a forget dataset")
-    if method in _NEEDS_RETAIN and retain is None:
-        raise ValueError(f"mask method {method!r} needs a retain dataset")
-    forget_ex, retain_ex = [], []
-    if method in _NEEDS_FORGET:
-        idx = subset_indices(len(forget), num_samples, seed, 0)
-        forget_ex = tokenize_dataset(forget.select(idx) if len(idx) < len(forget) else forget, tokenizer,
-                                     prompt_template, max_length, "forget dataset")
-    if method in _NEEDS_RETAIN:
-        idx = subset_indices(len(retain), num_samples, seed, 1)
-        retain_ex = tokenize_dataset(retain.select(idx) if len(idx) < len(retain) else retain, tokenizer,
-                                     prompt_template, max_length, "retain dataset")
-    if (method in _NEEDS_FORGET and not forget_ex) or (method in _NEEDS_RETAIN and not retain_ex):
-        raise ValueError(f"mask method {method!r} needs a non-empty forget"
-                         + (" and retain" if method in _NEEDS_RETAIN else "") + " dataset")
+    examples = {"forget": [], "retain": []}
+    for stream, (part, data, used) in enumerate((("forget", forget, spec.uses_forget),
+                                                 ("retain", retain, spec.uses_retain))):
+        if not used:
+            continue
+        if data is None or len(data) == 0:
+            raise ValueError(f"mask method {method!r} needs a {'non-empty ' if data is not None else ''}{part} "
+                             "dataset")
+        idx = subset_indices(len(data), num_samples, seed, stream)
+        examples[part] = tokenize_dataset(data.select(idx) if len(idx) < len(data) else data, tokenizer,
+                                          prompt_template, max_length, f"{part} dataset")
+    forget_ex, retain_ex = examples["forget"], examples["retain"]
 
     pad = getattr(tokenizer, "pad_token_id", None)
     n_batches = len(_batches(forget_ex, batch_size)) + len(_batches(retain_ex, batch_size))
     bar = _progress_bar(n_batches, f"attribution ({method})") if progress and n_batches else None
-    g_f = g_r = norms = None
+    g_f = g_r = None
+    norms = {}
     try:
-        if method in _NEEDS_FORGET:
+        if spec.uses_forget:
             was_training = model.training
             saved_flags = [p.requires_grad for _, p in named]
             model.eval()
             try:
-                if method in _NEEDS_GRADIENTS:
+                if spec.uses_gradients:
                     for p in params:
                         p.requires_grad_(True)
                 with adapter_disabled(model):
-                    if method == "wanda":
+                    if spec.needs == "forget_inputs":
                         norms = input_feature_norms(model, params, forget_ex, batch_size, pad, bar)
                     else:
                         g_f = accumulate_gradients(model, params, forget_ex, batch_size, reduction, pad, bar)
-                        if retain_ex:
+                        if spec.uses_retain:
                             g_r = accumulate_gradients(model, params, retain_ex, batch_size, reduction, pad, bar)
             finally:
                 for (_, p), flag in zip(named, saved_flags):
@@ -565,17 +616,9 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = "wagle", r
         scores = []
         for j, p in enumerate(params):
             name = names[inc[j]]
-            if method in _NEEDS_GRADIENTS:
-                scores.append(_Stored(score(method, p, g_f[j], g_r[j] if g_r else None, mu, eps=eps)))
-            elif method == "magnitude":
-                scores.append(_Magnitude(p))
-            elif method == "random":
-                scores.append(_Random(p, name, seed))
-            elif id(p) in norms:
-                norm, transposed = norms[id(p)]
-                scores.append(_Wanda(p, norm, transposed))
-            else:
-                scores.append(_Zeros(p))
+            value = spec.score(p, grad_forget=g_f[j] if g_f else None, grad_retain=g_r[j] if g_r else None,
+                               name=name, mu=mu, eps=eps, seed=seed, input_norm=norms.get(id(p)))
+            scores.append(_as_scores(spec, value, p, name))
         packed = select(scores, ratio, scope, granularity, [names[i] for i in inc])
         del scores, g_f, g_r
     packed = _broadcast_packed(packed)
@@ -584,15 +627,13 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = "wagle", r
     for i, (name, p) in enumerate(named):
         result[name] = (chosen[i] if i in chosen else np.zeros((p.numel() + 7) // 8, np.uint8), tuple(p.shape))
 
-    from . import __version__
-
     metadata = {
         "method": method, "ratio": ratio, "mu": mu, "reduction": reduction, "seed": seed, "scope": scope,
         "granularity": granularity, "include": include if include is None else list(_as_patterns(include, "")),
         "exclude": exclude if exclude is None else list(_as_patterns(exclude, "")), "num_samples": num_samples,
         "num_forget": len(forget_ex), "num_retain": len(retain_ex), "batch_size": batch_size,
-        "forget_sha256": data_fingerprint(forget) if method in _NEEDS_FORGET else "",
-        "retain_sha256": data_fingerprint(retain) if method in _NEEDS_RETAIN else "",
+        "forget_sha256": data_fingerprint(forget) if spec.uses_forget else "",
+        "retain_sha256": data_fingerprint(retain) if spec.uses_retain else "",
         "model": getattr(getattr(model, "config", None), "_name_or_path", "") or "",
         "param_sha256": parameter_fingerprint((n, tuple(p.shape)) for n, p in named),
         "hf_wagle_version": __version__,
@@ -608,7 +649,7 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = "wagle", r
 def _broadcast_packed(packed: list[np.ndarray]) -> list[np.ndarray]:
     """Under `torch.distributed`, every rank takes rank 0's selection (the scores are already identical up to
     all-reduce rounding; this makes the masks bit-identical)."""
-    if _rank_world()[1] == 1 or not packed:
+    if rank_world()[1] == 1 or not packed:
         return packed
     flat = torch.from_numpy(np.concatenate(packed))
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
@@ -647,29 +688,8 @@ def add_mask_noise(model, mask: WeightMask, std: float, seed: int = 0) -> int:
 
 
 def _progress_bar(total: int, desc: str):
-    if _rank_world()[0] != 0:
+    if rank_world()[0] != 0:
         return None
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="batch", leave=False)
-
-
-@contextlib.contextmanager
-def adapter_disabled(model):
-    """The base model's outputs for a `PeftModel`; a no-op context for a plain model.
-
-    Leaving PEFT's `disable_adapter()` re-marks every parameter of the active adapters trainable; the
-    `requires_grad` flags are put back as they were, so modules frozen on purpose (RMU, empty masks) stay frozen.
-    """
-    from peft import PeftModel
-
-    if not isinstance(model, PeftModel):
-        yield
-        return
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        with model.disable_adapter():
-            yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)

@@ -22,7 +22,7 @@ def _demo(a) -> int:
 def _add_evaluate(sub) -> None:
     """`hf-wagle evaluate`: score a model (and, with --adapter, the model before and after it) on a benchmark, write
     the numbers to a JSON file and a forget-vs-utility PNG next to it."""
-    from .config import DEFAULT_PROMPT_TEMPLATE
+    from .options import DEFAULT_PROMPT_TEMPLATE
 
     def run(a) -> int:
         import json
@@ -89,7 +89,9 @@ def _add_evaluate(sub) -> None:
 def _add_attribute(sub) -> None:
     """`hf-wagle attribute`: score a model's weights on local forget/retain data, write the mask, print its stats
     and save a heat map (layers x module types)."""
-    from .config import DEFAULT_PROMPT_TEMPLATE, MASK_GRANULARITIES, MASK_METHODS, MASK_SCOPES
+    from .options import (DEFAULT_MASK_METHOD, DEFAULT_MASK_RATIO, DEFAULT_MAX_LENGTH, DEFAULT_MU,
+                          DEFAULT_PROMPT_TEMPLATE, MASK_GRANULARITIES, MASK_REDUCTIONS, MASK_SCOPES,
+                          check_mask_options)
 
     def load_local(path: str, what: str):
         from pathlib import Path
@@ -113,16 +115,23 @@ def _add_attribute(sub) -> None:
         return datasets.load_dataset(kinds[p.suffix], data_files=str(p), split="train")
 
     def run(a) -> int:
+        import importlib
         import json
         from pathlib import Path
 
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from .attribution import compute_mask
+        from .attribution import compute_mask, get_mask_method
 
-        if not 0.0 <= a.ratio <= 1.0:
-            raise SystemExit(f"--ratio is the fraction of weights that may change, in [0, 1]; got {a.ratio}")
+        for module in a.plugin or []:  # modules that register mask methods of their own
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise ValueError(f"--plugin {module}: cannot import it ({e})") from None
+        get_mask_method(a.method)
+        check_mask_options(ratio=a.ratio, mu=a.mu, reduction=a.reduction, batch_size=a.batch_size,
+                           num_samples=a.num_samples, scope=a.scope, granularity=a.granularity)
         forget = load_local(a.forget, "forget") if a.forget else None
         retain = load_local(a.retain, "retain") if a.retain else None
         tokenizer = AutoTokenizer.from_pretrained(a.model)
@@ -149,10 +158,16 @@ def _add_attribute(sub) -> None:
     p.add_argument("--model", required=True, help="model: Hub id or local folder")
     p.add_argument("--forget", help="forget data: .json/.jsonl/.parquet/.csv file or a save_to_disk folder")
     p.add_argument("--retain", help="retain data, same formats (needed by wagle and grin)")
-    p.add_argument("--method", default="wagle", choices=MASK_METHODS)
-    p.add_argument("--ratio", type=float, default=0.8, help="fraction of weights that may change")
-    p.add_argument("--mu", type=float, default=1e-6, help="WAGLE's diagonal-Hessian constant")
-    p.add_argument("--reduction", default="sum", choices=("sum", "mean"))
+    p.add_argument("--method", default=DEFAULT_MASK_METHOD,
+                   help="a registered mask method: wagle (default), snip, gradient, grin, magnitude, wanda, random, "
+                        "or one a --plugin module registers")
+    p.add_argument("--plugin", action="append", metavar="MODULE",
+                   help="import this Python module first (e.g. one that calls hf_wagle.register_mask_method); "
+                        "repeatable")
+    p.add_argument("--ratio", type=float, default=DEFAULT_MASK_RATIO,
+                   help="fraction of weights that may change, in (0, 1] (default: %(default)s)")
+    p.add_argument("--mu", type=float, default=DEFAULT_MU, help="WAGLE's diagonal-Hessian constant (default: %(default)s)")
+    p.add_argument("--reduction", default="sum", choices=MASK_REDUCTIONS)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--num-samples", type=int, help="score on a seeded subset of this many examples of each set")
     p.add_argument("--scope", default="global", choices=MASK_SCOPES)
@@ -160,7 +175,7 @@ def _add_attribute(sub) -> None:
     p.add_argument("--include", nargs="+", help="only parameters matching these name patterns may be selected")
     p.add_argument("--exclude", nargs="+", help="parameters matching these name patterns are never selected")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH)
     p.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE,
                    help="QA prompt with {question}, or 'chat' for the tokenizer's chat template (default: %(default)r)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))

@@ -6,15 +6,11 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .attribution import MASK_METHODS
 from .data import check_prompt_template
-
-DEFAULT_PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
-MASK_METHODS = ("wagle", "snip", "gradient", "grin", "magnitude", "wanda", "random")
-MASK_SCOPES = ("global", "per_layer", "per_tensor")
-MASK_GRANULARITIES = ("element", "row", "column")
-# Optimizers whose update is exactly zero for a parameter element whose gradient has always been zero
-# (moments start at zero and stay zero), so masking the gradient keeps off-mask weights bit-identical.
-MASK_SAFE_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adagrad", "rmsprop")
+from .objectives import OBJECTIVES
+from .options import (DEFAULT_MASK_METHOD, DEFAULT_MASK_RATIO, DEFAULT_MAX_LENGTH, DEFAULT_MU,
+                      DEFAULT_PROMPT_TEMPLATE, MASK_GRANULARITIES, MASK_REDUCTIONS, MASK_SCOPES, check_mask_options)
 
 
 @dataclass
@@ -54,12 +50,14 @@ class WagleConfig(TrainingArguments):
     )
     stop_on_collapse: bool = field(default=False, metadata={"help": "Stop training when collapse is detected."})
     mask_method: str | None = field(
-        default="wagle",
-        metadata={"help": f"Weight attribution for the mask: one of {MASK_METHODS}, or None for dense unlearning."},
+        default=DEFAULT_MASK_METHOD,
+        metadata={"help": f"Weight attribution for the mask: a registered mask method ({', '.join(MASK_METHODS)}, or "
+                          "your own through register_mask_method), or None for dense unlearning."},
     )
-    mask_ratio: float = field(default=0.8, metadata={"help": "Fraction of weights that may change (0.8 = 80%)."})
-    mu: float = field(default=1e-6, metadata={"help": "WAGLE diagonal-Hessian constant mu."})
-    mask_reduction: str = field(default="sum", metadata={"help": "'sum' or 'mean' of per-example gradients."})
+    mask_ratio: float = field(default=DEFAULT_MASK_RATIO,
+                              metadata={"help": "Fraction of weights that may change (0.8 = 80%), in (0, 1]."})
+    mu: float = field(default=DEFAULT_MU, metadata={"help": "WAGLE diagonal-Hessian constant mu."})
+    mask_reduction: str = field(default="sum", metadata={"help": f"Per-example gradients: one of {MASK_REDUCTIONS}."})
     mask_batch_size: int = field(default=8, metadata={"help": "Batch size of the attribution pass."})
     mask_num_samples: int | None = field(
         default=None, metadata={"help": "Score on a seeded subset of this many forget (and retain) examples; None = all."}
@@ -85,12 +83,10 @@ class WagleConfig(TrainingArguments):
         metadata={"help": "Prompt for QA data: a template containing '{question}', or 'chat' for the tokenizer's chat "
                           "template (question = user turn, answer = assistant turn)."}
     )
-    max_length: int | None = field(default=512, metadata={"help": "Truncate tokenised QA/text examples."})
+    max_length: int | None = field(default=DEFAULT_MAX_LENGTH, metadata={"help": "Truncate tokenised QA/text examples."})
 
     def __post_init__(self):
         super().__post_init__()
-        from .objectives import OBJECTIVES
-
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; choose one of {', '.join(sorted(OBJECTIVES))}")
         if self.retain_loss not in ("nll", "kl"):
@@ -108,23 +104,11 @@ class WagleConfig(TrainingArguments):
         if self.mask_method in ("", "none", "None", "dense"):
             self.mask_method = None
         if self.mask_method is not None and self.mask_method not in MASK_METHODS:
-            raise ValueError(
-                f"unknown mask_method {self.mask_method!r}; choose one of {', '.join(MASK_METHODS)} or None (dense)"
-            )
-        if not 0.0 < self.mask_ratio <= 1.0:
-            raise ValueError(f"mask_ratio is the fraction of weights that may change: (0, 1], got {self.mask_ratio}")
-        if not self.mu > 0:
-            raise ValueError(f"mu must be > 0, got {self.mu}")
-        if self.mask_reduction not in ("sum", "mean"):
-            raise ValueError(f"mask_reduction must be 'sum' or 'mean', got {self.mask_reduction!r}")
-        if self.mask_num_samples is not None and self.mask_num_samples < 1:
-            raise ValueError(f"mask_num_samples must be >= 1 or None, got {self.mask_num_samples}")
-        if self.mask_scope not in MASK_SCOPES:
-            raise ValueError(f"mask_scope must be one of {', '.join(MASK_SCOPES)}, got {self.mask_scope!r}")
-        if self.mask_granularity not in MASK_GRANULARITIES:
-            raise ValueError(
-                f"mask_granularity must be one of {', '.join(MASK_GRANULARITIES)}, got {self.mask_granularity!r}"
-            )
+            raise ValueError(f"unknown mask_method {self.mask_method!r}; choose one of {', '.join(MASK_METHODS)} "
+                             "(or register one with hf_wagle.register_mask_method), or None (dense)")
+        check_mask_options(ratio=self.mask_ratio, mu=self.mu, reduction=self.mask_reduction,
+                           batch_size=self.mask_batch_size, num_samples=self.mask_num_samples, scope=self.mask_scope,
+                           granularity=self.mask_granularity, prefix="mask_")
         if isinstance(self.mask_include, str):
             self.mask_include = [self.mask_include]
         if isinstance(self.mask_exclude, str):

@@ -25,6 +25,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .modeling import base_named_parameters
+
 MASK_FILE = "wagle_mask.safetensors"
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
 _LAYER = re.compile(r"\.(\d+)\.")
@@ -179,8 +181,6 @@ class WeightMask:
         Uses the stored `param_sha256` when present (also catches a different parameter order), else the names and
         shapes themselves. PEFT wrapping and adapter parameters are ignored.
         """
-        from .attribution import base_named_parameters
-
         named = [(n, tuple(p.shape)) for n, p in base_named_parameters(model)]
         self.check_fits(dict(named))
         want = self.metadata.get("param_sha256")

@@ -24,12 +24,15 @@ from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
 from transformers.utils import logging
 
 from .adapters import check_lora_config, confine_lora, lora_modules
-from .attribution import adapter_disabled, base_named_parameters, compute_mask, tied_aliases
-from .config import MASK_SAFE_OPTIMIZERS, WagleConfig
+from .attribution import add_mask_noise, compute_mask
+from .config import WagleConfig
 from .data import ForgetRetainPairs, PairCollator, collate, refusal_examples, tokenize_dataset
 from .hub import write_model_card
 from .mask import WeightMask
-from .objectives import DEFAULT_REFUSALS, OBJECTIVES, SequenceNLL, sequence_nll
+from .losses import SequenceNLL, sequence_nll
+from .modeling import adapter_disabled, base_named_parameters, tied_aliases
+from .objectives import DEFAULT_REFUSALS, OBJECTIVES
+from .options import MASK_SAFE_OPTIMIZERS
 
 logger = logging.get_logger(__name__)
 REFERENCE_FILE = "wagle_reference.safetensors"
@@ -165,8 +168,6 @@ class WagleTrainer(Trainer):
         else:
             self.enforced_mask, self._grad_masks = _confine_parameters(self.model, self.mask)
         if a.mask_noise_std > 0:  # GRIN: perturb the weights that may change, the same on every rank
-            from .attribution import add_mask_noise
-
             add_mask_noise(self.model, self.enforced_mask, a.mask_noise_std, seed=a.seed)
             self.enforced_mask.metadata["noise_std"] = a.mask_noise_std
         for p, m in self._grad_masks.items():

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ..config import DEFAULT_PROMPT_TEMPLATE
+from ..options import DEFAULT_PROMPT_TEMPLATE
 from ..data import collate, tokenize_dataset
-from ..objectives import sequence_nll
+from ..losses import sequence_nll
 
 
 @torch.no_grad()

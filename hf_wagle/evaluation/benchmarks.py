@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from ..config import DEFAULT_PROMPT_TEMPLATE
+from ..options import DEFAULT_PROMPT_TEMPLATE
 
 BENCHMARKS = ("tofu", "wmdp", "muse", "offline")
 

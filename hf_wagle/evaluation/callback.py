@@ -21,7 +21,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.utils import logging
 
-from ..config import DEFAULT_PROMPT_TEMPLATE
+from ..options import DEFAULT_PROMPT_TEMPLATE
 from .scoring import answer_nlls
 
 logger = logging.get_logger(__name__)

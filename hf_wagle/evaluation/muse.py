@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from ..config import DEFAULT_PROMPT_TEMPLATE
+from ..options import DEFAULT_PROMPT_TEMPLATE
 from ..data import check_prompt_template, prompt_ids
 from .rouge import rouge_l
 from .scoring import greedy_generate, token_logprobs

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import IGNORE_INDEX, collate, tokenize_example
-from ..objectives import sequence_nll
+from ..losses import sequence_nll
 
 
 def _device(model) -> torch.device:

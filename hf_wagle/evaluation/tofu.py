@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from ..config import DEFAULT_PROMPT_TEMPLATE
+from ..options import DEFAULT_PROMPT_TEMPLATE
 from ..data import check_prompt_template, prompt_ids
 from .rouge import rouge_l
 from .scoring import answer_nlls, greedy_generate

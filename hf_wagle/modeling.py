@@ -1,0 +1,69 @@
+"""Model and parameter helpers shared by every stage: base-model parameter names under PEFT wrapping, tied
+parameters, the base model's outputs through an adapter, and the process's rank under torch.distributed."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.distributed as dist
+
+ADAPTER_PREFIXES = ("lora_", "shira_")
+
+
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def base_name(name: str) -> str | None:
+    """A parameter name without PEFT's wrapping (`.base_layer`), or None for an adapter's own parameter."""
+    parts = name.split(".")
+    if any(part.startswith(ADAPTER_PREFIXES) for part in parts):
+        return None
+    return ".".join(x for x in parts if x != "base_layer")
+
+
+def base_named_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
+    """`(name, parameter)` of the base model, with PEFT wrapping removed from the names
+    (`base_model.model.` and `.base_layer`) and adapter parameters left out. Shared (tied) parameters appear once."""
+    return [(name, p) for name, p in ((base_name(n), p) for n, p in _base(model).named_parameters()) if name]
+
+
+def tied_aliases(model) -> dict[str, str]:
+    """`{alias: name}` for parameters registered under several names (a tied input embedding and output head):
+    `name` is the one `base_named_parameters` keeps, in the same PEFT-free spelling."""
+    first, aliases = {}, {}
+    for name, p in _base(model).named_parameters(remove_duplicate=False):
+        name = base_name(name)
+        if name is None:
+            continue
+        if id(p) in first and first[id(p)] != name:
+            aliases[name] = first[id(p)]
+        first.setdefault(id(p), name)
+    return aliases
+
+
+def rank_world() -> tuple[int, int]:
+    """`(rank, world size)` under `torch.distributed`, `(0, 1)` without it."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+@contextlib.contextmanager
+def adapter_disabled(model):
+    """The base model's outputs for a `PeftModel`; a no-op context for a plain model.
+
+    Leaving PEFT's `disable_adapter()` re-marks every parameter of the active adapters trainable; the
+    `requires_grad` flags are put back as they were, so modules frozen on purpose (RMU, empty masks) stay frozen.
+    """
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        yield
+        return
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        with model.disable_adapter():
+            yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
