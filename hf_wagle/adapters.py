@@ -1,10 +1,16 @@
-"""Adapters confined to a mask.
+"""How a training mode keeps its change inside a mask, and how a saved result is audited against it.
 
-Masked LoRA. LoRA's change of a linear weight is `delta = (alpha / r) * B @ A` with `B: out x r`, `A: r x in`.
-Zero rows of B give zero rows of delta and zero columns of A give zero columns, so LoRA holds exactly a
-row x column mask `rows[:, None] & cols[None, :]`. `confine_lora` projects each targeted weight's element mask
-to such rows/columns (`hf_wagle.mask.project_rows_columns`), zeroes B's rows and A's columns outside them and
-returns gradient masks that keep them zero, plus the structured mask that is then actually enforced.
+Each mode is a `Confinement`, chosen in one place (`confinement_for`), with its own check (before any work),
+confine (turn an element mask into what training can actually change, plus gradient masks that keep it so) and
+verify (read a saved folder and say which weights changed):
+
+* `GradientMaskConfinement` (full parameters): parameters with nothing selected are frozen and the partly selected
+  ones have their gradient multiplied by the mask; a saved model is compared bit for bit with its base.
+* `LoraConfinement` (masked LoRA). LoRA's change of a linear weight is `delta = (alpha / r) * B @ A` with
+  `B: out x r`, `A: r x in`. Zero rows of B give zero rows of delta and zero columns of A give zero columns, so LoRA
+  holds exactly a row x column mask `rows[:, None] & cols[None, :]`. Each targeted weight's element mask is projected
+  to such rows/columns (`hf_wagle.mask.project_rows_columns`), B's rows and A's columns outside them are zeroed and
+  gradient masks keep them zero; a saved adapter is audited through `B @ A`.
 """
 
 from __future__ import annotations
@@ -14,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .modeling import base_named_parameters, tied_aliases
 from .mask import WeightMask, project_rows_columns
+from .modeling import base_named_parameters, tied_aliases
 
 
 def check_lora_config(peft_config, masked: bool) -> None:
@@ -79,7 +85,6 @@ def confine_lora(peft_model, element_mask: WeightMask | None) -> tuple[WeightMas
     the targeted weights, False elsewhere); `grad_masks` maps each LoRA factor to the bool mask its gradient must
     be multiplied by. With `element_mask=None` (dense LoRA) every targeted weight is enforced whole.
     """
-    tied = tied_aliases(peft_model)
     modules = dict(lora_modules(peft_model))
     enforced, grad_masks = {}, {}
     for name, p in base_named_parameters(peft_model):
@@ -105,11 +110,139 @@ def confine_lora(peft_model, element_mask: WeightMask | None) -> tuple[WeightMas
             else:
                 grad_masks[a] = cols_d[None, :].expand_as(a).contiguous()
                 grad_masks[b] = rows_d[:, None].expand_as(b).contiguous()
-    meta = dict(element_mask.metadata) if element_mask is not None else {"method": None}
-    meta["enforced_by"] = "lora_rows_columns"
+    return WeightMask(enforced, _enforced_metadata(peft_model, element_mask, "lora_rows_columns")), grad_masks
+
+
+def confine_parameters(model, mask: WeightMask | None) -> tuple[WeightMask, dict[torch.Tensor, torch.Tensor]]:
+    """Full-parameter training: freeze parameters with nothing selected, gradient-mask the partly selected ones.
+
+    Returns the enforced mask (the given mask, restricted to trainable parameters; all weights when `mask` is None)
+    and the gradient masks.
+    """
+    enforced, grad_masks = {}, {}
+    for name, p in base_named_parameters(model):
+        m = mask[name] if mask is not None else torch.ones(p.shape, dtype=torch.bool)
+        if not p.requires_grad:
+            m = torch.zeros_like(m)
+        elif not m.any():
+            p.requires_grad_(False)
+        elif not m.all():
+            grad_masks[p] = m.to(p.device)
+        enforced[name] = m
+    return WeightMask(enforced, _enforced_metadata(model, mask, "gradient_mask")), grad_masks
+
+
+def _enforced_metadata(model, mask: WeightMask | None, enforced_by: str) -> dict:
+    meta = dict(mask.metadata) if mask is not None else {"method": None}
+    meta["enforced_by"] = enforced_by
+    tied = tied_aliases(model)
     if tied:
         meta["tied"] = tied
-    return WeightMask(enforced, meta), grad_masks
+    return meta
+
+
+class Confinement:
+    """One way of keeping training inside a mask (see the module docstring)."""
+
+    kind = ""
+
+    def check(self, model) -> None:
+        """Raise before any work if `model` cannot be confined this way."""
+
+    def confine(self, model, mask: WeightMask | None) -> tuple[WeightMask, dict[torch.Tensor, torch.Tensor]]:
+        """`(enforced mask, {parameter: bool gradient mask})`; prepares `model` so that only the enforced mask moves."""
+        raise NotImplementedError
+
+    def describe(self, model, mask: WeightMask | None, enforced: WeightMask) -> str | None:
+        """A line for the log on what the mode could hold of `mask`, or None."""
+        return None
+
+    def holds(self, directory: Path) -> bool:
+        """Whether a saved folder is this mode's output."""
+        raise NotImplementedError
+
+    def changes(self, directory: Path, mask: WeightMask, base, problems: list[str]):
+        """Yield `(base weight name, bool tensor of changed weights, all finite)` for a saved folder; append what is
+        wrong beyond that to `problems`."""
+        raise NotImplementedError
+
+
+class GradientMaskConfinement(Confinement):
+    kind = "full"
+
+    def confine(self, model, mask):
+        return confine_parameters(model, mask)
+
+    def holds(self, directory):
+        return (directory / "model.safetensors").exists() or (directory / "model.safetensors.index.json").exists()
+
+    def changes(self, directory, mask, base, problems):
+        if base is None:
+            raise ValueError(f"{directory} holds a full model; pass the base model (--base) to compare against")
+        base_dir = Path(base) if Path(base).exists() else Path(_download(base))
+        trained = dict(_tensors(directory, "model"))
+        for name, b in _tensors(base_dir, "model"):
+            if name not in trained:
+                continue
+            t = trained[name]
+            if t.shape != b.shape or t.dtype != b.dtype:
+                problems.append(f"{name}: {t.dtype} {tuple(t.shape)} differs from the base's {b.dtype} "
+                                f"{tuple(b.shape)}")
+                continue
+            # bit patterns, so -0.0 vs 0.0 or a changed NaN payload count as changes
+            bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+            yield name, t.view(bits) != b.view(bits), bool(torch.isfinite(t).all())
+
+
+class LoraConfinement(Confinement):
+    kind = "lora"
+
+    def check(self, model):
+        lora_modules(model)
+
+    def confine(self, model, mask):
+        return confine_lora(model, mask)
+
+    def describe(self, model, mask, enforced):
+        if mask is None:
+            return None
+        targeted = {n for n, _ in lora_modules(model)}
+        outside = sum(mask.count(n) for n in mask.names() if n not in targeted)
+        return (f"LoRA holds {enforced.num_selected} of the {mask.num_selected} weights the "
+                f"{mask.metadata.get('method') or 'given'} mask selects: a row x column projection on the "
+                f"{len(targeted)} targeted linear layers. The {outside} selected weights of other parameters "
+                "(embeddings, a tied output head, norms, untargeted layers) stay unchanged.")
+
+    def holds(self, directory):
+        return (directory / "adapter_model.safetensors").exists()
+
+    def changes(self, directory, mask, base, problems):
+        factors: dict[str, dict[str, torch.Tensor]] = {}
+        for key, t in _tensors(directory, "adapter_model"):
+            parts = key.split(".")
+            factor = next((x for x in ("lora_A", "lora_B") if x in parts), None)
+            if factor is not None and parts[-1] == "weight":
+                module = ".".join(parts[:parts.index(factor)]).removeprefix("base_model.model.")
+                factors.setdefault(module, {})[factor] = t.float()
+            elif factor is not None:
+                problems.append(f"{key}: a LoRA {parts[-1]} changes every output feature, outside any mask")
+            else:
+                name = key.removeprefix("base_model.model.").replace(".modules_to_save", "")
+                if name not in mask or not bool(mask[name].all()):
+                    problems.append(f"{key}: a full trained tensor that the mask does not cover")
+        for module, ab in factors.items():
+            delta = ab["lora_B"] @ ab["lora_A"]
+            yield f"{module}.weight", delta != 0, bool(torch.isfinite(delta).all())
+
+
+CONFINEMENTS = (LoraConfinement(), GradientMaskConfinement())
+
+
+def confinement_for(model) -> Confinement:
+    """The confinement of a model about to be trained: masked LoRA for a `PeftModel`, gradient masks otherwise."""
+    from peft import PeftModel
+
+    return CONFINEMENTS[0] if isinstance(model, PeftModel) else CONFINEMENTS[1]
 
 
 def _tensors(directory: Path, stem: str):
@@ -155,40 +288,13 @@ def verify(directory, base=None) -> dict:
         if outside:
             problems.append(f"{name}: {outside} weights change outside the mask")
 
-    if (directory / "adapter_model.safetensors").exists():
-        kind = "lora"
-        factors: dict[str, dict[str, torch.Tensor]] = {}
-        for key, t in _tensors(directory, "adapter_model"):
-            parts = key.split(".")
-            factor = next((x for x in ("lora_A", "lora_B") if x in parts), None)
-            if factor is not None and parts[-1] == "weight":
-                module = ".".join(parts[:parts.index(factor)]).removeprefix("base_model.model.")
-                factors.setdefault(module, {})[factor] = t.float()
-            elif factor is not None:
-                problems.append(f"{key}: a LoRA {parts[-1]} changes every output feature, outside any mask")
-            else:
-                name = key.removeprefix("base_model.model.").replace(".modules_to_save", "")
-                if name not in mask or not bool(mask[name].all()):
-                    problems.append(f"{key}: a full trained tensor that the mask does not cover")
-        for module, ab in factors.items():
-            delta = ab["lora_B"] @ ab["lora_A"]
-            check(f"{module}.weight", delta != 0, bool(torch.isfinite(delta).all()))
-    else:
-        kind = "full"
-        if base is None:
-            raise ValueError(f"{directory} holds a full model; pass the base model (--base) to compare against")
-        base_dir = Path(base) if Path(base).exists() else Path(_download(base))
-        trained = dict(_tensors(directory, "model"))
-        for name, b in _tensors(base_dir, "model"):
-            if name in trained:
-                t = trained[name]
-                if t.shape != b.shape or t.dtype != b.dtype:
-                    problems.append(f"{name}: {t.dtype} {tuple(t.shape)} differs from the base's {b.dtype} "
-                                    f"{tuple(b.shape)}")
-                    continue
-                # bit patterns, so -0.0 vs 0.0 or a changed NaN payload count as changes
-                bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
-                check(name, t.view(bits) != b.view(bits), bool(torch.isfinite(t).all()))
+    confinement = next((c for c in CONFINEMENTS if c.holds(directory)), None)
+    if confinement is None:
+        raise ValueError(f"{directory} holds neither an adapter (adapter_model.safetensors) nor a model "
+                         "(model.safetensors); point at a folder written by WagleTrainer.save_model")
+    kind = confinement.kind
+    for name, changed, finite in confinement.changes(directory, mask, base, problems):
+        check(name, changed, finite)
     return {"directory": str(directory), "kind": kind, "confined": not problems, "tensors_checked": modules,
             "changed_inside_mask": inside_total, "changed_outside_mask": outside_total,
             "mask_ratio": mask.ratio, "mask_metadata": mask.metadata, "problems": problems}

@@ -23,14 +23,14 @@ import torch
 from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
 from transformers.utils import logging
 
-from .adapters import check_lora_config, confine_lora, lora_modules
+from .adapters import check_lora_config, confinement_for
 from .attribution import add_mask_noise, compute_mask
 from .config import WagleConfig
 from .data import ForgetRetainPairs, PairCollator, collate, refusal_examples, tokenize_dataset
 from .hub import write_model_card
 from .mask import WeightMask
 from .losses import SequenceNLL, sequence_nll
-from .modeling import adapter_disabled, base_named_parameters, tied_aliases
+from .modeling import adapter_disabled
 from .objectives import DEFAULT_REFUSALS, OBJECTIVES
 from .options import MASK_SAFE_OPTIMIZERS
 
@@ -91,7 +91,8 @@ class WagleTrainer(Trainer):
                 raise ValueError("mask_noise_std > 0 adds noise to base weights, which an adapter cannot carry; "
                                  "train full parameters (no peft_config) or set mask_noise_std=0")
             model = get_peft_model(model, peft_config)
-            lora_modules(model)  # refuses targets a mask cannot confine, before any work
+        self.confinement = confinement_for(model)
+        self.confinement.check(model)  # refuses what a mask cannot confine, before any work
         if mask is not None:
             mask.check_model(model)
         self.forget_dataset, self.retain_dataset = forget_dataset, retain_dataset
@@ -124,27 +125,36 @@ class WagleTrainer(Trainer):
 
     # -- set-up when training starts ------------------------------------------------------------------------
 
+    def prepare_unlearning(self, resume_from_checkpoint=None) -> None:
+        """Everything unlearning needs before its first step, done once (`train()` calls it; later calls do nothing).
+
+        In order: the objective's own setup; the reference log-probs of the forget answers (and refusals) under the
+        start model, read from `resume_from_checkpoint` when it holds them; the start values of trainable
+        parameters when the KL retain term or RMU needs a reference model and there is no adapter to disable; the
+        collapse monitor's baseline retain NLL; then the mask (`self.mask`, computed when none was given) and its
+        enforcement (`self.enforced_mask`, gradient masks). References and baselines come first because GRIN noise
+        changes the weights when the mask is installed. Call it yourself to inspect the mask before training.
+        """
+        if self.enforced_mask is not None:
+            return
+        self.objective.setup(self)
+        if self.objective.needs_reference:
+            self._reference = self._load_reference(resume_from_checkpoint) or self._reference_logps()
+        if self._needs_frozen_copy():
+            self._frozen = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        if self.collapse_monitor in self.callback_handler.callbacks:
+            self.collapse_monitor.baseline = self._retain_nll_now()
+        self._install_mask()
+        if self._frozen is not None:  # parameters the mask froze never change: no copy needed
+            trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+            self._frozen = {n: t for n, t in self._frozen.items() if n in trainable}
+
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        if self.enforced_mask is None:
-            # References and baselines describe the model before unlearning: take them before the mask is
-            # installed (GRIN noise changes weights there).
-            self.objective.setup(self)
-            if self.objective.needs_reference:
-                self._reference = self._load_reference(resume_from_checkpoint) or self._reference_logps()
-            if self._needs_frozen_copy():
-                self._frozen = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-            if self.collapse_monitor in self.callback_handler.callbacks:
-                self.collapse_monitor.baseline = self._retain_nll_now()
-            self._install_mask()
-            if self._frozen is not None:  # parameters the mask froze never change: no copy needed
-                trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
-                self._frozen = {n: t for n, t in self._frozen.items() if n in trainable}
+        self.prepare_unlearning(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _install_mask(self) -> None:
         a = self.args
-        from peft import PeftModel
-
         if self.mask is None and a.mask_method is not None:
             self.mask = compute_mask(
                 self.model, self.forget_dataset, self.retain_dataset, self.processing_class, method=a.mask_method,
@@ -153,20 +163,10 @@ class WagleTrainer(Trainer):
                 scope=a.mask_scope, granularity=a.mask_granularity, include=a.mask_include, exclude=a.mask_exclude,
                 progress=not a.disable_tqdm,
             )
-
-        if isinstance(self.model, PeftModel):
-            self.enforced_mask, self._grad_masks = confine_lora(self.model, self.mask)
-            if self.mask is not None:
-                targeted = {n for n, _ in lora_modules(self.model)}
-                outside = sum(self.mask.count(n) for n in self.mask.names() if n not in targeted)
-                logger.warning(
-                    f"LoRA holds {self.enforced_mask.num_selected} of the {self.mask.num_selected} weights the "
-                    f"{a.mask_method or 'given'} mask selects: a row x column projection on the {len(targeted)} "
-                    f"targeted linear layers. The {outside} selected weights of other parameters (embeddings, a tied "
-                    "output head, norms, untargeted layers) stay unchanged."
-                )
-        else:
-            self.enforced_mask, self._grad_masks = _confine_parameters(self.model, self.mask)
+        self.enforced_mask, self._grad_masks = self.confinement.confine(self.model, self.mask)
+        message = self.confinement.describe(self.model, self.mask, self.enforced_mask)
+        if message:
+            logger.warning(message)
         if a.mask_noise_std > 0:  # GRIN: perturb the weights that may change, the same on every rank
             add_mask_noise(self.model, self.enforced_mask, a.mask_noise_std, seed=a.seed)
             self.enforced_mask.metadata["noise_std"] = a.mask_noise_std
@@ -315,29 +315,6 @@ class WagleTrainer(Trainer):
         if self.args.should_save and self.enforced_mask is not None:
             self.enforced_mask.save(output_dir)
             write_model_card(output_dir, self)
-
-
-def _confine_parameters(model, mask: WeightMask | None) -> tuple[WeightMask, dict[torch.Tensor, torch.Tensor]]:
-    """Full-parameter training: freeze parameters with nothing selected, gradient-mask the partly selected ones.
-
-    Returns the enforced mask (the given mask, restricted to trainable parameters) and the gradient masks.
-    """
-    enforced, grad_masks = {}, {}
-    for name, p in base_named_parameters(model):
-        m = mask[name] if mask is not None else torch.ones(p.shape, dtype=torch.bool)
-        if not p.requires_grad:
-            m = torch.zeros_like(m)
-        elif not m.any():
-            p.requires_grad_(False)
-        elif not m.all():
-            grad_masks[p] = m.to(p.device)
-        enforced[name] = m
-    meta = dict(mask.metadata) if mask is not None else {"method": None}
-    meta["enforced_by"] = "gradient_mask"
-    tied = tied_aliases(model)
-    if tied:
-        meta["tied"] = tied
-    return WeightMask(enforced, meta), grad_masks
 
 
 def _move_weight_decay_on_mask(optimizer, grad_masks: dict[torch.Tensor, torch.Tensor]) -> None:

@@ -47,7 +47,7 @@ def test_trainer_passes_mask_options_and_adds_noise_on_mask_only(model, tokenize
                       mask_include=["*layers*"], mask_exclude=["*norm*"], mask_granularity="row", mask_noise_std=0.05)
     trainer = WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
                            processing_class=tokenizer)
-    trainer._install_mask()
+    trainer.prepare_unlearning()
     md = trainer.mask.metadata
     assert (md["scope"], md["granularity"], md["include"], md["exclude"]) == ("per_tensor", "row", ["*layers*"],
                                                                               ["*norm*"])

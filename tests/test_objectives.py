@@ -84,10 +84,7 @@ def test_references_equal_the_start_model(model, tokenizer, world, tmp_path, lor
     trainer = WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
                            processing_class=tokenizer,
                            peft_config=LoraConfig(r=4, target_modules="all-linear") if lora else None)
-    trainer.objective.setup(trainer)
-    trainer._install_mask()
-    trainer._reference = trainer._reference_logps()
-    trainer._frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.prepare_unlearning()
     logs = first_batch_logs(trainer)
     assert abs(float(logs["log_ratio"])) < 1e-4
     assert abs(float(logs["retain_loss"])) < 1e-6
