@@ -46,12 +46,12 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from .data import collate, tokenize_dataset
 from .losses import sequence_nll
 from .mask import WeightMask, layer_and_module, parameter_fingerprint, unpack_bits
-from .modeling import adapter_disabled, base_named_parameters, rank_world, tied_aliases
+from .modeling import (adapter_disabled, base_named_parameters, broadcast_from_main, rank_world, sum_over_ranks_,
+                       tied_aliases)
 from .options import (DEFAULT_GRIN_EPS, DEFAULT_MASK_METHOD, DEFAULT_MASK_RATIO, DEFAULT_MU,
                       DEFAULT_PROMPT_TEMPLATE, check_mask_options)
 from .version import __version__
@@ -136,9 +136,7 @@ def accumulate_gradients(model, params: list[torch.Tensor], examples: list[dict]
                 acc.add_(g.float())
         if progress is not None:
             progress.update(1)
-    if rank_world()[1] > 1:
-        for g in grads:
-            dist.all_reduce(g)
+    sum_over_ranks_(grads)
     bad = [i for i, g in enumerate(grads) if not torch.isfinite(g).all()]
     if bad:
         raise FloatingPointError(f"non-finite gradients in {len(bad)} parameters during attribution; check the model "
@@ -196,9 +194,7 @@ def input_feature_norms(model, params: list[torch.Tensor], examples: list[dict],
     finally:
         for h in handles:
             h.remove()
-    if rank_world()[1] > 1:
-        for v in sq.values():
-            dist.all_reduce(v)
+    sum_over_ranks_(sq.values())
     transposed = {id(w): t for _, w, t in layers}
     return {k: (v.sqrt().float(), transposed[k]) for k, v in sq.items()}
 
@@ -651,11 +647,7 @@ def _broadcast_packed(packed: list[np.ndarray]) -> list[np.ndarray]:
     all-reduce rounding; this makes the masks bit-identical)."""
     if rank_world()[1] == 1 or not packed:
         return packed
-    flat = torch.from_numpy(np.concatenate(packed))
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    flat = flat.to(device)
-    dist.broadcast(flat, src=0)
-    flat = flat.cpu().numpy()
+    flat = broadcast_from_main(torch.from_numpy(np.concatenate(packed))).numpy()
     out, offset = [], 0
     for p in packed:
         out.append(flat[offset:offset + p.size].copy())

@@ -1,5 +1,5 @@
 """Model and parameter helpers shared by every stage: base-model parameter names under PEFT wrapping, tied
-parameters, the base model's outputs through an adapter, and the process's rank under torch.distributed."""
+parameters, the base model's outputs through an adapter, and the few collectives attribution and evaluation need."""
 
 from __future__ import annotations
 
@@ -44,8 +44,34 @@ def tied_aliases(model) -> dict[str, str]:
 
 
 def rank_world() -> tuple[int, int]:
-    """`(rank, world size)` under `torch.distributed`, `(0, 1)` without it."""
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    """`(rank, world size)` under torch.distributed, `(0, 1)` without it.
+
+    The collectives below use torch.distributed's process group directly rather than Accelerate's operations:
+    Accelerate's `PartialState` does not see a group that a script initialised itself (under `torchrun` on CPU it
+    reports one process), and its `reduce` would then silently act locally, giving each rank a different mask.
+    """
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def sum_over_ranks_(tensors) -> None:
+    """Replace each tensor by its sum over all ranks, in place; nothing on one process."""
+    if rank_world()[1] == 1:
+        return
+    for t in tensors:
+        dist.all_reduce(t)
+
+
+def broadcast_from_main(tensor: torch.Tensor) -> torch.Tensor:
+    """Rank 0's `tensor` on every rank (returned on the CPU); as is on one process."""
+    if rank_world()[1] == 1:
+        return tensor
+    tensor = tensor.to(_device())
+    dist.broadcast(tensor, src=0)
+    return tensor.cpu()
 
 
 @contextlib.contextmanager

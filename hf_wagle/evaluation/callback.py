@@ -21,8 +21,10 @@ import torch
 from transformers import TrainerCallback
 from transformers.utils import logging
 
+from ..modeling import rank_world, sum_over_ranks_
 from ..options import DEFAULT_PROMPT_TEMPLATE
 from .scoring import answer_nlls
+from .tofu import forget_truth_ratio, kept_truth_ratio, truth_ratio_of
 
 logger = logging.get_logger(__name__)
 PREFIX = "wagle_eval/"
@@ -99,22 +101,21 @@ class WagleEvalCallback(TrainerCallback):
                                                                             for p in r["perturbed_answer"]]
                     sizes.append(len(r["perturbed_answer"]))
                 tr_nll, pos = answer_nlls(model, tokenizer, pairs, template, self.batch_size), 0
+                trs = []
                 for k in sizes:
-                    tr = math.exp(tr_nll[pos] - sum(tr_nll[pos + 1:pos + 1 + k]) / k)
-                    tr_sum += min(tr, 1 / tr) if split == "forget" else max(0.0, 1 - tr)
+                    trs.append(truth_ratio_of(tr_nll[pos], tr_nll[pos + 1:pos + 1 + k]))
                     pos += 1 + k
+                tr_sum = len(trs) * (forget_truth_ratio if split == "forget" else kept_truth_ratio)(trs)
             sums += [sum(math.exp(-x) for x in nll), tr_sum, float(len(rows))]
         return sums
 
     def evaluate(self, model, tokenizer, args) -> dict[str, float]:
         """The metrics above, identical on every rank (all ranks must call this together)."""
         template = self.prompt_template or getattr(args, "prompt_template", None) or DEFAULT_PROMPT_TEMPLATE
-        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-        rank, world_size = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
+        rank, world_size = rank_world()
         sums = torch.tensor(self._local_sums(model, tokenizer, template, rank, world_size), dtype=torch.float64,
-                            device=args.device if dist else "cpu")
-        if dist:
-            torch.distributed.all_reduce(sums)
+                            device=args.device if world_size > 1 else "cpu")
+        sum_over_ranks_([sums])
         sums = sums.cpu().tolist()
         names = self.metric_names(*self.splits.values())
         metrics = {}

@@ -101,7 +101,7 @@ def qa_metrics(model, tokenizer, dataset, prompt_template: str = DEFAULT_PROMPT_
             k = len(r["perturbed_answer"])
             base, perturbed = nll[pos], nll[pos + 1:pos + 1 + k]
             pos += 1 + k
-            truth_ratio.append(math.exp(base - sum(perturbed) / k))
+            truth_ratio.append(truth_ratio_of(base, perturbed))
             p_true = out["probability"][len(normalised)]
             normalised.append(p_true / (p_true + sum(math.exp(-x) for x in perturbed)))
         out["truth_ratio"], out["probability_normalised"] = truth_ratio, normalised
@@ -110,6 +110,11 @@ def qa_metrics(model, tokenizer, dataset, prompt_template: str = DEFAULT_PROMPT_
         generations = greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size)
         out["rougeL_recall"] = rouge_l([r["answer"] for r in rows], generations)["recall"]
     return out
+
+
+def truth_ratio_of(base_nll: float, perturbed_nlls: list[float]) -> float:
+    """`TR = exp(-mean_j nll(perturbed_j)) / exp(-nll(base))` from the answers' token-mean NLLs."""
+    return math.exp(base_nll - sum(perturbed_nlls) / len(perturbed_nlls))
 
 
 def forget_truth_ratio(truth_ratios: list[float]) -> float:
