@@ -47,7 +47,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .data import collate, tokenize_dataset
+from .data import collate, pad_id, tokenize_dataset
 from .losses import sequence_nll
 from .mask import WeightMask, layer_and_module, parameter_fingerprint, unpack_bits
 from .modeling import (adapter_disabled, base_named_parameters, broadcast_from_main, rank_world, sum_over_ranks_,
@@ -579,7 +579,7 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = DEFAULT_MA
                                           prompt_template, max_length, f"{part} dataset")
     forget_ex, retain_ex = examples["forget"], examples["retain"]
 
-    pad = getattr(tokenizer, "pad_token_id", None)
+    pad = pad_id(tokenizer)
     n_batches = len(_batches(forget_ex, batch_size)) + len(_batches(retain_ex, batch_size))
     bar = _progress_bar(n_batches, f"attribution ({method})") if progress and n_batches else None
     g_f = g_r = None

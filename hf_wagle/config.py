@@ -15,7 +15,8 @@ from .options import (DEFAULT_MASK_METHOD, DEFAULT_MASK_RATIO, DEFAULT_MAX_LENGT
 
 @dataclass
 class WagleConfig(TrainingArguments):
-    """Arguments for `WagleTrainer`. Loss = `forget_weight * forget_objective + retain_weight * NLL_retain`.
+    """Arguments for `WagleTrainer`. Loss = `forget_weight * forget_loss + retain_weight * retain_loss`, both from
+    `objective` (the retain loss is the NLL, or with `retain_loss="kl"` the KL to the start model; RMU brings its own).
 
     The mask keeps the `mask_ratio` fraction of weights (the ones allowed to change), ranked by `mask_method`;
     `mask_method=None` trains every weight (dense).

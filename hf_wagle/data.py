@@ -116,6 +116,15 @@ def tokenize_dataset(dataset, tokenizer, prompt_template: str, max_length: int |
     return [tokenize_example(ex, tokenizer, prompt_template, max_length, shape) for ex in dataset]
 
 
+def pad_id(tokenizer) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its EOS, else 0 (never attended to, never
+    labelled)."""
+    for value in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if value is not None:
+            return value
+    return 0
+
+
 def collate(examples: list[dict], pad_token_id: int | None) -> dict[str, torch.Tensor]:
     """Right-pad `input_ids` (with `pad_token_id`, or 0), `attention_mask` (0) and `labels` (-100).
 

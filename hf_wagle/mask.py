@@ -223,9 +223,6 @@ class WeightMask:
                         raise ValueError(f"{path} is truncated: {name} needs bytes {offset}..{offset + size}")
                     packed[name] = (data[offset:offset + size], tuple(shape))
                     offset += size
-            elif "wagle.shapes" in meta:  # one tensor per parameter (files written by hf_wagle 0.1.0)
-                for name, shape in json.loads(meta["wagle.shapes"]).items():
-                    packed[name] = (f.get_tensor(name).numpy(), tuple(shape))
             else:
                 raise ValueError(f"{path} is not a WeightMask file (no `wagle.index_z` metadata)")
         mask = cls.from_packed(packed, json.loads(meta.get("wagle.metadata", "{}")))

@@ -1,7 +1,9 @@
 """`WagleTrainer`: unlearning with the Hugging Face `Trainer`, confined to a weight mask.
 
 Loss per micro-batch (a forget batch paired with a retain batch):
-`L = forget_weight * objective(forget) + retain_weight * NLL_retain` (token-mean NLL).
+`L = forget_weight * forget_loss + retain_weight * retain_loss`, both from the objective (`hf_wagle.objectives`):
+the retain loss is the token-mean NLL, or the KL to the start model (`retain_loss="kl"`); RMU has its own pair of
+activation losses; `ga` has no retain term.
 
 How the mask is enforced, exactly:
 
@@ -26,7 +28,7 @@ from transformers.utils import logging
 from .adapters import check_lora_config, confinement_for
 from .attribution import add_mask_noise, compute_mask
 from .config import WagleConfig
-from .data import ForgetRetainPairs, PairCollator, collate, refusal_examples, tokenize_dataset
+from .data import ForgetRetainPairs, PairCollator, collate, pad_id, refusal_examples, tokenize_dataset
 from .hub import write_model_card
 from .mask import WeightMask
 from .losses import SequenceNLL, sequence_nll
@@ -53,8 +55,6 @@ class WagleTrainer(Trainer):
     """
 
     _tag_names = ["unlearning", "wagle"]
-    _paper = {"title": "WAGLE: Strategic Weight Attribution for Effective and Modular Unlearning in Large Language "
-                       "Models", "id": "2410.17509"}
     loss_is_scaled_for_ga = False  # compute_loss returns a per-micro-batch mean
 
     def __init__(self, model=None, args: WagleConfig | None = None, forget_dataset=None, retain_dataset=None,
@@ -102,10 +102,8 @@ class WagleTrainer(Trainer):
         objective = OBJECTIVES[args.objective](args)
         refusal_ex = refusal_examples(forget_dataset, processing_class, args.refusals or DEFAULT_REFUSALS,
                                       *tok_args[1:], args.seed) if objective.needs_refusal else None
-        pad_id = getattr(processing_class, "pad_token_id", None)
-        if pad_id is None:
-            pad_id = getattr(processing_class, "eos_token_id", None)
-        kwargs.setdefault("data_collator", PairCollator(pad_id))
+        pad = pad_id(processing_class)
+        kwargs.setdefault("data_collator", PairCollator(pad))
         pairs = ForgetRetainPairs(forget_ex, retain_ex, args.seed, args.process_index, refusal_ex)
         super().__init__(model=model, args=args, train_dataset=pairs, processing_class=processing_class, **kwargs)
         self.objective = objective
@@ -115,7 +113,7 @@ class WagleTrainer(Trainer):
         self._hooks = []
         self._reference: dict[str, torch.Tensor] | None = None  # "<part>.nll_sum" / "<part>.n_tokens"
         self._frozen: dict[str, torch.Tensor] | None = None     # start values of trainable params (no PEFT)
-        self._pad_id = pad_id
+        self._pad_id = pad
         self._metrics = defaultdict(list)
         self.collapse_monitor = RetainCollapseCallback(args.collapse_threshold, args.stop_on_collapse)
         if args.collapse_threshold is not None and objective.uses_retain:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..options import DEFAULT_PROMPT_TEMPLATE
-from ..data import collate, tokenize_dataset
+from ..data import collate, pad_id, tokenize_dataset
 from ..losses import sequence_nll
 
 
@@ -25,7 +25,7 @@ def answer_metrics(model, tokenizer, dataset, prompt_template: str = DEFAULT_PRO
     probability, exact = [], []
     try:
         for i in range(0, len(examples), batch_size):
-            batch = {k: v.to(device) for k, v in collate(examples[i:i + batch_size], tokenizer.pad_token_id).items()}
+            batch = {k: v.to(device) for k, v in collate(examples[i:i + batch_size], pad_id(tokenizer)).items()}
             out = sequence_nll(model, batch, with_argmax=True)
             probability += torch.exp(-out.per_example_mean).tolist()
             exact += out.argmax_match.float().tolist()

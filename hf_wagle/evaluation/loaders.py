@@ -11,7 +11,6 @@ from pathlib import Path
 
 TOFU_FORGET_SPLITS = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 WMDP_SUBSETS = ("bio", "cyber", "chem")
-MUSE_CORPORA = ("News", "Books")
 _EXTENSIONS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from ..data import IGNORE_INDEX, collate, tokenize_example
+from ..data import IGNORE_INDEX, collate, pad_id, tokenize_example
 from ..losses import sequence_nll
 
 
@@ -32,11 +32,6 @@ def eval_mode(model):
             yield model
     finally:
         model.train(was_training)
-
-
-def pad_id(tokenizer) -> int:
-    pid = tokenizer.pad_token_id
-    return tokenizer.eos_token_id if pid is None else pid
 
 
 def answer_nlls(model, tokenizer, pairs: list[tuple[str, str]], prompt_template: str, batch_size: int = 32,
