@@ -141,6 +141,62 @@ def _enforced_metadata(model, mask: WeightMask | None, enforced_by: str) -> dict
     return meta
 
 
+# adapter_config.json: settings that never move base weights, and the value every other setting must keep
+_LORA_NEUTRAL = {"alpha_pattern", "auto_mapping", "base_model_name_or_path", "exclude_modules", "inference_mode",
+                 "layers_pattern", "layers_to_transform", "lora_alpha", "lora_dropout", "megatron_core",
+                 "modules_to_save", "peft_type", "peft_version", "qalora_group_size", "r", "rank_pattern", "revision",
+                 "target_modules", "task_type", "use_rslora"}
+_LORA_WHY = {
+    "use_dora": "DoRA rescales whole weight columns",
+    "init_lora_weights": "this initialisation moves part of each base weight into the adapter when it loads",
+    "layer_replication": "replicated layers change the model's structure",
+    "bias": "trained biases shift every output feature",
+    "lora_bias": "a LoRA bias shifts every output feature",
+    "fan_in_fan_out": "the change is applied transposed",
+    "trainable_token_indices": "embedding rows are trained outside the LoRA factors",
+    "ensure_weight_tying": "the change is tied into other modules",
+    "target_parameters": "raw parameters are adapted outside the audited linear layers",
+    "use_qalora": "QALoRA changes how the change is applied",
+    "loftq_config": "LoftQ re-quantises the base weights",
+}
+
+
+def _neutral_value(key: str, value) -> bool:
+    if key == "bias":
+        return value == "none"
+    if key == "init_lora_weights":
+        return value in (True, False, "gaussian")
+    return value in (None, False, [], {}, "", 0)
+
+
+def lora_config_problems(directory: Path) -> list[str]:
+    """What in `adapter_config.json` would let the loaded adapter move weights outside its mask.
+
+    Settings PEFT applies when loading (DoRA, PiSSA/OLoRA-style initialisation, layer replication, biases, ...)
+    are problems; an unknown setting with a non-default value, or a missing or unreadable file, cannot be verified
+    (ValueError).
+    """
+    path = directory / "adapter_config.json"
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"cannot verify {directory}: no adapter_config.json, which PEFT needs to load the adapter")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot verify {directory}: adapter_config.json is not readable JSON ({e})") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        raise ValueError(f"cannot verify {directory}: adapter_config.json is not a LoRA config "
+                         f"(peft_type {config.get('peft_type') if isinstance(config, dict) else None!r})")
+    problems = []
+    for key, value in config.items():
+        if key in _LORA_NEUTRAL or _neutral_value(key, value):
+            continue
+        if key not in _LORA_WHY:
+            raise ValueError(f"cannot verify {directory}: adapter_config.json sets {key}={value!r}, which hf_wagle "
+                             "does not know; it cannot tell whether PEFT would move base weights with it")
+        problems.append(f"adapter_config.json: {key}={value!r}: {_LORA_WHY[key]}, outside any mask")
+    return problems
+
+
 class Confinement:
     """One way of keeping training inside a mask (see the module docstring)."""
 
@@ -217,6 +273,7 @@ class LoraConfinement(Confinement):
         return (directory / "adapter_model.safetensors").exists()
 
     def changes(self, directory, mask, base, problems):
+        problems += lora_config_problems(directory)
         factors: dict[str, dict[str, torch.Tensor]] = {}
         for key, t in _tensors(directory, "adapter_model"):
             parts = key.split(".")
@@ -231,8 +288,14 @@ class LoraConfinement(Confinement):
                 if name not in mask or not bool(mask[name].all()):
                     problems.append(f"{key}: a full trained tensor that the mask does not cover")
         for module, ab in factors.items():
+            if set(ab) != {"lora_A", "lora_B"}:
+                raise ValueError(f"cannot verify {directory}: {module} has {sorted(ab)} but not both LoRA factors")
+            name = f"{module}.weight"
             delta = ab["lora_B"] @ ab["lora_A"]
-            yield f"{module}.weight", delta != 0, bool(torch.isfinite(delta).all())
+            if name in mask and tuple(delta.shape) != tuple(mask.shape(name)):
+                raise ValueError(f"cannot verify {directory}: {name} changes a {tuple(delta.shape)} weight but the "
+                                 f"mask has shape {tuple(mask.shape(name))}; the mask does not fit this adapter")
+            yield name, delta != 0, bool(torch.isfinite(delta).all())
 
 
 CONFINEMENTS = (LoraConfinement(), GradientMaskConfinement())
@@ -247,15 +310,18 @@ def confinement_for(model) -> Confinement:
 
 def _tensors(directory: Path, stem: str):
     """`(name, tensor)` of `stem.safetensors`, or of every shard listed in `stem.safetensors.index.json`."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     index = directory / f"{stem}.safetensors.index.json"
     files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else \
         [f"{stem}.safetensors"]
     for file in files:
-        with safe_open(str(directory / file), framework="pt") as f:
-            for key in f.keys():
-                yield key, f.get_tensor(key)
+        try:
+            with safe_open(str(directory / file), framework="pt") as f:
+                for key in f.keys():
+                    yield key, f.get_tensor(key)
+        except (OSError, SafetensorError) as e:
+            raise ValueError(f"cannot verify: {directory / file} is missing, truncated or corrupt ({e})") from None
 
 
 def verify(directory, base=None) -> dict:

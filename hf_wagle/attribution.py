@@ -520,6 +520,14 @@ def _groups(names: list[str], scope: str) -> list[list[int]]:
     return list(groups.values())
 
 
+def check_selects_something(names: list[str], numels: list[int], ratio: float, scope: str = "global") -> None:
+    """Raise before any work when `ratio` rounds to no weight at all: `sum_g round(ratio * N_g) == 0`."""
+    sizes = [sum(numels[i] for i in group) for group in _groups(names, scope)]
+    if sum(round(ratio * n) for n in sizes) == 0:
+        raise ValueError(f"mask ratio {ratio:g} selects no weight of the {sum(sizes)} that may be chosen "
+                         f"(scope {scope!r}); raise the ratio or widen `include`")
+
+
 def select(scores: list[_Scores], ratio: float, scope: str = "global", granularity: str = "element",
            names: list[str] | None = None) -> list[np.ndarray]:
     """Packed masks keeping `round(ratio * N_g)` weights of each scope group g (see the module docstring)."""
@@ -566,6 +574,7 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = DEFAULT_MA
     keep = select_parameters(names, include, exclude)
     inc = [i for i, k in enumerate(keep) if k]
     params = [named[i][1] for i in inc]
+    check_selects_something([names[i] for i in inc], [p.numel() for p in params], ratio, scope)
     examples = {"forget": [], "retain": []}
     for stream, (part, data, used) in enumerate((("forget", forget, spec.uses_forget),
                                                  ("retain", retain, spec.uses_retain))):

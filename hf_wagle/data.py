@@ -113,7 +113,17 @@ def tokenize_dataset(dataset, tokenizer, prompt_template: str, max_length: int |
         raise ValueError("the tokenizer has no EOS token; set `tokenizer.eos_token` before unlearning")
     if shape == "qa":
         check_prompt_template(prompt_template, tokenizer)
-    return [tokenize_example(ex, tokenizer, prompt_template, max_length, shape) for ex in dataset]
+    out = []
+    for i, ex in enumerate(dataset):
+        for column in {"qa": ("question", "answer"), "text": ("text",)}.get(shape, ()):
+            if not isinstance(ex[column], str):
+                raise ValueError(f"{what}, row {i}: `{column}` is {type(ex[column]).__name__}, not a string")
+        tokenized = tokenize_example(ex, tokenizer, prompt_template, max_length, shape)
+        if all(label == IGNORE_INDEX for label in tokenized["labels"][1:]):  # the first token is never predicted
+            raise ValueError(f"{what}, row {i}: no token carries a label (empty text, or labels all -100), so it "
+                             "gives no loss and no gradient; remove the row or fix its labels")
+        out.append(tokenized)
+    return out
 
 
 def pad_id(tokenizer) -> int:

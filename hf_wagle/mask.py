@@ -5,13 +5,16 @@ padded to a whole byte). `wagle_mask.safetensors` holds one uint8 tensor `bits` 
 another) and, in the safetensors metadata, the index (`wagle.index_z`: base64 of zlib-compressed JSON
 `[[name, shape], ...]` in order) and what
 produced the mask (`wagle.metadata`): method, ratio, mu, reduction, sample counts, sha256 fingerprints of the
-forget and retain data, the model's name, a sha256 of its parameter names and shapes, the library version.
+forget and retain data, the model's name, a sha256 of its parameter names and shapes, the library version; and
+`wagle.sha256`, a sha256 of the bits and the index, checked on load (the inflated index is also bounded by what the
+bits can describe, so a small file cannot claim a huge index).
 Files are about `1 + (index bytes) * 8 / N` bits per weight.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import math
@@ -22,12 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .modeling import base_named_parameters
 
 MASK_FILE = "wagle_mask.safetensors"
+_MAX_INDEX_BYTES = 1 << 20
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
 _LAYER = re.compile(r"\.(\d+)\.")
 
@@ -41,6 +45,11 @@ def unpack_bits(packed: np.ndarray, shape) -> torch.Tensor:
     """Inverse of `pack_bits`."""
     n = math.prod(shape)
     return torch.from_numpy(np.unpackbits(packed, count=n, bitorder="little").astype(bool)).reshape(tuple(shape))
+
+
+def _checksum(bits: np.ndarray, index: bytes) -> str:
+    """sha256 of a mask file's packed bits and its (uncompressed) index."""
+    return hashlib.sha256(bits.tobytes() + b"\0" + index).hexdigest()
 
 
 def parameter_fingerprint(named_shapes) -> str:
@@ -198,7 +207,8 @@ class WeightMask:
         bits = np.concatenate([self._packed[n] for n in self._packed]) if self._packed else np.zeros(0, np.uint8)
         index = json.dumps([[n, list(s)] for n, s in self._shapes.items()]).encode()
         meta = {"format": "pt", "wagle.index_z": base64.b64encode(zlib.compress(index, 9)).decode(),
-                "wagle.metadata": json.dumps(self.metadata, sort_keys=True)}
+                "wagle.metadata": json.dumps(self.metadata, sort_keys=True),
+                "wagle.sha256": _checksum(bits, index)}
         path = directory / MASK_FILE
         tmp = path.with_name(path.name + ".tmp")
         save_file({"bits": torch.from_numpy(bits)}, str(tmp), metadata=meta)
@@ -212,20 +222,36 @@ class WeightMask:
         path = path / MASK_FILE if path.is_dir() else path
         if not path.exists():
             raise FileNotFoundError(f"no {MASK_FILE} at {path.parent}; save a mask there with `WeightMask.save`")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            packed = {}
-            if "wagle.index_z" in meta:
-                data, offset = f.get_tensor("bits").numpy(), 0
-                for name, shape in json.loads(zlib.decompress(base64.b64decode(meta["wagle.index_z"]))):
-                    size = (math.prod(shape) + 7) // 8
-                    if offset + size > data.size:
-                        raise ValueError(f"{path} is truncated: {name} needs bytes {offset}..{offset + size}")
-                    packed[name] = (data[offset:offset + size], tuple(shape))
-                    offset += size
-            else:
-                raise ValueError(f"{path} is not a WeightMask file (no `wagle.index_z` metadata)")
-        mask = cls.from_packed(packed, json.loads(meta.get("wagle.metadata", "{}")))
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if "wagle.index_z" not in meta:
+                    raise ValueError(f"{path} is not a WeightMask file (no `wagle.index_z` metadata)")
+                data = f.get_tensor("bits").numpy()
+            # the index can be no larger than its entries for this many packed bytes: bound the inflated size
+            inflate = zlib.decompressobj()
+            index = inflate.decompress(base64.b64decode(meta["wagle.index_z"], validate=True),
+                                       _MAX_INDEX_BYTES + 64 * data.size)
+            if inflate.unconsumed_tail:
+                raise ValueError("its index inflates beyond any size these packed bits allow")
+            if meta.get("wagle.sha256") and meta["wagle.sha256"] != _checksum(data, index):
+                raise ValueError("its sha256 does not match its contents")
+            meta_json = json.loads(meta.get("wagle.metadata", "{}"))
+            entries = json.loads(index)
+        except (SafetensorError, zlib.error, binascii.Error, UnicodeDecodeError, json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"{path} is truncated or corrupt ({e}); save the mask again") from None
+        except ValueError as e:
+            if str(path) in str(e):
+                raise
+            raise ValueError(f"{path} is corrupt: {e}; save the mask again") from None
+        packed, offset = {}, 0
+        for name, shape in entries:
+            size = (math.prod(shape) + 7) // 8
+            if offset + size > data.size:
+                raise ValueError(f"{path} is truncated: {name} needs bytes {offset}..{offset + size}")
+            packed[name] = (data[offset:offset + size], tuple(shape))
+            offset += size
+        mask = cls.from_packed(packed, meta_json)
         if model is not None:
             mask.check_model(model)
         return mask

@@ -19,20 +19,23 @@ How the mask is enforced, exactly:
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
 from transformers.utils import logging
 
 from .adapters import check_lora_config, confinement_for
-from .attribution import add_mask_noise, compute_mask
+from .attribution import add_mask_noise, check_selects_something, compute_mask, select_parameters
 from .config import WagleConfig
 from .data import ForgetRetainPairs, PairCollator, collate, pad_id, refusal_examples, tokenize_dataset
 from .hub import write_model_card
 from .mask import WeightMask
 from .losses import SequenceNLL, sequence_nll
-from .modeling import adapter_disabled
+from .modeling import adapter_disabled, base_named_parameters
 from .objectives import DEFAULT_REFUSALS, OBJECTIVES
 from .options import MASK_SAFE_OPTIMIZERS
 
@@ -95,6 +98,11 @@ class WagleTrainer(Trainer):
         self.confinement.check(model)  # refuses what a mask cannot confine, before any work
         if mask is not None:
             mask.check_model(model)
+        elif args.mask_method is not None:
+            named = base_named_parameters(model)
+            keep = select_parameters([n for n, _ in named], args.mask_include, args.mask_exclude)
+            chosen = [(n, p.numel()) for (n, p), k in zip(named, keep) if k]
+            check_selects_something([n for n, _ in chosen], [k for _, k in chosen], args.mask_ratio, args.mask_scope)
         self.forget_dataset, self.retain_dataset = forget_dataset, retain_dataset
         tok_args = (processing_class, args.prompt_template, args.max_length)
         forget_ex = tokenize_dataset(forget_dataset, *tok_args, what="forget dataset")
@@ -162,6 +170,12 @@ class WagleTrainer(Trainer):
                 progress=not a.disable_tqdm,
             )
         self.enforced_mask, self._grad_masks = self.confinement.confine(self.model, self.mask)
+        if self.enforced_mask.num_selected == 0:
+            raise ValueError(
+                f"nothing can change: of the {self.mask.num_selected if self.mask else 0} weights the mask selects, "
+                f"{self.confinement.kind} training can hold none (LoRA holds only targeted linear layers; a frozen "
+                "parameter holds nothing). Raise mask_ratio, target other modules, or train full parameters."
+            )
         message = self.confinement.describe(self.model, self.mask, self.enforced_mask)
         if message:
             logger.warning(message)
@@ -289,7 +303,24 @@ class WagleTrainer(Trainer):
     # -- saving -----------------------------------------------------------------------------------------------
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        super().save_model(output_dir, _internal_call)
+        """Save the adapter (or model), `wagle_mask.safetensors` and the card, all or nothing: everything is
+        written to a temporary folder beside `output_dir` first and moved into place only once complete, so a full
+        disk or a crash never leaves a half-written result (checkpoints keep the Trainer's own handling)."""
+        if _internal_call or not self.args.should_save:
+            super().save_model(output_dir, _internal_call)
+        else:
+            final = Path(output_dir or self.args.output_dir)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.saving-", dir=final.parent))
+            try:
+                super().save_model(str(staging), _internal_call)
+                final.mkdir(exist_ok=True)
+                for path in staging.iterdir():  # renames within one file system: no new space needed
+                    if (final / path.name).is_dir():
+                        shutil.rmtree(final / path.name)
+                    os.replace(path, final / path.name)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         if _internal_call and self._reference is not None and self.args.should_save:
             from safetensors.torch import save_file
 

@@ -1,0 +1,156 @@
+"""A confined result cannot be passed off when it is not, and bad input is refused before any work."""
+
+import copy
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from safetensors.torch import load_file, save_file
+
+from hf_wagle import WagleTrainer, WeightMask, compute_mask
+from hf_wagle.adapters import verify
+from hf_wagle.cli import main
+from hf_wagle.mask import MASK_FILE
+
+from conftest import small_args
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(trained, world, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("adapter")
+    args = small_args(tmp, objective="grad_diff", mask_method="wagle", mask_ratio=0.5, max_steps=2,
+                      learning_rate=5e-3)
+    trainer = WagleTrainer(model=copy.deepcopy(trained[0]), args=args, forget_dataset=world["forget"],
+                           retain_dataset=world["retain"], processing_class=trained[1],
+                           peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    trainer.train()
+    trainer.save_model(str(tmp / "saved"))
+    return tmp / "saved"
+
+
+@pytest.fixture
+def copy_of(adapter_dir, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(adapter_dir, out)
+    return out
+
+
+@pytest.mark.parametrize("key,value", [("use_dora", True), ("init_lora_weights", "pissa"),
+                                       ("init_lora_weights", "olora"), ("layer_replication", [[0, 2], [1, 3]]),
+                                       ("bias", "all"), ("fan_in_fan_out", True)])
+def test_verify_reads_adapter_config_and_flags_settings_that_move_base_weights(copy_of, capsys, key, value):
+    assert verify(copy_of)["confined"]
+    config = json.loads((copy_of / "adapter_config.json").read_text())
+    config[key] = value
+    (copy_of / "adapter_config.json").write_text(json.dumps(config))
+    report = verify(copy_of)
+    assert not report["confined"] and any(key in p for p in report["problems"])
+    assert main(["verify", str(copy_of)]) == 1 and "confined to its mask: NO" in capsys.readouterr().out
+
+
+def test_what_cannot_be_verified_is_exit_2_not_a_traceback(copy_of, capsys):
+    config = json.loads((copy_of / "adapter_config.json").read_text())
+    (copy_of / "adapter_config.json").write_text(json.dumps({**config, "some_future_knob": 3}))
+    assert main(["verify", str(copy_of)]) == 2 and "some_future_knob" in capsys.readouterr().err
+    (copy_of / "adapter_config.json").write_text(json.dumps(config))
+
+    weights = load_file(copy_of / "adapter_model.safetensors")
+    a_key = next(k for k in weights if k.endswith("lora_A.weight"))
+    save_file({k: v for k, v in weights.items() if k != a_key}, str(copy_of / "adapter_model.safetensors"))
+    assert main(["verify", str(copy_of)]) == 2 and "not both LoRA factors" in capsys.readouterr().err
+
+    data = (copy_of / MASK_FILE).read_bytes()
+    (copy_of / MASK_FILE).write_bytes(data[: len(data) // 2])  # truncated
+    assert main(["verify", str(copy_of)]) == 2
+    err = capsys.readouterr().err
+    assert "truncated or corrupt" in err and "Traceback" not in err
+
+    (copy_of / "adapter_config.json").unlink()
+    (copy_of / MASK_FILE).write_bytes(data)
+    assert main(["verify", str(copy_of)]) == 2 and "no adapter_config.json" in capsys.readouterr().err
+
+
+def test_mask_file_bit_flip_and_inflated_index_are_refused(model, tmp_path):
+    mask = compute_mask(model, None, None, method="random", ratio=0.5)
+    path = mask.save(tmp_path)
+    assert WeightMask.load(tmp_path) == mask
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta, bits = f.metadata(), f.get_tensor("bits")
+    flipped = bits.clone()
+    flipped[3] ^= 1
+    save_file({"bits": flipped}, str(path), metadata=meta)
+    with pytest.raises(ValueError, match="sha256 does not match"):
+        WeightMask.load(tmp_path)
+
+    import base64
+    import zlib
+
+    bomb = base64.b64encode(zlib.compress(b"[" + b" " * (64 << 20) + b"]", 9)).decode()
+    save_file({"bits": bits}, str(path), metadata={**meta, "wagle.index_z": bomb})
+    with pytest.raises(ValueError, match="inflates beyond"):
+        WeightMask.load(tmp_path)
+
+
+@pytest.mark.parametrize("rows,what", [([{"text": ""}], "no token carries a label"),
+                                       ([{"input_ids": [5, 6, 7], "labels": [-100, -100, -100]}],
+                                        "no token carries a label"),
+                                       ([{"question": None, "answer": "x"}], "`question` is NoneType")])
+def test_forget_rows_that_teach_nothing_are_refused(model, tokenizer, world, rows, what):
+    forget = Dataset.from_list(rows)
+    with pytest.raises(ValueError, match=f"forget dataset, row 0: {what}"):
+        compute_mask(model, forget, world["retain"], tokenizer, method="gradient")
+
+
+@pytest.mark.parametrize("template,msg", [("Tell me about it", "must contain"), ("{question} {foo}", "field other")])
+def test_prompt_templates_are_checked_by_attribution_and_the_cli(model, tokenizer, world, tmp_path, capsys,
+                                                                 template, msg):
+    with pytest.raises(ValueError, match=msg):
+        compute_mask(model, world["forget"], world["retain"], tokenizer, prompt_template=template)
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    world["forget"].to_json(tmp_path / "f.jsonl")
+    world["retain"].to_json(tmp_path / "r.jsonl")
+    code = main(["attribute", "--model", str(tmp_path / "m"), "--forget", str(tmp_path / "f.jsonl"), "--retain",
+                 str(tmp_path / "r.jsonl"), "--prompt-template", template, "--out", str(tmp_path / "o")])
+    assert code == 2 and msg in capsys.readouterr().err
+
+
+def test_a_mask_that_selects_nothing_is_refused_before_work(model, tokenizer, world, tmp_path):
+    with pytest.raises(ValueError, match="selects no weight"):
+        compute_mask(model, world["forget"], world["retain"], tokenizer, ratio=1e-9)
+    with pytest.raises(ValueError, match="selects no weight"):
+        WagleTrainer(model=model, args=small_args(tmp_path, mask_ratio=1e-9), forget_dataset=world["forget"],
+                     retain_dataset=world["retain"], processing_class=tokenizer)
+    # a mask LoRA cannot hold at all: only the embeddings selected
+    mask = compute_mask(model, None, None, method="magnitude", ratio=0.5, include=["embed_tokens"])
+    trainer = WagleTrainer(model=model, args=small_args(tmp_path, objective="grad_diff"), mask=mask,
+                           forget_dataset=world["forget"], retain_dataset=world["retain"], processing_class=tokenizer,
+                           peft_config=LoraConfig(r=4, target_modules="all-linear"))
+    with pytest.raises(ValueError, match="nothing can change"):
+        trainer.train()
+
+
+def test_save_model_is_all_or_nothing(model, tokenizer, world, tmp_path, monkeypatch):
+    trainer = WagleTrainer(model=model, args=small_args(tmp_path, objective="grad_diff", max_steps=1),
+                           forget_dataset=world["forget"], retain_dataset=world["retain"], processing_class=tokenizer,
+                           peft_config=LoraConfig(r=4, target_modules="all-linear"))
+    trainer.train()
+
+    def full_disk(self, directory):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(WeightMask, "save", full_disk)
+    out = tmp_path / "result"
+    with pytest.raises(OSError, match="No space left"):
+        trainer.save_model(str(out))
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if ".saving-" in p.name]
+    monkeypatch.undo()
+    trainer.save_model(str(out))
+    assert {"adapter_model.safetensors", "adapter_config.json", MASK_FILE, "README.md"} <= {p.name for p in out.iterdir()}
+    assert verify(out)["confined"]
