@@ -158,10 +158,11 @@ class ForgetRetainPairs(TorchDataset):
     """Item i = forget example i (with `index` i), paired with a retain example drawn at random, and with
     `refusal[i]` when refusal examples are given.
 
-    The retain index comes from `numpy.random.default_rng([seed, rank, i, visit])`, where `visit` counts how often
-    item i was read in this process: pairs differ between ranks and between epochs, and do not depend on the
-    order in which the sampler visits items. (With `dataloader_num_workers > 0` and non-persistent workers the
-    counts restart each epoch, so each epoch repeats the first epoch's pairs.)
+    The retain index comes from `numpy.random.default_rng([seed, rank, i, epoch])`: pairs differ between ranks and
+    between epochs, do not depend on the order in which the sampler visits items, and depend on nothing held in
+    memory, so a run resumed from a checkpoint draws exactly the pairs of an uninterrupted one. `WagleTrainer` sets
+    `epoch` when each epoch begins (before its data loader starts; with `dataloader_persistent_workers=True` the
+    workers keep the first epoch's value).
     """
 
     def __init__(self, forget: list[dict], retain: list[dict], seed: int, rank: int,
@@ -169,14 +170,13 @@ class ForgetRetainPairs(TorchDataset):
         if not forget or not retain:
             raise ValueError("both the forget and the retain dataset need at least one example")
         self.forget, self.retain, self.refusal, self.seed, self.rank = forget, retain, refusal, seed, rank
-        self._visits = [0] * len(forget)
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.forget)
 
     def __getitem__(self, i: int) -> dict:
-        rng = np.random.default_rng([self.seed, self.rank, i, self._visits[i]])
-        self._visits[i] += 1
+        rng = np.random.default_rng([self.seed, self.rank, i, self.epoch])
         item = {"forget": {**self.forget[i], "index": i}, "retain": self.retain[int(rng.integers(len(self.retain)))]}
         if self.refusal is not None:
             item["refusal"] = {**self.refusal[i], "index": i}

@@ -123,6 +123,7 @@ class WagleTrainer(Trainer):
         self._frozen: dict[str, torch.Tensor] | None = None     # start values of trainable params (no PEFT)
         self._pad_id = pad
         self._metrics = defaultdict(list)
+        self.add_callback(_PairingEpoch(pairs))
         self.collapse_monitor = RetainCollapseCallback(args.collapse_threshold, args.stop_on_collapse)
         if args.collapse_threshold is not None and objective.uses_retain:
             self.add_callback(self.collapse_monitor)
@@ -156,6 +157,8 @@ class WagleTrainer(Trainer):
             self._frozen = {n: t for n, t in self._frozen.items() if n in trainable}
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
         self.prepare_unlearning(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
@@ -215,10 +218,6 @@ class WagleTrainer(Trainer):
         return {k: v.to(self.args.device) for k, v in batch.items()}
 
     def _load_reference(self, checkpoint) -> dict | None:
-        if checkpoint is True:
-            from transformers.trainer_utils import get_last_checkpoint
-
-            checkpoint = get_last_checkpoint(self.args.output_dir)
         path = os.path.join(checkpoint, REFERENCE_FILE) if isinstance(checkpoint, str) else None
         if path is None or not os.path.exists(path):
             return None
@@ -378,6 +377,32 @@ def _move_weight_decay_on_mask(optimizer, grad_masks: dict[torch.Tensor, torch.T
                 p.mul_(factor if m is None else torch.where(m, factor, 1.0))
 
     inner.register_step_pre_hook(decay_on_mask)
+
+
+def last_complete_checkpoint(output_dir) -> str:
+    """The newest `checkpoint-N` folder of `output_dir` that was written to the end (the Trainer writes
+    `trainer_state.json` last), so a checkpoint interrupted mid-write never blocks `resume_from_checkpoint=True`."""
+    from transformers.trainer import TRAINER_STATE_NAME
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    folder = Path(output_dir)
+    found = sorted((int(p.name.split("-")[-1]), p) for p in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                   if p.is_dir() and p.name.split("-")[-1].isdigit())
+    for _, path in reversed(found):
+        if (path / TRAINER_STATE_NAME).exists():
+            return str(path)
+    raise ValueError(f"resume_from_checkpoint=True but {folder} holds no complete checkpoint "
+                     f"({len(found)} incomplete); start without resuming or pass a checkpoint folder")
+
+
+class _PairingEpoch(TrainerCallback):
+    """Tells the forget/retain pairing which epoch begins, so pairs are a function of (seed, rank, item, epoch)."""
+
+    def __init__(self, pairs: ForgetRetainPairs):
+        self.pairs = pairs
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.pairs.epoch = int(state.epoch + 1e-6)
 
 
 class RetainCollapseCallback(TrainerCallback):

@@ -154,3 +154,31 @@ def test_save_model_is_all_or_nothing(model, tokenizer, world, tmp_path, monkeyp
     trainer.save_model(str(out))
     assert {"adapter_model.safetensors", "adapter_config.json", MASK_FILE, "README.md"} <= {p.name for p in out.iterdir()}
     assert verify(out)["confined"]
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_resumed_run_equals_the_uninterrupted_one(trained, world, tmp_path, lora):
+    """8 steps of 5 per epoch: the resumed run crosses an epoch boundary, and an interrupted newer checkpoint is
+    skipped by `resume_from_checkpoint=True`."""
+    def run(out, **kw):
+        args = small_args(tmp_path, output_dir=str(tmp_path / out), objective="npo", mask_method="wagle",
+                          mask_ratio=0.5, max_steps=8, learning_rate=5e-3, weight_decay=0.1, save_strategy="steps",
+                          save_steps=4, **kw)
+        trainer = WagleTrainer(model=copy.deepcopy(trained[0]), args=args, forget_dataset=world["forget"],
+                               retain_dataset=world["retain"], processing_class=trained[1],
+                               peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear") if lora else None)
+        return trainer
+
+    whole = run("whole")
+    whole.train()
+    resumed = run("whole")
+    (tmp_path / "whole" / "checkpoint-99").mkdir()  # killed while writing: no trainer_state.json
+    (tmp_path / "whole" / "checkpoint-99" / "model.safetensors").write_bytes(b"partial")
+    import shutil
+
+    shutil.rmtree(tmp_path / "whole" / "checkpoint-8")
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 8
+    want = dict(whole.model.named_parameters())
+    for name, p in resumed.model.named_parameters():
+        assert torch.equal(p, want[name]), name
