@@ -191,7 +191,7 @@ def test_muse_pieces_by_hand(trained, world):
     assert min_k_score([-1.0, -5.0, -3.0, -2.0, -4.0], k=0.4) == pytest.approx(-4.5)
     assert min_k_score([-1.0, -2.0], k=0.4) == pytest.approx(-2.0)  # at least one token
     assert auc([3.0, 2.0], [1.0, 2.0]) == pytest.approx(3.5 / 4)
-    assert privleak(0.875, 0.5) == pytest.approx(0.75)
+    assert privleak(0.875, 0.5) == pytest.approx(75.0)  # MUSE: percent
     model, tokenizer = trained
     texts = [f"{r['question']} {r['answer']}" for r in world["retain"].select(range(5))]
     batched = token_logprobs(model, tokenizer, texts, batch_size=5)

@@ -199,10 +199,11 @@ def test_evaluation_on_the_real_model(smollm2, scenario):
     metrics = qa_metrics(model, tokenizer, rows, max_new_tokens=16, batch_size=8)
     assert sum(metrics["rougeL_recall"]) / 8 > 0.5  # real greedy generation reproduces facts it knows
     assert sum(t < 1 for t in metrics["truth_ratio"]) >= 6  # true answers beat their perturbed twins
-    # Min-K% (k = 40%) through the BPE tokenizer: fluent sentences score above the same words shuffled
+    # Min-K% (k = 40%) through the BPE tokenizer: fluent sentences look like members next to the same words
+    # shuffled, so MUSE's AUC (holdout above forget) is near 0
     fluent = list(rows["answer"])
     shuffled = [" ".join(sorted(a.split(), key=lambda w: (len(w), w))) for a in fluent]
-    assert mia_auc(model, tokenizer, fluent, shuffled) > 0.9
+    assert mia_auc(model, tokenizer, fluent, shuffled) < 0.1
     # the letter format sits at chance on a 135M model; the cloze form does not
     for split in ("forget_mcq", "retain_mcq"):
         mcq = scenario[split]

@@ -182,3 +182,15 @@ def test_resumed_run_equals_the_uninterrupted_one(trained, world, tmp_path, lora
     want = dict(whole.model.named_parameters())
     for name, p in resumed.model.named_parameters():
         assert torch.equal(p, want[name]), name
+
+
+def test_privleak_follows_muse_for_a_model_that_memorised_its_forget_texts(trained, world):
+    """The world model memorised every answer; the perturbed answers (same wording, other facts) were never
+    trained on. MUSE's orientation puts the AUC near 0 and PrivLeak near -100."""
+    from hf_wagle.evaluation import mia_auc, privleak
+
+    model, tokenizer = trained
+    forget = [f"{q} {a}" for q, a in zip(world["forget"]["question"], world["forget"]["answer"])]
+    holdout = [f"{q} {p[0]}" for q, p in zip(world["forget"]["question"], world["forget"]["perturbed_answer"])]
+    area = mia_auc(model, tokenizer, forget, holdout)
+    assert area < 0.2 and privleak(area, 0.5) < -60
