@@ -10,6 +10,11 @@ from __future__ import annotations
 import os
 
 from huggingface_hub import ModelCard, ModelCardData
+from transformers.utils import logging
+
+from .mask import MASK_FILE, WeightMask
+
+logger = logging.get_logger(__name__)
 
 
 def card_for(trainer) -> ModelCard:
@@ -69,18 +74,64 @@ def write_model_card(output_dir, trainer) -> None:
     card_for(trainer).save(os.path.join(output_dir, "README.md"))
 
 
-# Files the Trainer writes that do not belong in a published repository.
-_NOT_PUBLISHED = ["training_args.bin", "wagle_reference.safetensors", "checkpoint-*", "*.tmp"]
+# What a published repository may hold; anything else in the folder (training_args.bin, references, checkpoints,
+# stray files) stays local. Links are never followed.
+PUBLISHED = ("README.md", "adapter_config.json", "adapter_model.safetensors", "config.json", "generation_config.json",
+             "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors", MASK_FILE,
+             "mask_stats.json", "mask_heatmap.png", "tokenizer.json", "tokenizer_config.json",
+             "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "tokenizer.model", "vocab.json",
+             "merges.txt")
+
+
+def _public(name) -> str | None:
+    """A model reference fit to publish: a Hub id stays, a local path (absolute, or existing here) becomes None."""
+    if not isinstance(name, str) or not name or os.path.isabs(name) or os.path.exists(name):
+        return None
+    return name
+
+
+def stage_for_hub(folder, staging) -> list[str]:
+    """Copy what may be published from `folder` into `staging`, with local paths removed from
+    `adapter_config.json` (`base_model_name_or_path`), `config.json` (`_name_or_path`) and the mask's metadata
+    (`model`). Returns what was left out, with the reason."""
+    import fnmatch
+    import json
+    import shutil
+    from pathlib import Path
+
+    folder, staging = Path(folder), Path(staging)
+    left_out = []
+    for path in sorted(folder.iterdir()):
+        if not any(fnmatch.fnmatchcase(path.name, pattern) for pattern in PUBLISHED):
+            left_out.append(f"{path.name} (not part of a published adapter or model)")
+        elif path.is_symlink() or not path.is_file():
+            left_out.append(f"{path.name} (a link or not a regular file)")
+        elif path.name in ("adapter_config.json", "config.json"):
+            config = json.loads(path.read_text())
+            key = "base_model_name_or_path" if path.name == "adapter_config.json" else "_name_or_path"
+            if key in config:
+                config[key] = _public(config[key])
+            (staging / path.name).write_text(json.dumps(config, indent=2, sort_keys=True))
+        elif path.name == MASK_FILE:
+            mask = WeightMask.load(path)
+            mask.metadata["model"] = _public(mask.metadata.get("model")) or ""
+            mask.save(staging)
+        else:
+            shutil.copyfile(path, staging / path.name)
+    return left_out
 
 
 def push_to_hub(folder, repo_id: str, *, private: bool | None = None, token: str | None = None,
                 commit_message: str = "Upload unlearned adapter (hf_wagle)", base=None, api=None):
-    """Upload a folder written by `WagleTrainer.save_model` to the Hub as it is (card included).
+    """Upload a folder written by `WagleTrainer.save_model` to the Hub (card included).
 
     The folder is first audited with `hf_wagle.adapters.verify` (pass `base` for a full model): a folder that
-    changes weights outside its mask is refused. `api` is an `HfApi`-like object (default `HfApi(token=token)`).
-    Returns the commit info of `upload_folder`.
+    changes weights outside its mask is refused. Only the files in `PUBLISHED` are uploaded, never through a link,
+    and local paths are removed from the configs and the mask (`stage_for_hub`). `api` is an `HfApi`-like object
+    (default `HfApi(token=token)`). Returns the commit info of `upload_folder`.
     """
+    import tempfile
+
     from huggingface_hub import HfApi
 
     from .adapters import verify
@@ -90,7 +141,11 @@ def push_to_hub(folder, repo_id: str, *, private: bool | None = None, token: str
         raise ValueError(f"refusing to publish {folder}: {'; '.join(report['problems'][:3])}")
     if not os.path.exists(os.path.join(folder, "README.md")):
         raise FileNotFoundError(f"{folder} has no README.md model card; save it with WagleTrainer.save_model")
-    api = api or HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder),
-                             commit_message=commit_message, ignore_patterns=_NOT_PUBLISHED)
+    with tempfile.TemporaryDirectory(prefix="hf_wagle_push_") as staging:
+        left_out = stage_for_hub(folder, staging)
+        if left_out:
+            logger.warning(f"not uploaded from {folder}: {', '.join(left_out)}")
+        api = api or HfApi(token=token)
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=staging,
+                                 commit_message=commit_message)

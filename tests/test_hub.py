@@ -1,5 +1,7 @@
 """Publishing. The Hub's network is the one boundary faked here: a recorder stands in for `HfApi`."""
 import copy
+import json
+from pathlib import Path
 
 import pytest
 from peft import LoraConfig
@@ -19,6 +21,8 @@ class RecordingApi:
         self.calls.append(("create_repo", repo_id, kw))
 
     def upload_folder(self, **kw):
+        folder = Path(kw["folder_path"])
+        self.uploaded = {p.name: p.read_bytes() for p in folder.iterdir()}
         self.calls.append(("upload_folder", kw["repo_id"], kw))
         return "commit"
 
@@ -40,8 +44,10 @@ def test_push_uploads_the_audited_folder_with_its_card(saved_adapter):
     assert push_to_hub(out, "org/unlearned", private=True, api=api) == "commit"
     (create, repo, kw), (upload, repo2, up) = api.calls
     assert (create, repo, kw["exist_ok"], kw["private"]) == ("create_repo", "org/unlearned", True, True)
-    assert upload == "upload_folder" and repo2 == "org/unlearned" and up["folder_path"] == str(out)
-    assert "training_args.bin" in up["ignore_patterns"]
+    assert upload == "upload_folder" and repo2 == "org/unlearned"
+    assert set(api.uploaded) == {"README.md", "adapter_config.json", "adapter_model.safetensors",
+                                 "wagle_mask.safetensors", "tokenizer.json", "tokenizer_config.json"}
+    assert api.uploaded["adapter_model.safetensors"] == (out / "adapter_model.safetensors").read_bytes()
 
     # Trainer.push_to_hub writes its card through create_model_card: ours must survive
     (out / "README.md").unlink()
@@ -59,3 +65,22 @@ def test_push_refuses_a_folder_that_leaves_its_mask(saved_adapter):
     with pytest.raises(ValueError, match="refusing to publish"):
         push_to_hub(out, "org/unlearned", api=api)
     assert api.calls == []
+
+
+def test_push_uploads_an_allow_list_without_local_paths_or_links(saved_adapter, tmp_path):
+    _, out = saved_adapter
+    (out / "notes.txt").write_text("private")
+    secret = tmp_path / "secret.json"
+    secret.write_text("{}")
+    (out / "tokenizer.json").unlink()
+    (out / "tokenizer.json").symlink_to(secret)  # a published name, but a link out of the folder
+    config = json.loads((out / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "local_base")
+    (out / "adapter_config.json").write_text(json.dumps(config))
+    api = RecordingApi()
+    push_to_hub(out, "org/unlearned", api=api)
+    assert "notes.txt" not in api.uploaded and "tokenizer.json" not in api.uploaded
+    assert "training_args.bin" not in api.uploaded
+    assert json.loads(api.uploaded["adapter_config.json"])["base_model_name_or_path"] is None
+    assert str(tmp_path) not in api.uploaded["wagle_mask.safetensors"].decode("latin-1")
+    assert str(tmp_path) not in api.uploaded["README.md"].decode()
