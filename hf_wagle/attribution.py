@@ -47,7 +47,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .data import collate, pad_id, tokenize_dataset
+from .data import check_fits_model, collate, pad_id, tokenize_dataset
 from .losses import sequence_nll
 from .mask import WeightMask, layer_and_module, parameter_fingerprint, unpack_bits
 from .modeling import (adapter_disabled, base_named_parameters, broadcast_from_main, rank_world, sum_over_ranks_,
@@ -586,6 +586,7 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = DEFAULT_MA
         idx = subset_indices(len(data), num_samples, seed, stream)
         examples[part] = tokenize_dataset(data.select(idx) if len(idx) < len(data) else data, tokenizer,
                                           prompt_template, max_length, f"{part} dataset")
+        check_fits_model(examples[part], model, f"{part} dataset")
     forget_ex, retain_ex = examples["forget"], examples["retain"]
 
     pad = pad_id(tokenizer)

@@ -6,9 +6,24 @@ import argparse
 import sys
 
 
+def _check_model(name: str, flag: str = "--model") -> None:
+    """A model argument that is plainly a local path must exist (otherwise it would be tried as a Hub id)."""
+    import os
+
+    if (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1) and not os.path.isdir(
+            os.path.expanduser(name)):
+        raise ValueError(f"{flag} {name}: no such model folder (and not a Hub id such as org/name)")
+
+
 def _demo(a) -> int:
     from .demo import run_demo, run_real_demo
 
+    from .options import check_mask_options
+
+    if a.steps is not None and a.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {a.steps}")
+    if a.mask_ratio is not None:
+        check_mask_options(ratio=a.mask_ratio)
     options = {k: v for k, v in (("steps", a.steps), ("mask_ratio", a.mask_ratio)) if v is not None}
     if a.model == "smollm2":
         if a.full:
@@ -34,11 +49,15 @@ def _add_evaluate(sub) -> None:
 
         retain_trs = None
         if a.retain_results:
-            retain = json.loads(Path(a.retain_results).read_text())
-            runs = retain["runs"]
-            retain_trs = runs.get("after", runs.get("before"))["report"]["forget_truth_ratios"]
+            try:
+                runs = json.loads(Path(a.retain_results).read_text())["runs"]
+                retain_trs = runs.get("after", runs.get("before"))["report"]["forget_truth_ratios"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"--retain-results {a.retain_results}: not a results.json of `hf-wagle evaluate "
+                                 f"--benchmark tofu` ({type(e).__name__}: {e})") from None
+        _check_model(a.model)
         if a.adapter and not Path(a.adapter, "adapter_config.json").exists():
-            raise SystemExit(f"--adapter {a.adapter}: no adapter_config.json there")
+            raise ValueError(f"--adapter {a.adapter}: no adapter_config.json there")
         tokenizer = AutoTokenizer.from_pretrained(a.model)
         model = AutoModelForCausalLM.from_pretrained(a.model)
         kwargs = dict(data=a.data, forget_split=a.split, retain_model_truth_ratios=retain_trs,
@@ -100,19 +119,28 @@ def _add_attribute(sub) -> None:
 
         p = Path(path)
         if not p.exists():
-            raise SystemExit(f"--{what} {path}: no such file or folder")
+            raise ValueError(f"--{what} {path}: no such file or folder")
         if p.is_dir():
             data = datasets.load_from_disk(str(p))
             if isinstance(data, datasets.DatasetDict):
                 if "train" not in data and len(data) != 1:
-                    raise SystemExit(f"--{what} {path} holds splits {list(data)}; point at one split's folder")
+                    raise ValueError(f"--{what} {path} holds splits {list(data)}; point at one split's folder")
                 data = data["train"] if "train" in data else next(iter(data.values()))
             return data
         kinds = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
         if p.suffix not in kinds:
-            raise SystemExit(f"--{what} {path}: expected a .json, .jsonl, .parquet or .csv file or a save_to_disk "
+            raise ValueError(f"--{what} {path}: expected a .json, .jsonl, .parquet or .csv file or a save_to_disk "
                              "folder")
-        return datasets.load_dataset(kinds[p.suffix], data_files=str(p), split="train")
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # our one-line error says what went wrong
+        try:
+            data = datasets.load_dataset(kinds[p.suffix], data_files=str(p), split="train")
+        except Exception as e:  # datasets raises its own error types for malformed files
+            raise ValueError(f"--{what} {path}: cannot read it as {kinds[p.suffix]} ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        if len(data) == 0:
+            raise ValueError(f"--{what} {path}: no rows")
+        return data
 
     def run(a) -> int:
         import importlib
@@ -129,7 +157,10 @@ def _add_attribute(sub) -> None:
                 importlib.import_module(module)
             except ImportError as e:
                 raise ValueError(f"--plugin {module}: cannot import it ({e})") from None
+        _check_model(a.model)
         get_mask_method(a.method)
+        if Path(a.out).exists() and not Path(a.out).is_dir():
+            raise ValueError(f"--out {a.out} is a file; give a folder for the mask, its stats and heat map")
         check_mask_options(ratio=a.ratio, mu=a.mu, reduction=a.reduction, batch_size=a.batch_size,
                            num_samples=a.num_samples, scope=a.scope, granularity=a.granularity)
         forget = load_local(a.forget, "forget") if a.forget else None
@@ -254,8 +285,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, NotImplementedError) as error:  # bad input: say what, no traceback
-        print(f"hf-wagle {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError, NotImplementedError, RuntimeError) as error:
+        # bad input, a missing model or file, the Hub offline or refusing: one line, no traceback, status 2
+        # (OSError covers a missing path, huggingface_hub's HTTP errors and offline mode)
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"hf-wagle {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

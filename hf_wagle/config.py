@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -97,6 +98,9 @@ class WagleConfig(TrainingArguments):
         if self.refusals is not None and (not self.refusals or not all(isinstance(r, str) and r.strip()
                                                                           for r in self.refusals)):
             raise ValueError("refusals must be a non-empty list of non-empty strings")
+        if self.rmu_layer < 0 or any(layer < 0 for layer in self.rmu_train_layers):
+            raise ValueError(f"RMU layers are decoder-layer indices >= 0, got rmu_layer={self.rmu_layer}, "
+                             f"rmu_train_layers={self.rmu_train_layers}")
         if self.objective == "rmu" and (not self.rmu_train_layers or max(self.rmu_train_layers) > self.rmu_layer):
             raise ValueError("RMU trains layers at or before the steered layer: every rmu_train_layers entry must be "
                              f"<= rmu_layer={self.rmu_layer}")
@@ -116,10 +120,14 @@ class WagleConfig(TrainingArguments):
             self.mask_exclude = [self.mask_exclude]
         if not self.mask_noise_std >= 0:
             raise ValueError(f"mask_noise_std must be >= 0, got {self.mask_noise_std}")
-        if not self.npo_beta > 0:
-            raise ValueError(f"npo_beta must be > 0, got {self.npo_beta}")
-        if self.forget_weight < 0 or self.retain_weight < 0:
-            raise ValueError("forget_weight and retain_weight must be >= 0")
+        for name in ("npo_beta", "simnpo_beta", "rmu_steering_coeff"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        for name in ("forget_weight", "retain_weight", "simnpo_delta", "rmu_alpha"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or (name != "simnpo_delta" and value < 0):
+                raise ValueError(f"{name} must be a finite number{' >= 0' if name != 'simnpo_delta' else ''}, "
+                                 f"got {value}")
         check_prompt_template(self.prompt_template)
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must be >= 2 or None, got {self.max_length}")

@@ -126,6 +126,24 @@ def tokenize_dataset(dataset, tokenizer, prompt_template: str, max_length: int |
     return out
 
 
+def check_fits_model(examples: list[dict], model, what: str = "dataset") -> None:
+    """Raise a ValueError naming the row when a token id lies outside the model's vocabulary or a sequence is
+    longer than the model's positions (`max_position_embeddings`)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(embeddings, "num_embeddings", None)
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    positions = getattr(text_config, "max_position_embeddings", None)
+    for i, ex in enumerate(examples):
+        ids = ex["input_ids"]
+        if vocab is not None and ids and (min(ids) < 0 or max(ids) >= vocab):
+            raise ValueError(f"{what}, row {i}: token id {max(ids) if max(ids) >= vocab else min(ids)} is outside "
+                             f"the model's vocabulary (0..{vocab - 1}); tokenise with the model's own tokenizer")
+        if positions is not None and len(ids) > positions:
+            raise ValueError(f"{what}, row {i}: {len(ids)} tokens, more than the model's {positions} positions; "
+                             "set max_length or shorten the example")
+
+
 def pad_id(tokenizer) -> int:
     """The id batches are padded with: the tokenizer's pad token, else its EOS, else 0 (never attended to, never
     labelled)."""

@@ -5,6 +5,8 @@ Pure Python (no torch), so the command line can build its parser without importi
 
 from __future__ import annotations
 
+import math
+
 DEFAULT_PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 DEFAULT_MASK_METHOD = "wagle"
 DEFAULT_MASK_RATIO = 0.8
@@ -33,8 +35,8 @@ def check_mask_options(*, ratio: float, mu: float = DEFAULT_MU, reduction: str =
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
         raise ValueError(f"{prefix}ratio is the fraction of weights that may change and must lie in (0, 1], got "
                          f"{ratio!r}")
-    if not mu > 0:
-        raise ValueError(f"mu must be > 0, got {mu}")
+    if not (math.isfinite(mu) and mu > 0):
+        raise ValueError(f"mu must be a finite number > 0, got {mu}")
     _one_of(f"{prefix}reduction", reduction, MASK_REDUCTIONS)
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"{prefix}batch_size must be a positive integer, got {batch_size!r}")
@@ -43,5 +45,5 @@ def check_mask_options(*, ratio: float, mu: float = DEFAULT_MU, reduction: str =
         raise ValueError(f"{prefix}num_samples must be a positive integer or None, got {num_samples!r}")
     _one_of(f"{prefix}scope", scope, MASK_SCOPES)
     _one_of(f"{prefix}granularity", granularity, MASK_GRANULARITIES)
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a finite number > 0, got {eps}")

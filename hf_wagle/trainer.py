@@ -31,7 +31,8 @@ from transformers.utils import logging
 from .adapters import check_lora_config, confinement_for
 from .attribution import add_mask_noise, check_selects_something, compute_mask, select_parameters
 from .config import WagleConfig
-from .data import ForgetRetainPairs, PairCollator, collate, pad_id, refusal_examples, tokenize_dataset
+from .data import (ForgetRetainPairs, PairCollator, check_fits_model, collate, pad_id, refusal_examples,
+                   tokenize_dataset)
 from .hub import write_model_card
 from .mask import WeightMask
 from .losses import SequenceNLL, sequence_nll
@@ -107,6 +108,8 @@ class WagleTrainer(Trainer):
         tok_args = (processing_class, args.prompt_template, args.max_length)
         forget_ex = tokenize_dataset(forget_dataset, *tok_args, what="forget dataset")
         retain_ex = tokenize_dataset(retain_dataset, *tok_args, what="retain dataset")
+        check_fits_model(forget_ex, model, "forget dataset")
+        check_fits_model(retain_ex, model, "retain dataset")
         objective = OBJECTIVES[args.objective](args)
         refusal_ex = refusal_examples(forget_dataset, processing_class, args.refusals or DEFAULT_REFUSALS,
                                       *tok_args[1:], args.seed) if objective.needs_refusal else None

@@ -194,3 +194,55 @@ def test_privleak_follows_muse_for_a_model_that_memorised_its_forget_texts(train
     holdout = [f"{q} {p[0]}" for q, p in zip(world["forget"]["question"], world["forget"]["perturbed_answer"])]
     area = mia_auc(model, tokenizer, forget, holdout)
     assert area < 0.2 and privleak(area, 0.5) < -60
+
+
+@pytest.mark.parametrize("field,value,msg", [
+    ("forget_weight", float("nan"), "forget_weight must be a finite"), ("retain_weight", float("inf"), "retain_weight"),
+    ("simnpo_beta", 0.0, "simnpo_beta must be a finite number > 0"), ("simnpo_beta", float("nan"), "simnpo_beta"),
+    ("mu", float("inf"), "mu must be a finite"), ("mask_batch_size", 0, "mask_batch_size"),
+    ("rmu_layer", -1, "RMU layers"), ("rmu_train_layers", [-2], "RMU layers"),
+])
+def test_bad_settings_are_refused_with_their_name(tmp_path, field, value, msg):
+    from hf_wagle import WagleConfig
+
+    with pytest.raises(ValueError, match=msg):
+        WagleConfig(output_dir=str(tmp_path), use_cpu=True, **{field: value})
+
+
+def test_token_ids_and_lengths_must_fit_the_model(model, tokenizer, world, tmp_path):
+    vocab = model.get_input_embeddings().num_embeddings
+    for rows, msg in [([{"input_ids": [1, 2, vocab + 5]}], "outside the model's vocabulary"),
+                      ([{"input_ids": list(range(1, 300))}], "more than the model's 128 positions")]:
+        with pytest.raises(ValueError, match=f"forget dataset, row 0: .*{msg}"):
+            WagleTrainer(model=model, args=small_args(tmp_path), forget_dataset=Dataset.from_list(rows),
+                         retain_dataset=world["retain"], processing_class=tokenizer)
+        with pytest.raises(ValueError, match=msg):
+            compute_mask(model, Dataset.from_list(rows), world["retain"], tokenizer, method="gradient")
+
+
+def test_cli_failures_are_one_line_and_status_2(trained, world, tmp_path, capsys):
+    model, tokenizer = trained
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    world["forget"].to_json(tmp_path / "f.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"question": "a", "answer": \n')
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "results.json").write_text('{"runs": {}}')
+    attribute = ["attribute", "--model", str(tmp_path / "m"), "--method", "gradient"]
+    capsys.readouterr()
+    cases = [
+        (["attribute", "--model", str(tmp_path / "no_model"), "--method", "magnitude", "--out", str(tmp_path / "o")],
+         "no_model"),
+        (attribute + ["--forget", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "o")], "cannot read it"),
+        (attribute + ["--forget", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "o")], "empty.jsonl"),
+        (attribute + ["--forget", str(tmp_path / "f.jsonl"), "--out", str(tmp_path / "file")], "is a file"),
+        (["evaluate", "--model", str(tmp_path / "m"), "--benchmark", "offline", "--retain-results",
+          str(tmp_path / "results.json")], "not a results.json"),
+        (["demo", "--steps", "-1"], "--steps must be >= 1"),
+        (["demo", "--mask-ratio", "0"], "ratio"),
+    ]
+    for argv, needle in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
