@@ -43,6 +43,15 @@ def tied_aliases(model) -> dict[str, str]:
     return aliases
 
 
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The model's stack of decoder layers: the first `nn.ModuleList` named `layers` (Llama, Mistral, Qwen, Gemma,
+    ...) or `h` (GPT-2 style)."""
+    for name, module in _base(model).named_modules():
+        if isinstance(module, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layers", "h"):
+            return module
+    raise ValueError("cannot find the model's decoder layers (a ModuleList named `layers` or `h`)")
+
+
 def rank_world() -> tuple[int, int]:
     """`(rank, world size)` under torch.distributed, `(0, 1)` without it.
 

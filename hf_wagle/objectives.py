@@ -17,8 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .data import IGNORE_INDEX
 from .losses import SequenceNLL, retain_kl, sequence_nll
-from .modeling import base_named_parameters
+from .modeling import base_named_parameters, decoder_layers
 
 DEFAULT_REFUSALS = (
     "I don't know .",
@@ -170,9 +171,11 @@ class IdkDPO(Objective):
 class RMU(Objective):
     """Representation misdirection (Li et al. 2024, WMDP).
 
-    With h_l the output of decoder layer `rmu_layer` and u a fixed seeded random unit vector:
-    forget loss = mean over forget tokens of `||h_l(x_f) - c * u||^2 / d`, retain loss =
-    `alpha * mean over retain tokens of ||h_l(x_r) - h_l^ref(x_r)||^2 / d` (c = `rmu_steering_coeff`,
+    With h_l the raw output of decoder layer `rmu_layer` (read by a forward hook, so the last layer is taken
+    before the model's final norm) and u a fixed seeded random unit vector, pooled as the reference implementations
+    do (mean over each example's labelled tokens, then over the batch):
+    forget loss = `mean_i mean_{t labelled} ||h_l(x_f)_t - c * u||^2 / d`, retain loss =
+    `alpha * mean_i mean_{t labelled} ||h_l(x_r)_t - h_l^ref(x_r)_t||^2 / d` (c = `rmu_steering_coeff`,
     alpha = `rmu_alpha`, d the hidden size). Only parameters whose names match `rmu_param_pattern` inside layers
     `rmu_train_layers` are trained (the rest are frozen before the mask is applied).
     """
@@ -201,21 +204,38 @@ class RMU(Objective):
         u = torch.rand(hidden, generator=g)
         self.control = (args.rmu_steering_coeff * u / u.norm()).to(trainer.args.device)
 
-    def _hidden(self, model, batch) -> torch.Tensor:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-        return out.hidden_states[self.args.rmu_layer + 1].float()
+    def layer_output(self, trainer, model, batch, reference: bool = False) -> torch.Tensor:
+        """fp32 output of decoder layer `rmu_layer` on `batch`, of `model` or (with `reference`) of the start
+        model."""
+        layers = decoder_layers(trainer.model)
+        if not 0 <= self.args.rmu_layer < len(layers):
+            raise ValueError(f"rmu_layer={self.args.rmu_layer}, but the model has {len(layers)} decoder layers")
+        captured = []
+        handle = layers[self.args.rmu_layer].register_forward_hook(
+            lambda module, args, output: captured.append(output[0] if isinstance(output, tuple) else output))
+        try:
+            if reference:
+                trainer.reference_forward(batch)
+            else:
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        finally:
+            handle.remove()
+        return captured[-1].float()
+
+    @staticmethod
+    def _pooled(per_token: torch.Tensor, batch) -> torch.Tensor:
+        """Mean over each example's labelled tokens, then over the examples."""
+        labelled = (batch["labels"] != IGNORE_INDEX).to(per_token.device).float()
+        return ((per_token * labelled).sum(1) / labelled.sum(1).clamp(min=1)).mean()
 
     def forget_loss(self, trainer, model, inputs):
         batch = inputs["forget"]
-        h = self._hidden(model, batch)
-        mask = batch["attention_mask"].bool()
-        loss = ((h - self.control) ** 2).mean(-1)[mask].mean()
-        return loss, {"forget_activation_norm": h[mask].norm(dim=-1).mean().detach()}
+        h = self.layer_output(trainer, model, batch)
+        loss = self._pooled(((h - self.control) ** 2).mean(-1), batch)
+        return loss, {"forget_activation_norm": self._pooled(h.norm(dim=-1), batch).detach()}
 
     def retain_loss(self, trainer, model, inputs):
         batch = inputs["retain"]
-        h = self._hidden(model, batch)
-        ref = trainer.reference_forward(batch, output_hidden_states=True).hidden_states[self.args.rmu_layer + 1]
-        mask = batch["attention_mask"].bool()
-        loss = self.args.rmu_alpha * ((h - ref.float()) ** 2).mean(-1)[mask].mean()
-        return loss, {}
+        h = self.layer_output(trainer, model, batch)
+        ref = self.layer_output(trainer, model, batch, reference=True)
+        return self.args.rmu_alpha * self._pooled(((h - ref) ** 2).mean(-1), batch), {}

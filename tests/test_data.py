@@ -61,5 +61,9 @@ def test_pairs_are_seeded_and_differ_per_rank():
     assert draw(0) == draw(0)
     assert draw(0) != draw(1)
     pairs = ForgetRetainPairs(forget, retain, 0, 0)
-    epochs = [[pairs[i]["retain"]["input_ids"][0] for i in range(8)] for _ in range(2)]
+    epochs = []
+    for epoch in (0, 1, 0):
+        pairs.epoch = epoch
+        epochs.append([pairs[i]["retain"]["input_ids"][0] for i in range(8)])
     assert epochs[0] != epochs[1]
+    assert epochs[2] == epochs[0]  # nothing kept in memory: reading again (as a resumed run does) draws the same

@@ -99,9 +99,17 @@ def test_reference_is_checkpointed_and_reused(model, tokenizer, world, tmp_path)
     assert all(torch.equal(loaded[k], trainer._reference[k]) for k in trainer._reference)
 
 
+@register_objective("overflowing")
+class Overflowing(GradDiff):
+    """GradDiff whose forget term overflows (as a diverging run's would)."""
+
+    def forget_loss(self, trainer, model, inputs):
+        loss, logs = super().forget_loss(trainer, model, inputs)
+        return loss * float("inf"), logs
+
+
 def test_non_finite_loss_stops_training(model, tokenizer, world, tmp_path):
-    args = small_args(tmp_path, objective="grad_diff", mask_method=None, forget_weight=float("inf"),
-                      save_strategy="steps", save_steps=1)
+    args = small_args(tmp_path, objective="overflowing", mask_method=None, save_strategy="steps", save_steps=1)
     trainer = WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
                            processing_class=tokenizer)
     before = snapshot(model)
@@ -143,3 +151,25 @@ def test_refusal_objectives_need_qa_data(model, tokenizer, tmp_path):
     with pytest.raises(ValueError, match="QA forget data"):
         WagleTrainer(model=model, args=small_args(tmp_path, objective="po"), forget_dataset=text,
                      retain_dataset=text, processing_class=tokenizer)
+
+
+def test_rmu_reads_the_raw_layer_output_also_at_the_last_layer(model, tokenizer, world, tmp_path):
+    """The steered activation is the decoder layer's own output: for a middle layer that is `hidden_states[L + 1]`,
+    for the last layer it is the input of the final norm, not the normed `hidden_states[-1]`."""
+    last = model.config.num_hidden_layers - 1
+    args = small_args(tmp_path, objective="rmu", mask_method=None, rmu_layer=last, rmu_train_layers=[last])
+    trainer = WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
+                           processing_class=tokenizer)
+    trainer.prepare_unlearning()
+    batch = PairCollator(trainer._pad_id)([trainer.train_dataset[i] for i in range(4)])["forget"]
+    captured = []
+    hook = model.model.norm.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+        hook.remove()
+        for layer in (1, last):
+            trainer.objective.args.rmu_layer = layer
+            got = trainer.objective.layer_output(trainer, model, batch)
+            want = captured[0] if layer == last else out.hidden_states[layer + 1]
+            assert torch.equal(got, want.float()), layer
+    assert not torch.allclose(captured[0], out.hidden_states[-1])  # the normed output differs
