@@ -555,20 +555,23 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = DEFAULT_MA
                  batch_size: int = 8, seed: int = 0, prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
                  max_length: int | None = None, *, num_samples: int | None = None, scope: str = "global",
                  granularity: str = "element", include=None, exclude=None, eps: float = DEFAULT_GRIN_EPS,
-                 progress: bool = True) -> WeightMask:
+                 retain_sampling: str = "all", progress: bool = True) -> WeightMask:
     """Score every weight of `model` with the mask method `method` (a name registered with `register_mask_method`)
     and keep the top `ratio` fraction (the weights that may change).
 
     `forget`/`retain` are `datasets.Dataset`s in any shape `hf_wagle.data` accepts (`retain` may be None for
     methods that do not use it, `forget` too for methods that need no data). `num_samples` scores on a deterministic
     subset of that many forget and that many retain examples (`subset_indices`, streams 0 and 1). `scope`,
-    `granularity`, `include`/`exclude`: see the module docstring. `progress` shows a tqdm bar over the attribution
+    `granularity`, `include`/`exclude`: see the module docstring. `retain_sampling="paired"` builds G_r as the WAGLE
+    authors' code does: one retain example per forget example, drawn with replacement by
+    `numpy.random.default_rng([seed, 2])`, so G_r sums as many examples as G_f; `"all"` (default) sums the whole
+    retain set (or its `num_samples` subset). `progress` shows a tqdm bar over the attribution
     batches on rank 0. Names in the returned mask are the base model's `named_parameters()` names (all of them;
     excluded ones are all False), also when `model` is a `PeftModel`; `mask.metadata` records how it was made.
     """
     spec = get_mask_method(method)
     check_mask_options(ratio=ratio, mu=mu, reduction=reduction, batch_size=batch_size, num_samples=num_samples,
-                       scope=scope, granularity=granularity, eps=eps)
+                       scope=scope, granularity=granularity, eps=eps, retain_sampling=retain_sampling)
     named = base_named_parameters(model)
     names = [n for n, _ in named]
     keep = select_parameters(names, include, exclude)
@@ -584,7 +587,10 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = DEFAULT_MA
             raise ValueError(f"mask method {method!r} needs a {'non-empty ' if data is not None else ''}{part} "
                              "dataset")
         idx = subset_indices(len(data), num_samples, seed, stream)
-        examples[part] = tokenize_dataset(data.select(idx) if len(idx) < len(data) else data, tokenizer,
+        if part == "retain" and retain_sampling == "paired":
+            n_forget = len(examples["forget"]) or len(subset_indices(len(forget), num_samples, seed, 0))
+            idx = np.random.default_rng([seed, 2]).integers(len(data), size=n_forget).tolist()
+        examples[part] = tokenize_dataset(data if idx == list(range(len(data))) else data.select(idx), tokenizer,
                                           prompt_template, max_length, f"{part} dataset")
         check_fits_model(examples[part], model, f"{part} dataset")
     forget_ex, retain_ex = examples["forget"], examples["retain"]
@@ -635,7 +641,7 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = DEFAULT_MA
 
     metadata = {
         "method": method, "ratio": ratio, "mu": mu, "reduction": reduction, "seed": seed, "scope": scope,
-        "granularity": granularity, "include": include if include is None else list(_as_patterns(include, "")),
+        "granularity": granularity, "retain_sampling": retain_sampling if spec.uses_retain else None, "include": include if include is None else list(_as_patterns(include, "")),
         "exclude": exclude if exclude is None else list(_as_patterns(exclude, "")), "num_samples": num_samples,
         "num_forget": len(forget_ex), "num_retain": len(retain_ex), "batch_size": batch_size,
         "forget_sha256": data_fingerprint(forget) if spec.uses_forget else "",

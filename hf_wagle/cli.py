@@ -110,7 +110,7 @@ def _add_attribute(sub) -> None:
     and save a heat map (layers x module types)."""
     from .options import (DEFAULT_MASK_METHOD, DEFAULT_MASK_RATIO, DEFAULT_MAX_LENGTH, DEFAULT_MU,
                           DEFAULT_PROMPT_TEMPLATE, MASK_GRANULARITIES, MASK_REDUCTIONS, MASK_SCOPES,
-                          check_mask_options)
+                          RETAIN_SAMPLINGS, check_mask_options)
 
     def load_local(path: str, what: str):
         from pathlib import Path
@@ -174,7 +174,8 @@ def _add_attribute(sub) -> None:
         mask = compute_mask(model, forget, retain, tokenizer, method=a.method, ratio=a.ratio, mu=a.mu,
                             reduction=a.reduction, batch_size=a.batch_size, seed=a.seed,
                             prompt_template=a.prompt_template, max_length=a.max_length, num_samples=a.num_samples,
-                            scope=a.scope, granularity=a.granularity, include=a.include, exclude=a.exclude)
+                            scope=a.scope, granularity=a.granularity, include=a.include, exclude=a.exclude,
+                            retain_sampling=a.retain_sampling)
         out = Path(a.out)
         path = mask.save(out)
         stats = mask.stats()
@@ -202,6 +203,9 @@ def _add_attribute(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--num-samples", type=int, help="score on a seeded subset of this many examples of each set")
     p.add_argument("--scope", default="global", choices=MASK_SCOPES)
+    p.add_argument("--retain-sampling", default="all", choices=RETAIN_SAMPLINGS,
+                   help="G_r over all retain examples, or one per forget example drawn with replacement as the WAGLE "
+                        "authors' code does (paired)")
     p.add_argument("--granularity", default="element", choices=MASK_GRANULARITIES)
     p.add_argument("--include", nargs="+", help="only parameters matching these name patterns may be selected")
     p.add_argument("--exclude", nargs="+", help="parameters matching these name patterns are never selected")

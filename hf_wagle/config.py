@@ -64,6 +64,11 @@ class WagleConfig(TrainingArguments):
     mask_num_samples: int | None = field(
         default=None, metadata={"help": "Score on a seeded subset of this many forget (and retain) examples; None = all."}
     )
+    mask_retain_sampling: str = field(
+        default="all",
+        metadata={"help": "G_r over the whole retain set ('all') or, as the WAGLE authors' code, one retain example "
+                          "per forget example drawn with replacement ('paired')."},
+    )
     mask_scope: str = field(
         default="global", metadata={"help": f"Where the ratio applies: one of {MASK_SCOPES}."}
     )
@@ -113,7 +118,8 @@ class WagleConfig(TrainingArguments):
                              "(or register one with hf_wagle.register_mask_method), or None (dense)")
         check_mask_options(ratio=self.mask_ratio, mu=self.mu, reduction=self.mask_reduction,
                            batch_size=self.mask_batch_size, num_samples=self.mask_num_samples, scope=self.mask_scope,
-                           granularity=self.mask_granularity, prefix="mask_")
+                           granularity=self.mask_granularity, retain_sampling=self.mask_retain_sampling,
+                           prefix="mask_")
         if isinstance(self.mask_include, str):
             self.mask_include = [self.mask_include]
         if isinstance(self.mask_exclude, str):

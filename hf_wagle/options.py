@@ -14,6 +14,7 @@ DEFAULT_MU = 1e-6
 DEFAULT_GRIN_EPS = 1e-12
 DEFAULT_MAX_LENGTH = 512
 MASK_REDUCTIONS = ("sum", "mean")
+RETAIN_SAMPLINGS = ("all", "paired")
 MASK_SCOPES = ("global", "per_layer", "per_tensor")
 MASK_GRANULARITIES = ("element", "row", "column")
 # Optimizers whose update is exactly zero for a parameter element whose gradient has always been zero
@@ -28,7 +29,7 @@ def _one_of(name: str, value, choices) -> None:
 
 def check_mask_options(*, ratio: float, mu: float = DEFAULT_MU, reduction: str = "sum", batch_size: int = 8,
                        num_samples: int | None = None, scope: str = "global", granularity: str = "element",
-                       eps: float = DEFAULT_GRIN_EPS, prefix: str = "") -> None:
+                       eps: float = DEFAULT_GRIN_EPS, retain_sampling: str = "all", prefix: str = "") -> None:
     """Raise a ValueError naming the first option outside its bounds (as `prefix + name`, e.g. `mask_ratio`):
     `ratio` in (0, 1] (the fraction of weights that may change: 0 would change nothing), `mu` and `eps` > 0,
     `batch_size` >= 1, `num_samples` a positive integer or None, and the named choices."""
@@ -44,6 +45,7 @@ def check_mask_options(*, ratio: float, mu: float = DEFAULT_MU, reduction: str =
                                     or num_samples < 1):
         raise ValueError(f"{prefix}num_samples must be a positive integer or None, got {num_samples!r}")
     _one_of(f"{prefix}scope", scope, MASK_SCOPES)
+    _one_of(f"{prefix}retain_sampling", retain_sampling, RETAIN_SAMPLINGS)
     _one_of(f"{prefix}granularity", granularity, MASK_GRANULARITIES)
     if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0, got {eps}")

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -323,3 +324,19 @@ def test_mask_noise_only_on_selected_weights(tiny):
         if p0.std() > 0 and delta.numel() > 500:
             assert (delta != 0).all()
             assert abs(delta.std().item() / (0.1 * p0.std().item()) - 1) < 0.15
+
+
+def test_paired_retain_sampling_draws_one_retain_example_per_forget_example(tiny, world, tokenizer):
+    """The authors' convention: G_r sums N_f retain examples drawn with replacement (seeded), not the whole set."""
+    forget, retain = world["forget"].select(range(6)), world["retain"].select(range(9))
+    paired = compute_mask(tiny, forget, retain, tokenizer, ratio=0.3, mu=1e-3, retain_sampling="paired",
+                          progress=False)
+    assert (paired.metadata["num_forget"], paired.metadata["num_retain"]) == (6, 6)
+    assert paired.metadata["retain_sampling"] == "paired"
+    drawn = retain.select(np.random.default_rng([0, 2]).integers(9, size=6).tolist())
+    # the same mask as "all" over exactly the drawn rows (repeats included)
+    same = compute_mask(tiny, forget, drawn, tokenizer, ratio=0.3, mu=1e-3, progress=False)
+    assert same == paired
+    assert compute_mask(tiny, forget, retain, tokenizer, ratio=0.3, mu=1e-3, progress=False) != paired
+    with pytest.raises(ValueError, match="retain_sampling"):
+        compute_mask(tiny, forget, retain, tokenizer, retain_sampling="half")
