@@ -246,3 +246,10 @@ def test_cli_failures_are_one_line_and_status_2(trained, world, tmp_path, capsys
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_push_without_the_hub_is_one_line_and_status_2(adapter_dir, capsys):
+    """No network here: `HfApi` fails (offline mode or no route), and the command says so in one line."""
+    assert main(["push", str(adapter_dir), "org/unlearned"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hf-wagle push: error:") and len(err.strip().splitlines()) == 1
