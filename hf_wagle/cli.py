@@ -265,7 +265,10 @@ def _add_push(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .version import __version__
+
     parser = argparse.ArgumentParser(prog="hf-wagle", description="WAGLE unlearning for Hugging Face models")
+    parser.add_argument("--version", action="version", version=f"hf-wagle {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="unlearn end to end and print what changed: a fictitious world memorised "
                                        "by a small model, or (--model smollm2) real knowledge of a pretrained model")
