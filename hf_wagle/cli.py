@@ -6,6 +6,38 @@ import argparse
 import sys
 
 
+def _load_data(path: str, what: str):
+    """A dataset from a .json/.jsonl/.parquet/.csv file or a `save_to_disk` folder; one clear error otherwise."""
+    from pathlib import Path
+
+    import datasets
+
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"--{what} {path}: no such file or folder")
+    if p.is_dir():
+        data = datasets.load_from_disk(str(p))
+        if isinstance(data, datasets.DatasetDict):
+            if "train" not in data and len(data) != 1:
+                raise ValueError(f"--{what} {path} holds splits {list(data)}; point at one split's folder")
+            data = data["train"] if "train" in data else next(iter(data.values()))
+        return data
+    kinds = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+    if p.suffix not in kinds:
+        raise ValueError(f"--{what} {path}: expected a .json, .jsonl, .parquet or .csv file or a save_to_disk "
+                         "folder")
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # our one-line error says what went wrong
+    try:
+        data = datasets.load_dataset(kinds[p.suffix], data_files=str(p), split="train")
+    except Exception as e:  # datasets raises its own error types for malformed files
+        raise ValueError(f"--{what} {path}: cannot read it as {kinds[p.suffix]} ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if len(data) == 0:
+        raise ValueError(f"--{what} {path}: no rows")
+    return data
+
+
 def _check_model(name: str, flag: str = "--model") -> None:
     """A model argument that is plainly a local path must exist (otherwise it would be tried as a Hub id)."""
     import os
@@ -112,36 +144,6 @@ def _add_attribute(sub) -> None:
                           DEFAULT_PROMPT_TEMPLATE, MASK_GRANULARITIES, MASK_REDUCTIONS, MASK_SCOPES,
                           RETAIN_SAMPLINGS, check_mask_options)
 
-    def load_local(path: str, what: str):
-        from pathlib import Path
-
-        import datasets
-
-        p = Path(path)
-        if not p.exists():
-            raise ValueError(f"--{what} {path}: no such file or folder")
-        if p.is_dir():
-            data = datasets.load_from_disk(str(p))
-            if isinstance(data, datasets.DatasetDict):
-                if "train" not in data and len(data) != 1:
-                    raise ValueError(f"--{what} {path} holds splits {list(data)}; point at one split's folder")
-                data = data["train"] if "train" in data else next(iter(data.values()))
-            return data
-        kinds = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-        if p.suffix not in kinds:
-            raise ValueError(f"--{what} {path}: expected a .json, .jsonl, .parquet or .csv file or a save_to_disk "
-                             "folder")
-        datasets.disable_progress_bars()
-        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # our one-line error says what went wrong
-        try:
-            data = datasets.load_dataset(kinds[p.suffix], data_files=str(p), split="train")
-        except Exception as e:  # datasets raises its own error types for malformed files
-            raise ValueError(f"--{what} {path}: cannot read it as {kinds[p.suffix]} ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
-        if len(data) == 0:
-            raise ValueError(f"--{what} {path}: no rows")
-        return data
-
     def run(a) -> int:
         import importlib
         import json
@@ -163,8 +165,8 @@ def _add_attribute(sub) -> None:
             raise ValueError(f"--out {a.out} is a file; give a folder for the mask, its stats and heat map")
         check_mask_options(ratio=a.ratio, mu=a.mu, reduction=a.reduction, batch_size=a.batch_size,
                            num_samples=a.num_samples, scope=a.scope, granularity=a.granularity)
-        forget = load_local(a.forget, "forget") if a.forget else None
-        retain = load_local(a.retain, "retain") if a.retain else None
+        forget = _load_data(a.forget, "forget") if a.forget else None
+        retain = _load_data(a.retain, "retain") if a.retain else None
         tokenizer = AutoTokenizer.from_pretrained(a.model)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -264,6 +266,120 @@ def _add_push(sub) -> None:
     p.set_defaults(func=run)
 
 
+def unlearn_arguments():
+    """The dataclass of `hf-wagle unlearn`'s own keys (`WagleConfig` holds every other one)."""
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class UnlearnArguments:
+        model_name_or_path: str = field(metadata={"help": "base model: Hub id or local folder"})
+        forget_file: str = field(metadata={"help": "forget data: .json/.jsonl/.parquet/.csv or save_to_disk folder"})
+        retain_file: str = field(metadata={"help": "retain data, same formats"})
+        dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16"})
+        use_peft: bool = field(default=True, metadata={"help": "train a masked LoRA adapter (else full parameters)"})
+        lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+        lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+        lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"],
+                                               metadata={"help": "LoRA target modules"})
+        evaluate: bool = field(default=False, metadata={"help": "score answer probabilities on the forget and retain "
+                                                                "data before and after, into the card and results"})
+
+    return UnlearnArguments
+
+
+def _unlearn(argv: list[str]) -> int:
+    """`hf-wagle unlearn --config cfg.yaml [--key value ...]`: attribution -> unlearning -> save -> verify
+    (-> evaluation), configured by one YAML file whose keys are those of `UnlearnArguments` and `WagleConfig`
+    (flags win over the file)."""
+    import json
+    from pathlib import Path
+
+    import yaml
+    from transformers import HfArgumentParser
+
+    from .config import WagleConfig
+
+    parser = HfArgumentParser((unlearn_arguments(), WagleConfig), prog="hf-wagle unlearn")
+    parser.add_argument("--config", help="YAML file of the keys below; flags given here win over it")
+    if "--config" in argv:
+        path = Path(argv[argv.index("--config") + 1])
+        if not path.is_file():
+            raise ValueError(f"--config {path}: no such file")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"--config {path}: expected a mapping of keys to values")
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"--config {path}: unknown keys {unknown}; see `hf-wagle unlearn --help`")
+        parser.set_defaults(**values)
+        for action in parser._actions:  # a key given in the file is no longer required on the command line
+            if action.dest in values:
+                action.required = False
+    try:
+        script, args, *_ = parser.parse_args_into_dataclasses(argv)  # the rest: --config itself
+    except SystemExit as stop:
+        if stop.code:
+            raise ValueError("bad arguments (see the message above, or `hf-wagle unlearn --help`)") from None
+        raise
+    return _run_unlearn(script, args)
+
+
+def _run_unlearn(script, args) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+
+    from .adapters import verify
+    from .evaluation import answer_metrics, summarise
+    from .trainer import WagleTrainer
+
+    if script.dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {script.dtype!r}")
+    _check_model(script.model_name_or_path, "model_name_or_path")
+    forget = _load_data(script.forget_file, "forget_file")
+    retain = _load_data(script.retain_file, "retain_file")
+    tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(script.model_name_or_path, dtype=getattr(torch, script.dtype))
+    peft_config = None
+    if script.use_peft:
+        from peft import LoraConfig
+
+        targets = script.lora_target_modules
+        peft_config = LoraConfig(r=script.lora_r, lora_alpha=script.lora_alpha, task_type="CAUSAL_LM",
+                                 target_modules=targets[0] if targets == ["all-linear"] else targets)
+    trainer = WagleTrainer(model=model, args=args, forget_dataset=forget, retain_dataset=retain,
+                           processing_class=tokenizer, peft_config=peft_config)
+    trainer.remove_callback(PrinterCallback)
+
+    def scores():
+        return {split: summarise(answer_metrics(trainer.model, tokenizer, data, args.prompt_template,
+                                                max_length=args.max_length))["probability"]
+                for split, data in (("forget", forget), ("retain", retain))}
+
+    before = scores() if script.evaluate else None
+    trainer.train()
+    after = scores() if script.evaluate else None
+    if after is not None:
+        trainer.results = {"before": before, "after": after}
+    trainer.save_model(args.output_dir)
+    report = verify(args.output_dir, base=None if script.use_peft else script.model_name_or_path)
+    out = Path(args.output_dir)
+    summary = {"output_dir": str(out), "confined": report["confined"], "steps": trainer.state.global_step,
+               "changeable": trainer.enforced_mask.num_selected, "total": trainer.enforced_mask.num_total,
+               "evaluation": trainer.results if script.evaluate else None}
+    (out / "unlearn_results.json").write_text(json.dumps(summary, indent=2))
+    print(f"unlearned {script.model_name_or_path} in {summary['steps']} steps; {summary['changeable']} of "
+          f"{summary['total']} weights could change; confined to its mask: {'yes' if report['confined'] else 'NO'}")
+    if script.evaluate:
+        for split in ("forget", "retain"):
+            print(f"  {split} answer probability {before[split]:.4g} -> {after[split]:.4g}")
+    print(f"wrote {out}")
+    return 0 if report["confined"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .version import __version__
 
@@ -281,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fraction of weights that may change (default: 0.8 world, 0.5 smollm2)")
     demo.add_argument("--full", action="store_true", help="full-parameter unlearning instead of masked LoRA")
     demo.set_defaults(func=_demo)
+    unlearn = sub.add_parser("unlearn", add_help=False,
+                             help="unlearn from a YAML config (model, data, every WagleConfig key), save and verify "
+                                  "the adapter; `hf-wagle unlearn --help` lists the keys")
+    unlearn.set_defaults(func=None)  # main() hands `unlearn ...` to its own parser
     _add_evaluate(sub)
     _add_attribute(sub)
     _add_verify(sub)
@@ -289,14 +409,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["unlearn"]:  # its own parser (HfArgumentParser over the dataclasses)
+        command, run = "unlearn", lambda: _unlearn(argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
+        command, run = args.command, lambda: args.func(args)
     try:
-        return args.func(args)
+        return run()
     except (ValueError, OSError, NotImplementedError, RuntimeError) as error:
         # bad input, a missing model or file, the Hub offline or refusing: one line, no traceback, status 2
         # (OSError covers a missing path, huggingface_hub's HTTP errors and offline mode)
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"hf-wagle {args.command}: error: {message}", file=sys.stderr)
+        print(f"hf-wagle {command}: error: {message}", file=sys.stderr)
         return 2
 
 

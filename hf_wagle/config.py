@@ -57,7 +57,7 @@ class WagleConfig(TrainingArguments):
                           "your own through register_mask_method), or None for dense unlearning."},
     )
     mask_ratio: float = field(default=DEFAULT_MASK_RATIO,
-                              metadata={"help": "Fraction of weights that may change (0.8 = 80%), in (0, 1]."})
+                              metadata={"help": "Fraction of weights that may change, in (0, 1] (0.8: eight in ten)."})
     mu: float = field(default=DEFAULT_MU, metadata={"help": "WAGLE diagonal-Hessian constant mu."})
     mask_reduction: str = field(default="sum", metadata={"help": f"Per-example gradients: one of {MASK_REDUCTIONS}."})
     mask_batch_size: int = field(default=8, metadata={"help": "Batch size of the attribution pass."})

@@ -13,6 +13,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from transformers.utils import logging
 
 from .mask import MASK_FILE, WeightMask
+from .version import __version__
 
 logger = logging.get_logger(__name__)
 
@@ -43,6 +44,19 @@ def card_for(trainer) -> ModelCard:
         "```python\nfrom transformers import AutoModelForCausalLM\n\n"
         "model = AutoModelForCausalLM.from_pretrained('<this folder or repo>')\n```\n"
     )
+    lora = "none (full parameters)"
+    if adapter:
+        config = trainer.model.peft_config[trainer.model.active_adapter]
+        lora = f"LoRA r={config.r}, alpha={config.lora_alpha}, masked to rows x columns"
+    results = getattr(trainer, "results", None)
+    if results:
+        rows = "\n".join(f"| {split} | {results['before'][split]:.4g} | {results['after'][split]:.4g} |"
+                         for split in results["after"])
+        results = ("\n## Results\n\nMean answer probability, `exp(-mean token NLL)` of each answer and EOS, teacher "
+                   f"forced, on the data of this run:\n\n| data | before | after |\n|---|---|---|\n{rows}\n")
+    else:
+        results = ""
+    verify_base = "" if adapter else " --base <base model>"
     body = f"""
 # Unlearned with hf_wagle
 
@@ -60,10 +74,12 @@ mask of the weights allowed to change. The forget data is not described here.
 | weights the run could change (`wagle_mask.safetensors`) | {enforced.num_selected} of {enforced.num_total} ({enforced.ratio:.4f}) |
 | enforcement | {enforced.metadata.get('enforced_by', '')} |
 | learning rate / steps | {args.learning_rate:g} / {trainer.state.global_step} |
+| adapter | {lora} |
+| hf_wagle | {__version__} |
 
 `wagle_mask.safetensors` holds the mask actually enforced (bit-packed, base-model parameter names): every weight
-outside it is bit-identical to the base model.
-
+outside it is bit-identical to the base model. Check it with `hf-wagle verify <this folder>`{verify_base}.
+{results}
 ## How to load
 
 {load}"""
