@@ -241,10 +241,15 @@ class GradientMaskConfinement(Confinement):
             if name not in trained:
                 continue
             t = trained[name]
-            if t.shape != b.shape or t.dtype != b.dtype:
-                problems.append(f"{name}: {t.dtype} {tuple(t.shape)} differs from the base's {b.dtype} "
-                                f"{tuple(b.shape)}")
+            if t.shape != b.shape:
+                problems.append(f"{name}: shape {tuple(t.shape)} differs from the base's {tuple(b.shape)}")
                 continue
+            if t.dtype != b.dtype:
+                if not (t.is_floating_point() and b.is_floating_point() and t.element_size() > b.element_size()):
+                    problems.append(f"{name}: saved as {t.dtype}, which cannot hold the base's {b.dtype} values "
+                                    "exactly, so off-mask weights are not bit-identical; save in the base's dtype")
+                    continue
+                b = b.to(t.dtype)  # an exact upcast (e.g. a bf16 base trained and saved in fp32)
             # bit patterns, so -0.0 vs 0.0 or a changed NaN payload count as changes
             bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
             yield name, t.view(bits) != b.view(bits), bool(torch.isfinite(t).all())
@@ -344,7 +349,8 @@ def verify(directory, base=None) -> dict:
         if not finite:
             problems.append(f"{name}: non-finite values")
         if name not in mask:
-            problems.append(f"{name}: changed but absent from the mask")
+            if bool(changed.any()):
+                problems.append(f"{name}: changed but absent from the mask")
             return
         m = mask[name]
         inside = int((changed & m).sum())

@@ -305,7 +305,7 @@ class MaskMethod:
 MASK_METHODS: dict[str, MaskMethod] = {}
 
 
-def register_mask_method(name: str, needs: str = "forget"):
+def register_mask_method(name: str, needs: str = "forget", override: bool = False):
     """Decorator: make `score(param, grad_forget=None, grad_retain=None, **options)` available as a mask method by
     name, in `compute_mask(method=name)`, `WagleConfig(mask_method=name)` and `hf-wagle attribute --method name`.
 
@@ -322,6 +322,8 @@ def register_mask_method(name: str, needs: str = "forget"):
         raise ValueError(f"a mask method needs a non-empty name other than none/dense, got {name!r}")
     if needs not in NEEDS:
         raise ValueError(f"needs must be one of {', '.join(NEEDS)}, got {needs!r}")
+    if name in MASK_METHODS and not override:
+        raise ValueError(f"a mask method {name!r} is already registered; pick another name or pass override=True")
 
     def wrap(score):
         MASK_METHODS[name] = MaskMethod(name, score, needs)
@@ -386,7 +388,7 @@ def _as_scores(method: MaskMethod, value, param, name: str):
         raise ValueError(f"mask method {method.name!r} returned {type(value).__name__} "
                          f"{tuple(getattr(value, 'shape', ()))} for {name}; it must return a tensor of the "
                          f"parameter's shape {tuple(param.shape)}")
-    value = value.detach().float()
+    value = value.detach().float() + 0.0  # -0.0 -> +0.0: the radix select orders non-negative bit patterns
     if not torch.isfinite(value).all() or (value < 0).any():
         raise ValueError(f"mask method {method.name!r} gave {name} negative or non-finite scores; scores must be "
                          "finite and >= 0 (take abs() of signed quantities)")
@@ -587,9 +589,8 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = DEFAULT_MA
             raise ValueError(f"mask method {method!r} needs a {'non-empty ' if data is not None else ''}{part} "
                              "dataset")
         idx = subset_indices(len(data), num_samples, seed, stream)
-        if part == "retain" and retain_sampling == "paired":
-            n_forget = len(examples["forget"]) or len(subset_indices(len(forget), num_samples, seed, 0))
-            idx = np.random.default_rng([seed, 2]).integers(len(data), size=n_forget).tolist()
+        if part == "retain" and retain_sampling == "paired":  # one per forget example (tokenised just before)
+            idx = np.random.default_rng([seed, 2]).integers(len(data), size=len(examples["forget"])).tolist()
         examples[part] = tokenize_dataset(data if idx == list(range(len(data))) else data.select(idx), tokenizer,
                                           prompt_template, max_length, f"{part} dataset")
         check_fits_model(examples[part], model, f"{part} dataset")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -40,8 +41,6 @@ def _load_data(path: str, what: str):
 
 def _check_model(name: str, flag: str = "--model") -> None:
     """A model argument that is plainly a local path must exist (otherwise it would be tried as a Hub id)."""
-    import os
-
     if (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1) and not os.path.isdir(
             os.path.expanduser(name)):
         raise ValueError(f"{flag} {name}: no such model folder (and not a Hub id such as org/name)")
@@ -291,7 +290,6 @@ def _unlearn(argv: list[str]) -> int:
     """`hf-wagle unlearn --config cfg.yaml [--key value ...]`: attribution -> unlearning -> save -> verify
     (-> evaluation), configured by one YAML file whose keys are those of `UnlearnArguments` and `WagleConfig`
     (flags win over the file)."""
-    import json
     from pathlib import Path
 
     import yaml
@@ -301,11 +299,20 @@ def _unlearn(argv: list[str]) -> int:
 
     parser = HfArgumentParser((unlearn_arguments(), WagleConfig), prog="hf-wagle unlearn")
     parser.add_argument("--config", help="YAML file of the keys below; flags given here win over it")
-    if "--config" in argv:
-        path = Path(argv[argv.index("--config") + 1])
+    config = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    config.add_argument("--config")
+    try:
+        given, _ = config.parse_known_args(argv)  # also --config=file
+    except argparse.ArgumentError:
+        raise ValueError("bad arguments: --config needs a YAML file") from None
+    if given.config is not None:
+        path = Path(given.config)
         if not path.is_file():
             raise ValueError(f"--config {path}: no such file")
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(values, dict):
             raise ValueError(f"--config {path}: expected a mapping of keys to values")
         known = {a.dest for a in parser._actions}
@@ -365,6 +372,9 @@ def _run_unlearn(script, args) -> int:
     if after is not None:
         trainer.results = {"before": before, "after": after}
     trainer.save_model(args.output_dir)
+    trainer.accelerator.wait_for_everyone()  # under accelerate launch: the main process has written the folder
+    if not trainer.is_world_process_zero():
+        return 0
     report = verify(args.output_dir, base=None if script.use_peft else script.model_name_or_path)
     out = Path(args.output_dir)
     summary = {"output_dir": str(out), "confined": report["confined"], "steps": trainer.state.global_step,
@@ -417,9 +427,12 @@ def main(argv=None) -> int:
         command, run = args.command, lambda: args.func(args)
     try:
         return run()
-    except (ValueError, OSError, NotImplementedError, RuntimeError) as error:
-        # bad input, a missing model or file, the Hub offline or refusing: one line, no traceback, status 2
-        # (OSError covers a missing path, huggingface_hub's HTTP errors and offline mode)
+    except (ValueError, OSError, NotImplementedError, RuntimeError, ArithmeticError, TypeError) as error:
+        # bad input, a missing model or file, the Hub offline or refusing, a diverging run (FloatingPointError), a
+        # config value of the wrong type: one line, no traceback, status 2 (OSError covers a missing path,
+        # huggingface_hub's HTTP errors and offline mode). HF_WAGLE_DEBUG=1 shows the traceback.
+        if os.environ.get("HF_WAGLE_DEBUG"):
+            raise
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"hf-wagle {command}: error: {message}", file=sys.stderr)
         return 2

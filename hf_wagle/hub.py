@@ -18,6 +18,16 @@ from .version import __version__
 logger = logging.get_logger(__name__)
 
 
+def public_name(name) -> str | None:
+    """A model reference fit to publish: a Hub id (`name` or `org/name`) stays; a local path (absolute, relative
+    with `.`/`..`/`~`, more than one `/`, or existing here) becomes None."""
+    if not isinstance(name, str) or not name or os.path.isabs(name) or os.path.exists(name):
+        return None
+    if name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name:
+        return None
+    return name
+
+
 def card_for(trainer) -> ModelCard:
     """A model card describing an unlearning run: objective, mask, what was enforced, how to load and undo it."""
     from peft import PeftModel
@@ -27,7 +37,7 @@ def card_for(trainer) -> ModelCard:
     base = getattr(getattr(trainer.model, "config", None), "_name_or_path", None) or None
     if adapter:
         base = trainer.model.peft_config[trainer.model.active_adapter].base_model_name_or_path or base
-    base = base if base and not os.path.isabs(base) else None  # never publish a local path
+    base = public_name(base)  # never publish a local path
     data = ModelCardData(
         base_model=base,
         library_name="peft" if adapter else "transformers",
@@ -99,13 +109,6 @@ PUBLISHED = ("README.md", "adapter_config.json", "adapter_model.safetensors", "c
              "merges.txt")
 
 
-def _public(name) -> str | None:
-    """A model reference fit to publish: a Hub id stays, a local path (absolute, or existing here) becomes None."""
-    if not isinstance(name, str) or not name or os.path.isabs(name) or os.path.exists(name):
-        return None
-    return name
-
-
 def stage_for_hub(folder, staging) -> list[str]:
     """Copy what may be published from `folder` into `staging`, with local paths removed from
     `adapter_config.json` (`base_model_name_or_path`), `config.json` (`_name_or_path`) and the mask's metadata
@@ -126,11 +129,11 @@ def stage_for_hub(folder, staging) -> list[str]:
             config = json.loads(path.read_text())
             key = "base_model_name_or_path" if path.name == "adapter_config.json" else "_name_or_path"
             if key in config:
-                config[key] = _public(config[key])
+                config[key] = public_name(config[key])
             (staging / path.name).write_text(json.dumps(config, indent=2, sort_keys=True))
         elif path.name == MASK_FILE:
             mask = WeightMask.load(path)
-            mask.metadata["model"] = _public(mask.metadata.get("model")) or ""
+            mask.metadata["model"] = public_name(mask.metadata.get("model")) or ""
             mask.save(staging)
         else:
             shutil.copyfile(path, staging / path.name)

@@ -47,9 +47,13 @@ def unpack_bits(packed: np.ndarray, shape) -> torch.Tensor:
     return torch.from_numpy(np.unpackbits(packed, count=n, bitorder="little").astype(bool)).reshape(tuple(shape))
 
 
-def _checksum(bits: np.ndarray, index: bytes) -> str:
-    """sha256 of a mask file's packed bits and its (uncompressed) index."""
-    return hashlib.sha256(bits.tobytes() + b"\0" + index).hexdigest()
+def _checksum(bits: np.ndarray, index: bytes, metadata: str) -> str:
+    """sha256 of a mask file's packed bits, its (uncompressed) index and its metadata JSON, hashed in place."""
+    h = hashlib.sha256(memoryview(np.ascontiguousarray(bits)))
+    for part in (index, metadata.encode()):
+        h.update(b"\0")
+        h.update(part)
+    return h.hexdigest()
 
 
 def parameter_fingerprint(named_shapes) -> str:
@@ -206,9 +210,9 @@ class WeightMask:
         directory.mkdir(parents=True, exist_ok=True)
         bits = np.concatenate([self._packed[n] for n in self._packed]) if self._packed else np.zeros(0, np.uint8)
         index = json.dumps([[n, list(s)] for n, s in self._shapes.items()]).encode()
+        metadata = json.dumps(self.metadata, sort_keys=True)
         meta = {"format": "pt", "wagle.index_z": base64.b64encode(zlib.compress(index, 9)).decode(),
-                "wagle.metadata": json.dumps(self.metadata, sort_keys=True),
-                "wagle.sha256": _checksum(bits, index)}
+                "wagle.metadata": metadata, "wagle.sha256": _checksum(bits, index, metadata)}
         path = directory / MASK_FILE
         tmp = path.with_name(path.name + ".tmp")
         save_file({"bits": torch.from_numpy(bits)}, str(tmp), metadata=meta)
@@ -234,10 +238,13 @@ class WeightMask:
                                        _MAX_INDEX_BYTES + 64 * data.size)
             if inflate.unconsumed_tail:
                 raise ValueError("its index inflates beyond any size these packed bits allow")
-            if meta.get("wagle.sha256") and meta["wagle.sha256"] != _checksum(data, index):
-                raise ValueError("its sha256 does not match its contents")
+            if meta.get("wagle.sha256") != _checksum(data, index, meta.get("wagle.metadata", "")):
+                raise ValueError("its sha256 does not match its contents (or it has none)")
             meta_json = json.loads(meta.get("wagle.metadata", "{}"))
             entries = json.loads(index)
+            if not all(isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], list)
+                       and all(isinstance(d, int) and d >= 0 for d in e[1]) for e in entries):
+                raise ValueError("its index is not a list of [name, shape]")
         except (SafetensorError, zlib.error, binascii.Error, UnicodeDecodeError, json.JSONDecodeError, KeyError) as e:
             raise ValueError(f"{path} is truncated or corrupt ({e}); save the mask again") from None
         except ValueError as e:

@@ -102,13 +102,13 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     return out_dir
 
 
-def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
+def smollm2_path(model_dir: str | os.PathLike | None = None) -> Path:
     """Folder of SmolLM2-135M-Instruct as a plain fp32 Hugging Face checkpoint, converted once and cached.
 
-    Default location `$HF_WAGLE_CACHE/models/SmolLM2-135M-Instruct`. The folder appears atomically (converted in a
+    `model_dir` is the model folder itself (default `$HF_WAGLE_CACHE/models/SmolLM2-135M-Instruct`). The folder appears atomically (converted in a
     temporary folder, then renamed), so concurrent callers never see a half-written model.
     """
-    path = Path(cache_dir) if cache_dir is not None else cache_root() / "models" / "SmolLM2-135M-Instruct"
+    path = Path(model_dir) if model_dir is not None else cache_root() / "models" / "SmolLM2-135M-Instruct"
     if (path / "model.safetensors").exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,12 +125,12 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def load_smollm2(cache_dir: str | os.PathLike | None = None, dtype=None):
+def load_smollm2(model_dir: str | os.PathLike | None = None, dtype=None):
     """`(model, tokenizer)` of SmolLM2-135M-Instruct from the cache (`smollm2_path`), fp32 unless `dtype` is given."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = smollm2_path(cache_dir)
+    path = smollm2_path(model_dir)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
     return model, AutoTokenizer.from_pretrained(path)
 

@@ -175,13 +175,14 @@ class WagleTrainer(Trainer):
                 scope=a.mask_scope, granularity=a.mask_granularity, include=a.mask_include, exclude=a.mask_exclude,
                 retain_sampling=a.mask_retain_sampling, progress=not a.disable_tqdm,
             )
-        self.enforced_mask, self._grad_masks = self.confinement.confine(self.model, self.mask)
-        if self.enforced_mask.num_selected == 0:
+        enforced, grad_masks = self.confinement.confine(self.model, self.mask)
+        if enforced.num_selected == 0:
             raise ValueError(
                 f"nothing can change: of the {self.mask.num_selected if self.mask else 0} weights the mask selects, "
                 f"{self.confinement.kind} training can hold none (LoRA holds only targeted linear layers; a frozen "
                 "parameter holds nothing). Raise mask_ratio, target other modules, or train full parameters."
             )
+        self.enforced_mask, self._grad_masks = enforced, grad_masks
         message = self.confinement.describe(self.model, self.mask, self.enforced_mask)
         if message:
             logger.warning(message)
@@ -305,9 +306,10 @@ class WagleTrainer(Trainer):
     # -- saving -----------------------------------------------------------------------------------------------
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the adapter (or model), `wagle_mask.safetensors` and the card, all or nothing: everything is
-        written to a temporary folder beside `output_dir` first and moved into place only once complete, so a full
-        disk or a crash never leaves a half-written result (checkpoints keep the Trainer's own handling)."""
+        """Save the adapter (or model), `wagle_mask.safetensors` and the card. Everything is written to a temporary
+        folder beside `output_dir` first and moved in (file renames) only once every file is written, so a failed
+        write (a full disk, a crash while writing) leaves `output_dir` as it was. Files of an earlier save that this
+        one does not write stay; checkpoints keep the Trainer's own handling."""
         if _internal_call or not self.args.should_save:
             super().save_model(output_dir, _internal_call)
         else:

@@ -30,7 +30,9 @@ class RecordingApi:
 @pytest.fixture
 def saved_adapter(trained, tokenizer, world, tmp_path):
     args = small_args(tmp_path, objective="npo", mask_method="wagle", max_steps=2)
-    trainer = WagleTrainer(model=copy.deepcopy(trained[0]), args=args, forget_dataset=world["forget"],
+    model = copy.deepcopy(trained[0])
+    model.config._name_or_path = str(tmp_path / "local_base")  # as after from_pretrained of a local folder
+    trainer = WagleTrainer(model=model, args=args, forget_dataset=world["forget"],
                            retain_dataset=world["retain"], processing_class=tokenizer,
                            peft_config=LoraConfig(r=4, target_modules="all-linear"))
     trainer.train()
@@ -82,5 +84,6 @@ def test_push_uploads_an_allow_list_without_local_paths_or_links(saved_adapter, 
     assert "notes.txt" not in api.uploaded and "tokenizer.json" not in api.uploaded
     assert "training_args.bin" not in api.uploaded
     assert json.loads(api.uploaded["adapter_config.json"])["base_model_name_or_path"] is None
+    assert str(tmp_path) in (out / "wagle_mask.safetensors").read_bytes().decode("latin-1")  # the local copy has it
     assert str(tmp_path) not in api.uploaded["wagle_mask.safetensors"].decode("latin-1")
     assert str(tmp_path) not in api.uploaded["README.md"].decode()

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from hf_wagle import WagleTrainer, WeightMask, compute_mask
 from hf_wagle.adapters import verify
 from hf_wagle.cli import main
-from hf_wagle.config import DEFAULT_PROMPT_TEMPLATE as PLAIN, MASK_METHODS
+from hf_wagle.config import DEFAULT_PROMPT_TEMPLATE as PLAIN
 from hf_wagle.data import IGNORE_INDEX, prompt_ids, tokenize_example
 from hf_wagle.evaluation import mcq_accuracy, mcq_predictions, mia_auc, qa_metrics
 from hf_wagle.evaluation.scoring import answer_nlls, greedy_generate
@@ -89,7 +89,7 @@ def test_every_mask_method_scores_the_tied_tensor_once(smollm2, scenario):
     model, tokenizer, _ = smollm2
     forget, retain = scenario["forget"].select(range(4)), scenario["retain"].select(range(4))
     total = sum(p.numel() for p in model.parameters())  # the tied tensor counted once
-    for method in MASK_METHODS:
+    for method in ("wagle", "snip", "gradient", "grin", "magnitude", "wanda", "random"):  # the built-ins
         mask = compute_mask(model, forget, retain, tokenizer, method=method, ratio=0.4, batch_size=4,
                             progress=False)
         assert (mask.num_total, mask.num_selected) == (total, round(0.4 * total)), method

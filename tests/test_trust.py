@@ -253,3 +253,54 @@ def test_push_without_the_hub_is_one_line_and_status_2(adapter_dir, capsys):
     assert main(["push", str(adapter_dir), "org/unlearned"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hf-wagle push: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_full_model_trained_in_fp32_from_a_bf16_base_verifies(trained, world, tmp_path):
+    """An exact upcast is not a change: a bf16 checkpoint loaded in fp32, unlearned and saved in fp32."""
+    base = copy.deepcopy(trained[0]).to(torch.bfloat16)
+    base.save_pretrained(tmp_path / "base")
+    model = copy.deepcopy(base).to(torch.float32)
+    args = small_args(tmp_path, objective="grad_diff", mask_method="random", mask_ratio=0.5, max_steps=2,
+                      learning_rate=5e-3)
+    trainer = WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
+                           processing_class=trained[1])
+    trainer.train()
+    trainer.save_model(str(tmp_path / "full"))
+    report = verify(tmp_path / "full", base=str(tmp_path / "base"))
+    assert report["confined"] and report["changed_inside_mask"] > 0, report["problems"]
+    weights = load_file(tmp_path / "full" / "model.safetensors")
+    name = next(n for n in weights if n.endswith("q_proj.weight"))
+    weights[name] = weights[name].to(torch.bfloat16)  # saved below the base's precision elsewhere: not confined
+    weights = {k: v.to(torch.float16) if k == name else v for k, v in weights.items()}
+    save_file(weights, str(tmp_path / "full" / "model.safetensors"), metadata={"format": "pt"})
+    report = verify(tmp_path / "full", base=str(tmp_path / "base"))
+    assert not report["confined"] and any("cannot hold" in p for p in report["problems"])
+
+
+def test_mask_metadata_is_covered_by_the_checksum(model, tmp_path):
+    from safetensors import safe_open
+
+    path = compute_mask(model, None, None, method="random", ratio=0.5).save(tmp_path)
+    with safe_open(str(path), framework="pt") as f:
+        meta, bits = f.metadata(), f.get_tensor("bits")
+    meta["wagle.metadata"] = meta["wagle.metadata"].replace('"random"', '"wagle"')
+    save_file({"bits": bits}, str(path), metadata=meta)
+    with pytest.raises(ValueError, match="sha256 does not match"):
+        WeightMask.load(tmp_path)
+
+
+def test_unlearn_config_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("objective: [npo\n")
+    for argv, needle in [(["unlearn", "--config", str(tmp_path / "bad.yaml")], "not valid YAML"),
+                         (["unlearn", f"--config={tmp_path / 'missing.yaml'}"], "no such file"),
+                         (["unlearn", "--config"], "bad arguments")]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert needle in err and err.strip().splitlines()[-1].startswith("hf-wagle unlearn: error:"), (argv, err)
+
+
+def test_a_mask_method_name_is_taken_once():
+    from hf_wagle import register_mask_method
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_mask_method("wagle")(lambda param, **kw: param.abs())
