@@ -58,7 +58,7 @@ def card_for(trainer) -> ModelCard:
     if adapter:
         config = trainer.model.peft_config[trainer.model.active_adapter]
         lora = f"LoRA r={config.r}, alpha={config.lora_alpha}, masked to rows x columns"
-    results = getattr(trainer, "results", None)
+    results = trainer.results
     if results:
         rows = "\n".join(f"| {split} | {results['before'][split]:.4g} | {results['after'][split]:.4g} |"
                          for split in results["after"])

@@ -126,6 +126,7 @@ class WagleTrainer(Trainer):
         self._frozen: dict[str, torch.Tensor] | None = None     # start values of trainable params (no PEFT)
         self._pad_id = pad
         self._metrics = defaultdict(list)
+        self.results: dict | None = None  # {"before": {...}, "after": {...}} numbers the model card shows
         self.add_callback(_PairingEpoch(pairs))
         self.collapse_monitor = RetainCollapseCallback(args.collapse_threshold, args.stop_on_collapse)
         if args.collapse_threshold is not None and objective.uses_retain:
