@@ -181,7 +181,8 @@ def _add_attribute(sub) -> None:
         path = mask.save(out)
         stats = mask.stats()
         (out / "mask_stats.json").write_text(json.dumps({"metadata": mask.metadata, "stats": stats}, indent=2))
-        png = mask.plot_heatmap(out / "mask_heatmap.png", title=f"{a.method} mask, ratio {a.ratio:g}: {a.model}")
+        png = mask.plot_heatmap(out / "mask_heatmap.png",
+                                title=f"{a.method} mask, ratio {a.ratio:g}: {Path(a.model.rstrip('/')).name}")
         print(mask.format_stats())
         bits = path.stat().st_size * 8 / max(1, mask.num_total)
         print(f"wrote {path} ({bits:.3f} bits per weight), {out / 'mask_stats.json'} and {png}")
@@ -253,7 +254,12 @@ def _add_push(sub) -> None:
     def run(a) -> int:
         from .hub import push_to_hub
 
-        info = push_to_hub(a.directory, a.repo_id, private=a.private or None, base=a.base)
+        info = push_to_hub(a.directory, a.repo_id, private=a.private or None, base=a.base, dry_run=a.dry_run)
+        if a.dry_run:
+            print(f"{a.directory} is confined to its mask; would upload to {a.repo_id}: {', '.join(info['files'])}")
+            for item in info["left_out"]:
+                print(f"  not uploaded: {item}")
+            return 0
         print(f"pushed {a.directory} to {getattr(info, 'commit_url', None) or a.repo_id}")
         return 0
 
@@ -262,6 +268,8 @@ def _add_push(sub) -> None:
     p.add_argument("repo_id", help="Hub repository, e.g. my-org/my-model-unlearned")
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--base", help="base model, needed to verify a full-model folder")
+    p.add_argument("--dry-run", action="store_true",
+                   help="verify and list what would be uploaded (local paths removed), without contacting the Hub")
     p.set_defaults(func=run)
 
 

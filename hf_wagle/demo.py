@@ -41,6 +41,7 @@ def run_demo(output_dir: str = "wagle_demo", steps: int = 30, mask_ratio: float 
              methods=("dense", "wagle", "random"), objectives=("grad_diff", "npo"), log=print) -> list:
     """Memorise -> mask -> unlearn with every (method, objective) -> table. Returns the table rows."""
     from peft import LoraConfig
+    from transformers import PrinterCallback
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -76,6 +77,7 @@ def run_demo(output_dir: str = "wagle_demo", steps: int = 30, mask_ratio: float 
                 peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear") if lora else None,
             )
             log(f"      {name}")
+            trainer.remove_callback(PrinterCallback)  # the table below reports the runs
             trainer.train()
             trainer.save_model(str(out))
             written.append(out)

@@ -141,13 +141,15 @@ def stage_for_hub(folder, staging) -> list[str]:
 
 
 def push_to_hub(folder, repo_id: str, *, private: bool | None = None, token: str | None = None,
-                commit_message: str = "Upload unlearned adapter (hf_wagle)", base=None, api=None):
+                commit_message: str = "Upload unlearned adapter (hf_wagle)", base=None, api=None,
+                dry_run: bool = False):
     """Upload a folder written by `WagleTrainer.save_model` to the Hub (card included).
 
     The folder is first audited with `hf_wagle.adapters.verify` (pass `base` for a full model): a folder that
     changes weights outside its mask is refused. Only the files in `PUBLISHED` are uploaded, never through a link,
     and local paths are removed from the configs and the mask (`stage_for_hub`). `api` is an `HfApi`-like object
-    (default `HfApi(token=token)`). Returns the commit info of `upload_folder`.
+    (default `HfApi(token=token)`). Returns the commit info of `upload_folder`; with `dry_run`, nothing is sent
+    and the result is `{"files": [...], "left_out": [...]}`.
     """
     import tempfile
 
@@ -162,6 +164,8 @@ def push_to_hub(folder, repo_id: str, *, private: bool | None = None, token: str
         raise FileNotFoundError(f"{folder} has no README.md model card; save it with WagleTrainer.save_model")
     with tempfile.TemporaryDirectory(prefix="hf_wagle_push_") as staging:
         left_out = stage_for_hub(folder, staging)
+        if dry_run:
+            return {"files": sorted(os.listdir(staging)), "left_out": left_out}
         if left_out:
             logger.warning(f"not uploaded from {folder}: {', '.join(left_out)}")
         api = api or HfApi(token=token)

@@ -310,27 +310,34 @@ class WeightMask:
                   for alias, name in self.metadata.get("tied", {}).items()]
         return "\n".join(lines)
 
+    def heatmap_grid(self) -> tuple[list[str], list[str], np.ndarray]:
+        """`(rows, module types, fractions)` of `plot_heatmap`: numbered layers in order then `"outside"`, module
+        types in model order, NaN where a row lacks the module type."""
+        per_lm = self.stats()["per_layer_module"]
+        if not per_lm:
+            raise ValueError("the mask is empty: nothing to plot")
+        layers = list(per_lm)  # numbered layers in order, then "-"
+        modules = list(dict.fromkeys(layer_and_module(n)[1] for n in self._shapes))  # model order
+        grid = np.full((len(layers), len(modules)), np.nan)
+        for i, layer in enumerate(layers):
+            for j, module in enumerate(modules):
+                if module in per_lm[layer]:
+                    grid[i, j] = per_lm[layer][module]["fraction"]
+        return ["outside" if k == "-" else k for k in layers], modules, grid
+
     def plot_heatmap(self, path: str | os.PathLike, title: str | None = None) -> Path:
         """Save a PNG heat map of the selected fraction, layers (rows) x module types (columns), with matplotlib Agg.
 
-        Parameters outside numbered blocks (embeddings, final norm, `lm_head`) are left out; cells for module types
-        a layer lacks are blank.
+        Layers run top to bottom, with a last row "outside" for parameters outside numbered blocks (embeddings,
+        final norm, an untied `lm_head`); module types run left to right in model order. Cells for module types a
+        row lacks are blank.
         """
         import matplotlib
 
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
-        per_lm = {k: v for k, v in self.stats()["per_layer_module"].items() if k != "-"}
-        if not per_lm:
-            raise ValueError("the mask has no numbered layers to plot")
-        layers = list(per_lm)
-        modules = sorted({m for v in per_lm.values() for m in v})
-        grid = np.full((len(layers), len(modules)), np.nan)
-        for i, layer in enumerate(layers):
-            for j, module in enumerate(modules):
-                if module in per_lm[layer]:
-                    grid[i, j] = per_lm[layer][module]["fraction"]
+        layers, modules, grid = self.heatmap_grid()
         fig, ax = plt.subplots(figsize=(2.5 + 0.9 * len(modules), 3.0 + 0.3 * len(layers)), layout="constrained")
         im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
         if len(layers) * len(modules) <= 400:

@@ -87,3 +87,14 @@ def test_push_uploads_an_allow_list_without_local_paths_or_links(saved_adapter, 
     assert str(tmp_path) in (out / "wagle_mask.safetensors").read_bytes().decode("latin-1")  # the local copy has it
     assert str(tmp_path) not in api.uploaded["wagle_mask.safetensors"].decode("latin-1")
     assert str(tmp_path) not in api.uploaded["README.md"].decode()
+
+
+def test_push_dry_run_lists_the_upload_without_the_hub(saved_adapter, capsys):
+    from hf_wagle.cli import main
+
+    _, out = saved_adapter
+    (out / "notes.txt").write_text("private")
+    assert main(["push", str(out), "org/unlearned", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "would upload to org/unlearned" in printed and "adapter_model.safetensors" in printed
+    assert "not uploaded: notes.txt" in printed and "training_args.bin" in printed

@@ -1,6 +1,7 @@
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -111,6 +112,10 @@ def test_stats_per_layer_and_module_type(tmp_path):
     assert s["per_module"]["embed_tokens"]["fraction"] == 0 and s["per_module"]["norm"]["fraction"] == 1
     assert s["per_layer_module"]["1"]["q_proj"]["fraction"] == 0.5
     assert "q_proj" in m.format_stats()
+    rows, modules, grid = m.heatmap_grid()
+    assert rows == ["0", "1", "outside"]
+    assert modules == ["embed_tokens", "q_proj", "up_proj", "norm"]  # model order, embeddings and norms kept
+    assert grid[2, 0] == 0 and grid[2, 3] == 1 and grid[1, 1] == 0.5 and np.isnan(grid[1, 2])
     png = m.plot_heatmap(tmp_path / "heat.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -119,8 +119,10 @@ def plot_forget_vs_utility(runs: dict[str, dict], path: str, title: str = "") ->
     first = next(iter(runs.values()))["summary"]
     if first["forget_label"] == "forget quality" and all(p[0] > 0 for p in points.values()):
         ax.set_xscale("log")
-    ax.set_xlabel(first["forget_label"])
-    ax.set_ylabel(first["utility_label"] + ("" if first["utility"] is not None else " (not measured)"))
+    forget_better = "higher" if first["forget_label"] == "forget quality" else "lower"
+    ax.set_xlabel(f"{first['forget_label']} ({forget_better} = forgets better)")
+    ax.set_ylabel(first["utility_label"] + (" (higher = keeps more)" if first["utility"] is not None
+                                            else " (not measured)"))
     ax.set_title(f"{title} forget vs utility".strip())
     ax.grid(alpha=0.3)
     ax.legend()
