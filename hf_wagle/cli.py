@@ -8,7 +8,16 @@ import sys
 
 
 def _load_data(path: str, what: str):
-    """A dataset from a .json/.jsonl/.parquet/.csv file or a `save_to_disk` folder; one clear error otherwise."""
+    """A dataset from a .json/.jsonl/.parquet/.csv file, a `save_to_disk` folder, or a shipped scenario's split
+    (`scenario:element_symbols/forget`); one clear error otherwise."""
+    if path.startswith("scenario:"):
+        from .real_model import load_scenario
+
+        name, _, split = path[len("scenario:"):].partition("/")
+        data = load_scenario(name)
+        if split not in data or split == "info":
+            raise ValueError(f"--{what} {path}: scenario {name!r} has no split {split!r} (forget, retain, holdout)")
+        return data[split]
     from pathlib import Path
 
     import datasets
@@ -280,7 +289,8 @@ def unlearn_arguments():
     @dataclass
     class UnlearnArguments:
         model_name_or_path: str = field(metadata={"help": "base model: Hub id or local folder"})
-        forget_file: str = field(metadata={"help": "forget data: .json/.jsonl/.parquet/.csv or save_to_disk folder"})
+        forget_file: str = field(metadata={"help": "forget data: .json/.jsonl/.parquet/.csv, a save_to_disk folder, or "
+                                                   "scenario:NAME/SPLIT (a shipped scenario)"})
         retain_file: str = field(metadata={"help": "retain data, same formats"})
         dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16"})
         use_peft: bool = field(default=True, metadata={"help": "train a masked LoRA adapter (else full parameters)"})
