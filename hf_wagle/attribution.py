@@ -522,8 +522,17 @@ def _groups(names: list[str], scope: str) -> list[list[int]]:
     return list(groups.values())
 
 
-def check_selects_something(names: list[str], numels: list[int], ratio: float, scope: str = "global") -> None:
-    """Raise before any work when `ratio` rounds to no weight at all: `sum_g round(ratio * N_g) == 0`."""
+def included_parameters(model, include=None, exclude=None) -> tuple[list[tuple[str, torch.nn.Parameter]], list[int]]:
+    """`(base_named_parameters(model), indices of those that take part)` under `include`/`exclude`."""
+    named = base_named_parameters(model)
+    keep = select_parameters([n for n, _ in named], include, exclude)
+    return named, [i for i, k in enumerate(keep) if k]
+
+
+def check_selects_something(model, ratio: float, scope: str = "global", include=None, exclude=None) -> None:
+    """Raise before any work when `ratio` rounds to no weight of `model` at all: `sum_g round(ratio * N_g) == 0`."""
+    named, inc = included_parameters(model, include, exclude)
+    names, numels = [named[i][0] for i in inc], [named[i][1].numel() for i in inc]
     sizes = [sum(numels[i] for i in group) for group in _groups(names, scope)]
     if sum(round(ratio * n) for n in sizes) == 0:
         raise ValueError(f"mask ratio {ratio:g} selects no weight of the {sum(sizes)} that may be chosen "
@@ -574,12 +583,10 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = DEFAULT_MA
     spec = get_mask_method(method)
     check_mask_options(ratio=ratio, mu=mu, reduction=reduction, batch_size=batch_size, num_samples=num_samples,
                        scope=scope, granularity=granularity, eps=eps, retain_sampling=retain_sampling)
-    named = base_named_parameters(model)
+    check_selects_something(model, ratio, scope, include, exclude)
+    named, inc = included_parameters(model, include, exclude)
     names = [n for n, _ in named]
-    keep = select_parameters(names, include, exclude)
-    inc = [i for i, k in enumerate(keep) if k]
     params = [named[i][1] for i in inc]
-    check_selects_something([names[i] for i in inc], [p.numel() for p in params], ratio, scope)
     examples = {"forget": [], "retain": []}
     for stream, (part, data, used) in enumerate((("forget", forget, spec.uses_forget),
                                                  ("retain", retain, spec.uses_retain))):

@@ -50,8 +50,9 @@ def _load_data(path: str, what: str):
 
 def _check_model(name: str, flag: str = "--model") -> None:
     """A model argument that is plainly a local path must exist (otherwise it would be tried as a Hub id)."""
-    if (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1) and not os.path.isdir(
-            os.path.expanduser(name)):
+    from .options import is_local_path
+
+    if is_local_path(name) and not os.path.isdir(os.path.expanduser(name)):
         raise ValueError(f"{flag} {name}: no such model folder (and not a Hub id such as org/name)")
 
 

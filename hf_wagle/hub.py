@@ -13,6 +13,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from transformers.utils import logging
 
 from .mask import MASK_FILE, WeightMask
+from .options import is_local_path
 from .version import __version__
 
 logger = logging.get_logger(__name__)
@@ -21,9 +22,7 @@ logger = logging.get_logger(__name__)
 def public_name(name) -> str | None:
     """A model reference fit to publish: a Hub id (`name` or `org/name`) stays; a local path (absolute, relative
     with `.`/`..`/`~`, more than one `/`, or existing here) becomes None."""
-    if not isinstance(name, str) or not name or os.path.isabs(name) or os.path.exists(name):
-        return None
-    if name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name:
+    if not isinstance(name, str) or not name or is_local_path(name) or os.path.exists(name):
         return None
     return name
 

@@ -14,7 +14,6 @@ Files are about `1 + (index bytes) * 8 / N` bits per weight.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import math
@@ -230,7 +229,7 @@ class WeightMask:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 if "wagle.index_z" not in meta:
-                    raise ValueError(f"{path} is not a WeightMask file (no `wagle.index_z` metadata)")
+                    raise ValueError("it is not a WeightMask file (no `wagle.index_z` metadata)")
                 data = f.get_tensor("bits").numpy()
             # the index can be no larger than its entries for this many packed bytes: bound the inflated size
             inflate = zlib.decompressobj()
@@ -245,12 +244,8 @@ class WeightMask:
             if not all(isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], list)
                        and all(isinstance(d, int) and d >= 0 for d in e[1]) for e in entries):
                 raise ValueError("its index is not a list of [name, shape]")
-        except (SafetensorError, zlib.error, binascii.Error, UnicodeDecodeError, json.JSONDecodeError, KeyError) as e:
-            raise ValueError(f"{path} is truncated or corrupt ({e}); save the mask again") from None
-        except ValueError as e:
-            if str(path) in str(e):
-                raise
-            raise ValueError(f"{path} is corrupt: {e}; save the mask again") from None
+        except (SafetensorError, zlib.error, KeyError, ValueError) as e:  # JSON, base64, unicode errors included
+            raise ValueError(f"{path} is truncated or corrupt: {e}; save the mask again") from None
         packed, offset = {}, 0
         for name, shape in entries:
             size = (math.prod(shape) + 7) // 8

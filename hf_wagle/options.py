@@ -6,6 +6,7 @@ Pure Python (no torch), so the command line can build its parser without importi
 from __future__ import annotations
 
 import math
+import os
 
 DEFAULT_PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 DEFAULT_MASK_METHOD = "wagle"
@@ -20,6 +21,12 @@ MASK_GRANULARITIES = ("element", "row", "column")
 # Optimizers whose update is exactly zero for a parameter element whose gradient has always been zero
 # (moments start at zero and stay zero), so masking the gradient keeps off-mask weights bit-identical.
 MASK_SAFE_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adagrad", "rmsprop")
+
+
+def is_local_path(name: str) -> bool:
+    """Whether a model reference is plainly a local path rather than a Hub id (`name` or `org/name`): absolute,
+    starting with `.` or `~`, more than one `/`, or a backslash."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def _one_of(name: str, value, choices) -> None:

@@ -29,14 +29,14 @@ from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
 from transformers.utils import logging
 
 from .adapters import check_lora_config, confinement_for
-from .attribution import add_mask_noise, check_selects_something, compute_mask, select_parameters
+from .attribution import add_mask_noise, check_selects_something, compute_mask
 from .config import WagleConfig
 from .data import (ForgetRetainPairs, PairCollator, check_fits_model, collate, pad_id, refusal_examples,
                    tokenize_dataset)
 from .hub import write_model_card
 from .mask import WeightMask
 from .losses import SequenceNLL, sequence_nll
-from .modeling import adapter_disabled, base_named_parameters
+from .modeling import adapter_disabled
 from .objectives import DEFAULT_REFUSALS, OBJECTIVES
 from .options import MASK_SAFE_OPTIMIZERS
 
@@ -100,10 +100,7 @@ class WagleTrainer(Trainer):
         if mask is not None:
             mask.check_model(model)
         elif args.mask_method is not None:
-            named = base_named_parameters(model)
-            keep = select_parameters([n for n, _ in named], args.mask_include, args.mask_exclude)
-            chosen = [(n, p.numel()) for (n, p), k in zip(named, keep) if k]
-            check_selects_something([n for n, _ in chosen], [k for _, k in chosen], args.mask_ratio, args.mask_scope)
+            check_selects_something(model, args.mask_ratio, args.mask_scope, args.mask_include, args.mask_exclude)
         self.forget_dataset, self.retain_dataset = forget_dataset, retain_dataset
         tok_args = (processing_class, args.prompt_template, args.max_length)
         forget_ex = tokenize_dataset(forget_dataset, *tok_args, what="forget dataset")
