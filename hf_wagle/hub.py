@@ -168,6 +168,11 @@ def push_to_hub(folder, repo_id: str, *, private: bool | None = None, token: str
         if left_out:
             logger.warning(f"not uploaded from {folder}: {', '.join(left_out)}")
         api = api or HfApi(token=token)
-        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=staging,
-                                 commit_message=commit_message)
+        try:
+            api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=staging,
+                                     commit_message=commit_message)
+        except (OSError, ValueError):  # offline mode, HTTP errors, bad repo ids: already clear
+            raise
+        except Exception as e:  # the HTTP client's own connection errors
+            raise ConnectionError(f"could not reach the Hub to push {repo_id} ({type(e).__name__}: {e})") from e

@@ -1,14 +1,15 @@
 import copy
 import os
 
-import pytest
-from transformers.utils import logging
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported, which reads it once
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from hf_wagle.world import make_world, pretrained_world_model
+import pytest  # noqa: E402
+from transformers.utils import logging  # noqa: E402
+
+from hf_wagle.world import make_world, pretrained_world_model  # noqa: E402
 
 logging.set_verbosity_error()
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
