@@ -3,49 +3,64 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
 
-def _load_data(path: str, what: str):
-    """A dataset from a .json/.jsonl/.parquet/.csv file, a `save_to_disk` folder, or a shipped scenario's split
-    (`scenario:element_symbols/forget`); one clear error otherwise."""
+def _load_data(path: str, what: str, config: str | None = None, split: str = "train"):
+    """A dataset from a .json/.jsonl/.parquet/.csv file, a `save_to_disk` folder, a shipped scenario's split
+    (`scenario:element_symbols/forget`), or a Hub dataset name with its `config` and `split` (a local folder in the
+    Hub layout, `<folder>/<config>.jsonl`, works the same way); one clear error otherwise."""
     if path.startswith("scenario:"):
         from .real_model import load_scenario
 
-        name, _, split = path[len("scenario:"):].partition("/")
+        name, _, part = path[len("scenario:"):].partition("/")
         data = load_scenario(name)
-        if split not in data or split == "info":
-            raise ValueError(f"--{what} {path}: scenario {name!r} has no split {split!r} (forget, retain, holdout)")
-        return data[split]
+        if part not in data or part == "info":
+            raise ValueError(f"--{what} {path}: scenario {name!r} has no split {part!r} (forget, retain, holdout)")
+        return data[part]
     from pathlib import Path
 
     import datasets
 
-    p = Path(path)
-    if not p.exists():
-        raise ValueError(f"--{what} {path}: no such file or folder")
-    if p.is_dir():
-        data = datasets.load_from_disk(str(p))
-        if isinstance(data, datasets.DatasetDict):
-            if "train" not in data and len(data) != 1:
-                raise ValueError(f"--{what} {path} holds splits {list(data)}; point at one split's folder")
-            data = data["train"] if "train" in data else next(iter(data.values()))
-        return data
-    kinds = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-    if p.suffix not in kinds:
-        raise ValueError(f"--{what} {path}: expected a .json, .jsonl, .parquet or .csv file or a save_to_disk "
-                         "folder")
+    from .options import is_local_path
+
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # our one-line error says what went wrong
-    try:
-        data = datasets.load_dataset(kinds[p.suffix], data_files=str(p), split="train")
-    except Exception as e:  # datasets raises its own error types for malformed files
-        raise ValueError(f"--{what} {path}: cannot read it as {kinds[p.suffix]} ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    p = Path(path).expanduser()
+    if config is not None or not (p.exists() or is_local_path(path) or p.suffix in _DATA_FILES):
+        from .evaluation.loaders import load_split
+
+        where = f"config {config!r}, split {split!r}" if config else f"split {split!r}"
+        try:
+            data = load_split(path, config, split)
+        except Exception as e:  # datasets' and the Hub client's own error types
+            raise ValueError(f"--{what} {path} ({where}): cannot load it ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    elif not p.exists():
+        raise ValueError(f"--{what} {path}: no such file or folder")
+    elif p.is_dir():
+        data = datasets.load_from_disk(str(p))
+        if isinstance(data, datasets.DatasetDict):
+            if split not in data and len(data) != 1:
+                raise ValueError(f"--{what} {path} holds splits {list(data)}; name one with the split key")
+            data = data[split] if split in data else next(iter(data.values()))
+    elif p.suffix not in _DATA_FILES:
+        raise ValueError(f"--{what} {path}: expected a .json, .jsonl, .parquet or .csv file, a save_to_disk "
+                         "folder or a Hub dataset name")
+    else:
+        try:
+            data = datasets.load_dataset(_DATA_FILES[p.suffix], data_files=str(p), split="train")
+        except Exception as e:  # datasets raises its own error types for malformed files
+            raise ValueError(f"--{what} {path}: cannot read it as {_DATA_FILES[p.suffix]} ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
     if len(data) == 0:
         raise ValueError(f"--{what} {path}: no rows")
     return data
+
+
+_DATA_FILES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
 def _check_model(name: str, flag: str = "--model") -> None:
@@ -130,18 +145,18 @@ def _add_evaluate(sub) -> None:
                    help="offline = the fictitious world of `hf-wagle demo` (no downloads)")
     p.add_argument("--data", help="benchmark data: Hub name or local folder in the same layout (default: the "
                                   "benchmark's Hub data set)")
-    p.add_argument("--split", default="forget10", help="TOFU forget split (default: %(default)s)")
+    p.add_argument("--split", default="forget10", help="TOFU forget split")
     p.add_argument("--retain-results", help="results.json of the retain-only model, for TOFU forget quality")
     p.add_argument("--utility-data", help="WMDP: MMLU data (Hub name or folder) for the utility axis")
     p.add_argument("--limit", type=int, help="use only the first N rows of each split (quick checks)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="examples per evaluation batch")
     p.add_argument("--max-new-tokens", type=int, help="generation length (default: the benchmark's)")
     p.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE,
                    help="QA prompt with {question}, or 'chat' for the tokenizer's chat template (default: %(default)r)")
     p.add_argument("--mcq-style", default="letter", choices=("letter", "cloze"),
                    help="wmdp: score the answer letter (the benchmark's format) or each choice's text (cloze, as "
                         "lm-eval scores small models)")
-    p.add_argument("--out", default="results.json", help="results file (default: %(default)s)")
+    p.add_argument("--out", default="results.json", help="results file")
     p.add_argument("--plot", help="PNG path (default: the results path with .png)")
     p.set_defaults(func=run)
 
@@ -209,23 +224,27 @@ def _add_attribute(sub) -> None:
                    help="import this Python module first (e.g. one that calls hf_wagle.register_mask_method); "
                         "repeatable")
     p.add_argument("--ratio", type=float, default=DEFAULT_MASK_RATIO,
-                   help="fraction of weights that may change, in (0, 1] (default: %(default)s)")
-    p.add_argument("--mu", type=float, default=DEFAULT_MU, help="WAGLE's diagonal-Hessian constant (default: %(default)s)")
-    p.add_argument("--reduction", default="sum", choices=MASK_REDUCTIONS)
-    p.add_argument("--batch-size", type=int, default=8)
+                   help="fraction of weights that may change, in (0, 1]")
+    p.add_argument("--mu", type=float, default=DEFAULT_MU, help="WAGLE's diagonal-Hessian constant")
+    p.add_argument("--reduction", default="sum", choices=MASK_REDUCTIONS,
+                   help="G_f and G_r summed over the examples, or divided by their count (mean)")
+    p.add_argument("--batch-size", type=int, default=8, help="examples per attribution batch")
     p.add_argument("--num-samples", type=int, help="score on a seeded subset of this many examples of each set")
-    p.add_argument("--scope", default="global", choices=MASK_SCOPES)
+    p.add_argument("--scope", default="global", choices=MASK_SCOPES,
+                   help="apply the ratio over the whole model, within each layer, or within each tensor")
     p.add_argument("--retain-sampling", default="all", choices=RETAIN_SAMPLINGS,
                    help="G_r over all retain examples, or one per forget example drawn with replacement as the WAGLE "
                         "authors' code does (paired)")
-    p.add_argument("--granularity", default="element", choices=MASK_GRANULARITIES)
+    p.add_argument("--granularity", default="element", choices=MASK_GRANULARITIES,
+                   help="select single weights, or whole rows/columns by their summed score")
     p.add_argument("--include", nargs="+", help="only parameters matching these name patterns may be selected")
     p.add_argument("--exclude", nargs="+", help="parameters matching these name patterns are never selected")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH)
+    p.add_argument("--seed", type=int, default=0, help="seed of sampled subsets and random masks")
+    p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens per example (longer ones are cut)")
     p.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE,
                    help="QA prompt with {question}, or 'chat' for the tokenizer's chat template (default: %(default)r)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="weights' dtype while scoring (gradients are summed in float32)")
     p.add_argument("--device", help="e.g. cuda:0 (default: where the model loads)")
     p.add_argument("--out", required=True, help="folder for wagle_mask.safetensors, mask_stats.json, mask_heatmap.png")
     p.set_defaults(func=run)
@@ -290,9 +309,19 @@ def unlearn_arguments():
     @dataclass
     class UnlearnArguments:
         model_name_or_path: str = field(metadata={"help": "base model: Hub id or local folder"})
-        forget_file: str = field(metadata={"help": "forget data: .json/.jsonl/.parquet/.csv, a save_to_disk folder, or "
+        forget_file: str = field(metadata={"help": "forget data: .json/.jsonl/.parquet/.csv, a save_to_disk folder, a "
+                                                   "Hub dataset name (with forget_config/forget_split) or "
                                                    "scenario:NAME/SPLIT (a shipped scenario)"})
-        retain_file: str = field(metadata={"help": "retain data, same formats"})
+        retain_file: str = field(metadata={"help": "retain data, same forms"})
+        forget_config: str | None = field(default=None, metadata={
+            "help": "config of a Hub dataset (e.g. forget10 of locuslab/TOFU); a local folder in the Hub layout "
+                    "holds it as <config>.jsonl or <config>/<split>.jsonl"})
+        forget_split: str = field(default="train", metadata={"help": "split of the forget data set"})
+        retain_config: str | None = field(default=None, metadata={"help": "config of the retain Hub dataset"})
+        retain_split: str = field(default="train", metadata={"help": "split of the retain data set"})
+        base_model: str | None = field(default=None, metadata={
+            "help": "Hub id the card and adapter_config.json name as the base, when model_name_or_path is a local "
+                    "copy of it (a local path is never published)"})
         dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16"})
         use_peft: bool = field(default=True, metadata={"help": "train a masked LoRA adapter (else full parameters)"})
         lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
@@ -316,7 +345,8 @@ def _unlearn(argv: list[str]) -> int:
 
     from .config import WagleConfig
 
-    parser = HfArgumentParser((unlearn_arguments(), WagleConfig), prog="hf-wagle unlearn")
+    parser = HfArgumentParser((unlearn_arguments(), WagleConfig), prog="hf-wagle unlearn",
+                              formatter_class=_DefaultsShown)
     parser.add_argument("--config", help="YAML file of the keys below; flags given here win over it")
     config = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     config.add_argument("--config")
@@ -360,15 +390,20 @@ def _run_unlearn(script, args) -> int:
 
     from .adapters import verify
     from .evaluation import answer_metrics, summarise
+    from .hub import public_name, write_model_card
     from .trainer import WagleTrainer
 
     if script.dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {script.dtype!r}")
     _check_model(script.model_name_or_path, "model_name_or_path")
-    forget = _load_data(script.forget_file, "forget_file")
-    retain = _load_data(script.retain_file, "retain_file")
+    if script.base_model is not None and public_name(script.base_model) is None:
+        raise ValueError(f"base_model {script.base_model!r}: expected a Hub id such as org/name, not a local path")
+    forget = _load_data(script.forget_file, "forget_file", script.forget_config, script.forget_split)
+    retain = _load_data(script.retain_file, "retain_file", script.retain_config, script.retain_split)
     tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path)
     model = AutoModelForCausalLM.from_pretrained(script.model_name_or_path, dtype=getattr(torch, script.dtype))
+    if script.base_model:  # what PEFT writes as base_model_name_or_path and the card names as base_model
+        model.name_or_path = model.config._name_or_path = script.base_model
     peft_config = None
     if script.use_peft:
         from peft import LoraConfig
@@ -396,7 +431,10 @@ def _run_unlearn(script, args) -> int:
         return 0
     report = verify(args.output_dir, base=None if script.use_peft else script.model_name_or_path)
     out = Path(args.output_dir)
+    trainer.verification = report
+    write_model_card(out, trainer)  # now with the verdict
     summary = {"output_dir": str(out), "confined": report["confined"], "steps": trainer.state.global_step,
+               "processes": trainer.args.world_size,
                "changeable": trainer.enforced_mask.num_selected, "total": trainer.enforced_mask.num_total,
                "evaluation": trainer.results if script.evaluate else None}
     (out / "unlearn_results.json").write_text(json.dumps(summary, indent=2))
@@ -409,17 +447,29 @@ def _run_unlearn(script, args) -> int:
     return 0 if report["confined"] else 1
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the default is empty (None, False) or the help already
+    says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .version import __version__
 
     parser = argparse.ArgumentParser(prog="hf-wagle", description="WAGLE unlearning for Hugging Face models")
     parser.add_argument("--version", action="version", version=f"hf-wagle {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    with_defaults = functools.partial(argparse.ArgumentParser, formatter_class=_DefaultsShown)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=with_defaults)
     demo = sub.add_parser("demo", help="unlearn end to end and print what changed: a fictitious world memorised "
                                        "by a small model, or (--model smollm2) real knowledge of a pretrained model")
     demo.add_argument("--model", default="world", choices=("world", "smollm2"),
                       help="world: a small Llama trained from scratch on a fictitious world (seconds); smollm2: the "
-                           "pretrained SmolLM2-135M-Instruct forgets chemical element symbols (default: %(default)s)")
+                           "pretrained SmolLM2-135M-Instruct forgets chemical element symbols")
     demo.add_argument("--output-dir", help="where the adapters go (default: wagle_demo or wagle_demo_smollm2)")
     demo.add_argument("--steps", type=int, help="optimizer steps per unlearning run (default: 30 world, 12 smollm2)")
     demo.add_argument("--mask-ratio", type=float,

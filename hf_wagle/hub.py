@@ -8,8 +8,9 @@ it is, after checking it against its mask.
 from __future__ import annotations
 
 import os
+import re
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers.utils import logging
 
 from .mask import MASK_FILE, WeightMask
@@ -20,9 +21,15 @@ logger = logging.get_logger(__name__)
 
 
 def public_name(name) -> str | None:
-    """A model reference fit to publish: a Hub id (`name` or `org/name`) stays; a local path (absolute, relative
-    with `.`/`..`/`~`, more than one `/`, or existing here) becomes None."""
-    if not isinstance(name, str) or not name or is_local_path(name) or os.path.exists(name):
+    """A model reference fit to publish: a Hub id (`name` or `org/name`) stays; a snapshot in the Hub cache
+    (`.../models--org--name/snapshots/<revision>`) becomes its id; any other local path (absolute,
+    relative with `.`/`..`/`~`, more than one `/`, or existing here) becomes None."""
+    if not isinstance(name, str) or not name:
+        return None
+    cached = re.search(r"(?:^|[/\\])models--([^/\\]+)[/\\]snapshots[/\\][^/\\]+[/\\]?$", name)
+    if cached:  # the cache spells `org/name` as `models--org--name` (a Hub name never holds "--")
+        return cached[1].replace("--", "/")
+    if is_local_path(name) or os.path.exists(name):
         return None
     return name
 
@@ -41,6 +48,8 @@ def card_for(trainer) -> ModelCard:
         base_model=base,
         library_name="peft" if adapter else "transformers",
         tags=["unlearning", "wagle", f"objective:{args.objective}", f"mask:{args.mask_method or 'dense'}"],
+        model_name=public_name(args.hub_model_id) or "unlearned model",
+        eval_results=eval_results(trainer.results),
     )
     method = args.mask_method or "dense (no mask)"
     requested = f"{args.mask_ratio:g}" if args.mask_method else "1"
@@ -66,12 +75,20 @@ def card_for(trainer) -> ModelCard:
     else:
         results = ""
     verify_base = "" if adapter else " --base <base model>"
+    how = ("[WAGLE](https://arxiv.org/abs/2410.17509)-style weight attribution: an unlearning objective was run only "
+           "through a\nmask of the weights allowed to change." if args.mask_method else
+           "an unlearning objective run over every weight\n(dense: no mask was enforced).")
+    verdict = ""
+    report = trainer.verification
+    if report is not None:
+        verdict = (f"\n`hf-wagle verify` at save: {report['tensors_checked']} tensors checked, "
+                   f"{report['changed_inside_mask']} weights changed inside the mask, "
+                   f"{report['changed_outside_mask']} outside; confined: {'yes' if report['confined'] else 'NO'}.\n")
     body = f"""
 # Unlearned with hf_wagle
 
 This {'adapter' if adapter else 'model'} was produced by machine unlearning with
-[WAGLE](https://arxiv.org/abs/2410.17509)-style weight attribution: an unlearning objective was run only through a
-mask of the weights allowed to change. The forget data is not described here.
+{how} The forget data is not described here.
 
 | setting | value |
 |---|---|
@@ -88,11 +105,31 @@ mask of the weights allowed to change. The forget data is not described here.
 
 `wagle_mask.safetensors` holds the mask actually enforced (bit-packed, base-model parameter names): every weight
 outside it is bit-identical to the base model. Check it with `hf-wagle verify <this folder>`{verify_base}.
+{verdict}
+{module_table(enforced)}
 {results}
 ## How to load
 
 {load}"""
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def module_table(mask) -> str:
+    """Per-module-type share of weights the mask lets change, as a Markdown table."""
+    rows = "\n".join(f"| `{module}` | {e['selected']} | {e['total']} | {100 * e['fraction']:.2f}% |"
+                     for module, e in mask.stats()["per_module"].items())
+    return f"| module | may change | weights | share |\n|---|---|---|---|\n{rows}\n"
+
+
+def eval_results(results: dict | None) -> list[EvalResult] | None:
+    """`model-index` entries for the card's metadata: the mean answer probability on the forget and retain data,
+    before and after unlearning (`results = {"before": {split: p}, "after": {split: p}}`)."""
+    if not results:
+        return None
+    return [EvalResult(task_type="text-generation", dataset_type=f"{split}-data", dataset_name=f"{split} data",
+                       metric_type=f"answer_probability_{when}", metric_name=f"answer probability {when}",
+                       metric_value=float(results[when][split]))
+            for split in results["after"] for when in ("before", "after")]
 
 
 def write_model_card(output_dir, trainer) -> None:

@@ -124,6 +124,7 @@ class WagleTrainer(Trainer):
         self._pad_id = pad
         self._metrics = defaultdict(list)
         self.results: dict | None = None  # {"before": {...}, "after": {...}} numbers the model card shows
+        self.verification: dict | None = None  # a `hf_wagle.adapters.verify` report of the saved folder, for the card
         self.add_callback(_PairingEpoch(pairs))
         self.collapse_monitor = RetainCollapseCallback(args.collapse_threshold, args.stop_on_collapse)
         if args.collapse_threshold is not None and objective.uses_retain:

@@ -160,3 +160,25 @@ def test_cli_evaluate_offline_end_to_end(trained, world, tmp_path, capsys):
     # no forget-set text in the output
     text = out.read_text()
     assert not any(r["answer"] in text or r["question"] in text for r in world["forget"].select(range(6)))
+
+
+def test_tensorboard_receives_loss_terms_and_evaluation(model, tokenizer, world, tmp_path, monkeypatch):
+    """`report_to="tensorboard"`: the forget/retain loss terms and the evaluation callback's metrics become scalars."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    forget, retain = world["forget"], world["retain"].select(range(20))
+    callback = WagleEvalCallback(forget.select(range(5)), retain.select(range(5)), eval_steps=2)
+    args = small_args(tmp_path, objective="npo", learning_rate=2e-3, max_steps=4, per_device_train_batch_size=8,
+                      report_to="tensorboard", logging_steps=1)
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    trainer = WagleTrainer(model=model, args=args, forget_dataset=forget, retain_dataset=retain,
+                           processing_class=tokenizer)
+    callback.attach(trainer)
+    trainer.train()
+    trainer.accelerator.end_training()
+    runs = [EventAccumulator(str(p.parent)).Reload() for p in (tmp_path / "tb").rglob("events.out.tfevents.*")]
+    scalars = {tag: [e.value for e in run.Scalars(tag)] for run in runs for tag in run.Tags()["scalars"]}
+    assert len(scalars["train/forget_loss"]) == 4 and len(scalars["train/retain_nll"]) == 4
+    assert scalars["train/wagle_eval/forget_probability"] == pytest.approx(
+        [h["forget_probability"] for h in callback.history])
