@@ -98,3 +98,20 @@ def test_push_dry_run_lists_the_upload_without_the_hub(saved_adapter, capsys):
     printed = capsys.readouterr().out
     assert "would upload to org/unlearned" in printed and "adapter_model.safetensors" in printed
     assert "not uploaded: notes.txt" in printed and "training_args.bin" in printed
+
+
+def test_card_of_a_dense_run_names_no_mask_and_the_cached_base(trained, tokenizer, world, tmp_path):
+    """A dense run's card says no mask was enforced; a base loaded from a Hub-cache snapshot is named by its id."""
+    from huggingface_hub import ModelCard
+
+    args = small_args(tmp_path, objective="grad_diff", mask_method=None, max_steps=1)
+    model = copy.deepcopy(trained[0])
+    model.config._name_or_path = str(tmp_path / "hub" / "models--my-org--tiny" / "snapshots" / "0123abcd")
+    trainer = WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
+                           processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model()
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.base_model == "my-org/tiny" and card.data.eval_results is None
+    assert "dense: no mask was enforced" in card.text and "only through" not in card.text
+    assert str(tmp_path) not in card.content
