@@ -250,6 +250,80 @@ def _add_attribute(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_compare_masks(sub) -> None:
+    """`hf-wagle compare-masks`: unlearn a model through several masks and seeds, and compare the utility each keeps
+    at matched forgetting (`hf_wagle.evaluation.compare`)."""
+    from .options import DEFAULT_PROMPT_TEMPLATE, check_mask_options
+
+    def run(a) -> int:
+        import json
+        from pathlib import Path
+
+        from transformers import AutoTokenizer
+
+        from .evaluation.compare import compare_masks, format_comparison, parse_specs, plot_comparison, spec_options
+
+        _check_model(a.model)
+        for spec in parse_specs(a.methods):
+            spec_options(spec)
+        check_mask_options(ratio=a.ratio)
+        out = Path(a.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {a.out} is a file; give a folder for compare_masks.json and its plot")
+        utility = {}
+        for item in a.utility or []:
+            name, sep, path = item.partition("=")
+            if not sep or not name:
+                raise ValueError(f"--utility {item}: expected NAME=FILE")
+            utility[name] = _load_data(path, f"utility {name}")
+        forget, retain = _load_data(a.forget, "forget"), _load_data(a.retain, "retain")
+        tokenizer = AutoTokenizer.from_pretrained(a.model)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        result = compare_masks(a.model, tokenizer, forget, retain, methods=a.methods, ratio=a.ratio,
+                               objective=a.objective, seeds=a.seeds, steps=a.steps, learning_rate=a.learning_rate,
+                               batch_size=a.batch_size, eval_every=a.eval_every, forget_target=a.forget_target,
+                               utility={"retain": retain, **utility}, eval_limit=a.eval_limit, lora_r=a.lora_r,
+                               prompt_template=a.prompt_template, training={"max_length": a.max_length})
+        out.mkdir(parents=True, exist_ok=True)
+        result["model"] = Path(a.model.rstrip("/")).name
+        (out / "compare_masks.json").write_text(json.dumps(result, indent=2))
+        png = plot_comparison(result, out / "compare_masks.png")
+        print(format_comparison(result))
+        print(f"wrote {out / 'compare_masks.json'} and {png}")
+        return 0
+
+    p = sub.add_parser("compare-masks", help="unlearn through several masks and seeds; compare utility at matched "
+                                             "forgetting, with 95%% intervals")
+    p.add_argument("--model", required=True, help="model: Hub id or local folder (loaded afresh for every run)")
+    p.add_argument("--forget", required=True, help="forget QA data (question, answer): file, folder or scenario:")
+    p.add_argument("--retain", required=True, help="retain QA data, same forms; also the first utility set")
+    p.add_argument("--utility", action="append", metavar="NAME=FILE",
+                   help="another QA set whose answer probability counts as utility (e.g. held-out facts the model "
+                        "should keep); repeatable")
+    p.add_argument("--methods", default="dense,random,wagle",
+                   help="comma-separated mask specs: dense (no mask) or a mask method, with options after a colon, "
+                        "e.g. wagle:mu=1e-4,scope=per_layer (keys: ratio, mu, scope, retain_sampling, granularity, "
+                        "reduction)")
+    p.add_argument("--ratio", type=float, default=0.5, help="fraction of weights each mask lets change")
+    p.add_argument("--objective", default="npo", help="unlearning objective, the same for every mask")
+    p.add_argument("--seeds", type=int, default=2, help="runs per mask (seeds 0..N-1: data order, random masks, "
+                                                       "LoRA init)")
+    p.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
+    p.add_argument("--learning-rate", type=float, default=1e-5, help="constant learning rate")
+    p.add_argument("--batch-size", type=int, default=8, help="forget (and retain) examples per step")
+    p.add_argument("--eval-every", type=int, default=2, help="record the curve every N steps")
+    p.add_argument("--forget-target", type=float, default=0.5,
+                   help="matched forgetting: forget probability at most this fraction of its start")
+    p.add_argument("--eval-limit", type=int, default=32, help="rows of each set scored at every recorded step")
+    p.add_argument("--lora-r", type=int, help="train a masked LoRA of this rank (default: full parameters)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per training example")
+    p.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE,
+                   help="QA prompt with {question}, or 'chat' for the tokenizer's chat template (default: %(default)r)")
+    p.add_argument("--out", required=True, help="folder for compare_masks.json and compare_masks.png")
+    p.set_defaults(func=run)
+
+
 def _add_verify(sub) -> None:
     """`hf-wagle verify DIR [--base MODEL]`: check that an output folder changes nothing outside its mask."""
 
@@ -482,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.set_defaults(func=None)  # main() hands `unlearn ...` to its own parser
     _add_evaluate(sub)
     _add_attribute(sub)
+    _add_compare_masks(sub)
     _add_verify(sub)
     _add_push(sub)
     return parser
