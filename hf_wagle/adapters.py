@@ -16,6 +16,11 @@ verify (read a saved folder and say which weights changed):
 from __future__ import annotations
 
 import json
+import math
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -275,7 +280,7 @@ class LoraConfinement(Confinement):
                 "(embeddings, a tied output head, norms, untargeted layers) stay unchanged.")
 
     def holds(self, directory):
-        return (directory / "adapter_model.safetensors").exists()
+        return (directory / "adapter_model.safetensors").exists() and _peft_type(directory) != "SHIRA"
 
     def changes(self, directory, mask, base, problems):
         problems += lora_config_problems(directory)
@@ -303,14 +308,70 @@ class LoraConfinement(Confinement):
             yield name, delta != 0, bool(torch.isfinite(delta).all())
 
 
-CONFINEMENTS = (LoraConfinement(), GradientMaskConfinement())
+# adapter_config.json of a SHiRA adapter: settings that never move base weights
+_SHIRA_NEUTRAL = {"auto_mapping", "base_model_name_or_path", "inference_mode", "init_weights", "mask_type",
+                  "peft_type", "peft_version", "r", "random_seed", "revision", "target_modules", "task_type"}
+
+
+def _peft_type(directory: Path) -> str | None:
+    try:
+        config = json.loads((directory / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config.get("peft_type") if isinstance(config, dict) else None
+
+
+class ShiraExport(Confinement):
+    """A SHiRA adapter (`export_adapter(..., format="shira")`): each targeted linear weight changes by
+    `sparse(shira_indices, shira_weight)`, so the changed weights are the indices whose value is not zero."""
+
+    kind = "shira"
+
+    def holds(self, directory):
+        return (directory / "adapter_model.safetensors").exists() and _peft_type(directory) == "SHIRA"
+
+    def changes(self, directory, mask, base, problems):
+        config = json.loads((directory / "adapter_config.json").read_text())
+        for key, value in config.items():
+            if key in _SHIRA_NEUTRAL or value in (None, False, [], {}, ""):
+                continue
+            raise ValueError(f"cannot verify {directory}: adapter_config.json sets {key}={value!r}, which hf_wagle "
+                             "does not know for SHiRA; it cannot tell whether PEFT would move base weights with it")
+        parts: dict[str, dict[str, torch.Tensor]] = {}
+        for key, t in _tensors(directory, "adapter_model"):
+            module, _, field = key.removeprefix("base_model.model.").rpartition(".shira_")
+            if not module:
+                problems.append(f"{key}: a trained tensor that is not part of a SHiRA layer")
+                continue
+            parts.setdefault(module, {})[field.split(".")[0]] = t
+        for module, wi in parts.items():
+            name = f"{module}.weight"
+            if set(wi) != {"weight", "indices"} or name not in mask:
+                raise ValueError(f"cannot verify {directory}: {module} has {sorted(wi)} (needs SHiRA weight and "
+                                 "indices) or its weight is not in the mask")
+            values, index = wi["weight"].float(), wi["indices"].long()
+            out_f, in_f = mask.shape(name)
+            if index.dim() != 2 or index.shape != (2, values.numel()) or (index < 0).any() \
+                    or (index[0] >= out_f).any() or (index[1] >= in_f).any():
+                raise ValueError(f"cannot verify {directory}: {module}'s SHiRA indices do not fit its "
+                                 f"{out_f} x {in_f} weight or its {values.numel()} values")
+            flat = index[0] * in_f + index[1]
+            if flat.unique().numel() != flat.numel():
+                problems.append(f"{name}: SHiRA indices repeat, so values add up at the same weight")
+            changed = torch.zeros(out_f * in_f, dtype=torch.bool)
+            changed[flat[values != 0]] = True
+            yield name, changed.view(out_f, in_f), bool(torch.isfinite(values).all())
+
+
+CONFINEMENTS = (ShiraExport(), LoraConfinement(), GradientMaskConfinement())
 
 
 def confinement_for(model) -> Confinement:
     """The confinement of a model about to be trained: masked LoRA for a `PeftModel`, gradient masks otherwise."""
     from peft import PeftModel
 
-    return CONFINEMENTS[0] if isinstance(model, PeftModel) else CONFINEMENTS[1]
+    kind = "lora" if isinstance(model, PeftModel) else "full"
+    return next(c for c in CONFINEMENTS if c.kind == kind)
 
 
 def _tensors(directory: Path, stem: str):
@@ -376,3 +437,230 @@ def _download(repo_id: str) -> str:
     from huggingface_hub import snapshot_download
 
     return snapshot_download(repo_id, allow_patterns=["*.safetensors", "*.json"])
+
+
+# -- exporting a full-parameter run as an adapter -------------------------------------------------------------------
+
+EXPORT_REPORT = "export_report.json"
+EXPORT_FORMATS = ("shira", "lora")
+
+
+@contextmanager
+def staged_directory(final):
+    """Yield a temporary folder beside `final`; once the block finishes, move its files into `final` (renames on one
+    file system). A failure inside the block leaves `final` as it was."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.saving-", dir=final.parent))
+    try:
+        yield staging
+        final.mkdir(exist_ok=True)
+        for path in staging.iterdir():
+            if (final / path.name).is_dir():
+                shutil.rmtree(final / path.name)
+            os.replace(path, final / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def nearest_delta(base: torch.Tensor, trained: torch.Tensor) -> torch.Tensor:
+    """fp32 `d` that makes `(base.float() + d).to(base.dtype)`, which is how PEFT applies a SHiRA change, equal to
+    `trained` wherever float arithmetic allows, and nearest to it elsewhere.
+
+    `trained - base` is exact whenever the two are within a factor 2 of each other (Sterbenz), and then
+    `base + d == trained`. Otherwise `d` is stepped one float at a time toward `trained` while that brings the sum
+    closer. A few weights may stay unreachable: `base + d` can only land on multiples of the smaller float spacing
+    of `base` and `d`, so a weight driven from 0.5 to 1e-9 ends 1 ulp of `base` away. Callers count them."""
+    b, u = base.float(), trained.float()
+    d = u - b
+    for _ in range(8):
+        got = (b + d).to(base.dtype).float()
+        bad = (got != u).nonzero(as_tuple=True)
+        if not bad[0].numel():
+            break
+        toward = torch.where(got[bad] < u[bad], torch.tensor(float("inf")), torch.tensor(float("-inf")))
+        step = torch.nextafter(d[bad], toward)
+        better = ((b[bad] + step).to(base.dtype).float() - u[bad]).abs() < (got[bad] - u[bad]).abs()
+        if not better.any():
+            break
+        d[bad] = torch.where(better, step, d[bad])
+    return d
+
+
+def masked_changes(trained, base_model, mask: WeightMask) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """`{weight name: (base, trained)}` of every parameter that changed; raises if a change leaves the mask, is not
+    finite, or sits in a parameter that is not the weight of an `nn.Linear` (an adapter can only hold those)."""
+    trained_params = dict(base_named_parameters(trained))
+    linear = {f"{n}.weight" for n, m in base_model.named_modules() if isinstance(m, torch.nn.Linear)}
+    shared = set(tied_aliases(base_model)) | set(tied_aliases(base_model).values())
+    changes, unsupported = {}, []
+    for name, b in base_named_parameters(base_model):
+        if name not in trained_params:
+            raise ValueError(f"the trained model has no parameter {name}; export needs the base it was trained from")
+        u = trained_params[name].detach().to("cpu")
+        b = b.detach().to("cpu")
+        if u.shape != b.shape:
+            raise ValueError(f"{name}: shape {tuple(u.shape)} differs from the base's {tuple(b.shape)}")
+        changed = u != b
+        if not changed.any():
+            continue
+        if not torch.isfinite(u).all():
+            raise ValueError(f"{name}: non-finite values in the trained model; nothing was exported")
+        if name not in mask or bool((changed & ~mask[name]).any()):
+            raise ValueError(f"{name}: changed outside the mask; this is not the base the run started from, or not "
+                             "its mask")
+        if name not in linear or name in shared:
+            unsupported.append(name)
+            continue
+        changes[name] = (b, u.to(b.dtype))
+    if unsupported:
+        raise ValueError(f"{len(unsupported)} changed parameters are not untied linear weights, which an adapter "
+                         f"cannot hold: {unsupported[:3]}; train with mask_include/mask_exclude so that only linear "
+                         "layers are selected (e.g. mask_include: ['*proj.weight']), or ship the full model")
+    if not changes:
+        raise ValueError("the trained model equals the base model: nothing to export")
+    return changes
+
+
+def _shira_layout(changes: dict, mask: WeightMask) -> tuple[int, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """SHiRA's rank r (one per adapter: every targeted `m x n` layer holds exactly `r (m + n)` entries) and, per
+    layer, `(indices 2 x r(m+n), exact delta values)`: the changed weights first, then zero-valued padding taken
+    from unchanged weights inside the mask, then outside it."""
+    need = {name: int((u != b).sum()) for name, (b, u) in changes.items()}
+    r = max(-(-need[name] // sum(b.shape)) for name, (b, _) in changes.items())
+    too_small = [name for name, (b, _) in changes.items() if r * sum(b.shape) > b.numel()]
+    if too_small:
+        raise ValueError(f"SHiRA needs r={r} entries per row+column to hold the largest change, more than "
+                         f"{too_small[0]} ({tuple(changes[too_small[0]][0].shape)}) has weights; export format='lora' "
+                         "or ship the full model")
+    layout = {}
+    for name, (b, u) in changes.items():
+        count = r * sum(b.shape)
+        changed = (u != b).reshape(-1)
+        inside = mask[name].reshape(-1) & ~changed
+        order = torch.cat([changed.nonzero().squeeze(1), inside.nonzero().squeeze(1),
+                           (~inside & ~changed).nonzero().squeeze(1)])[:count]
+        order = order.sort().values
+        values = nearest_delta(b, u).reshape(-1)[order]
+        index = torch.stack([order // b.shape[1], order % b.shape[1]]).to(torch.int32)
+        layout[name] = (index, values)
+    return r, layout
+
+
+def _applied_error(changes: dict, layout: dict) -> tuple[int, float]:
+    """`(weights where base + SHiRA change != trained, largest absolute difference there)`, as PEFT applies it."""
+    inexact, worst = 0, 0.0
+    for name, (b, u) in changes.items():
+        index, values = layout[name]
+        merged = b.float().clone()
+        merged[index[0].long(), index[1].long()] += values
+        diff = (merged.to(b.dtype).float() - u.float()).abs()
+        inexact += int((diff != 0).sum())
+        worst = max(worst, float(diff.max()))
+    return inexact, worst
+
+
+def _lora_layout(changes: dict, rank: int) -> tuple[dict, dict]:
+    """Per layer `(B: out x rank, A: rank x in)` of the rank-`rank` truncated SVD of the change, computed on the
+    rows and columns the change touches (so `B @ A` is zero elsewhere), and the fidelity report:
+    `relative_error = ||delta - B A||_F / ||delta||_F = sqrt(sum_{i>k} s_i^2 / sum_i s_i^2)` and
+    `energy_kept = sum_{i<=k} s_i^2 / sum_i s_i^2`."""
+    layout, report = {}, {}
+    for name, (b, u) in changes.items():
+        delta = u.double() - b.double()
+        rows, cols = delta.ne(0).any(1), delta.ne(0).any(0)
+        U, S, Vh = torch.linalg.svd(delta[rows][:, cols], full_matrices=False)
+        k = min(rank, S.numel())
+        root = S[:k].sqrt()
+        B = torch.zeros(b.shape[0], rank, dtype=torch.float64)
+        A = torch.zeros(rank, b.shape[1], dtype=torch.float64)
+        B[rows.nonzero().squeeze(1)[:, None], torch.arange(k)[None, :]] = U[:, :k] * root
+        A[torch.arange(k)[:, None], cols.nonzero().squeeze(1)[None, :]] = root[:, None] * Vh[:k]
+        energy = S.pow(2)
+        total = float(energy.sum())
+        kept = float(energy[:k].sum())
+        report[name] = {"relative_error": math.sqrt(max(0.0, total - kept) / total), "energy_kept": kept / total,
+                        "rank_of_change": int((S > S[0] * 1e-12).sum()) if S.numel() else 0,
+                        "rows": int(rows.sum()), "columns": int(cols.sum())}
+        layout[name] = (B.float(), A.float(), rows, cols)
+    return layout, report
+
+
+def export_adapter(trained, base_model, mask: WeightMask, output_dir, format: str = "shira", rank: int | None = None,
+                   scales=None, base_name: str | None = None) -> dict:
+    """Write the change `trained - base` of a full-parameter run as a stock-PEFT adapter in `output_dir`, with its
+    mask, `export_report.json` and a card.
+
+    * `format="shira"`: a SHiRA adapter. Loaded or merged with PEFT, `base + sparse(indices, values)` equals the
+      trained weights bit for bit wherever float32 can express it (`nearest_delta`); the report counts the weights
+      where it cannot (`inexact_weights`, typically a weight driven close to zero) and the largest difference
+      there (`max_abs_error`, 1 ulp of the base weight). The shipped mask is the run's mask.
+    * `format="lora"`, `rank=k`: the rank-k truncated SVD of each changed layer (`alpha = r`, so `B @ A` is the
+      change), with its per-layer relative error and energy kept in the report. `B @ A` is confined to the rows x
+      columns the change touches, and that row x column mask is what ships.
+
+    `scales` (e.g. `[0.25, 0.5, 1.0]`) writes one adapter per scale `s` into `output_dir/scale_<s>`, holding
+    `s x` the change (a staged roll-out: deploy the gentlest that forgets enough); the default is one adapter at
+    scale 1 in `output_dir`. `base_model` is wrapped by PEFT while writing and unwrapped afterwards. Returns the
+    report. Nothing is written when a check fails."""
+    from peft import LoraConfig, ShiraConfig, get_peft_model
+
+    from .hub import export_card
+
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {format!r}")
+    if format == "lora" and (not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"format='lora' needs rank=<int >= 1>, got {rank!r}")
+    scales = [1.0] if scales is None else [float(s) for s in scales]
+    if not scales or any(not math.isfinite(s) or s <= 0 for s in scales):
+        raise ValueError(f"scales must be positive numbers, got {scales}")
+    changes = masked_changes(trained, base_model, mask)
+    modules = [name.removesuffix(".weight") for name in changes]
+    report = {"format": format, "scales": scales, "layers": {}, "changed_weights": 0}
+    if format == "shira":
+        r, layout = _shira_layout(changes, mask)
+        config = ShiraConfig(r=r, target_modules=modules, task_type="CAUSAL_LM")
+        shipped = mask
+        inexact, worst = _applied_error(changes, layout)
+        report.update(rank=r, exact=inexact == 0, inexact_weights=inexact, max_abs_error=worst)
+        for name, (index, values) in layout.items():
+            report["layers"][name] = {"entries": int(values.numel()), "changed": int((values != 0).sum())}
+    else:
+        layout, report["layers"] = _lora_layout(changes, rank)
+        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=modules, task_type="CAUSAL_LM")
+        hull = {name: torch.zeros(p.shape, dtype=torch.bool) for name, p in base_named_parameters(base_model)}
+        for name, (_, _, rows, cols) in layout.items():
+            hull[name] = rows[:, None] & cols[None, :]
+        shipped = WeightMask(hull, {**mask.metadata, "enforced_by": "lora_svd_export"})
+        errors = [v["relative_error"] for v in report["layers"].values()]
+        num = sum(float((u.double() - b.double()).pow(2).sum()) * v["relative_error"] ** 2
+                  for (b, u), v in zip(changes.values(), report["layers"].values()))
+        den = sum(float((u.double() - b.double()).pow(2).sum()) for b, u in changes.values())
+        report.update(rank=rank, exact=False, max_relative_error=max(errors), relative_error=math.sqrt(num / den))
+    report["changed_weights"] = sum(int((u != b).sum()) for b, u in changes.values())
+    base_name = base_name or getattr(base_model, "name_or_path", None)
+    peft_model = get_peft_model(base_model, config)
+    try:
+        layers = dict(peft_model.get_base_model().named_modules())
+        with staged_directory(output_dir) as staging:
+            for scale in scales:
+                for name in changes:
+                    layer = layers[name.removesuffix(".weight")]
+                    with torch.no_grad():
+                        if format == "shira":
+                            index, values = layout[name]
+                            layer.shira_indices["default"] = index.to(layer.shira_weight["default"].device)
+                            layer.shira_weight["default"].copy_(values * scale if scale != 1.0 else values)
+                        else:
+                            B, A = layout[name][:2]
+                            layer.lora_B["default"].weight.copy_(B * scale)
+                            layer.lora_A["default"].weight.copy_(A)
+                folder = staging if len(scales) == 1 else staging / f"scale_{scale:g}"
+                peft_model.save_pretrained(str(folder))
+                shipped.save(folder)
+                scaled = {**report, "scale": scale}
+                (folder / EXPORT_REPORT).write_text(json.dumps(scaled, indent=2))
+                export_card(scaled, base_name).save(str(folder / "README.md"))
+    finally:
+        peft_model.unload()
+    return report

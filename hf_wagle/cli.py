@@ -324,6 +324,58 @@ def _add_compare_masks(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_export(sub) -> None:
+    """`hf-wagle export RUN --base MODEL --format shira|lora --out DIR`: a saved full-parameter run as an adapter."""
+
+    def run(a) -> int:
+        from pathlib import Path
+
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from .adapters import export_adapter, verify
+        from .mask import WeightMask
+
+        run_dir = Path(a.run)
+        if not (run_dir / "model.safetensors").exists() and not (run_dir / "model.safetensors.index.json").exists():
+            raise ValueError(f"{a.run}: no model.safetensors; export takes a folder a full-parameter run saved (a LoRA "
+                             "run is already an adapter)")
+        mask = WeightMask.load(run_dir)
+        _check_model(a.base, "--base")
+        scales = [float(x) for x in a.scales.split(",")] if a.scales else None
+        if a.format == "lora" and a.rank is None:
+            raise ValueError("--format lora needs --rank")
+        trained = AutoModelForCausalLM.from_pretrained(run_dir)
+        base = AutoModelForCausalLM.from_pretrained(a.base, dtype=next(trained.parameters()).dtype)
+        with torch.no_grad():
+            report = export_adapter(trained, base, mask, a.out, format=a.format, rank=a.rank, scales=scales,
+                                    base_name=a.base)
+        print(f"exported {report['changed_weights']} changed weights in {len(report['layers'])} layers as "
+              f"{a.format} r={report['rank']}")
+        if a.format == "shira":
+            print(f"  exact at all but {report['inexact_weights']} weights (largest difference "
+                  f"{report['max_abs_error']:.3g}, where float32 cannot express base + delta)")
+        else:
+            print(f"  relative error of the change {report['relative_error']:.4g} (worst layer "
+                  f"{report['max_relative_error']:.4g})")
+        folders = [Path(a.out)] if not scales or len(scales) == 1 else [Path(a.out) / f"scale_{x:g}" for x in scales]
+        for folder in folders:
+            verdict = verify(folder)
+            print(f"  {folder}: confined to its mask: {'yes' if verdict['confined'] else 'NO'}")
+        return 0
+
+    p = sub.add_parser("export", help="turn a saved full-parameter run into a stock-PEFT adapter: SHiRA (exact) or "
+                                      "LoRA (truncated SVD, with its error)")
+    p.add_argument("run", help="folder a full-parameter WagleTrainer run saved (model + wagle_mask.safetensors)")
+    p.add_argument("--base", required=True, help="the model the run started from: folder or Hub id")
+    p.add_argument("--format", default="shira", choices=("shira", "lora"), help="adapter type")
+    p.add_argument("--rank", type=int, help="LoRA rank (format lora)")
+    p.add_argument("--scales", help="comma-separated scales of the change, one adapter each in OUT/scale_<s> "
+                                    "(a staged roll-out), e.g. 0.25,0.5,1")
+    p.add_argument("--out", required=True, help="folder for the adapter, its mask, export_report.json and card")
+    p.set_defaults(func=run)
+
+
 def _add_verify(sub) -> None:
     """`hf-wagle verify DIR [--base MODEL]`: check that an output folder changes nothing outside its mask."""
 
@@ -557,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_attribute(sub)
     _add_compare_masks(sub)
+    _add_export(sub)
     _add_verify(sub)
     _add_push(sub)
     return parser

@@ -132,6 +132,49 @@ def eval_results(results: dict | None) -> list[EvalResult] | None:
             for split in results["after"] for when in ("before", "after")]
 
 
+def export_card(report: dict, base: str | None) -> ModelCard:
+    """The card of an adapter exported from a full-parameter run (`hf_wagle.adapters.export_adapter`)."""
+    base = public_name(base)
+    data = ModelCardData(base_model=base, library_name="peft",
+                         tags=["unlearning", "wagle", f"export:{report['format']}"])
+    scale = report.get("scale", 1.0)
+    if report["format"] == "shira":
+        what = (f"a SHiRA adapter (r={report['rank']}): merged or loaded with PEFT, the base model plus this adapter "
+                "equals the unlearned model exactly" + ("" if scale == 1 else f", scaled by {scale:g}") + ".")
+    else:
+        what = (f"a LoRA adapter (r={report['rank']}, alpha={report['rank']}): the rank-{report['rank']} truncated "
+                f"SVD of each layer's change{'' if scale == 1 else f', scaled by {scale:g}'}. Relative error of the "
+                f"change (Frobenius): {report['relative_error']:.4g} overall, {report['max_relative_error']:.4g} at "
+                "worst; `export_report.json` has every layer's error and energy kept.")
+    body = f"""
+# Unlearned with hf_wagle (exported adapter)
+
+This adapter holds the weight change of a full-parameter unlearning run with
+[WAGLE](https://arxiv.org/abs/2410.17509)-style weight attribution, exported as {what}
+The forget data is not described here.
+
+| | |
+|---|---|
+| layers | {len(report['layers'])} |
+| weights the run changed | {report['changed_weights']} |
+| hf_wagle | {__version__} |
+
+`wagle_mask.safetensors` holds the mask the adapter keeps to; check it with `hf-wagle verify <this folder>`.
+
+## How to load and roll back
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+base = AutoModelForCausalLM.from_pretrained({base or '<base model>'!r})
+model = PeftModel.from_pretrained(base, '<this folder or repo>')
+# roll back: model.unload() returns the untouched base model
+```
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
 def write_model_card(output_dir, trainer) -> None:
     card_for(trainer).save(os.path.join(output_dir, "README.md"))
 
@@ -140,7 +183,7 @@ def write_model_card(output_dir, trainer) -> None:
 # stray files) stays local. Links are never followed.
 PUBLISHED = ("README.md", "adapter_config.json", "adapter_model.safetensors", "config.json", "generation_config.json",
              "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors", MASK_FILE,
-             "mask_stats.json", "mask_heatmap.png", "tokenizer.json", "tokenizer_config.json",
+             "mask_stats.json", "mask_heatmap.png", "export_report.json", "tokenizer.json", "tokenizer_config.json",
              "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "tokenizer.model", "vocab.json",
              "merges.txt")
 

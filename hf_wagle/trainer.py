@@ -19,8 +19,6 @@ How the mask is enforced, exactly:
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -28,7 +26,7 @@ import torch
 from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
 from transformers.utils import logging
 
-from .adapters import check_lora_config, confinement_for
+from .adapters import check_lora_config, confinement_for, export_adapter, staged_directory
 from .attribution import add_mask_noise, check_selects_something, compute_mask
 from .config import WagleConfig
 from .data import (ForgetRetainPairs, PairCollator, check_fits_model, collate, pad_id, refusal_examples,
@@ -312,23 +310,42 @@ class WagleTrainer(Trainer):
         if _internal_call or not self.args.should_save:
             super().save_model(output_dir, _internal_call)
         else:
-            final = Path(output_dir or self.args.output_dir)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.saving-", dir=final.parent))
-            try:
+            with staged_directory(output_dir or self.args.output_dir) as staging:
                 super().save_model(str(staging), _internal_call)
-                final.mkdir(exist_ok=True)
-                for path in staging.iterdir():  # renames within one file system: no new space needed
-                    if (final / path.name).is_dir():
-                        shutil.rmtree(final / path.name)
-                    os.replace(path, final / path.name)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
         if _internal_call and self._reference is not None and self.args.should_save:
             from safetensors.torch import save_file
 
             save_file({k: v.cpu() for k, v in self._reference.items()},
                       os.path.join(output_dir or self.args.output_dir, REFERENCE_FILE))
+
+    def export_adapter(self, output_dir: str, format: str = "shira", rank: int | None = None, scales=None,
+                       base=None) -> dict | None:
+        """Write this full-parameter run's change as a stock-PEFT adapter (`hf_wagle.adapters.export_adapter`):
+        `format="shira"` is exact, `format="lora", rank=k` a truncated SVD with its fidelity report. `base` is the
+        base model (folder, Hub id or model; default: the one this model was loaded from). Only the main process
+        writes; it returns the report (other processes return None)."""
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            raise ValueError("this run trained a LoRA adapter, which save_model already writes; export_adapter turns "
+                             "a full-parameter run into an adapter")
+        if self.enforced_mask is None:
+            raise ValueError("nothing to export yet: call train() first")
+        if format == "lora" and (not isinstance(rank, int) or rank < 1):
+            raise ValueError(f"format='lora' needs rank=<int >= 1>, got {rank!r}")
+        base = base if base is not None else self.model.name_or_path
+        if not base:
+            raise ValueError("the model was not loaded from a folder or Hub id; pass base= (the model before training)")
+        result = None
+        if self.is_world_process_zero():
+            model = self.accelerator.unwrap_model(self.model)
+            dtype = next(model.parameters()).dtype
+            base_model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype) if isinstance(base, (str, os.PathLike)) \
+                else base
+            result = export_adapter(model, base_model, self.enforced_mask, output_dir, format=format, rank=rank,
+                                    scales=scales, base_name=base if isinstance(base, str) else None)
+        self.accelerator.wait_for_everyone()
+        return result
 
     def create_model_card(self, *args, **kwargs) -> None:
         """Used by `Trainer.push_to_hub`: write hf_wagle's card (not the Trainer's generic one)."""

@@ -120,13 +120,14 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=(DENSE, "random",
                   batch_size: int = 8, eval_every: int = 2, forget_target: float = 0.5, utility: dict | None = None,
                   eval_limit: int | None = 32, lora_r: int | None = None,
                   prompt_template: str = DEFAULT_PROMPT_TEMPLATE, retain_model_truth_ratios=None,
-                  training: dict | None = None, progress=print) -> dict:
+                  training: dict | None = None, on_run_end=None, progress=print) -> dict:
     """Unlearn `model` through each mask spec of `methods` (see `parse_specs`/`spec_options`; `"dense"` is no mask)
     for `seeds` seeds, record the trade-off curves and summarise utility at matched forgetting (module docstring).
 
     `model` is a model (copied for each run) or a folder / Hub id (loaded for each run). `utility` maps names to QA
     data sets scored for utility (default `{"retain": retain}`); `eval_limit` rows of each evaluation set are used.
     `lora_r` trains a masked LoRA of that rank instead of full parameters. `training` adds `WagleConfig` keys.
+    `on_run_end(model) -> dict` scores each final model further; its numbers go to the run's `final`.
     Returns `{"settings", "runs", "summary"}` (numbers only, no data text)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -191,11 +192,12 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=(DENSE, "random",
                                        processing_class=tokenizer, peft_config=peft_config, callbacks=[curve])
                 trainer.remove_callback(PrinterCallback)  # the curve and the table report the run
                 trainer.train()
+                final = on_run_end(trainer.model) if on_run_end is not None else None
             changeable = trainer.enforced_mask.num_selected if trainer.enforced_mask is not None else None
             total = trainer.enforced_mask.num_total if trainer.enforced_mask is not None else None
             del trainer
             run = {"method": spec, "seed": seed, "curve": curve.curve, "changeable": changeable, "total": total,
-                   "matched": matched_point(curve.curve, forget_target)}
+                   "matched": matched_point(curve.curve, forget_target), "final": final}
             runs.append(run)
             if progress:
                 m = run["matched"]
