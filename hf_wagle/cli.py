@@ -561,6 +561,7 @@ def _run_unlearn(script, args) -> int:
     write_model_card(out, trainer)  # now with the verdict
     summary = {"output_dir": str(out), "confined": report["confined"], "steps": trainer.state.global_step,
                "processes": trainer.args.world_size,
+               "engine": "fsdp2" if trainer._sharded else ("ddp" if trainer.args.world_size > 1 else "single process"),
                "changeable": trainer.enforced_mask.num_selected, "total": trainer.enforced_mask.num_total,
                "evaluation": trainer.results if script.evaluate else None}
     (out / "unlearn_results.json").write_text(json.dumps(summary, indent=2))

@@ -102,3 +102,9 @@ def adapter_disabled(model):
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (FSDP2 parameters and gradients), sharing its storage; `t` itself otherwise."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if to_local is not None else t

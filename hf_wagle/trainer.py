@@ -34,7 +34,7 @@ from .data import (ForgetRetainPairs, PairCollator, check_fits_model, collate, p
 from .hub import write_model_card
 from .mask import WeightMask
 from .losses import SequenceNLL, sequence_nll
-from .modeling import adapter_disabled
+from .modeling import adapter_disabled, local_tensor
 from .objectives import DEFAULT_REFUSALS, OBJECTIVES
 from .options import MASK_SAFE_OPTIMIZERS
 
@@ -72,9 +72,8 @@ class WagleTrainer(Trainer):
                             "`hf_wagle.evaluation.WagleEvalCallback(forget, retain, ...)` to `callbacks`")
         if forget_dataset is None or retain_dataset is None:
             raise ValueError("WagleTrainer needs both `forget_dataset` and `retain_dataset`")
-        if args.deepspeed or args.fsdp:
-            raise NotImplementedError("WagleTrainer supports single-device and DDP training; DeepSpeed and FSDP are "
-                                      "not supported yet (use LoRA with DDP for large models)")
+        objective = OBJECTIVES[args.objective](args)
+        check_engine(args, peft_config, objective.needs_reference_model)
         if mask is not None and not isinstance(mask, WeightMask):
             raise TypeError(f"mask must be a hf_wagle.WeightMask, got {type(mask).__name__}")
         masked = mask is not None or args.mask_method is not None
@@ -105,7 +104,6 @@ class WagleTrainer(Trainer):
         retain_ex = tokenize_dataset(retain_dataset, *tok_args, what="retain dataset")
         check_fits_model(forget_ex, model, "forget dataset")
         check_fits_model(retain_ex, model, "retain dataset")
-        objective = OBJECTIVES[args.objective](args)
         refusal_ex = refusal_examples(forget_dataset, processing_class, args.refusals or DEFAULT_REFUSALS,
                                       *tok_args[1:], args.seed) if objective.needs_refusal else None
         pad = pad_id(processing_class)
@@ -116,6 +114,8 @@ class WagleTrainer(Trainer):
         self.mask = mask                 # element mask (given or computed)
         self.enforced_mask = None        # what training can actually change, base-model names
         self._grad_masks: dict[torch.Tensor, torch.Tensor] = {}
+        self._grad_mask_names: dict[str, torch.Tensor] = {}
+        self._sharded = False  # FSDP2: masks keyed by the sharded parameters (`shard_masks`)
         self._hooks = []
         self._reference: dict[str, torch.Tensor] | None = None  # "<part>.nll_sum" / "<part>.n_tokens"
         self._frozen: dict[str, torch.Tensor] | None = None     # start values of trainable params (no PEFT)
@@ -124,6 +124,7 @@ class WagleTrainer(Trainer):
         self.results: dict | None = None  # {"before": {...}, "after": {...}} numbers the model card shows
         self.verification: dict | None = None  # a `hf_wagle.adapters.verify` report of the saved folder, for the card
         self.add_callback(_PairingEpoch(pairs))
+        self.add_callback(_ShardMasks(self))
         self.collapse_monitor = RetainCollapseCallback(args.collapse_threshold, args.stop_on_collapse)
         if args.collapse_threshold is not None and objective.uses_retain:
             self.add_callback(self.collapse_monitor)
@@ -162,6 +163,40 @@ class WagleTrainer(Trainer):
         self.prepare_unlearning(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
+    def shard_masks(self) -> None:
+        """Under FSDP2 (called when training begins, after the model is sharded): key the gradient masks by the
+        sharded (DTensor) parameters, each rank keeping only its shard of every mask (`distribute_tensor` with the
+        parameter's mesh and placements, computed locally: every rank holds the same mask). The full masks are
+        dropped. Gradients are then masked on the local shards after each backward (`training_step`), before
+        clipping and the optimizer step, and weight decay acts on the local shards."""
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        params = dict(self.model.named_parameters())
+        if not self._grad_mask_names or not any(isinstance(p, DTensor) for p in params.values()):
+            return
+        sharded = {}
+        for name, m in self._grad_mask_names.items():
+            p = params[name]
+            m = m.to(local_tensor(p).device)
+            sharded[p] = local_tensor(distribute_tensor(m, p.device_mesh, p.placements, src_data_rank=None)) \
+                if isinstance(p, DTensor) else m
+        for handle in self._hooks:  # tensor hooks of the unsharded parameters, which autograd no longer sees
+            handle.remove()
+        self._hooks = []
+        self._grad_masks.clear()  # the same dict the optimizer's weight-decay hook reads
+        self._grad_masks.update(sharded)
+        self._sharded = True
+        self._grad_mask_names = {}
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._sharded:  # FSDP2: the reduce-scattered gradient shards, masked before clipping and the step
+            with torch.no_grad():
+                for p, m in self._grad_masks.items():
+                    if p.grad is not None:
+                        local_tensor(p.grad).mul_(m)
+        return loss
+
     def _install_mask(self) -> None:
         a = self.args
         if self.mask is None and a.mask_method is not None:
@@ -180,6 +215,8 @@ class WagleTrainer(Trainer):
                 "parameter holds nothing). Raise mask_ratio, target other modules, or train full parameters."
             )
         self.enforced_mask, self._grad_masks = enforced, grad_masks
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        self._grad_mask_names = {names[id(p)]: m for p, m in grad_masks.items()}
         message = self.confinement.describe(self.model, self.mask, self.enforced_mask)
         if message:
             logger.warning(message)
@@ -395,9 +432,41 @@ def _move_weight_decay_on_mask(optimizer, grad_masks: dict[torch.Tensor, torch.T
                 if p.grad is None:
                     continue
                 m = grad_masks.get(p)
-                p.mul_(factor if m is None else torch.where(m, factor, 1.0))
+                local_tensor(p).mul_(factor if m is None else torch.where(m, factor, 1.0))
 
     inner.register_step_pre_hook(decay_on_mask)
+
+
+class _ShardMasks(TrainerCallback):
+    """Re-keys the gradient masks once the model is sharded (FSDP2 wraps it inside `Trainer.train`)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer.shard_masks()
+
+
+def check_engine(args, peft_config, needs_reference_model: bool) -> None:
+    """Refuse, before any work, the distributed engines and combinations a mask cannot be enforced under."""
+    if args.deepspeed:
+        raise NotImplementedError(
+            "DeepSpeed ZeRO partitions and reduces gradients inside its engine and steps its own fused optimizer, so "
+            "hf_wagle cannot mask a gradient between the backward pass and the step; off-mask weights would move. "
+            "Use FSDP2 (accelerate launch with examples/accelerate/fsdp2.yaml, or fsdp='full_shard') for sharded "
+            "full-parameter unlearning, or DDP")
+    if not (args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")):
+        return
+    version = int((args.fsdp_config or {}).get("version") or os.environ.get("FSDP_VERSION") or 2)
+    if version != 2:
+        raise NotImplementedError(f"FSDP version {version} flattens parameters, which a per-weight mask cannot follow; "
+                                  "use FSDP2 (fsdp_config={'fsdp_version': 2})")
+    if peft_config is not None:
+        raise NotImplementedError("masked LoRA under FSDP is not supported: the adapter is small, use DDP for it; "
+                                  "FSDP2 is for full-parameter unlearning")
+    if needs_reference_model:
+        raise NotImplementedError("under FSDP2, the KL retain term and RMU (which need a frozen copy of the start "
+                                  "model) are not supported; use retain_loss='nll' with npo/grad_diff/simnpo, or DDP")
 
 
 def last_complete_checkpoint(output_dir) -> str:

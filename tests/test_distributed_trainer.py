@@ -89,3 +89,74 @@ def test_accelerate_launch_runs_unlearn_on_two_processes(trained, world, tmp_pat
     assert results["processes"] == 2 and results["steps"] == 3 and results["confined"]
     assert results["evaluation"]["after"]["forget"] < results["evaluation"]["before"]["forget"]
     assert proc.stdout.count("confined to its mask: yes") == 1  # the summary comes from the main process only
+
+
+def _torchrun(script, *args, env, timeout=600):
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", str(script), *map(str, args)],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
+def test_fsdp2_keeps_the_mask_and_matches_ddp_bit_for_bit(trained, world, tmp_path):
+    """FSDP2 on two CPU ranks (gloo): each rank masks its gradient shard; the result equals DDP's bit for bit,
+    off-mask weights equal the base's, and resuming from a checkpoint gives the uninterrupted run exactly."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from hf_wagle.mask import WeightMask
+
+    model, tokenizer = trained
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    world["forget"].save_to_disk(str(tmp_path / "data" / "forget"))
+    world["retain"].save_to_disk(str(tmp_path / "data" / "retain"))
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    script = Path(__file__).with_name("fsdp_trainer_script.py")
+    base_args = (tmp_path / "model", tmp_path / "data")
+    _torchrun(script, *base_args, tmp_path / "fsdp", "fsdp", env=env)
+    _torchrun(script, *base_args, tmp_path / "ddp", "ddp", env=env)
+    _torchrun(script, *base_args, tmp_path / "resumed", "fsdp", tmp_path / "fsdp" / "run" / "checkpoint-2", env=env)
+    engine = json.loads((tmp_path / "fsdp" / "engine.json").read_text())
+    assert engine == {"sharded": True, "fsdp": True, "steps": 4}
+    assert json.loads((tmp_path / "ddp" / "engine.json").read_text())["sharded"] is False
+
+    base = dict(model.named_parameters())
+    fsdp, ddp, resumed = (load_file(tmp_path / run / "final" / "model.safetensors")
+                          for run in ("fsdp", "ddp", "resumed"))
+    mask = WeightMask.load(tmp_path / "fsdp" / "final")
+    ddp_mask = WeightMask.load(tmp_path / "ddp" / "final")
+    assert all(torch.equal(mask[n], ddp_mask[n]) for n in mask.names())
+    moved = 0
+    for name, b in base.items():
+        b, m = b.detach(), mask[name]
+        assert torch.equal(fsdp[name][~m], b[~m]), f"{name} moved off-mask under FSDP2"
+        assert torch.equal(fsdp[name], ddp[name]), f"{name}: FSDP2 and DDP differ"
+        assert torch.equal(fsdp[name], resumed[name]), f"{name}: the resumed run differs"
+        moved += int((fsdp[name] != b).sum())
+    assert moved > 0
+
+
+
+def test_engines_a_mask_cannot_hold_are_refused_before_any_work(trained, world, tmp_path):
+    from peft import LoraConfig
+
+    from hf_wagle import WagleConfig, WagleTrainer
+
+    model, tokenizer = trained
+    from hf_wagle.trainer import check_engine
+
+    with pytest.raises(NotImplementedError, match="DeepSpeed ZeRO"):  # a DeepSpeed config needs deepspeed installed
+        check_engine(SimpleNamespace(deepspeed={"zero_optimization": {"stage": 2}}, fsdp=False), None, False)
+    cases = [
+        (dict(fsdp="full_shard", fsdp_config={"fsdp_version": 1}), None, "FSDP version 1"),
+        (dict(fsdp="full_shard"), LoraConfig(r=4, target_modules="all-linear"), "masked LoRA under FSDP"),
+        (dict(fsdp="full_shard", retain_loss="kl"), None, "KL retain term"),
+    ]
+    for extra, peft_config, message in cases:
+        with pytest.raises(NotImplementedError, match=message):
+            args = WagleConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **extra)
+            WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
+                         processing_class=tokenizer, peft_config=peft_config)

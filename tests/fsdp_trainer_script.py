@@ -1,0 +1,45 @@
+"""Run by test_distributed_trainer under torchrun: WagleTrainer (npo, wagle mask, weight decay) on CPU ranks, under
+FSDP2 or DDP, optionally resuming from a checkpoint. Writes `<out>/final` and `<out>/engine.json`.
+
+    torchrun --standalone --nproc_per_node 2 fsdp_trainer_script.py MODEL DATA OUT fsdp|ddp [CHECKPOINT]
+"""
+import json
+import sys
+
+from datasets import load_from_disk
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hf_wagle import WagleConfig, WagleTrainer
+
+model_dir, data_dir, out, mode = sys.argv[1:5]
+if mode == "fsdp":
+    # Accelerate turns FSDP on only for accelerator devices (its CPU distributed type ignores the FSDP plugin);
+    # PyTorch's fully_shard itself runs on CPU ranks with gloo. Let Accelerate's own FSDP2 path run here.
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    init = AcceleratorState.__init__
+
+    def init_with_fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
+        init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type, self.fsdp_plugin = DistributedType.FSDP, fsdp_plugin
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+    AcceleratorState.__init__ = init_with_fsdp_on_cpu
+resume = sys.argv[5] if len(sys.argv) > 5 else None
+fsdp = dict(fsdp="full_shard", fsdp_config={"fsdp_version": 2, "reshard_after_forward": True,
+                                            "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
+                                            "state_dict_type": "FULL_STATE_DICT"}) if mode == "fsdp" else {}
+args = WagleConfig(output_dir=f"{out}/run", objective="npo", mask_method="wagle", mask_ratio=0.3, learning_rate=2e-3,
+                   max_steps=4, per_device_train_batch_size=4, weight_decay=0.1, use_cpu=True, report_to="none",
+                   save_strategy="steps", save_steps=2, disable_tqdm=True, seed=0, **fsdp)
+trainer = WagleTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=args,
+                       forget_dataset=load_from_disk(f"{data_dir}/forget"),
+                       retain_dataset=load_from_disk(f"{data_dir}/retain"),
+                       processing_class=AutoTokenizer.from_pretrained(model_dir))
+trainer.train(resume_from_checkpoint=resume)
+trainer.save_model(f"{out}/final")
+if trainer.is_world_process_zero():
+    with open(f"{out}/engine.json", "w") as f:
+        json.dump({"sharded": trainer._sharded, "fsdp": trainer.is_fsdp_enabled, "steps": trainer.state.global_step}, f)
