@@ -13,7 +13,7 @@
    run the final model also gets the TOFU table (model utility, forget quality, ROUGE) and cloze multiple-choice
    accuracy on the scenario's 24 real-knowledge questions.
 
-    python -m benchmarks.quality --quick    # npo; dense, random, wagle; 2 seeds (fine-tunes cached after a first run)
+    python -m benchmarks.quality --quick    # npo; dense, random, wagle; 2 seeds, 8 steps (fine-tunes cached after a first run)
     python -m benchmarks.quality            # the full grid below (hours on 2 CPU cores)
     python -m benchmarks.quality --objectives grad_diff --methods dense,snip,wagle:mu=1e-4 --seeds 3
 
@@ -109,8 +109,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--splits", default="forget10", help="forget10 and/or forget05")
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--seeds", type=int, default=None, help="default 3 (quick: 2)")
-    ap.add_argument("--steps", type=int, default=None, help="unlearning steps (default 16; quick: 10)")
+    ap.add_argument("--steps", type=int, default=None, help="unlearning steps (default 16; quick: 8)")
     ap.add_argument("--eval-every", type=int, default=2)
+    ap.add_argument("--eval-limit", type=int, default=None, help="rows of each evaluation set (default 50; quick: 24)")
     ap.add_argument("--lora-r", type=int, default=None, help="masked LoRA instead of full parameters")
     ap.add_argument("--learning-rates", default="npo=5e-5,grad_diff=2e-5",
                     help="per objective, the same for every mask")
@@ -120,7 +121,8 @@ def main(argv=None) -> dict:
     objectives = (a.objectives or ("npo" if a.quick else "npo,grad_diff")).split(",")
     methods = parse_specs(a.methods or (QUICK_METHODS if a.quick else FULL_METHODS))
     seeds = a.seeds or (2 if a.quick else 3)
-    steps = a.steps or (10 if a.quick else 16)
+    steps = a.steps or (8 if a.quick else 16)
+    eval_limit = a.eval_limit or (24 if a.quick else 50)  # rows of each evaluation set at every recorded step
     rates = {k: float(v) for k, v in (item.split("=") for item in a.learning_rates.split(","))}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +142,7 @@ def main(argv=None) -> dict:
     recipe = {"epochs": 8, "learning_rate": 1e-4, "batch_size": 16}
     results = {"settings": {"objectives": objectives, "methods": methods, "seeds": seeds, "steps": steps,
                             "ratio": a.ratio, "lora_r": a.lora_r, "learning_rates": rates, "finetune": recipe,
-                            "forget_target": a.forget_target, "quick": a.quick},
+                            "forget_target": a.forget_target, "quick": a.quick, "eval_limit": eval_limit},
                "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__,
                            "machine": platform.machine()},
                "splits": {}}
@@ -154,12 +156,12 @@ def main(argv=None) -> dict:
         retain_trs = reference["forget_truth_ratios"]
         del retain_model
         target = AutoModelForCausalLM.from_pretrained(target_dir)
-        retain_eval = data["retain"].shuffle(seed=0).select(range(32))
+        retain_eval = data["retain"].shuffle(seed=0).select(range(eval_limit))
 
         def final_report(model):
             report = tofu_report(model, tokenizer, data["forget"], retain_eval, scenario["retain"],
                                  scenario["holdout"], retain_model_truth_ratios=retain_trs, prompt_template=PROMPT,
-                                 max_new_tokens=24)
+                                 max_new_tokens=16)
             return {"tofu": report["table"], "forget_quality": report.get("forget_quality"),
                     "model_utility": report.get("model_utility"),
                     "real_mcq_cloze": mcq_accuracy(model, tokenizer, mcq, style="cloze")}
@@ -173,7 +175,7 @@ def main(argv=None) -> dict:
             result = compare_masks(target, tokenizer, data["forget"], data["retain"], methods=methods, ratio=a.ratio,
                                    objective=objective, seeds=seeds, steps=steps, learning_rate=rates[objective],
                                    eval_every=a.eval_every, forget_target=a.forget_target, lora_r=a.lora_r,
-                                   utility={"retain": retain_eval, "real": real}, eval_limit=50,
+                                   utility={"retain": retain_eval, "real": real}, eval_limit=eval_limit,
                                    prompt_template=PROMPT, retain_model_truth_ratios=retain_trs,
                                    training={"max_length": 64}, on_run_end=final_report)
             print(format_comparison(result))

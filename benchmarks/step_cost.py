@@ -1,0 +1,105 @@
+"""Masked against dense training steps, side by side in one run: the cost of enforcing the mask.
+
+For full parameters and for LoRA, `WagleTrainer` runs `--steps` optimizer steps (GradDiff, AdamW, weight decay 0.1)
+on the same model and pre-tokenised data, once with a precomputed mask (ratio 0.8: gradient hooks, on-mask weight
+decay; for LoRA, masked factors) and once dense. The configurations alternate within each of `--repeats` rounds, and
+the ratio of median per-step times is reported (the first step, with its warm-up, is excluded). Also: the mask's
+size on disk in bits per weight.
+
+    python benchmarks/step_cost.py                    # ~162M-parameter random-init Llama
+    python benchmarks/step_cost.py --model smollm2    # the real SmolLM2-135M-Instruct (tied head, GQA)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from hf_wagle import WagleConfig, WagleTrainer, compute_mask
+
+from _common import make_data, make_model
+
+
+class StepTimes(TrainerCallback):
+    def __init__(self):
+        self.times, self._start = [], None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def step_times(model, forget, retain, mask, lora: bool, steps: int, batch_size: int) -> list[float]:
+    from peft import LoraConfig
+
+    timer = StepTimes()
+    with tempfile.TemporaryDirectory() as out:
+        args = WagleConfig(output_dir=out, objective="grad_diff", max_steps=steps, per_device_train_batch_size=batch_size,
+                           learning_rate=1e-5, weight_decay=0.1, use_cpu=True, report_to="none", save_strategy="no",
+                           disable_tqdm=True, logging_strategy="no", mask_method=None)
+        trainer = WagleTrainer(model=copy.deepcopy(model), args=args, forget_dataset=forget, retain_dataset=retain,
+                               mask=mask, callbacks=[timer],
+                               peft_config=LoraConfig(r=16, target_modules="all-linear") if lora else None)
+        trainer.train()
+    return timer.times[1:]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="random", choices=("random", "smollm2"))
+    ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--hidden", type=int, default=768)
+    ap.add_argument("--intermediate", type=int, default=2048)
+    ap.add_argument("--length", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    if a.model == "smollm2":
+        from hf_wagle.real_model import load_smollm2
+
+        model = load_smollm2()[0]
+        a.vocab = model.config.vocab_size
+    else:
+        model = make_model(a.layers, a.vocab, a.hidden, a.intermediate)
+    n = sum(p.numel() for p in model.parameters())
+    forget, retain = make_data(32, a.length, a.vocab, 1), make_data(64, a.length, a.vocab, 2)
+    mask = compute_mask(model, forget, retain, method="magnitude", ratio=0.8)
+    with tempfile.TemporaryDirectory() as d:
+        bits = mask.save(d).stat().st_size * 8 / mask.num_total
+    print(f"model: {n / 1e6:.1f}M parameters, {torch.get_num_threads()} threads; mask file {bits:.3f} bits per weight")
+    times = {k: [] for k in ("full masked", "full dense", "lora masked", "lora dense")}
+    for _ in range(a.repeats):
+        for key in times:
+            lora, masked = key.startswith("lora"), key.endswith("masked")
+            times[key] += step_times(model, forget, retain, mask if masked else None, lora, a.steps, a.batch_size)
+            print(f"  {key}: median step {statistics.median(times[key]):.2f} s so far")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {"parameters": n, "mask_bits_per_weight": bits, "step_seconds": times, "median_step_seconds": med,
+              "full_masked_over_dense": med["full masked"] / med["full dense"],
+              "lora_masked_over_dense": med["lora masked"] / med["lora dense"],
+              "settings": vars(a), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "machine": platform.machine()}
+    print(f"masked / dense step time: full {result['full_masked_over_dense']:.3f}, "
+          f"LoRA {result['lora_masked_over_dense']:.3f}")
+    out = Path(a.out or Path(__file__).with_name("results") / f"step_cost_{a.model}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
