@@ -120,20 +120,24 @@ def _batches(examples: list[dict], batch_size: int):
 
 
 def accumulate_gradients(model, params: list[torch.Tensor], examples: list[dict], batch_size: int,
-                         reduction: str = "sum", pad_token_id: int | None = None, progress=None) -> list[torch.Tensor]:
+                         reduction: str = "sum", pad_token_id: int | None = None, progress=None,
+                         accumulate_device=None) -> list[torch.Tensor]:
     """fp32 `sum_i grad (per-example token-mean NLL_i)` over `examples` (divided by their count for "mean").
 
     Under `torch.distributed`, rank r takes examples r, r+W, ... and the sums are all-reduced, so every rank
-    returns the same gradients. `progress` (a tqdm bar or None) advances by one per batch.
+    returns the same gradients. `progress` (a tqdm bar or None) advances by one per batch. `accumulate_device`
+    (default: the parameters' device) holds the fp32 sums: `"cpu"` keeps their 4 bytes per weight in host memory,
+    one batch's gradient crossing over per parameter.
     """
     device = params[0].device
-    grads = [torch.zeros(p.shape, dtype=torch.float32, device=device) for p in params]
+    store = torch.device(accumulate_device) if accumulate_device is not None else device
+    grads = [torch.zeros(p.shape, dtype=torch.float32, device=store) for p in params]
     for chunk in _batches(examples, batch_size):
         batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
         loss = sequence_nll(model, batch).per_example_mean.sum()
         for acc, g in zip(grads, torch.autograd.grad(loss, params, allow_unused=True)):
             if g is not None:
-                acc.add_(g.float())
+                acc.add_(g.to(store, torch.float32))
         if progress is not None:
             progress.update(1)
     sum_over_ranks_(grads)
@@ -566,7 +570,7 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = DEFAULT_MA
                  batch_size: int = 8, seed: int = 0, prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
                  max_length: int | None = None, *, num_samples: int | None = None, scope: str = "global",
                  granularity: str = "element", include=None, exclude=None, eps: float = DEFAULT_GRIN_EPS,
-                 retain_sampling: str = "all", progress: bool = True) -> WeightMask:
+                 retain_sampling: str = "all", accumulate_device=None, progress: bool = True) -> WeightMask:
     """Score every weight of `model` with the mask method `method` (a name registered with `register_mask_method`)
     and keep the top `ratio` fraction (the weights that may change).
 
@@ -576,7 +580,9 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = DEFAULT_MA
     `granularity`, `include`/`exclude`: see the module docstring. `retain_sampling="paired"` builds G_r as the WAGLE
     authors' code does: one retain example per forget example, drawn with replacement by
     `numpy.random.default_rng([seed, 2])`, so G_r sums as many examples as G_f; `"all"` (default) sums the whole
-    retain set (or its `num_samples` subset). `progress` shows a tqdm bar over the attribution
+    retain set (or its `num_samples` subset). `accumulate_device="cpu"` keeps G_f and G_r (4 bytes per weight
+    each) in host memory, and scores there one parameter at a time: the accelerator then holds the model and one
+    batch's gradients only, not two fp32 copies of the model. `progress` shows a tqdm bar over the attribution
     batches on rank 0. Names in the returned mask are the base model's `named_parameters()` names (all of them;
     excluded ones are all False), also when `model` is a `PeftModel`; `mask.metadata` records how it was made.
     """
@@ -621,9 +627,11 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = DEFAULT_MA
                     if spec.needs == "forget_inputs":
                         norms = input_feature_norms(model, params, forget_ex, batch_size, pad, bar)
                     else:
-                        g_f = accumulate_gradients(model, params, forget_ex, batch_size, reduction, pad, bar)
+                        g_f = accumulate_gradients(model, params, forget_ex, batch_size, reduction, pad, bar,
+                                                   accumulate_device)
                         if spec.uses_retain:
-                            g_r = accumulate_gradients(model, params, retain_ex, batch_size, reduction, pad, bar)
+                            g_r = accumulate_gradients(model, params, retain_ex, batch_size, reduction, pad, bar,
+                                                       accumulate_device)
             finally:
                 for (_, p), flag in zip(named, saved_flags):
                     p.requires_grad_(flag)
@@ -636,6 +644,8 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = DEFAULT_MA
         scores = []
         for j, p in enumerate(params):
             name = names[inc[j]]
+            if g_f and g_f[j].device != p.device:  # scored where the gradients are (accumulate_device)
+                p = p.detach().to(g_f[j].device)
             value = spec.score(p, grad_forget=g_f[j] if g_f else None, grad_retain=g_r[j] if g_r else None,
                                name=name, mu=mu, eps=eps, seed=seed, input_norm=norms.get(id(p)))
             scores.append(_as_scores(spec, value, p, name))

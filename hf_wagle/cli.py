@@ -201,7 +201,7 @@ def _add_attribute(sub) -> None:
                             reduction=a.reduction, batch_size=a.batch_size, seed=a.seed,
                             prompt_template=a.prompt_template, max_length=a.max_length, num_samples=a.num_samples,
                             scope=a.scope, granularity=a.granularity, include=a.include, exclude=a.exclude,
-                            retain_sampling=a.retain_sampling)
+                            retain_sampling=a.retain_sampling, accumulate_device=a.accumulate_device)
         out = Path(a.out)
         path = mask.save(out)
         stats = mask.stats()
@@ -246,6 +246,8 @@ def _add_attribute(sub) -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="weights' dtype while scoring (gradients are summed in float32)")
     p.add_argument("--device", help="e.g. cuda:0 (default: where the model loads)")
+    p.add_argument("--accumulate-device", help="where the fp32 gradient sums live: cpu keeps them in host memory "
+                                               "(a model that fits the accelerator only once; default: --device)")
     p.add_argument("--out", required=True, help="folder for wagle_mask.safetensors, mask_stats.json, mask_heatmap.png")
     p.set_defaults(func=run)
 

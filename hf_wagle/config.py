@@ -81,6 +81,10 @@ class WagleConfig(TrainingArguments):
     mask_exclude: list[str] | None = field(
         default=None, metadata={"help": "Parameters matching one of these name patterns never change."}
     )
+    mask_accumulate_device: str | None = field(
+        default=None, metadata={"help": "Where attribution keeps its fp32 gradient sums: 'cpu' for host memory "
+                                        "(a big model on one accelerator); default the model's device."}
+    )
     mask_noise_std: float = field(
         default=0.0,
         metadata={"help": "GRIN: before unlearning add N(0, (mask_noise_std * std(theta))^2) to every selected weight."},

@@ -67,11 +67,18 @@ def _device() -> torch.device:
 
 
 def sum_over_ranks_(tensors) -> None:
-    """Replace each tensor by its sum over all ranks, in place; nothing on one process."""
+    """Replace each tensor by its sum over all ranks, in place; nothing on one process. A tensor the backend cannot
+    reduce where it lies (host memory under NCCL) crosses to the backend's device and back, one at a time."""
     if rank_world()[1] == 1:
         return
+    device = _device()
     for t in tensors:
-        dist.all_reduce(t)
+        if t.device.type == device.type:
+            dist.all_reduce(t)
+        else:
+            moved = t.to(device)
+            dist.all_reduce(moved)
+            t.copy_(moved)
 
 
 def broadcast_from_main(tensor: torch.Tensor) -> torch.Tensor:

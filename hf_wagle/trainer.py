@@ -205,7 +205,8 @@ class WagleTrainer(Trainer):
                 ratio=a.mask_ratio, mu=a.mu, reduction=a.mask_reduction, batch_size=a.mask_batch_size, seed=a.seed,
                 prompt_template=a.prompt_template, max_length=a.max_length, num_samples=a.mask_num_samples,
                 scope=a.mask_scope, granularity=a.mask_granularity, include=a.mask_include, exclude=a.mask_exclude,
-                retain_sampling=a.mask_retain_sampling, progress=not a.disable_tqdm,
+                retain_sampling=a.mask_retain_sampling, accumulate_device=a.mask_accumulate_device,
+                progress=not a.disable_tqdm,
             )
         enforced, grad_masks = self.confinement.confine(self.model, self.mask)
         if enforced.num_selected == 0:
