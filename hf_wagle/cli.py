@@ -458,6 +458,9 @@ def unlearn_arguments():
                                                metadata={"help": "LoRA target modules"})
         evaluate: bool = field(default=False, metadata={"help": "score answer probabilities on the forget and retain "
                                                                 "data before and after, into the card and results"})
+        mask_dir: str | None = field(default=None, metadata={
+            "help": "a mask saved by `hf-wagle attribute` (its folder or wagle_mask.safetensors), used instead of "
+                    "computing one (mask_method and the other mask_* keys are then not used)"})
 
     return UnlearnArguments
 
@@ -519,6 +522,7 @@ def _run_unlearn(script, args) -> int:
     from .adapters import verify
     from .evaluation import answer_metrics, summarise
     from .hub import public_name, write_model_card
+    from .mask import WeightMask
     from .trainer import WagleTrainer
 
     if script.dtype not in ("float32", "bfloat16", "float16"):
@@ -539,8 +543,9 @@ def _run_unlearn(script, args) -> int:
         targets = script.lora_target_modules
         peft_config = LoraConfig(r=script.lora_r, lora_alpha=script.lora_alpha, task_type="CAUSAL_LM",
                                  target_modules=targets[0] if targets == ["all-linear"] else targets)
+    mask = WeightMask.load(script.mask_dir, model=model) if script.mask_dir else None
     trainer = WagleTrainer(model=model, args=args, forget_dataset=forget, retain_dataset=retain,
-                           processing_class=tokenizer, peft_config=peft_config)
+                           processing_class=tokenizer, peft_config=peft_config, mask=mask)
     trainer.remove_callback(PrinterCallback)
 
     def scores():

@@ -71,6 +71,16 @@ def test_unlearn_command_from_yaml_with_flags_winning(trained, world, tmp_path, 
     card = (tmp_path / "out" / "README.md").read_text()
     assert "## Results" in card and "| forget |" in card and "LoRA r=4" in card and "hf-wagle verify" in card
 
+    # a mask made beforehand by `hf-wagle attribute` is used as it is
+    assert main(["attribute", "--model", str(tmp_path / "model"), "--forget", str(tmp_path / "forget.jsonl"),
+                 "--retain", str(tmp_path / "retain.jsonl"), "--method", "snip", "--ratio", "0.2",
+                 "--out", str(tmp_path / "mask")]) == 0
+    assert main(["unlearn", "--config", str(tmp_path / "cfg.yaml"), "--max_steps", "2", "--evaluate", "false",
+                 "--mask_dir", str(tmp_path / "mask"), "--output_dir", str(tmp_path / "premade")]) == 0
+    premade = WeightMask.load(tmp_path / "premade")
+    assert premade.metadata["method"] == "snip" and premade.metadata["ratio"] == 0.2
+    capsys.readouterr()
+
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**config, "learnin_rate": 1.0}))
     assert main(["unlearn", "--config", str(tmp_path / "bad.yaml")]) == 2
     err = capsys.readouterr().err
