@@ -123,7 +123,15 @@ def main(argv=None) -> dict:
     seeds = a.seeds or (2 if a.quick else 3)
     steps = a.steps or (8 if a.quick else 16)
     eval_limit = a.eval_limit or (24 if a.quick else 50)  # rows of each evaluation set at every recorded step
+    if not 1 <= eval_limit <= 180:
+        ap.error(f"--eval-limit must be in [1, 180] (the retained authors' QA), got {eval_limit}")
     rates = {k: float(v) for k, v in (item.split("=") for item in a.learning_rates.split(","))}
+    missing = [o for o in objectives if o not in rates]
+    if missing:
+        ap.error(f"--learning-rates has no rate for {missing}; add e.g. {missing[0]}=5e-5")
+    unknown = [s for s in a.splits.split(",") if s not in SPLITS]
+    if unknown:
+        ap.error(f"--splits: {unknown} not among {sorted(SPLITS)}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()

@@ -11,6 +11,11 @@ verify (read a saved folder and say which weights changed):
   holds exactly a row x column mask `rows[:, None] & cols[None, :]`. Each targeted weight's element mask is projected
   to such rows/columns (`hf_wagle.mask.project_rows_columns`), B's rows and A's columns outside them are zeroed and
   gradient masks keep them zero; a saved adapter is audited through `B @ A`.
+* `ShiraExport` (verify only): a SHiRA adapter written by `export_adapter` from a full-parameter run; audited through
+  its sparse entries (`shira_indices`, `shira_weight`).
+
+`export_adapter` turns a full-parameter run's change into a stock-PEFT adapter: SHiRA (exact wherever float32 allows)
+or a truncated-SVD LoRA (with its error).
 """
 
 from __future__ import annotations
@@ -174,13 +179,10 @@ def _neutral_value(key: str, value) -> bool:
     return value in (None, False, [], {}, "", 0)
 
 
-def lora_config_problems(directory: Path) -> list[str]:
-    """What in `adapter_config.json` would let the loaded adapter move weights outside its mask.
-
-    Settings PEFT applies when loading (DoRA, PiSSA/OLoRA-style initialisation, layer replication, biases, ...)
-    are problems; an unknown setting with a non-default value, or a missing or unreadable file, cannot be verified
-    (ValueError).
-    """
+def adapter_config_problems(directory: Path, peft_type: str, neutral: set, why: dict) -> list[str]:
+    """What in `adapter_config.json` (of type `peft_type`) would let the loaded adapter move weights outside its
+    mask: a setting outside `neutral` with a non-default value is a problem when `why` explains it; an unknown one,
+    or a missing or unreadable file, cannot be verified (ValueError)."""
     path = directory / "adapter_config.json"
     try:
         config = json.loads(path.read_text())
@@ -188,18 +190,24 @@ def lora_config_problems(directory: Path) -> list[str]:
         raise ValueError(f"cannot verify {directory}: no adapter_config.json, which PEFT needs to load the adapter")
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot verify {directory}: adapter_config.json is not readable JSON ({e})") from None
-    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
-        raise ValueError(f"cannot verify {directory}: adapter_config.json is not a LoRA config "
+    if not isinstance(config, dict) or config.get("peft_type") != peft_type:
+        raise ValueError(f"cannot verify {directory}: adapter_config.json is not a {peft_type} config "
                          f"(peft_type {config.get('peft_type') if isinstance(config, dict) else None!r})")
     problems = []
     for key, value in config.items():
-        if key in _LORA_NEUTRAL or _neutral_value(key, value):
+        if key in neutral or _neutral_value(key, value):
             continue
-        if key not in _LORA_WHY:
+        if key not in why:
             raise ValueError(f"cannot verify {directory}: adapter_config.json sets {key}={value!r}, which hf_wagle "
                              "does not know; it cannot tell whether PEFT would move base weights with it")
-        problems.append(f"adapter_config.json: {key}={value!r}: {_LORA_WHY[key]}, outside any mask")
+        problems.append(f"adapter_config.json: {key}={value!r}: {why[key]}, outside any mask")
     return problems
+
+
+def lora_config_problems(directory: Path) -> list[str]:
+    """`adapter_config_problems` of a LoRA adapter: settings PEFT applies when loading (DoRA, PiSSA/OLoRA-style
+    initialisation, layer replication, biases, ...) are problems."""
+    return adapter_config_problems(directory, "LORA", _LORA_NEUTRAL, _LORA_WHY)
 
 
 class Confinement:
@@ -308,9 +316,12 @@ class LoraConfinement(Confinement):
             yield name, delta != 0, bool(torch.isfinite(delta).all())
 
 
-# adapter_config.json of a SHiRA adapter: settings that never move base weights
+# adapter_config.json of a SHiRA adapter: settings that never move base weights (the initial values and the random
+# mask are replaced by the saved weights and indices when PEFT loads it), and those that would
 _SHIRA_NEUTRAL = {"auto_mapping", "base_model_name_or_path", "inference_mode", "init_weights", "mask_type",
                   "peft_type", "peft_version", "r", "random_seed", "revision", "target_modules", "task_type"}
+_SHIRA_WHY = {"modules_to_save": "full copies of modules are trained and saved",
+              "fan_in_fan_out": "the change is applied transposed"}
 
 
 def _peft_type(directory: Path) -> str | None:
@@ -331,12 +342,7 @@ class ShiraExport(Confinement):
         return (directory / "adapter_model.safetensors").exists() and _peft_type(directory) == "SHIRA"
 
     def changes(self, directory, mask, base, problems):
-        config = json.loads((directory / "adapter_config.json").read_text())
-        for key, value in config.items():
-            if key in _SHIRA_NEUTRAL or value in (None, False, [], {}, ""):
-                continue
-            raise ValueError(f"cannot verify {directory}: adapter_config.json sets {key}={value!r}, which hf_wagle "
-                             "does not know for SHiRA; it cannot tell whether PEFT would move base weights with it")
+        problems += adapter_config_problems(directory, "SHIRA", _SHIRA_NEUTRAL, _SHIRA_WHY)
         parts: dict[str, dict[str, torch.Tensor]] = {}
         for key, t in _tensors(directory, "adapter_model"):
             module, _, field = key.removeprefix("base_model.model.").rpartition(".shira_")
@@ -395,7 +401,8 @@ def verify(directory, base=None) -> dict:
 
     Adapter folders (`adapter_model.safetensors`): for every LoRA pair, `B @ A` must be exactly zero outside the
     mask of its base weight and finite; any other trained tensor (e.g. `modules_to_save`) is unconfined unless the
-    mask selects all of its weight. Full-model folders need `base` (a local folder or Hub id): every weight must
+    mask selects all of its weight. SHiRA exports: every non-zero entry must sit inside the mask, with distinct,
+    in-range indices and finite values. Full-model folders need `base` (a local folder or Hub id): every weight must
     be finite and bit-identical to the base model outside the mask. Returns a report whose `"confined"` is True
     only when every check passes.
     """
@@ -586,6 +593,25 @@ def _lora_layout(changes: dict, rank: int) -> tuple[dict, dict]:
     return layout, report
 
 
+def check_export_options(format: str, rank, scales) -> list[float] | None:
+    """Raise before any work on a bad `export_adapter` option; returns the scales as floats (None: one adapter)."""
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {format!r}")
+    if format == "lora" and (not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"format='lora' needs a rank (an int >= 1), got {rank!r}")
+    if scales is None:
+        return None
+    scales = [float(s) for s in scales]
+    if not scales or any(not math.isfinite(s) or s <= 0 for s in scales):
+        raise ValueError(f"scales must be positive numbers, got {scales}")
+    return scales
+
+
+def export_folders(output_dir, scales) -> list[Path]:
+    """Where `export_adapter` writes: `output_dir`, or `output_dir/scale_<s>` for each of the given scales."""
+    return [Path(output_dir)] if scales is None else [Path(output_dir) / f"scale_{s:g}" for s in scales]
+
+
 def export_adapter(trained, base_model, mask: WeightMask, output_dir, format: str = "shira", rank: int | None = None,
                    scales=None, base_name: str | None = None) -> dict:
     """Write the change `trained - base` of a full-parameter run as a stock-PEFT adapter in `output_dir`, with its
@@ -600,23 +626,18 @@ def export_adapter(trained, base_model, mask: WeightMask, output_dir, format: st
       columns the change touches, and that row x column mask is what ships.
 
     `scales` (e.g. `[0.25, 0.5, 1.0]`) writes one adapter per scale `s` into `output_dir/scale_<s>`, holding
-    `s x` the change (a staged roll-out: deploy the gentlest that forgets enough); the default is one adapter at
-    scale 1 in `output_dir`. `base_model` is wrapped by PEFT while writing and unwrapped afterwards. Returns the
-    report. Nothing is written when a check fails."""
+    `s x` the change (a staged roll-out: deploy the gentlest that forgets enough; the exactness figures hold for
+    scale 1 only); the default is one adapter at scale 1 in `output_dir` (`export_folders`). `base_model` is wrapped
+    by PEFT while writing and unwrapped afterwards. Returns the report (with `folders`, the folders written).
+    Nothing is written when a check fails."""
     from peft import LoraConfig, ShiraConfig, get_peft_model
 
     from .hub import export_card
 
-    if format not in EXPORT_FORMATS:
-        raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {format!r}")
-    if format == "lora" and (not isinstance(rank, int) or rank < 1):
-        raise ValueError(f"format='lora' needs rank=<int >= 1>, got {rank!r}")
-    scales = [1.0] if scales is None else [float(s) for s in scales]
-    if not scales or any(not math.isfinite(s) or s <= 0 for s in scales):
-        raise ValueError(f"scales must be positive numbers, got {scales}")
+    scales = check_export_options(format, rank, scales)
     changes = masked_changes(trained, base_model, mask)
     modules = [name.removesuffix(".weight") for name in changes]
-    report = {"format": format, "scales": scales, "layers": {}, "changed_weights": 0}
+    report = {"format": format, "scales": scales or [1.0], "layers": {}, "changed_weights": 0}
     if format == "shira":
         r, layout = _shira_layout(changes, mask)
         config = ShiraConfig(r=r, target_modules=modules, task_type="CAUSAL_LM")
@@ -643,7 +664,7 @@ def export_adapter(trained, base_model, mask: WeightMask, output_dir, format: st
     try:
         layers = dict(peft_model.get_base_model().named_modules())
         with staged_directory(output_dir) as staging:
-            for scale in scales:
+            for scale, final in zip(scales or [1.0], export_folders(output_dir, scales)):
                 for name in changes:
                     layer = layers[name.removesuffix(".weight")]
                     with torch.no_grad():
@@ -655,12 +676,15 @@ def export_adapter(trained, base_model, mask: WeightMask, output_dir, format: st
                             B, A = layout[name][:2]
                             layer.lora_B["default"].weight.copy_(B * scale)
                             layer.lora_A["default"].weight.copy_(A)
-                folder = staging if len(scales) == 1 else staging / f"scale_{scale:g}"
+                folder = staging / final.relative_to(output_dir)
                 peft_model.save_pretrained(str(folder))
                 shipped.save(folder)
                 scaled = {**report, "scale": scale}
+                if scale != 1.0 and format == "shira":  # exactness is that of the whole change
+                    scaled.update(exact=None, inexact_weights=None, max_abs_error=None)
                 (folder / EXPORT_REPORT).write_text(json.dumps(scaled, indent=2))
-                export_card(scaled, base_name).save(str(folder / "README.md"))
+                export_card(scaled, base_name, mask.metadata.get("method")).save(str(folder / "README.md"))
     finally:
         peft_model.unload()
+    report["folders"] = [str(f) for f in export_folders(output_dir, scales)]
     return report

@@ -335,7 +335,7 @@ def _add_export(sub) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from .adapters import export_adapter, verify
+        from .adapters import check_export_options, export_adapter, verify
         from .mask import WeightMask
 
         run_dir = Path(a.run)
@@ -344,9 +344,13 @@ def _add_export(sub) -> None:
                              "run is already an adapter)")
         mask = WeightMask.load(run_dir)
         _check_model(a.base, "--base")
-        scales = [float(x) for x in a.scales.split(",")] if a.scales else None
+        try:
+            scales = [float(x) for x in a.scales.split(",")] if a.scales else None
+        except ValueError:
+            raise ValueError(f"--scales {a.scales}: expected numbers separated by commas, e.g. 0.25,0.5,1") from None
         if a.format == "lora" and a.rank is None:
             raise ValueError("--format lora needs --rank")
+        scales = check_export_options(a.format, a.rank, scales)
         trained = AutoModelForCausalLM.from_pretrained(run_dir)
         base = AutoModelForCausalLM.from_pretrained(a.base, dtype=next(trained.parameters()).dtype)
         with torch.no_grad():
@@ -360,11 +364,12 @@ def _add_export(sub) -> None:
         else:
             print(f"  relative error of the change {report['relative_error']:.4g} (worst layer "
                   f"{report['max_relative_error']:.4g})")
-        folders = [Path(a.out)] if not scales or len(scales) == 1 else [Path(a.out) / f"scale_{x:g}" for x in scales]
-        for folder in folders:
+        confined = True
+        for folder in report["folders"]:
             verdict = verify(folder)
+            confined &= verdict["confined"]
             print(f"  {folder}: confined to its mask: {'yes' if verdict['confined'] else 'NO'}")
-        return 0
+        return 0 if confined else 1
 
     p = sub.add_parser("export", help="turn a saved full-parameter run into a stock-PEFT adapter: SHiRA (exact) or "
                                       "LoRA (truncated SVD, with its error)")
@@ -568,7 +573,8 @@ def _run_unlearn(script, args) -> int:
     write_model_card(out, trainer)  # now with the verdict
     summary = {"output_dir": str(out), "confined": report["confined"], "steps": trainer.state.global_step,
                "processes": trainer.args.world_size,
-               "engine": "fsdp2" if trainer._sharded else ("ddp" if trainer.args.world_size > 1 else "single process"),
+               "engine": "fsdp2" if trainer.is_fsdp_enabled else ("ddp" if trainer.args.world_size > 1
+                                                                  else "single process"),
                "changeable": trainer.enforced_mask.num_selected, "total": trainer.enforced_mask.num_total,
                "evaluation": trainer.results if script.evaluate else None}
     (out / "unlearn_results.json").write_text(json.dumps(summary, indent=2))

@@ -44,20 +44,21 @@ def card_for(trainer) -> ModelCard:
     if adapter:
         base = trainer.model.peft_config[trainer.model.active_adapter].base_model_name_or_path or base
     base = public_name(base)  # never publish a local path
+    # the mask the run used: computed from args, or given (e.g. `mask_dir`), whose own metadata then tells
+    mask_meta = trainer.mask.metadata if trainer.mask is not None else {}
+    masked = trainer.mask is not None
+    method_name = mask_meta.get("method") or (args.mask_method if masked else None) or "given"
     data = ModelCardData(
         base_model=base,
         library_name="peft" if adapter else "transformers",
-        tags=["unlearning", "wagle", f"objective:{args.objective}", f"mask:{args.mask_method or 'dense'}"],
+        tags=["unlearning", "wagle", f"objective:{args.objective}", f"mask:{method_name if masked else 'dense'}"],
         model_name=public_name(args.hub_model_id) or "unlearned model",
         eval_results=eval_results(trainer.results),
     )
-    method = args.mask_method or "dense (no mask)"
-    requested = f"{args.mask_ratio:g}" if args.mask_method else "1"
+    method = method_name if masked else "dense (no mask)"
+    requested = f"{mask_meta.get('ratio', args.mask_ratio):g}" if masked else "1"
     load = (
-        "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
-        f"base = AutoModelForCausalLM.from_pretrained({base or '<base model>'!r})\n"
-        "model = PeftModel.from_pretrained(base, '<this folder or repo>')\n"
-        "# undo the unlearning: model.unload() returns the untouched base model\n```\n"
+        peft_load_snippet(base)
         if adapter else
         "```python\nfrom transformers import AutoModelForCausalLM\n\n"
         "model = AutoModelForCausalLM.from_pretrained('<this folder or repo>')\n```\n"
@@ -76,7 +77,7 @@ def card_for(trainer) -> ModelCard:
         results = ""
     verify_base = "" if adapter else " --base <base model>"
     how = ("[WAGLE](https://arxiv.org/abs/2410.17509)-style weight attribution: an unlearning objective was run only "
-           "through a\nmask of the weights allowed to change." if args.mask_method else
+           "through a\nmask of the weights allowed to change." if masked else
            "an unlearning objective run over every weight\n(dense: no mask was enforced).")
     verdict = ""
     report = trainer.verification
@@ -132,25 +133,42 @@ def eval_results(results: dict | None) -> list[EvalResult] | None:
             for split in results["after"] for when in ("before", "after")]
 
 
-def export_card(report: dict, base: str | None) -> ModelCard:
-    """The card of an adapter exported from a full-parameter run (`hf_wagle.adapters.export_adapter`)."""
+def peft_load_snippet(base: str | None) -> str:
+    """How to load an adapter on its base with stock PEFT, and roll it back (Markdown)."""
+    return ("```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
+            f"base = AutoModelForCausalLM.from_pretrained({base or '<base model>'!r})\n"
+            "model = PeftModel.from_pretrained(base, '<this folder or repo>')\n"
+            "# undo the unlearning: model.unload() returns the untouched base model\n```\n")
+
+
+def export_card(report: dict, base: str | None, method: str | None = None) -> ModelCard:
+    """The card of an adapter exported from a full-parameter run (`hf_wagle.adapters.export_adapter`); `method` is
+    the mask method the run used (from its mask's metadata)."""
     base = public_name(base)
     data = ModelCardData(base_model=base, library_name="peft",
-                         tags=["unlearning", "wagle", f"export:{report['format']}"])
+                         tags=["unlearning", "wagle", f"export:{report['format']}", f"mask:{method or 'given'}"])
     scale = report.get("scale", 1.0)
+    change = "the change" if scale == 1 else f"{scale:g} x the change (a staged roll-out)"
     if report["format"] == "shira":
-        what = (f"a SHiRA adapter (r={report['rank']}): merged or loaded with PEFT, the base model plus this adapter "
-                "equals the unlearned model exactly" + ("" if scale == 1 else f", scaled by {scale:g}") + ".")
+        if scale != 1:
+            exact = "base model plus this adapter is the base moved part of the way to the unlearned model."
+        elif report["exact"]:
+            exact = "base model plus this adapter equals the unlearned model bit for bit."
+        else:
+            exact = (f"base model plus this adapter equals the unlearned model at every weight but "
+                     f"{report['inexact_weights']}, where float32 cannot express base + change; those differ by at "
+                     f"most {report['max_abs_error']:.3g}.")
+        what = f"a SHiRA adapter (r={report['rank']}) holding {change}: merged or loaded with PEFT, the {exact}"
     else:
-        what = (f"a LoRA adapter (r={report['rank']}, alpha={report['rank']}): the rank-{report['rank']} truncated "
-                f"SVD of each layer's change{'' if scale == 1 else f', scaled by {scale:g}'}. Relative error of the "
-                f"change (Frobenius): {report['relative_error']:.4g} overall, {report['max_relative_error']:.4g} at "
-                "worst; `export_report.json` has every layer's error and energy kept.")
+        what = (f"a LoRA adapter (r={report['rank']}, alpha={report['rank']}) holding the rank-{report['rank']} "
+                f"truncated SVD of {change}. Relative error of the change (Frobenius): "
+                f"{report['relative_error']:.4g} overall, {report['max_relative_error']:.4g} at worst; "
+                "`export_report.json` has every layer's error and energy kept.")
     body = f"""
 # Unlearned with hf_wagle (exported adapter)
 
-This adapter holds the weight change of a full-parameter unlearning run with
-[WAGLE](https://arxiv.org/abs/2410.17509)-style weight attribution, exported as {what}
+This adapter holds the weight change of a full-parameter unlearning run through a `{method or 'given'}` weight
+mask, exported as {what}
 The forget data is not described here.
 
 | | |
@@ -163,15 +181,7 @@ The forget data is not described here.
 
 ## How to load and roll back
 
-```python
-from peft import PeftModel
-from transformers import AutoModelForCausalLM
-
-base = AutoModelForCausalLM.from_pretrained({base or '<base model>'!r})
-model = PeftModel.from_pretrained(base, '<this folder or repo>')
-# roll back: model.unload() returns the untouched base model
-```
-"""
+{peft_load_snippet(base)}"""
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
 

@@ -26,7 +26,8 @@ import torch
 from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
 from transformers.utils import logging
 
-from .adapters import check_lora_config, confinement_for, export_adapter, staged_directory
+from .adapters import (check_export_options, check_lora_config, confinement_for, export_adapter,
+                       staged_directory)
 from .attribution import add_mask_noise, check_selects_something, compute_mask
 from .config import WagleConfig
 from .data import (ForgetRetainPairs, PairCollator, check_fits_model, collate, pad_id, refusal_examples,
@@ -357,33 +358,30 @@ class WagleTrainer(Trainer):
                       os.path.join(output_dir or self.args.output_dir, REFERENCE_FILE))
 
     def export_adapter(self, output_dir: str, format: str = "shira", rank: int | None = None, scales=None,
-                       base=None) -> dict | None:
+                       base=None) -> dict:
         """Write this full-parameter run's change as a stock-PEFT adapter (`hf_wagle.adapters.export_adapter`):
-        `format="shira"` is exact, `format="lora", rank=k` a truncated SVD with its fidelity report. `base` is the
-        base model (folder, Hub id or model; default: the one this model was loaded from). Only the main process
-        writes; it returns the report (other processes return None)."""
+        `format="shira"` is exact wherever float32 allows, `format="lora", rank=k` a truncated SVD with its
+        fidelity report. `base` is the base model (folder, Hub id or model; default: the one this model was loaded
+        from). One process only: after a distributed run, `save_model` and then `hf-wagle export` the folder."""
         from peft import PeftModel
 
+        scales = check_export_options(format, rank, scales)
         if isinstance(self.model, PeftModel):
             raise ValueError("this run trained a LoRA adapter, which save_model already writes; export_adapter turns "
                              "a full-parameter run into an adapter")
         if self.enforced_mask is None:
             raise ValueError("nothing to export yet: call train() first")
-        if format == "lora" and (not isinstance(rank, int) or rank < 1):
-            raise ValueError(f"format='lora' needs rank=<int >= 1>, got {rank!r}")
+        if self.args.world_size > 1:
+            raise ValueError("export_adapter runs in one process: save_model(dir), then `hf-wagle export dir --base "
+                             "MODEL --out OUT`")
         base = base if base is not None else self.model.name_or_path
         if not base:
             raise ValueError("the model was not loaded from a folder or Hub id; pass base= (the model before training)")
-        result = None
-        if self.is_world_process_zero():
-            model = self.accelerator.unwrap_model(self.model)
-            dtype = next(model.parameters()).dtype
-            base_model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype) if isinstance(base, (str, os.PathLike)) \
-                else base
-            result = export_adapter(model, base_model, self.enforced_mask, output_dir, format=format, rank=rank,
-                                    scales=scales, base_name=base if isinstance(base, str) else None)
-        self.accelerator.wait_for_everyone()
-        return result
+        dtype = next(self.model.parameters()).dtype
+        base_model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype) if isinstance(base, (str, os.PathLike)) \
+            else base
+        return export_adapter(self.model, base_model, self.enforced_mask, output_dir, format=format, rank=rank,
+                              scales=scales, base_name=base if isinstance(base, str) else None)
 
     def create_model_card(self, *args, **kwargs) -> None:
         """Used by `Trainer.push_to_hub`: write hf_wagle's card (not the Trainer's generic one)."""
@@ -458,7 +456,8 @@ def check_engine(args, peft_config, needs_reference_model: bool) -> None:
             "full-parameter unlearning, or DDP")
     if not (args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")):
         return
-    version = int((args.fsdp_config or {}).get("version") or os.environ.get("FSDP_VERSION") or 2)
+    # TrainingArguments default to FSDP2; Accelerate's environment (accelerate launch) to FSDP1
+    version = int((args.fsdp_config or {}).get("version", 2) if args.fsdp else os.environ.get("FSDP_VERSION", 1))
     if version != 2:
         raise NotImplementedError(f"FSDP version {version} flattens parameters, which a per-weight mask cannot follow; "
                                   "use FSDP2 (fsdp_config={'fsdp_version': 2})")

@@ -79,6 +79,8 @@ def test_unlearn_command_from_yaml_with_flags_winning(trained, world, tmp_path, 
                  "--mask_dir", str(tmp_path / "mask"), "--output_dir", str(tmp_path / "premade")]) == 0
     premade = WeightMask.load(tmp_path / "premade")
     assert premade.metadata["method"] == "snip" and premade.metadata["ratio"] == 0.2
+    card = (tmp_path / "premade" / "README.md").read_text()
+    assert "mask:snip" in card and "| mask method | `snip` |" in card  # the card describes the mask used
     capsys.readouterr()
 
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**config, "learnin_rate": 1.0}))

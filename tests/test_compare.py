@@ -14,7 +14,8 @@ def test_specs_parse_options_and_refuse_unknown_ones():
         "mask_method": "wagle", "mu": 1e-4, "mask_retain_sampling": "paired", "mask_ratio": 0.8}
     assert spec_options("dense") == {"mask_method": None}
     for bad, message in (("wagle:alpha=1", "options are key=value"), ("dense:mu=1", "dense takes no options"),
-                         ("nosuch", "nosuch")):
+                         ("nosuch", "nosuch"), ("wagle:mu=abc", "mu must be a number"),
+                         ("wagle:scope=perlayer", "scope must be one of"), ("random:ratio=2", "ratio")):
         with pytest.raises(ValueError, match=message):
             spec_options(bad)
     with pytest.raises(ValueError, match="no method before it"):

@@ -101,7 +101,7 @@ def test_lora_export_reports_fidelity_and_stays_in_its_rows_and_columns(full_run
     batch = {"input_ids": torch.tensor([[2, 5, 9, 11, 7, 3]])}
     with torch.no_grad():
         assert (loaded(**batch).logits - trainer.model(**batch).logits).abs().max() <= 1e-4
-    with pytest.raises(ValueError, match="needs rank"):
+    with pytest.raises(ValueError, match="needs a rank"):
         trainer.export_adapter(tmp / "bad", format="lora")
     assert not (tmp / "bad").exists()
 

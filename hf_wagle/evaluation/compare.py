@@ -25,7 +25,7 @@ import tempfile
 
 from transformers import PrinterCallback, TrainerCallback
 
-from ..options import DEFAULT_PROMPT_TEMPLATE
+from ..options import DEFAULT_PROMPT_TEMPLATE, check_mask_options
 from .answers import answer_metrics, summarise
 
 DENSE = "dense"
@@ -57,13 +57,23 @@ def spec_options(spec: str) -> dict:
     options = {"mask_method": None if method == DENSE else method}
     if method != DENSE:
         get_mask_method(method)  # a clear error for an unknown method
+    checked = {}
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
         if not sep or key not in SPEC_KEYS:
             raise ValueError(f"mask spec {spec!r}: options are key=value with key in {sorted(SPEC_KEYS)}, got {item!r}")
-        options[SPEC_KEYS[key]] = float(value) if key in ("ratio", "mu") else value
+        if key in ("ratio", "mu"):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"mask spec {spec!r}: {key} must be a number, got {value!r}") from None
+        options[SPEC_KEYS[key]] = checked[key] = value
     if method == DENSE and len(options) > 1:
         raise ValueError(f"mask spec {spec!r}: dense takes no options")
+    try:  # the values too, before any run
+        check_mask_options(ratio=checked.get("ratio", 0.5), **{k: v for k, v in checked.items() if k != "ratio"})
+    except ValueError as e:
+        raise ValueError(f"mask spec {spec!r}: {e}") from None
     return options
 
 
@@ -255,18 +265,25 @@ def format_comparison(result: dict) -> str:
 
 
 def verdict(result: dict) -> str:
-    """Which spec keeps the most utility at the target, and whether its interval separates it from the others."""
-    scored = {k: e["matched_utility"] for k, e in result["summary"].items()
-              if "matched_utility" in e and e["reached"] == e["seeds"]}
+    """Which spec keeps the most utility at the target, and whether its 95% interval separates it from the others
+    (specs that missed the target on some seed are named and left out)."""
+    summary = result["summary"]
+    scored = {k: e["matched_utility"] for k, e in summary.items() if "matched_utility" in e and e["reached"] == e["seeds"]}
+    missed = [k for k in summary if k not in scored]
+    left_out = f" ({', '.join(missed)} missed the target on some seed and are left out)" if missed else ""
     if not scored:
         return "no method reached the target on every seed: raise steps or the learning rate, or the target"
     best = max(scored, key=lambda k: scored[k][0])
-    lo = scored[best][0] - (scored[best][1] if not math.isnan(scored[best][1]) else 0.0)
-    overlapping = [k for k, (m, h) in scored.items() if k != best and m + (0.0 if math.isnan(h) else h) >= lo]
+    if len(scored) == 1:
+        return f"only {best} reached the target on every seed{left_out}"
+    if any(math.isnan(h) for _, h in scored.values()):
+        return f"highest utility at the target: {best}; one seed gives no interval, so no winner can be called{left_out}"
+    lo = scored[best][0] - scored[best][1]
+    overlapping = [k for k, (m, h) in scored.items() if k != best and m + h >= lo]
     if overlapping:
         return (f"highest utility at the target: {best}; not separated from {', '.join(overlapping)} "
-                "(95% intervals overlap): more seeds or data are needed to call a winner")
-    return f"highest utility at the target: {best}, its 95% interval above every other method's"
+                f"(95% intervals overlap): more seeds or data are needed to call a winner{left_out}")
+    return f"highest utility at the target: {best}, its 95% interval above the others'{left_out}"
 
 
 def plot_comparison(result: dict, path) -> str:
