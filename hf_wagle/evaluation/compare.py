@@ -270,7 +270,7 @@ def verdict(result: dict) -> str:
     summary = result["summary"]
     scored = {k: e["matched_utility"] for k, e in summary.items() if "matched_utility" in e and e["reached"] == e["seeds"]}
     missed = [k for k in summary if k not in scored]
-    left_out = f" ({', '.join(missed)} missed the target on some seed and are left out)" if missed else ""
+    left_out = f" (left out, for missing the target on some seed: {', '.join(missed)})" if missed else ""
     if not scored:
         return "no method reached the target on every seed: raise steps or the learning rate, or the target"
     best = max(scored, key=lambda k: scored[k][0])
