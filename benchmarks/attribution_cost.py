@@ -35,10 +35,10 @@ from hf_wagle.data import collate
 from _common import make_data, make_model, peak_extra_bytes
 
 
-def forward_backward_pass(model, examples: list[dict], batch_size: int) -> None:
+def forward_backward_pass(model, examples: list[dict], batch_size: int, device=None) -> None:
     """One plain training-style pass: forward, backward, gradients dropped."""
     for i in range(0, len(examples), batch_size):
-        batch = collate(examples[i:i + batch_size], 0)
+        batch = {k: v.to(device or "cpu") for k, v in collate(examples[i:i + batch_size], 0).items()}
         model(**batch).loss.backward()
     model.zero_grad(set_to_none=True)
 

@@ -30,24 +30,35 @@ from _common import make_data, make_model
 
 
 class StepTimes(TrainerCallback):
+    """Wall time of each optimizer step (synchronising CUDA first when it is in use)."""
+
     def __init__(self):
         self.times, self._start = [], None
 
+    @staticmethod
+    def _sync():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
     def on_step_begin(self, args, state, control, **kwargs):
+        self._sync()
         self._start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
+        self._sync()
         self.times.append(time.perf_counter() - self._start)
 
 
-def step_times(model, forget, retain, mask, lora: bool, steps: int, batch_size: int) -> list[float]:
+def step_times(model, forget, retain, mask, lora: bool, steps: int, batch_size: int, use_cpu: bool = True,
+               bf16: bool = False) -> list[float]:
+    """Per-step seconds of a GradDiff run on a copy of `model` (the first step, with its warm-up, left out)."""
     from peft import LoraConfig
 
     timer = StepTimes()
     with tempfile.TemporaryDirectory() as out:
         args = WagleConfig(output_dir=out, objective="grad_diff", max_steps=steps, per_device_train_batch_size=batch_size,
-                           learning_rate=1e-5, weight_decay=0.1, use_cpu=True, report_to="none", save_strategy="no",
-                           disable_tqdm=True, logging_strategy="no", mask_method=None)
+                           learning_rate=1e-5, weight_decay=0.1, use_cpu=use_cpu, bf16=bf16, report_to="none",
+                           save_strategy="no", disable_tqdm=True, logging_strategy="no", mask_method=None)
         trainer = WagleTrainer(model=copy.deepcopy(model), args=args, forget_dataset=forget, retain_dataset=retain,
                                mask=mask, callbacks=[timer],
                                peft_config=LoraConfig(r=16, target_modules="all-linear") if lora else None)
