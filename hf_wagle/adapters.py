@@ -567,12 +567,13 @@ def _applied_error(changes: dict, layout: dict) -> tuple[int, float]:
     return inexact, worst
 
 
-def _lora_layout(changes: dict, rank: int) -> tuple[dict, dict]:
+def _lora_layout(changes: dict, rank: int) -> tuple[dict, dict, float]:
     """Per layer `(B: out x rank, A: rank x in)` of the rank-`rank` truncated SVD of the change, computed on the
     rows and columns the change touches (so `B @ A` is zero elsewhere), and the fidelity report:
     `relative_error = ||delta - B A||_F / ||delta||_F = sqrt(sum_{i>k} s_i^2 / sum_i s_i^2)` and
-    `energy_kept = sum_{i<=k} s_i^2 / sum_i s_i^2`."""
-    layout, report = {}, {}
+    `energy_kept = sum_{i<=k} s_i^2 / sum_i s_i^2`; and the overall relative error over all layers,
+    `sqrt(sum_layers lost energy / sum_layers energy)`."""
+    layout, report, lost_sum, total_sum = {}, {}, 0.0, 0.0
     for name, (b, u) in changes.items():
         delta = u.double() - b.double()
         rows, cols = delta.ne(0).any(1), delta.ne(0).any(0)
@@ -590,7 +591,8 @@ def _lora_layout(changes: dict, rank: int) -> tuple[dict, dict]:
                         "rank_of_change": int((S > S[0] * 1e-12).sum()) if S.numel() else 0,
                         "rows": int(rows.sum()), "columns": int(cols.sum())}
         layout[name] = (B.float(), A.float(), rows, cols)
-    return layout, report
+        lost_sum, total_sum = lost_sum + max(0.0, total - kept), total_sum + total
+    return layout, report, math.sqrt(lost_sum / total_sum)
 
 
 def check_export_options(format: str, rank, scales) -> list[float] | None:
@@ -647,17 +649,14 @@ def export_adapter(trained, base_model, mask: WeightMask, output_dir, format: st
         for name, (index, values) in layout.items():
             report["layers"][name] = {"entries": int(values.numel()), "changed": int((values != 0).sum())}
     else:
-        layout, report["layers"] = _lora_layout(changes, rank)
+        layout, report["layers"], overall = _lora_layout(changes, rank)
         config = LoraConfig(r=rank, lora_alpha=rank, target_modules=modules, task_type="CAUSAL_LM")
         hull = {name: torch.zeros(p.shape, dtype=torch.bool) for name, p in base_named_parameters(base_model)}
         for name, (_, _, rows, cols) in layout.items():
             hull[name] = rows[:, None] & cols[None, :]
         shipped = WeightMask(hull, {**mask.metadata, "enforced_by": "lora_svd_export"})
-        errors = [v["relative_error"] for v in report["layers"].values()]
-        num = sum(float((u.double() - b.double()).pow(2).sum()) * v["relative_error"] ** 2
-                  for (b, u), v in zip(changes.values(), report["layers"].values()))
-        den = sum(float((u.double() - b.double()).pow(2).sum()) for b, u in changes.values())
-        report.update(rank=rank, exact=False, max_relative_error=max(errors), relative_error=math.sqrt(num / den))
+        report.update(rank=rank, exact=False, relative_error=overall,
+                      max_relative_error=max(v["relative_error"] for v in report["layers"].values()))
     report["changed_weights"] = sum(int((u != b).sum()) for b, u in changes.values())
     base_name = base_name or getattr(base_model, "name_or_path", None)
     peft_model = get_peft_model(base_model, config)
