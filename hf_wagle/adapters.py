@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from .mask import WeightMask, project_rows_columns
-from .modeling import base_named_parameters, tied_aliases
+from .modeling import base_named_parameters, is_sharded, shard_like, tied_aliases
 
 
 def check_lora_config(peft_config, masked: bool) -> None:
@@ -127,17 +127,18 @@ def confine_parameters(model, mask: WeightMask | None) -> tuple[WeightMask, dict
     """Full-parameter training: freeze parameters with nothing selected, gradient-mask the partly selected ones.
 
     Returns the enforced mask (the given mask, restricted to trainable parameters; all weights when `mask` is None)
-    and the gradient masks.
+    and the gradient masks. An FSDP2 (DTensor) parameter gets this rank's shard of its mask, and one with nothing
+    selected an all-False mask rather than freezing: FSDP2 fixed which parameters take gradients when it sharded.
     """
     enforced, grad_masks = {}, {}
     for name, p in base_named_parameters(model):
         m = mask[name] if mask is not None else torch.ones(p.shape, dtype=torch.bool)
         if not p.requires_grad:
             m = torch.zeros_like(m)
-        elif not m.any():
+        elif not m.any() and not is_sharded(p):
             p.requires_grad_(False)
         elif not m.all():
-            grad_masks[p] = m.to(p.device)
+            grad_masks[p] = shard_like(m, p)
         enforced[name] = m
     return WeightMask(enforced, _enforced_metadata(model, mask, "gradient_mask")), grad_masks
 

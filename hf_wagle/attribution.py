@@ -50,8 +50,8 @@ import torch
 from .data import check_fits_model, collate, pad_id, tokenize_dataset
 from .losses import sequence_nll
 from .mask import WeightMask, layer_and_module, parameter_fingerprint, unpack_bits
-from .modeling import (adapter_disabled, base_named_parameters, broadcast_from_main, rank_world, sum_over_ranks_,
-                       tied_aliases)
+from .modeling import (adapter_disabled, base_named_parameters, broadcast_from_main, gather_from_ranks, is_sharded,
+                       local_tensor, rank_world, reshard, shard_like, shard_range, sum_over_ranks_, tied_aliases)
 from .options import (DEFAULT_GRIN_EPS, DEFAULT_MASK_METHOD, DEFAULT_MASK_RATIO, DEFAULT_MU,
                       DEFAULT_PROMPT_TEMPLATE, check_mask_options)
 from .version import __version__
@@ -113,10 +113,16 @@ def data_fingerprint(dataset) -> str:
     return h.hexdigest()
 
 
-def _batches(examples: list[dict], batch_size: int):
+def _batches(examples: list[dict], batch_size: int, same_count: bool = False) -> list[tuple[list[dict], float]]:
+    """This rank's `(batch, weight)`s: examples r, r+W, ... in groups of `batch_size`, weight 1. With `same_count`
+    (a sharded model, whose every forward pass is a collective) ranks with fewer batches add weight-0 batches, so
+    that every rank runs `ceil(ceil(n / W) / batch_size)`."""
     rank, world = rank_world()
     mine = examples[rank::world]
-    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    out = [(mine[i:i + batch_size], 1.0) for i in range(0, len(mine), batch_size)]
+    if same_count and examples:
+        out += [(examples[:1], 0.0)] * (-(-(-(-len(examples) // world)) // batch_size) - len(out))
+    return out
 
 
 def accumulate_gradients(model, params: list[torch.Tensor], examples: list[dict], batch_size: int,
@@ -125,22 +131,43 @@ def accumulate_gradients(model, params: list[torch.Tensor], examples: list[dict]
     """fp32 `sum_i grad (per-example token-mean NLL_i)` over `examples` (divided by their count for "mean").
 
     Under `torch.distributed`, rank r takes examples r, r+W, ... and the sums are all-reduced, so every rank
-    returns the same gradients. `progress` (a tqdm bar or None) advances by one per batch. `accumulate_device`
-    (default: the parameters' device) holds the fp32 sums: `"cpu"` keeps their 4 bytes per weight in host memory,
-    one batch's gradient crossing over per parameter.
+    returns the same gradients. For an FSDP2 model (DTensor parameters) the sums are sharded like the parameters:
+    each rank returns its local shards, FSDP2's reduce-scatter (the mean over ranks, times W) doing the reduction,
+    so no rank ever holds a full gradient. `progress` (a tqdm bar or None) advances by one per batch.
+    `accumulate_device` (default: the parameters' device) holds the fp32 sums: `"cpu"` keeps their 4 bytes per
+    weight in host memory, one batch's gradient crossing over per parameter.
     """
-    device = params[0].device
+    sharded = any(is_sharded(p) for p in params)
+    device = local_tensor(params[0]).device
     store = torch.device(accumulate_device) if accumulate_device is not None else device
-    grads = [torch.zeros(p.shape, dtype=torch.float32, device=store) for p in params]
-    for chunk in _batches(examples, batch_size):
-        batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
-        loss = sequence_nll(model, batch).per_example_mean.sum()
-        for acc, g in zip(grads, torch.autograd.grad(loss, params, allow_unused=True)):
-            if g is not None:
-                acc.add_(g.to(store, torch.float32))
-        if progress is not None:
-            progress.update(1)
-    sum_over_ranks_(grads)
+    grads = [torch.zeros(local_tensor(p).shape, dtype=torch.float32, device=store) for p in params]
+    held = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        for chunk, weight in _batches(examples, batch_size, same_count=sharded):
+            batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
+            loss = sequence_nll(model, batch).per_example_mean.sum() * weight
+            if sharded:  # FSDP2 runs its reduce-scatter inside backward(), into each parameter's sharded .grad
+                loss.backward()
+                new = [p.grad for p in params]
+                for p in params:
+                    p.grad = None
+            else:
+                new = torch.autograd.grad(loss, params, allow_unused=True)
+            for acc, g in zip(grads, new):
+                if g is not None:
+                    acc.add_(local_tensor(g).to(store, torch.float32))
+            if progress is not None:
+                progress.update(1)
+    finally:
+        for p, g in zip(params, held):
+            p.grad = g
+    if sharded:
+        for g in grads:
+            g.mul_(rank_world()[1])
+    else:
+        sum_over_ranks_(grads)
     bad = [i for i, g in enumerate(grads) if not torch.isfinite(g).all()]
     if bad:
         raise FloatingPointError(f"non-finite gradients in {len(bad)} parameters during attribution; check the model "
@@ -173,7 +200,8 @@ def input_feature_norms(model, params: list[torch.Tensor], examples: list[dict],
     """
     wanted = {id(p) for p in params}
     layers = [(m, w, t) for m, w, t in _linear_layers(model) if id(w) in wanted]
-    device = params[0].device
+    device = local_tensor(params[0]).device
+    sharded = any(is_sharded(p) for p in params)
     sq = {id(w): torch.zeros(w.shape[0] if t else w.shape[1], dtype=torch.float64, device=device)
           for _, w, t in layers}
     current = {}
@@ -181,23 +209,24 @@ def input_feature_norms(model, params: list[torch.Tensor], examples: list[dict],
     def hook(module, args, weight):
         x = args[0].detach()
         x = x.reshape(-1, x.shape[-1])
-        keep = current.get("mask")
-        if keep is not None and keep.numel() == x.shape[0]:
+        keep = current["mask"]
+        if keep.numel() == x.shape[0]:
             x = x[keep]
         sq[id(weight)] += x.double().pow(2).sum(0)
 
     handles = [m.register_forward_pre_hook(lambda mod, args, w=w: hook(mod, args, w)) for m, w, _ in layers]
     try:
         with torch.no_grad():
-            for chunk in _batches(examples, batch_size):
+            for chunk, weight in _batches(examples, batch_size, same_count=sharded):
                 batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
-                current["mask"] = batch["attention_mask"].reshape(-1).bool()
+                current["mask"] = batch["attention_mask"].reshape(-1).bool() & (weight > 0)
                 model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
                 if progress is not None:
                     progress.update(1)
     finally:
         for h in handles:
             h.remove()
+        reshard(model)
     sum_over_ranks_(sq.values())
     transposed = {id(w): t for _, w, t in layers}
     return {k: (v.sqrt().float(), transposed[k]) for k, v in sq.items()}
@@ -238,14 +267,24 @@ class _Magnitude(_Scores):
 
 
 class _Random(_Scores):
-    def __init__(self, theta: torch.Tensor, name: str, seed: int):
+    """U(0, 1) scores of the full tensor's flat elements `[offset, offset + numel)`: chunk g of the full tensor
+    (`full_numel` elements) is drawn from a generator seeded by `(seed, name, g)`, so a shard gets its part of
+    the same draw."""
+
+    def __init__(self, theta: torch.Tensor, name: str, seed: int, offset: int = 0, full_numel: int | None = None):
         super().__init__(theta.numel(), theta.shape)
-        self.key = f"{seed}:{name}"
+        self.key, self.offset = f"{seed}:{name}", offset
+        self.full_numel = theta.numel() if full_numel is None else full_numel
+
+    def _full_chunk(self, g: int) -> torch.Tensor:
+        s = int.from_bytes(hashlib.sha256(f"{self.key}:{g}".encode()).digest()[:8], "little") >> 1
+        return torch.rand(min(CHUNK, self.full_numel - g * CHUNK), generator=torch.Generator().manual_seed(s))
 
     def chunk(self, i):
-        n = min(CHUNK, self.numel - i * CHUNK)
-        s = int.from_bytes(hashlib.sha256(f"{self.key}:{i}".encode()).digest()[:8], "little") >> 1
-        return torch.rand(n, generator=torch.Generator().manual_seed(s))
+        a = self.offset + i * CHUNK
+        b = min(self.offset + self.numel, a + CHUNK)
+        return torch.cat([self._full_chunk(g)[max(a, g * CHUNK) - g * CHUNK:min(b, (g + 1) * CHUNK) - g * CHUNK]
+                          for g in range(a // CHUNK, (b - 1) // CHUNK + 1)])
 
 
 class _Wanda(_Scores):
@@ -286,7 +325,8 @@ class MaskMethod:
     `needs`: `"none"` (no data), `"forget"` (`grad_forget` = G_f), `"forget_retain"` (G_f and G_r) or
     `"forget_inputs"` (no gradients; `input_norm=(norms, transposed)` of the parameter's linear layer over the forget
     tokens, or None for parameters that are not a linear weight). Other options: `name` (the parameter's base
-    name), `mu`, `eps`, `seed`.
+    name), `mu`, `eps`, `seed`, and for an FSDP2 model, where `param` and the gradients are this rank's shard,
+    `offset` (the shard's first flat index in the full tensor) and `full_shape`.
     """
 
     name: str
@@ -374,9 +414,10 @@ def magnitude_score(param, grad_forget=None, grad_retain=None, **_):
 
 
 @register_mask_method("random", needs="none")
-def random_score(param, grad_forget=None, grad_retain=None, name="", seed=0, **_):
-    """S ~ U(0, 1), seeded by `seed` and the parameter's name (identical on every rank)."""
-    return _Random(param, name, seed)
+def random_score(param, grad_forget=None, grad_retain=None, name="", seed=0, offset=0, full_shape=None, **_):
+    """S ~ U(0, 1), seeded by `seed` and the parameter's name (identical on every rank, and on a shard the same
+    values as on the full tensor)."""
+    return _Random(param, name, seed, offset, None if full_shape is None else math.prod(full_shape))
 
 
 @register_mask_method("wanda", needs="forget_inputs")
@@ -442,10 +483,35 @@ def _kth_bucket(hist: torch.Tensor, k: int) -> tuple[int, int]:
     return b, k - (int(above[b + 1]) if b + 1 < len(hist) else 0)
 
 
-def select_top_k_packed(scores: list, k: int, weights: list[int] | None = None) -> list[np.ndarray]:
-    """Packed bool masks (`mask.pack_bits` layout) of the top-ranked units holding k weights; see `select_top_k`."""
+def _sum_ranks(values: list[int], sharded: bool) -> torch.Tensor:
+    t = torch.tensor(values, dtype=torch.int64)
+    if sharded:
+        sum_over_ranks_([t])
+    return t
+
+
+def _tie_takes(scores: list, threshold: int, needed: int) -> list[int]:
+    """Sharded selection: how many of this rank's elements tied at `threshold` each tensor keeps. The global tie
+    order is tensor by tensor and, within a tensor, rank by rank (dim-0 shards are consecutive flat ranges)."""
+    counts = torch.tensor([sum(int((c.contiguous().view(torch.int32) == threshold).sum()) for c in _chunks(s))
+                           for s in scores], dtype=torch.int64)
+    table = torch.stack(gather_from_ranks(counts))  # [W, tensors]
+    per_tensor = table.sum(0)
+    before = per_tensor.cumsum(0) - per_tensor + table[:rank_world()[0]].sum(0)
+    return torch.minimum((needed - before).clamp(min=0), counts).tolist()
+
+
+def select_top_k_packed(scores: list, k: int, weights: list[int] | None = None,
+                        sharded: bool = False) -> list[np.ndarray]:
+    """Packed bool masks (`mask.pack_bits` layout) of the top-ranked units holding k weights; see `select_top_k`.
+
+    `sharded`: each rank holds its shard of every tensor's scores (FSDP2) and k counts over all ranks; the
+    histograms are summed over ranks, so every rank finds the same threshold, and ties are split in the global
+    order. Each rank returns the packed masks of its own shards (units must be single weights)."""
     weights = weights or [1] * len(scores)
-    total = sum(_numel(s) * w for s, w in zip(scores, weights))
+    if sharded and set(weights) != {1}:
+        raise NotImplementedError("sharded selection takes single weights as units (granularity='element')")
+    total = int(_sum_ranks([sum(_numel(s) * w for s, w in zip(scores, weights))], sharded)[0])
     if k <= 0 or k >= total:
         fill = 0xFF if k >= total and k > 0 else 0
         out = []
@@ -464,14 +530,19 @@ def select_top_k_packed(scores: list, k: int, weights: list[int] | None = None) 
                 vals = select_bits(c.contiguous().view(torch.int32)).reshape(-1)
                 if vals.numel():
                     hist += _bincount(vals) * w
+        if sharded:
+            sum_over_ranks_([hist])
         return hist
 
     hi, k_in = _kth_bucket(weighted_hist(lambda b: b >> 16), k)
     lo, needed = _kth_bucket(weighted_hist(lambda b: b[(b >> 16) == hi] & 0xFFFF), k_in)
     threshold = (hi << 16) | lo
+    takes = _tie_takes(scores, threshold, needed) if sharded and needed > 0 else None
     out = []
-    for s, w in zip(scores, weights):
+    for j, (s, w) in enumerate(zip(scores, weights)):
         parts = []
+        if takes is not None:
+            needed = takes[j]  # this rank's share of the ties, within this tensor
         for c in _chunks(s):
             b = c.contiguous().view(torch.int32)
             m = b > threshold
@@ -544,15 +615,16 @@ def check_selects_something(model, ratio: float, scope: str = "global", include=
 
 
 def select(scores: list[_Scores], ratio: float, scope: str = "global", granularity: str = "element",
-           names: list[str] | None = None) -> list[np.ndarray]:
-    """Packed masks keeping `round(ratio * N_g)` weights of each scope group g (see the module docstring)."""
+           names: list[str] | None = None, sharded: bool = False) -> list[np.ndarray]:
+    """Packed masks keeping `round(ratio * N_g)` weights of each scope group g (see the module docstring).
+    `sharded`: the scores are each rank's shards (see `select_top_k_packed`); so are the returned masks."""
     names = names or [str(i) for i in range(len(scores))]
     out: list[np.ndarray | None] = [None] * len(scores)
     for group in _groups(names, scope):
-        n_g = sum(scores[i].numel for i in group)
+        n_g = int(_sum_ranks([sum(scores[i].numel for i in group)], sharded)[0])
         k = round(ratio * n_g)
         if granularity == "element":
-            packed = select_top_k_packed([scores[i] for i in group], k)
+            packed = select_top_k_packed([scores[i] for i in group], k, sharded=sharded)
         else:
             units = [unit_scores(scores[i], granularity) for i in group]
             unit_masks = select_top_k_packed([u for u, _ in units], k, [w for _, w in units])
@@ -585,6 +657,11 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = DEFAULT_MA
     batch's gradients only, not two fp32 copies of the model. `progress` shows a tqdm bar over the attribution
     batches on rank 0. Names in the returned mask are the base model's `named_parameters()` names (all of them;
     excluded ones are all False), also when `model` is a `PeftModel`; `mask.metadata` records how it was made.
+
+    An FSDP2 model (`fully_shard`, DTensor parameters sharded on dim 0) is attributed shard by shard: G_f, G_r and
+    the scores exist only as each rank's shards (8 bytes per weight / W), the radix select sums its histograms over
+    ranks, and the selected shards are gathered one tensor at a time, so every rank returns the same full mask, the
+    one a single process would select from the same scores (granularity "element" only).
     """
     spec = get_mask_method(method)
     check_mask_options(ratio=ratio, mu=mu, reduction=reduction, batch_size=batch_size, num_samples=num_samples,
@@ -593,6 +670,16 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = DEFAULT_MA
     named, inc = included_parameters(model, include, exclude)
     names = [n for n, _ in named]
     params = [named[i][1] for i in inc]
+    sharded = any(is_sharded(p) for p in params)
+    if sharded and granularity != "element":
+        raise NotImplementedError(f"granularity={granularity!r} ranks whole rows or columns, which FSDP2 splits "
+                                  "over ranks; use granularity='element', or make the mask with one process or DDP "
+                                  "(hf-wagle attribute) and pass it in")
+    ranges = [shard_range(p, *rank_world()) if sharded else (0, p.numel()) for p in params]
+    for (a, b), p, j in zip(ranges, params, inc):
+        if b - a != local_tensor(p).numel():
+            raise NotImplementedError(f"{names[j]}: this rank holds {local_tensor(p).numel()} weights, not the "
+                                      f"{b - a} of FSDP2's dim-0 sharding; compute the mask with one process or DDP")
     examples = {"forget": [], "retain": []}
     for stream, (part, data, used) in enumerate((("forget", forget, spec.uses_forget),
                                                  ("retain", retain, spec.uses_retain))):
@@ -610,7 +697,7 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = DEFAULT_MA
     forget_ex, retain_ex = examples["forget"], examples["retain"]
 
     pad = pad_id(tokenizer)
-    n_batches = len(_batches(forget_ex, batch_size)) + len(_batches(retain_ex, batch_size))
+    n_batches = len(_batches(forget_ex, batch_size, sharded)) + len(_batches(retain_ex, batch_size, sharded))
     bar = _progress_bar(n_batches, f"attribution ({method})") if progress and n_batches else None
     g_f = g_r = None
     norms = {}
@@ -620,9 +707,10 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = DEFAULT_MA
             saved_flags = [p.requires_grad for _, p in named]
             model.eval()
             try:
-                if spec.uses_gradients:
-                    for p in params:
-                        p.requires_grad_(True)
+                if spec.uses_gradients:  # gradients of the scored parameters only
+                    wanted = {id(p) for p in params}
+                    for _, p in named:
+                        p.requires_grad_(id(p) in wanted)
                 with adapter_disabled(model):
                     if spec.needs == "forget_inputs":
                         norms = input_feature_norms(model, params, forget_ex, batch_size, pad, bar)
@@ -644,14 +732,19 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = DEFAULT_MA
         scores = []
         for j, p in enumerate(params):
             name = names[inc[j]]
-            if g_f and g_f[j].device != p.device:  # scored where the gradients are (accumulate_device)
-                p = p.detach().to(g_f[j].device)
-            value = spec.score(p, grad_forget=g_f[j] if g_f else None, grad_retain=g_r[j] if g_r else None,
-                               name=name, mu=mu, eps=eps, seed=seed, input_norm=norms.get(id(p)))
-            scores.append(_as_scores(spec, value, p, name))
-        packed = select(scores, ratio, scope, granularity, [names[i] for i in inc])
+            norm = norms.get(id(p))
+            if norm is not None and norm[1] and sharded:  # Conv1D (in x out): this shard's input features
+                norm = (norm[0][ranges[j][0] // p.shape[1]:ranges[j][1] // p.shape[1]], True)
+            theta = local_tensor(p).detach()
+            if g_f and g_f[j].device != theta.device:  # scored where the gradients are (accumulate_device)
+                theta = theta.to(g_f[j].device)
+            value = spec.score(theta, grad_forget=g_f[j] if g_f else None, grad_retain=g_r[j] if g_r else None,
+                               name=name, mu=mu, eps=eps, seed=seed, input_norm=norm, offset=ranges[j][0],
+                               full_shape=tuple(p.shape))
+            scores.append(_as_scores(spec, value, theta, name))
+        packed = select(scores, ratio, scope, granularity, [names[i] for i in inc], sharded)
         del scores, g_f, g_r
-    packed = _broadcast_packed(packed)
+    packed = _gather_shards(packed, params) if sharded else _broadcast_packed(packed)
     result = {}
     chosen = dict(zip(inc, packed))
     for i, (name, p) in enumerate(named):
@@ -676,6 +769,23 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = DEFAULT_MA
     return WeightMask.from_packed(result, metadata)
 
 
+def _gather_shards(packed: list[np.ndarray], params: list[torch.Tensor]) -> list[np.ndarray]:
+    """The full packed mask of every tensor from each rank's packed shard (`shard_range` order), one tensor at a
+    time: extra memory is one tensor's mask at a byte per weight."""
+    world = rank_world()[1]
+    out = []
+    for bits, p in zip(packed, params):
+        ranges = [shard_range(p, r, world) for r in range(world)]
+        width = max(b - a for a, b in ranges)
+        mine = np.zeros(width, np.uint8)
+        n = ranges[rank_world()[0]][1] - ranges[rank_world()[0]][0]
+        mine[:n] = np.unpackbits(bits, count=n, bitorder="little")
+        pieces = gather_from_ranks(torch.from_numpy(mine))
+        full = np.concatenate([t.numpy()[:b - a] for t, (a, b) in zip(pieces, ranges)])
+        out.append(np.packbits(full, bitorder="little"))
+    return out
+
+
 def _broadcast_packed(packed: list[np.ndarray]) -> list[np.ndarray]:
     """Under `torch.distributed`, every rank takes rank 0's selection (the scores are already identical up to
     all-reduce rounding; this makes the masks bit-identical)."""
@@ -692,7 +802,8 @@ def _broadcast_packed(packed: list[np.ndarray]) -> list[np.ndarray]:
 def add_mask_noise(model, mask: WeightMask, std: float, seed: int = 0) -> int:
     """GRIN's noise step: `theta += mask * N(0, (std * sigma_t)^2)` for every tensor t, in place, where sigma_t is
     the standard deviation of the tensor's own weights. Each tensor's noise comes from a CPU generator seeded by
-    `(seed, name)`, so every rank draws the same. Returns the number of weights changed."""
+    `(seed, name)`, so every rank draws the same; an FSDP2 rank adds its shard of it. Returns the number of
+    weights changed."""
     if not std >= 0:
         raise ValueError(f"noise std must be >= 0, got {std}")
     if std == 0:
@@ -702,13 +813,14 @@ def add_mask_noise(model, mask: WeightMask, std: float, seed: int = 0) -> int:
         for name, p in base_named_parameters(model):
             if name not in mask or mask.count(name) == 0 or p.numel() < 2:
                 continue
-            sigma = float(p.float().std())
+            # a fresh fp64 host copy on every path, so that the std (whose rounding may depend on the memory
+            # layout) is the same number for a shard's full tensor and for the replicated parameter
+            sigma = float((p.full_tensor() if is_sharded(p) else p).detach().to("cpu", torch.float64).std())
             if sigma == 0:
                 continue
             s = int.from_bytes(hashlib.sha256(f"noise:{seed}:{name}".encode()).digest()[:8], "little") >> 1
             noise = torch.randn(p.shape, generator=torch.Generator().manual_seed(s)) * (std * sigma)
-            m = mask[name]
-            p.add_((noise * m).to(p.device, p.dtype))
+            local_tensor(p).add_(shard_like(noise * mask[name], p).to(p.dtype))
             changed += mask.count(name)
     return changed
 

@@ -81,6 +81,17 @@ def sum_over_ranks_(tensors) -> None:
             t.copy_(moved)
 
 
+def gather_from_ranks(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's `tensor` (same shape and dtype on all ranks), in rank order, on the CPU; `[tensor]` on one
+    process."""
+    if rank_world()[1] == 1:
+        return [tensor]
+    tensor = tensor.to(_device())
+    out = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, tensor)
+    return [t.cpu() for t in out]
+
+
 def broadcast_from_main(tensor: torch.Tensor) -> torch.Tensor:
     """Rank 0's `tensor` on every rank (returned on the CPU); as is on one process."""
     if rank_world()[1] == 1:
@@ -111,7 +122,55 @@ def adapter_disabled(model):
             p.requires_grad_(flag)
 
 
+def is_sharded(t: torch.Tensor) -> bool:
+    """Whether `t` is a DTensor (an FSDP2 parameter or gradient)."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a DTensor (FSDP2 parameters and gradients), sharing its storage; `t` itself otherwise."""
-    to_local = getattr(t, "to_local", None)
-    return to_local() if to_local is not None else t
+    return t.to_local() if is_sharded(t) else t
+
+
+def reshard(model) -> None:
+    """Free the unsharded parameters FSDP2 keeps after a forward pass without backward (its root module does not
+    reshard after forward), so that `model.parameters()` are the sharded DTensors again; nothing otherwise."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+def shard_like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """This rank's part of `full` (a tensor of `param`'s full shape) laid out as `param` is: the local shard for an
+    FSDP2 (DTensor) parameter, cut locally without communication; all of it otherwise. On `param`'s device."""
+    if not is_sharded(param):
+        return full.to(param.device)
+    from torch.distributed.tensor import distribute_tensor
+
+    full = full.to(local_tensor(param).device)
+    return local_tensor(distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None))
+
+
+def shard_range(param: torch.Tensor, rank: int, world: int) -> tuple[int, int]:
+    """`[start, stop)` of the flattened full tensor that `rank` holds of an FSDP2 parameter: dim-0 shards of
+    `torch.chunk` sizes, rows `[r * c, min((r + 1) * c, rows))` with `c = ceil(rows / W)`, one mesh dimension
+    spanning all ranks. A parameter that is not a DTensor counts as held whole by rank 0."""
+    n = param.numel()
+    if not is_sharded(param) or param.dim() == 0:
+        return (0, n) if rank == 0 else (n, n)
+    from torch.distributed.tensor import Shard
+
+    if param.device_mesh.ndim != 1 or param.device_mesh.size() != world or tuple(param.placements) != (Shard(0),):
+        raise NotImplementedError(
+            f"attribution over shards supports FSDP2's dim-0 sharding on one mesh dimension spanning all {world} "
+            f"ranks; a parameter of shape {tuple(param.shape)} has placements {param.placements} on "
+            f"{param.device_mesh}. Compute the mask with one process or DDP (hf-wagle attribute) and pass it in")
+    rows = param.shape[0]
+    c = -(-rows // world)
+    start, stop = min(rank * c, rows), min((rank + 1) * c, rows)
+    cols = n // rows if rows else 0
+    return start * cols, stop * cols

@@ -35,7 +35,7 @@ from .data import (ForgetRetainPairs, PairCollator, check_fits_model, collate, p
 from .hub import write_model_card
 from .mask import WeightMask
 from .losses import SequenceNLL, sequence_nll
-from .modeling import adapter_disabled, local_tensor
+from .modeling import adapter_disabled, is_sharded, local_tensor
 from .objectives import DEFAULT_REFUSALS, OBJECTIVES
 from .options import MASK_SAFE_OPTIMIZERS
 
@@ -115,8 +115,10 @@ class WagleTrainer(Trainer):
         self.mask = mask                 # element mask (given or computed)
         self.enforced_mask = None        # what training can actually change, base-model names
         self._grad_masks: dict[torch.Tensor, torch.Tensor] = {}
-        self._grad_mask_names: dict[str, torch.Tensor] = {}
-        self._sharded = False  # FSDP2: masks keyed by the sharded parameters (`shard_masks`)
+        self._masked = masked
+        self._prepared = False
+        self._resuming = False
+        self._sharded = False  # FSDP2: gradient masks are this rank's shards, applied in `training_step`
         self._hooks = []
         self._reference: dict[str, torch.Tensor] | None = None  # "<part>.nll_sum" / "<part>.n_tokens"
         self._frozen: dict[str, torch.Tensor] | None = None     # start values of trainable params (no PEFT)
@@ -125,7 +127,7 @@ class WagleTrainer(Trainer):
         self.results: dict | None = None  # {"before": {...}, "after": {...}} numbers the model card shows
         self.verification: dict | None = None  # a `hf_wagle.adapters.verify` report of the saved folder, for the card
         self.add_callback(_PairingEpoch(pairs))
-        self.add_callback(_ShardMasks(self))
+        self.add_callback(_InstallMaskOnShards(self))
         self.collapse_monitor = RetainCollapseCallback(args.collapse_threshold, args.stop_on_collapse)
         if args.collapse_threshold is not None and objective.uses_retain:
             self.add_callback(self.collapse_monitor)
@@ -142,10 +144,16 @@ class WagleTrainer(Trainer):
         parameters when the KL retain term or RMU needs a reference model and there is no adapter to disable; the
         collapse monitor's baseline retain NLL; then the mask (`self.mask`, computed when none was given) and its
         enforcement (`self.enforced_mask`, gradient masks). References and baselines come first because GRIN noise
-        changes the weights when the mask is installed. Call it yourself to inspect the mask before training.
+        changes the weights when the mask is installed (not when resuming: the checkpoint's weights carry it). Call
+        it yourself to inspect the mask before training.
+
+        Under FSDP2 the mask waits for the model to be sharded (inside `Trainer.train`): it is computed on the shards
+        when training begins (`compute_mask` on an FSDP2 model), or read from `resume_from_checkpoint`, whose weights
+        are no longer the start model's.
         """
-        if self.enforced_mask is not None:
+        if self._prepared:
             return
+        self._prepared, self._resuming = True, resume_from_checkpoint is not None
         self.objective.setup(self)
         if self.objective.needs_reference:
             self._reference = self._load_reference(resume_from_checkpoint) or self._reference_logps()
@@ -153,6 +161,10 @@ class WagleTrainer(Trainer):
             self._frozen = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
         if self.collapse_monitor in self.callback_handler.callbacks:
             self.collapse_monitor.baseline = self._retain_nll_now()
+        if self.is_fsdp_enabled:
+            if self.mask is None and self._masked and self._resuming:
+                self.mask = WeightMask.load(resume_from_checkpoint)
+            return  # installed on the shards by `_InstallMaskOnShards`
         self._install_mask()
         if self._frozen is not None:  # parameters the mask froze never change: no copy needed
             trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
@@ -163,31 +175,6 @@ class WagleTrainer(Trainer):
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
         self.prepare_unlearning(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)
-
-    def shard_masks(self) -> None:
-        """Under FSDP2 (called when training begins, after the model is sharded): key the gradient masks by the
-        sharded (DTensor) parameters, each rank keeping only its shard of every mask (`distribute_tensor` with the
-        parameter's mesh and placements, computed locally: every rank holds the same mask). The full masks are
-        dropped. Gradients are then masked on the local shards after each backward (`training_step`), before
-        clipping and the optimizer step, and weight decay acts on the local shards."""
-        from torch.distributed.tensor import DTensor, distribute_tensor
-
-        params = dict(self.model.named_parameters())
-        if not self._grad_mask_names or not any(isinstance(p, DTensor) for p in params.values()):
-            return
-        sharded = {}
-        for name, m in self._grad_mask_names.items():
-            p = params[name]
-            m = m.to(local_tensor(p).device)
-            sharded[p] = local_tensor(distribute_tensor(m, p.device_mesh, p.placements, src_data_rank=None)) \
-                if isinstance(p, DTensor) else m
-        for handle in self._hooks:  # tensor hooks of the unsharded parameters, which autograd no longer sees
-            handle.remove()
-        self._hooks = []
-        self._grad_masks.clear()  # the same dict the optimizer's weight-decay hook reads
-        self._grad_masks.update(sharded)
-        self._sharded = True
-        self._grad_mask_names = {}
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -216,17 +203,20 @@ class WagleTrainer(Trainer):
                 f"{self.confinement.kind} training can hold none (LoRA holds only targeted linear layers; a frozen "
                 "parameter holds nothing). Raise mask_ratio, target other modules, or train full parameters."
             )
-        self.enforced_mask, self._grad_masks = enforced, grad_masks
-        names = {id(p): n for n, p in self.model.named_parameters()}
-        self._grad_mask_names = {names[id(p)]: m for p, m in grad_masks.items()}
+        self.enforced_mask = enforced
+        self._grad_masks.clear()  # the dict the optimizer's weight-decay hook reads
+        self._grad_masks.update(grad_masks)
+        self._sharded = any(is_sharded(p) for p in grad_masks)
         message = self.confinement.describe(self.model, self.mask, self.enforced_mask)
         if message:
             logger.warning(message)
         if a.mask_noise_std > 0:  # GRIN: perturb the weights that may change, the same on every rank
-            add_mask_noise(self.model, self.enforced_mask, a.mask_noise_std, seed=a.seed)
+            if not self._resuming:
+                add_mask_noise(self.model, self.enforced_mask, a.mask_noise_std, seed=a.seed)
             self.enforced_mask.metadata["noise_std"] = a.mask_noise_std
-        for p, m in self._grad_masks.items():
-            self._hooks.append(p.register_hook(lambda g, m=m: g * m))
+        if not self._sharded:  # FSDP2 reduce-scatters into shards after the hooks would run: see `training_step`
+            for p, m in self._grad_masks.items():
+                self._hooks.append(p.register_hook(lambda g, m=m: g * m))
 
     def _parts(self) -> dict[str, list[dict]]:
         data = self.train_dataset
@@ -298,7 +288,7 @@ class WagleTrainer(Trainer):
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
-        if self._grad_masks:
+        if self._masked:  # under FSDP2 the masks are installed later, into the same dict
             _move_weight_decay_on_mask(optimizer, self._grad_masks)
         return optimizer
 
@@ -414,7 +404,7 @@ def _move_weight_decay_on_mask(optimizer, grad_masks: dict[torch.Tensor, torch.T
                         f"{', '.join(t.__name__ for t in _MASK_SAFE_OPTIMIZER_TYPES)}")
     decoupled = isinstance(inner, torch.optim.AdamW)
     for group in inner.param_groups:
-        if group.get("weight_decay", 0.0) and any(p in grad_masks for p in group["params"]):
+        if group.get("weight_decay", 0.0):
             if not decoupled:
                 raise ValueError(f"{type(inner).__name__} adds weight decay to the gradient, which would move "
                                  "masked weights; set weight_decay=0 or use AdamW")
@@ -436,14 +426,16 @@ def _move_weight_decay_on_mask(optimizer, grad_masks: dict[torch.Tensor, torch.T
     inner.register_step_pre_hook(decay_on_mask)
 
 
-class _ShardMasks(TrainerCallback):
-    """Re-keys the gradient masks once the model is sharded (FSDP2 wraps it inside `Trainer.train`)."""
+class _InstallMaskOnShards(TrainerCallback):
+    """Under FSDP2, makes and enforces the mask once the model is sharded (`fully_shard` runs inside
+    `Trainer.train`, before `on_train_begin`)."""
 
     def __init__(self, trainer):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.trainer.shard_masks()
+        if self.trainer.enforced_mask is None and self.trainer.is_fsdp_enabled:
+            self.trainer._install_mask()
 
 
 def check_engine(args, peft_config, needs_reference_model: bool) -> None:

@@ -1,7 +1,8 @@
-"""Run by test_distributed_trainer under torchrun: WagleTrainer (npo, wagle mask, weight decay) on CPU ranks, under
-FSDP2 or DDP, optionally resuming from a checkpoint. Writes `<out>/final` and `<out>/engine.json`.
+"""Run by test_distributed_trainer under torchrun: WagleTrainer (npo, wagle mask computed by the trainer, GRIN
+noise, weight decay) on CPU ranks, under FSDP2 or DDP, optionally resuming from a checkpoint or with a given mask.
+Writes `<out>/final` and `<out>/engine.json`.
 
-    torchrun --standalone --nproc_per_node 2 fsdp_trainer_script.py MODEL DATA OUT fsdp|ddp [CHECKPOINT]
+    torchrun --standalone --nproc_per_node 2 fsdp_trainer_script.py MODEL DATA OUT fsdp|ddp [resume=DIR] [mask=DIR]
 """
 import json
 import sys
@@ -9,7 +10,7 @@ import sys
 from datasets import load_from_disk
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_wagle import WagleConfig, WagleTrainer
+from hf_wagle import WagleConfig, WagleTrainer, WeightMask
 
 model_dir, data_dir, out, mode = sys.argv[1:5]
 if mode == "fsdp":
@@ -27,18 +28,20 @@ if mode == "fsdp":
             PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
     AcceleratorState.__init__ = init_with_fsdp_on_cpu
-resume = sys.argv[5] if len(sys.argv) > 5 else None
+options = dict(arg.split("=", 1) for arg in sys.argv[5:])
 fsdp = dict(fsdp="full_shard", fsdp_config={"fsdp_version": 2, "reshard_after_forward": True,
                                             "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
                                             "state_dict_type": "FULL_STATE_DICT"}) if mode == "fsdp" else {}
 args = WagleConfig(output_dir=f"{out}/run", objective="npo", mask_method="wagle", mask_ratio=0.3, learning_rate=2e-3,
                    max_steps=4, per_device_train_batch_size=4, weight_decay=0.1, use_cpu=True, report_to="none",
-                   save_strategy="steps", save_steps=2, disable_tqdm=True, seed=0, **fsdp)
+                   save_strategy="steps", save_steps=2, disable_tqdm=True, seed=0, mask_noise_std=0.05,
+                   max_grad_norm=0.0, **fsdp)
 trainer = WagleTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=args,
                        forget_dataset=load_from_disk(f"{data_dir}/forget"),
                        retain_dataset=load_from_disk(f"{data_dir}/retain"),
-                       processing_class=AutoTokenizer.from_pretrained(model_dir))
-trainer.train(resume_from_checkpoint=resume)
+                       processing_class=AutoTokenizer.from_pretrained(model_dir),
+                       mask=WeightMask.load(options["mask"]) if "mask" in options else None)
+trainer.train(resume_from_checkpoint=options.get("resume"))
 trainer.save_model(f"{out}/final")
 if trainer.is_world_process_zero():
     with open(f"{out}/engine.json", "w") as f:

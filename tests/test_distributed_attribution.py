@@ -1,5 +1,5 @@
-"""Two CPU ranks (gloo, torchrun): each scores its shard, gradients are all-reduced, every rank ends with the
-identical mask, and it matches the single-process mask."""
+"""Two CPU ranks (gloo, torchrun): each scores its shard of the data, gradients are all-reduced, every rank ends
+with the identical mask, and it matches the single-process mask; then the same with the model sharded by FSDP2."""
 import os
 import shutil
 import subprocess
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_wagle import compute_mask
+from hf_wagle import compute_mask, register_mask_method
 from hf_wagle.attribution import accumulate_gradients
 from hf_wagle.data import tokenize_dataset
 
@@ -36,7 +36,7 @@ def test_two_ranks_build_the_single_process_mask(trained, world, tmp_path):
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(SCRIPT), str(tmp_path / "model"),
                            str(tmp_path), str(tmp_path / "forget"), str(tmp_path / "retain")],
                           env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-12000:]
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert r0["world"] == r1["world"] == 2
 
@@ -58,3 +58,21 @@ def test_two_ranks_build_the_single_process_mask(trained, world, tmp_path):
                               progress=False)
         assert jaccard(m0, dict(single.items())) >= 0.999, method
         assert sum(int(m.sum()) for m in m0.values()) == single.num_selected
+
+    # FSDP2: G_f exists only as each rank's dim-0 shard; together the shards are the full gradient
+    for p, a, b, c in zip(params, r0["fsdp_g_f"], r1["fsdp_g_f"], g_single):
+        assert a.shape[0] + b.shape[0] == p.shape[0] and a.shape[0] == -(-p.shape[0] // 2)
+        assert torch.allclose(torch.cat([a, b]), c, rtol=1e-4, atol=1e-7)
+    single_random_layers = compute_mask(model, forget, retain, tokenizer, method="random", ratio=0.3,
+                                        scope="per_layer", seed=3, progress=False)
+    register_mask_method("flat", needs="none", override=True)(lambda param, **_: torch.ones(param.shape))
+    for method in ("wagle", "grin", "wanda", "random", "magnitude", "flat", "random_per_layer"):
+        m0, m1 = r0[f"fsdp_{method}"], r1[f"fsdp_{method}"]
+        assert all(torch.equal(m0[n], m1[n]) for n in m0), method
+        single = single_random_layers if method == "random_per_layer" else compute_mask(
+            model, forget, retain, tokenizer, method=method, ratio=0.3, mu=1e-3, batch_size=2, progress=False)
+        if method in ("random", "magnitude", "flat", "random_per_layer"):  # data-free: the selection itself is exact
+            assert all(torch.equal(m0[n], single[n]) for n in m0), method
+        else:
+            assert jaccard(m0, dict(single.items())) >= 0.999, method
+            assert sum(int(m.sum()) for m in m0.values()) == single.num_selected
