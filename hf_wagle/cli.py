@@ -171,6 +171,7 @@ def _add_attribute(sub) -> None:
     def run(a) -> int:
         import importlib
         import json
+        import os
         from pathlib import Path
 
         import torch
@@ -185,6 +186,9 @@ def _add_attribute(sub) -> None:
                 raise ValueError(f"--plugin {module}: cannot import it ({e})") from None
         _check_model(a.model)
         get_mask_method(a.method)
+        if a.fsdp and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            raise ValueError("--fsdp shards the model over several processes; launch with torchrun or accelerate "
+                             "launch (e.g. torchrun --nproc_per_node 8 -m hf_wagle.cli attribute --fsdp ...)")
         if Path(a.out).exists() and not Path(a.out).is_dir():
             raise ValueError(f"--out {a.out} is a file; give a folder for the mask, its stats and heat map")
         check_mask_options(ratio=a.ratio, mu=a.mu, reduction=a.reduction, batch_size=a.batch_size,
@@ -197,11 +201,19 @@ def _add_attribute(sub) -> None:
         model = AutoModelForCausalLM.from_pretrained(a.model, dtype=getattr(torch, a.dtype))
         if a.device:
             model.to(a.device)
-        mask = compute_mask(model, forget, retain, tokenizer, method=a.method, ratio=a.ratio, mu=a.mu,
-                            reduction=a.reduction, batch_size=a.batch_size, seed=a.seed,
-                            prompt_template=a.prompt_template, max_length=a.max_length, num_samples=a.num_samples,
-                            scope=a.scope, granularity=a.granularity, include=a.include, exclude=a.exclude,
-                            retain_sampling=a.retain_sampling, accumulate_device=a.accumulate_device)
+        main = _join_processes(model, a.fsdp)
+        try:
+            mask = compute_mask(model, forget, retain, tokenizer, method=a.method, ratio=a.ratio, mu=a.mu,
+                                reduction=a.reduction, batch_size=a.batch_size, seed=a.seed,
+                                prompt_template=a.prompt_template, max_length=a.max_length,
+                                num_samples=a.num_samples, scope=a.scope, granularity=a.granularity,
+                                include=a.include, exclude=a.exclude,
+                                retain_sampling=a.retain_sampling, accumulate_device=a.accumulate_device)
+        finally:
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+        if not main:  # every rank held the same mask; the main process writes it
+            return 0
         out = Path(a.out)
         path = mask.save(out)
         stats = mask.stats()
@@ -248,8 +260,39 @@ def _add_attribute(sub) -> None:
     p.add_argument("--device", help="e.g. cuda:0 (default: where the model loads)")
     p.add_argument("--accumulate-device", help="where the fp32 gradient sums live: cpu keeps them in host memory "
                                                "(a model that fits the accelerator only once; default: --device)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun/accelerate launch, shard the model with FSDP2 (each decoder layer, then the "
+                        "whole model) so that gradients and scores exist only as each rank's shards; without it, "
+                        "several processes split the data and each holds the whole model")
     p.add_argument("--out", required=True, help="folder for wagle_mask.safetensors, mask_stats.json, mask_heatmap.png")
     p.set_defaults(func=run)
+
+
+def _join_processes(model, fsdp: bool) -> bool:
+    """Under a launcher (`WORLD_SIZE` > 1), join the process group (NCCL with one GPU per local rank, gloo on CPU)
+    and, with `fsdp`, shard `model` with FSDP2's `fully_shard`. Returns whether this is the main process."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return True
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            model.to(torch.cuda.current_device())
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        from .modeling import decoder_layers
+
+        for layer in decoder_layers(model):
+            fully_shard(layer)
+        fully_shard(model)
+    return dist.get_rank() == 0
 
 
 def _add_compare_masks(sub) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import math
 from dataclasses import dataclass, field
 
@@ -97,6 +99,12 @@ class WagleConfig(TrainingArguments):
     max_length: int | None = field(default=DEFAULT_MAX_LENGTH, metadata={"help": "Truncate tokenised QA/text examples."})
 
     def __post_init__(self):
+        if self.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true", "yes"):
+            raise NotImplementedError(
+                "DeepSpeed ZeRO is not supported: it partitions and reduces gradients inside its engine and steps its "
+                "own fused optimizer, so hf_wagle cannot mask a gradient between the backward pass and the step, and "
+                "off-mask weights would move. For sharded full-parameter unlearning use FSDP2 (accelerate launch "
+                "--config_file examples/accelerate/fsdp2.yaml, or fsdp='full_shard'); otherwise DDP")
         super().__post_init__()
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; choose one of {', '.join(sorted(OBJECTIVES))}")

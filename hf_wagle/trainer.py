@@ -439,13 +439,8 @@ class _InstallMaskOnShards(TrainerCallback):
 
 
 def check_engine(args, peft_config, needs_reference_model: bool) -> None:
-    """Refuse, before any work, the distributed engines and combinations a mask cannot be enforced under."""
-    if args.deepspeed:
-        raise NotImplementedError(
-            "DeepSpeed ZeRO partitions and reduces gradients inside its engine and steps its own fused optimizer, so "
-            "hf_wagle cannot mask a gradient between the backward pass and the step; off-mask weights would move. "
-            "Use FSDP2 (accelerate launch with examples/accelerate/fsdp2.yaml, or fsdp='full_shard') for sharded "
-            "full-parameter unlearning, or DDP")
+    """Refuse, before any work, the FSDP versions and combinations a mask cannot be enforced under (DeepSpeed is
+    refused by `WagleConfig` itself)."""
     if not (args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")):
         return
     # TrainingArguments default to FSDP2; Accelerate's environment (accelerate launch) to FSDP1

@@ -40,6 +40,8 @@ def test_attribute_command_rejects_bad_input_before_loading(tmp_path, capsys):
     assert "expected a .json" in capsys.readouterr().err
     assert main(["attribute", "--model", "nowhere", "--ratio", "2", "--out", str(tmp_path)]) == 2
     assert "ratio" in capsys.readouterr().err
+    assert main(["attribute", "--model", "nowhere", "--fsdp", "--out", str(tmp_path)]) == 2
+    assert "launch with torchrun" in capsys.readouterr().err
 
 
 def test_trainer_passes_mask_options_and_adds_noise_on_mask_only(model, tokenizer, world, tmp_path):

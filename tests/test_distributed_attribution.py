@@ -76,3 +76,36 @@ def test_two_ranks_build_the_single_process_mask(trained, world, tmp_path):
         else:
             assert jaccard(m0, dict(single.items())) >= 0.999, method
             assert sum(int(m.sum()) for m in m0.values()) == single.num_selected
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+                    reason="torchrun not installed")
+def test_attribute_command_shards_the_model_with_fsdp2(trained, world, tmp_path):
+    """`torchrun -m hf_wagle.cli attribute --fsdp`: two CPU ranks score FSDP2 shards; rank 0 writes the mask."""
+    from hf_wagle import WeightMask
+
+    model, tokenizer = trained
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    forget, retain = world["forget"].select(range(5)), world["retain"].select(range(7))
+    forget.to_json(tmp_path / "forget.jsonl")
+    retain.to_json(tmp_path / "retain.jsonl")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    for method in ("random", "wagle"):
+        proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "hf_wagle.cli", "attribute",
+                               "--fsdp", "--model", str(tmp_path / "model"), "--forget", str(tmp_path / "forget.jsonl"),
+                               "--retain", str(tmp_path / "retain.jsonl"), "--method", method, "--ratio", "0.3",
+                               "--seed", "5", "--batch-size", "2", "--out", str(tmp_path / method)],
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-12000:]
+        assert proc.stdout.count("bits per weight") == 1  # written once, by rank 0
+        sharded = WeightMask.load(tmp_path / method, model=model)
+        single = compute_mask(model, forget, retain, tokenizer, method=method, ratio=0.3, seed=5, batch_size=2,
+                              progress=False)
+        if method == "random":
+            assert sharded == single
+        else:
+            assert jaccard(dict(sharded.items()), dict(single.items())) >= 0.999
+            assert sharded.num_selected == single.num_selected

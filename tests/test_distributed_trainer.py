@@ -146,16 +146,19 @@ def test_fsdp2_keeps_the_mask_and_matches_ddp_bit_for_bit(trained, world, tmp_pa
 
 
 
-def test_engines_a_mask_cannot_hold_are_refused_before_any_work(trained, world, tmp_path):
+def test_engines_a_mask_cannot_hold_are_refused_before_any_work(trained, world, tmp_path, monkeypatch):
     from peft import LoraConfig
 
     from hf_wagle import WagleConfig, WagleTrainer
 
     model, tokenizer = trained
-    from hf_wagle.trainer import check_engine
-
-    with pytest.raises(NotImplementedError, match="DeepSpeed ZeRO"):  # a DeepSpeed config needs deepspeed installed
-        check_engine(SimpleNamespace(deepspeed={"zero_optimization": {"stage": 2}}, fsdp=False), None, False)
+    # DeepSpeed, from TrainingArguments or from `accelerate launch` with a DeepSpeed config (its environment)
+    with pytest.raises(NotImplementedError, match="DeepSpeed ZeRO is not supported.*FSDP2"):
+        WagleConfig(output_dir=str(tmp_path), deepspeed={"zero_optimization": {"stage": 2}})
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(NotImplementedError, match="DeepSpeed ZeRO is not supported"):
+        WagleConfig(output_dir=str(tmp_path))
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
     cases = [
         (dict(fsdp="full_shard", fsdp_config={"fsdp_version": 1}), None, "FSDP version 1"),
         (dict(fsdp="full_shard"), LoraConfig(r=4, target_modules="all-linear"), "masked LoRA under FSDP"),
