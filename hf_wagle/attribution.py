@@ -140,26 +140,28 @@ def accumulate_gradients(model, params: list[torch.Tensor], examples: list[dict]
     sharded = any(is_sharded(p) for p in params)
     device = local_tensor(params[0]).device
     store = torch.device(accumulate_device) if accumulate_device is not None else device
-    grads = [torch.zeros(local_tensor(p).shape, dtype=torch.float32, device=store) for p in params]
+    # fp32 parameters whose sums stay on their device sum in .grad itself (autograd adds each batch in place, as in
+    # training); the others add each batch's gradient into fp32 buffers on `store`
+    in_grad = [local_tensor(p).dtype == torch.float32 and store == device for p in params]
+    grads = [None if here else torch.zeros(local_tensor(p).shape, dtype=torch.float32, device=store)
+             for p, here in zip(params, in_grad)]
     held = [p.grad for p in params]
     for p in params:
         p.grad = None
     try:
         for chunk, weight in _batches(examples, batch_size, same_count=sharded):
             batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
-            loss = sequence_nll(model, batch).per_example_mean.sum() * weight
-            if sharded:  # FSDP2 runs its reduce-scatter inside backward(), into each parameter's sharded .grad
-                loss.backward()
-                new = [p.grad for p in params]
-                for p in params:
+            # under FSDP2, backward() also reduce-scatters each gradient into its parameter's sharded .grad
+            (sequence_nll(model, batch).per_example_mean.sum() * weight).backward()
+            for acc, p in zip(grads, params):
+                if acc is not None and p.grad is not None:
+                    acc.add_(local_tensor(p.grad).to(store, torch.float32))
                     p.grad = None
-            else:
-                new = torch.autograd.grad(loss, params, allow_unused=True)
-            for acc, g in zip(grads, new):
-                if g is not None:
-                    acc.add_(local_tensor(g).to(store, torch.float32))
             if progress is not None:
                 progress.update(1)
+        grads = [acc if acc is not None else local_tensor(p.grad) if p.grad is not None
+                 else torch.zeros(local_tensor(p).shape, dtype=torch.float32, device=device)
+                 for acc, p in zip(grads, params)]
     finally:
         for p, g in zip(params, held):
             p.grad = g
@@ -386,7 +388,7 @@ def get_mask_method(name: str) -> MaskMethod:
 @register_mask_method("wagle", needs="forget_retain")
 def wagle_score(param, grad_forget, grad_retain, mu=DEFAULT_MU, **_):
     """S = | theta * G_f - (1/mu) * G_r * G_f |   (Jia et al. 2024)."""
-    return grad_forget.mul_(param.float() - grad_retain / mu).abs_()
+    return grad_forget.mul_(grad_retain.div_(mu).neg_().add_(param)).abs_()  # theta - G_r / mu, in place
 
 
 @register_mask_method("snip", needs="forget")

@@ -7,11 +7,13 @@ activation losses; `ga` has no retain term.
 
 How the mask is enforced, exactly:
 
-* the gradient of every partly-masked parameter is multiplied by its mask in a tensor hook, i.e. during backward,
-  before gradient accumulation, all-reduce and clipping (so the clipping norm is the masked gradient's norm);
-  parameters with nothing selected are frozen;
+* the gradient of every partly-masked parameter is multiplied by its mask in place after each backward pass
+  (`training_step`), once DDP has all-reduced it or FSDP2 reduce-scattered it (each rank then holds its shard of the
+  mask), and before clipping and the optimizer step (so the clipping norm is the masked gradient's norm; masking the
+  accumulated sum again after every micro-batch is exact, as mask entries are 0 or 1); parameters with nothing
+  selected are frozen (under FSDP2, masked by zeros);
 * decoupled weight decay is taken out of the optimizer's parameter groups and applied on-mask only, right
-  before each optimizer step, as `p *= where(mask, 1 - lr * wd, 1)`;
+  before each optimizer step, as `p *= where(mask, 1 - lr * wd, 1)` (the same rounding as AdamW's own decay);
 * off-mask gradients are zero from the first step, so the moments of Adam-family optimizers stay zero there and
   their update is exactly 0: off-mask weights stay bit-identical.
 """
@@ -35,7 +37,7 @@ from .data import (ForgetRetainPairs, PairCollator, check_fits_model, collate, p
 from .hub import write_model_card
 from .mask import WeightMask
 from .losses import SequenceNLL, sequence_nll
-from .modeling import adapter_disabled, is_sharded, local_tensor
+from .modeling import adapter_disabled, local_tensor
 from .objectives import DEFAULT_REFUSALS, OBJECTIVES
 from .options import MASK_SAFE_OPTIMIZERS
 
@@ -118,8 +120,6 @@ class WagleTrainer(Trainer):
         self._masked = masked
         self._prepared = False
         self._resuming = False
-        self._sharded = False  # FSDP2: gradient masks are this rank's shards, applied in `training_step`
-        self._hooks = []
         self._reference: dict[str, torch.Tensor] | None = None  # "<part>.nll_sum" / "<part>.n_tokens"
         self._frozen: dict[str, torch.Tensor] | None = None     # start values of trainable params (no PEFT)
         self._pad_id = pad
@@ -178,11 +178,10 @@ class WagleTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if self._sharded:  # FSDP2: the reduce-scattered gradient shards, masked before clipping and the step
-            with torch.no_grad():
-                for p, m in self._grad_masks.items():
-                    if p.grad is not None:
-                        local_tensor(p.grad).mul_(m)
+        with torch.no_grad():  # g *= mask, in place (this rank's shard of g and of the mask under FSDP2)
+            for p, m in self._grad_masks.items():
+                if p.grad is not None:
+                    local_tensor(p.grad).mul_(m)
         return loss
 
     def _install_mask(self) -> None:
@@ -206,7 +205,6 @@ class WagleTrainer(Trainer):
         self.enforced_mask = enforced
         self._grad_masks.clear()  # the dict the optimizer's weight-decay hook reads
         self._grad_masks.update(grad_masks)
-        self._sharded = any(is_sharded(p) for p in grad_masks)
         message = self.confinement.describe(self.model, self.mask, self.enforced_mask)
         if message:
             logger.warning(message)
@@ -214,9 +212,6 @@ class WagleTrainer(Trainer):
             if not self._resuming:
                 add_mask_noise(self.model, self.enforced_mask, a.mask_noise_std, seed=a.seed)
             self.enforced_mask.metadata["noise_std"] = a.mask_noise_std
-        if not self._sharded:  # FSDP2 reduce-scatters into shards after the hooks would run: see `training_step`
-            for p, m in self._grad_masks.items():
-                self._hooks.append(p.register_hook(lambda g, m=m: g * m))
 
     def _parts(self) -> dict[str, list[dict]]:
         data = self.train_dataset
@@ -392,11 +387,17 @@ class WagleTrainer(Trainer):
             write_model_card(output_dir, self)
 
 
+_DECAY_CHUNK = 1 << 24  # elements of the on-mask decay factor buffer (64 MiB in fp32)
+
+
 def _move_weight_decay_on_mask(optimizer, grad_masks: dict[torch.Tensor, torch.Tensor]) -> None:
     """Apply decoupled weight decay only where the mask allows change.
 
     Each parameter group's `weight_decay` moves to `wagle_weight_decay` (the optimizer then sees 0), and a step
-    pre-hook does what AdamW would, `p *= 1 - lr * wd`, only on-mask (off-mask the factor is exactly 1).
+    pre-hook does what AdamW would, `p *= f` with `f = 1 - lr * wd` in the parameter's compute precision, only
+    on-mask: `p *= 1 + mask * (f - 1)`, whose factor is exactly f on-mask and exactly 1 off-mask (f - 1 and
+    (f - 1) + 1 are exact for f in [0.5, 1]). The factor is built in a reused buffer of at most `_DECAY_CHUNK`
+    elements, so masking costs no allocation per step.
     """
     inner = getattr(optimizer, "optimizer", optimizer)
     if not isinstance(inner, _MASK_SAFE_OPTIMIZER_TYPES):
@@ -410,18 +411,33 @@ def _move_weight_decay_on_mask(optimizer, grad_masks: dict[torch.Tensor, torch.T
                                  "masked weights; set weight_decay=0 or use AdamW")
             group["wagle_weight_decay"], group["weight_decay"] = group["weight_decay"], 0.0
 
+    buffers: dict = {}
+
     @torch.no_grad()
     def decay_on_mask(opt, args, kwargs):
         for group in opt.param_groups:
             wd = group.get("wagle_weight_decay", 0.0)
             if not wd:
                 continue
-            factor = 1.0 - group["lr"] * wd
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                m = grad_masks.get(p)
-                local_tensor(p).mul_(factor if m is None else torch.where(m, factor, 1.0))
+                local, m = local_tensor(p), grad_masks.get(p)
+                dtype = torch.promote_types(local.dtype, torch.float32)  # where AdamW computes p * f
+                f = torch.tensor(1.0 - group["lr"] * wd, dtype=dtype).item()
+                if m is None:
+                    local.mul_(f)
+                elif not 0.5 <= f <= 1.0:
+                    local.mul_(torch.where(m, f, 1.0))
+                else:
+                    key = (local.device, dtype)
+                    if key not in buffers:
+                        buffers[key] = torch.empty(_DECAY_CHUNK, dtype=dtype, device=local.device)
+                    flat_p, flat_m = local.view(-1), m.reshape(-1)
+                    for a in range(0, flat_p.numel(), _DECAY_CHUNK):
+                        factor = buffers[key][:min(_DECAY_CHUNK, flat_p.numel() - a)]
+                        factor.copy_(flat_m[a:a + factor.numel()]).mul_(f - 1.0).add_(1.0)
+                        flat_p[a:a + factor.numel()].mul_(factor)
 
     inner.register_step_pre_hook(decay_on_mask)
 

@@ -11,6 +11,7 @@ from datasets import load_from_disk
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_wagle import WagleConfig, WagleTrainer, WeightMask
+from hf_wagle.modeling import is_sharded
 
 model_dir, data_dir, out, mode = sys.argv[1:5]
 if mode == "fsdp":
@@ -45,4 +46,5 @@ trainer.train(resume_from_checkpoint=options.get("resume"))
 trainer.save_model(f"{out}/final")
 if trainer.is_world_process_zero():
     with open(f"{out}/engine.json", "w") as f:
-        json.dump({"sharded": trainer._sharded, "fsdp": trainer.is_fsdp_enabled, "steps": trainer.state.global_step}, f)
+        json.dump({"sharded": all(is_sharded(p) for p in trainer._grad_masks), "fsdp": trainer.is_fsdp_enabled,
+                   "steps": trainer.state.global_step}, f)

@@ -165,3 +165,34 @@ def test_masked_lora_with_gradient_checkpointing_stays_confined(trained, tokeniz
     trainer.save_model(str(tmp_path / "gc"))
     report = verify(tmp_path / "gc")
     assert report["confined"] and report["changed_inside_mask"] > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_on_mask_weight_decay_is_adamws_own_on_mask_and_nothing_off_mask(dtype, monkeypatch):
+    """The step pre-hook's `p *= 1 + mask * (f - 1)` equals AdamW's `p *= f` bit for bit on-mask and leaves
+    off-mask weights (-0.0 included) as they were, across chunks of the factor buffer."""
+    import hf_wagle.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "_DECAY_CHUNK", 64)  # several chunks and a partial last one
+    torch.manual_seed(0)
+    start = torch.randn(13, 17).to(dtype)
+    start[0, :4] = -0.0
+    mask = torch.rand(13, 17) < 0.6
+    grad = torch.randn(13, 17).to(dtype) * mask
+
+    def run(masked: bool) -> torch.Tensor:
+        p = torch.nn.Parameter(start.clone())
+        opt = torch.optim.AdamW([p], lr=0.05, weight_decay=0.5)  # f = 0.975, visible in bf16
+        if masked:
+            trainer_module._move_weight_decay_on_mask(opt, {p: mask})
+            assert opt.param_groups[0]["weight_decay"] == 0.0
+        for _ in range(3):
+            p.grad = grad.clone()
+            opt.step()
+        return p.detach()
+
+    plain, masked = run(False), run(True)
+    assert torch.equal(masked[mask], plain[mask])
+    off = start[~mask]
+    assert torch.equal(masked[~mask], off) and torch.equal(torch.signbit(masked[~mask]), torch.signbit(off))
+    assert not torch.equal(plain[~mask], off)  # plain AdamW would have decayed them
