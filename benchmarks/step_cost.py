@@ -3,8 +3,11 @@
 For full parameters and for LoRA, `WagleTrainer` runs `--steps` optimizer steps (GradDiff, AdamW, weight decay 0.1)
 on the same model and pre-tokenised data, once with a precomputed mask (ratio 0.8: gradient hooks, on-mask weight
 decay; for LoRA, masked factors) and once dense. The configurations alternate within each of `--repeats` rounds, and
-the ratio of median per-step times is reported (the first step, with its warm-up, is excluded). Also: the mask's
-size on disk in bits per weight.
+the ratio of median per-step times is reported (the first step, with its warm-up, is excluded). Step times on a
+shared CPU vary by several percent between runs, more than the mask costs, so the enforcement itself is also timed
+alone on the same tensors: masking every gradient in place (what `WagleTrainer.training_step` does after backward)
+plus an AdamW step with the on-mask weight decay hook, against a plain AdamW step, alternated `--repeats` x 3 times;
+its overhead is reported as a fraction of the dense step. Also: the mask's size on disk in bits per weight.
 
     python benchmarks/step_cost.py                    # ~162M-parameter random-init Llama
     python benchmarks/step_cost.py --model smollm2    # the real SmolLM2-135M-Instruct (tied head, GQA)
@@ -66,6 +69,33 @@ def step_times(model, forget, retain, mask, lora: bool, steps: int, batch_size: 
     return timer.times[1:]
 
 
+def enforcement_seconds(model, mask, repeats: int) -> dict:
+    """Median seconds per step of: AdamW (weight decay 0.1) on all parameters with random gradients, and the same
+    with the mask enforced (gradients masked in place, then the step with on-mask decay)."""
+    from hf_wagle.trainer import _move_weight_decay_on_mask
+
+    params = [p for p in copy.deepcopy(model).parameters()]
+    names = [n for n, _ in model.named_parameters()]
+    masks = {p: mask[n] for p, n in zip(params, names) if not mask[n].all()}
+    grads = [torch.randn_like(p) for p in params]
+    plain = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1)
+    masked = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1)
+    _move_weight_decay_on_mask(masked, masks)
+    times = {"plain": [], "masked": []}
+    for _ in range(3 * repeats):
+        for key, opt in (("plain", plain), ("masked", masked)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            t0 = time.perf_counter()
+            if key == "masked":
+                with torch.no_grad():
+                    for p, m in masks.items():
+                        p.grad.mul_(m)
+            opt.step()
+            times[key].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="random", choices=("random", "smollm2"))
@@ -99,13 +129,19 @@ def main() -> None:
             times[key] += step_times(model, forget, retain, mask if masked else None, lora, a.steps, a.batch_size)
             print(f"  {key}: median step {statistics.median(times[key]):.2f} s so far")
     med = {k: statistics.median(v) for k, v in times.items()}
+    enforcement = enforcement_seconds(model, mask, a.repeats)
+    extra = enforcement["masked"] - enforcement["plain"]
     result = {"parameters": n, "mask_bits_per_weight": bits, "step_seconds": times, "median_step_seconds": med,
               "full_masked_over_dense": med["full masked"] / med["full dense"],
               "lora_masked_over_dense": med["lora masked"] / med["lora dense"],
+              "optimizer_step_seconds": enforcement, "enforcement_seconds_per_step": extra,
+              "enforcement_over_dense_step": extra / med["full dense"],
               "settings": vars(a), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "machine": platform.machine()}
     print(f"masked / dense step time: full {result['full_masked_over_dense']:.3f}, "
           f"LoRA {result['lora_masked_over_dense']:.3f}")
+    print(f"enforcement alone: {extra:.3f} s per step (AdamW step {enforcement['plain']:.3f} s plain, "
+          f"{enforcement['masked']:.3f} s masked) = {result['enforcement_over_dense_step']:.3f} of a dense full step")
     out = Path(a.out or Path(__file__).with_name("results") / f"step_cost_{a.model}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
