@@ -815,9 +815,7 @@ def add_mask_noise(model, mask: WeightMask, std: float, seed: int = 0) -> int:
         for name, p in base_named_parameters(model):
             if name not in mask or mask.count(name) == 0 or p.numel() < 2:
                 continue
-            # a fresh fp64 host copy on every path, so that the std (whose rounding may depend on the memory
-            # layout) is the same number for a shard's full tensor and for the replicated parameter
-            sigma = float((p.full_tensor() if is_sharded(p) else p).detach().to("cpu", torch.float64).std())
+            sigma = float((p.full_tensor() if is_sharded(p) else p).float().std())
             if sigma == 0:
                 continue
             s = int.from_bytes(hashlib.sha256(f"noise:{seed}:{name}".encode()).digest()[:8], "little") >> 1
