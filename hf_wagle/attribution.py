@@ -121,7 +121,8 @@ def _batches(examples: list[dict], batch_size: int, same_count: bool = False) ->
     mine = examples[rank::world]
     out = [(mine[i:i + batch_size], 1.0) for i in range(0, len(mine), batch_size)]
     if same_count and examples:
-        out += [(examples[:1], 0.0)] * (-(-(-(-len(examples) // world)) // batch_size) - len(out))
+        most = math.ceil(math.ceil(len(examples) / world) / batch_size)  # batches of the rank with the most examples
+        out += [(examples[:1], 0.0)] * (most - len(out))
     return out
 
 
@@ -485,11 +486,12 @@ def _kth_bucket(hist: torch.Tensor, k: int) -> tuple[int, int]:
     return b, k - (int(above[b + 1]) if b + 1 < len(hist) else 0)
 
 
-def _sum_ranks(values: list[int], sharded: bool) -> torch.Tensor:
-    t = torch.tensor(values, dtype=torch.int64)
+def _count_over_ranks(n: int, sharded: bool) -> int:
+    """`n` summed over all ranks when the scores are sharded; `n` otherwise."""
+    t = torch.tensor([n], dtype=torch.int64)
     if sharded:
         sum_over_ranks_([t])
-    return t
+    return int(t[0])
 
 
 def _tie_takes(scores: list, threshold: int, needed: int) -> list[int]:
@@ -513,7 +515,7 @@ def select_top_k_packed(scores: list, k: int, weights: list[int] | None = None,
     weights = weights or [1] * len(scores)
     if sharded and set(weights) != {1}:
         raise NotImplementedError("sharded selection takes single weights as units (granularity='element')")
-    total = int(_sum_ranks([sum(_numel(s) * w for s, w in zip(scores, weights))], sharded)[0])
+    total = _count_over_ranks(sum(_numel(s) * w for s, w in zip(scores, weights)), sharded)
     if k <= 0 or k >= total:
         fill = 0xFF if k >= total and k > 0 else 0
         out = []
@@ -623,7 +625,7 @@ def select(scores: list[_Scores], ratio: float, scope: str = "global", granulari
     names = names or [str(i) for i in range(len(scores))]
     out: list[np.ndarray | None] = [None] * len(scores)
     for group in _groups(names, scope):
-        n_g = int(_sum_ranks([sum(scores[i].numel for i in group)], sharded)[0])
+        n_g = _count_over_ranks(sum(scores[i].numel for i in group), sharded)
         k = round(ratio * n_g)
         if granularity == "element":
             packed = select_top_k_packed([scores[i] for i in group], k, sharded=sharded)
@@ -774,13 +776,13 @@ def compute_mask(model, forget, retain, tokenizer=None, method: str = DEFAULT_MA
 def _gather_shards(packed: list[np.ndarray], params: list[torch.Tensor]) -> list[np.ndarray]:
     """The full packed mask of every tensor from each rank's packed shard (`shard_range` order), one tensor at a
     time: extra memory is one tensor's mask at a byte per weight."""
-    world = rank_world()[1]
+    rank, world = rank_world()
     out = []
     for bits, p in zip(packed, params):
         ranges = [shard_range(p, r, world) for r in range(world)]
         width = max(b - a for a, b in ranges)
         mine = np.zeros(width, np.uint8)
-        n = ranges[rank_world()[0]][1] - ranges[rank_world()[0]][0]
+        n = ranges[rank][1] - ranges[rank][0]
         mine[:n] = np.unpackbits(bits, count=n, bitorder="little")
         pieces = gather_from_ranks(torch.from_numpy(mine))
         full = np.concatenate([t.numpy()[:b - a] for t, (a, b) in zip(pieces, ranges)])
