@@ -202,16 +202,18 @@ def _add_attribute(sub) -> None:
         if a.device:
             model.to(a.device)
         main = _join_processes(model, a.fsdp)
-        try:
-            mask = compute_mask(model, forget, retain, tokenizer, method=a.method, ratio=a.ratio, mu=a.mu,
-                                reduction=a.reduction, batch_size=a.batch_size, seed=a.seed,
-                                prompt_template=a.prompt_template, max_length=a.max_length,
-                                num_samples=a.num_samples, scope=a.scope, granularity=a.granularity,
-                                include=a.include, exclude=a.exclude,
-                                retain_sampling=a.retain_sampling, accumulate_device=a.accumulate_device)
-        finally:
-            if torch.distributed.is_initialized():
-                torch.distributed.destroy_process_group()
+        mask = compute_mask(model, forget, retain, tokenizer, method=a.method, ratio=a.ratio, mu=a.mu,
+                            reduction=a.reduction, batch_size=a.batch_size, seed=a.seed,
+                            prompt_template=a.prompt_template, max_length=a.max_length,
+                            num_samples=a.num_samples, scope=a.scope, granularity=a.granularity,
+                            include=a.include, exclude=a.exclude,
+                            retain_sampling=a.retain_sampling, accumulate_device=a.accumulate_device)
+        if torch.distributed.is_initialized():
+            # every rank leaves the last collective before any tears its connections down (a rank that closes its
+            # gloo pairs while a peer still reads from them can abort that peer); after an error the launcher
+            # stops the other ranks, so this runs on success only
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
         if not main:  # every rank held the same mask; the main process writes it
             return 0
         out = Path(a.out)
