@@ -42,6 +42,7 @@ FULL_METHODS = ("dense,random,magnitude,wanda,snip,gradient,grin,wagle:mu=1e-6,w
                 "wagle:mu=1e-6,retain_sampling=paired")
 QUICK_METHODS = "dense,random,wagle"
 SPLITS = {"forget10": 4, "forget05": 2}  # authors forgotten, of 40
+FINETUNE_RECIPE = {"epochs": 8, "learning_rate": 1e-4, "batch_size": 16}  # both fine-tunes, target and retain
 
 
 def world_splits(forget_split: str, seed: int = 1) -> dict:
@@ -147,7 +148,7 @@ def main(argv=None) -> dict:
     mcq = scenario["retain_mcq"]
     for i in range(len(scenario["forget_mcq"])):
         mcq = mcq.add_item(scenario["forget_mcq"][i])
-    recipe = {"epochs": 8, "learning_rate": 1e-4, "batch_size": 16}
+    recipe = FINETUNE_RECIPE
     results = {"settings": {"objectives": objectives, "methods": methods, "seeds": seeds, "steps": steps,
                             "ratio": a.ratio, "lora_r": a.lora_r, "learning_rates": rates, "finetune": recipe,
                             "forget_target": a.forget_target, "quick": a.quick, "eval_limit": eval_limit},
