@@ -5,7 +5,7 @@ One pass over each set gives G_f and G_r (per-example token-mean NLL, summed, 64
 every method scores copies of them, so the overlaps compare the scores alone. Two random masks at ratio 0.5 share
 1/3 (0.25 / 0.75).
 
-    python -m benchmarks.mask_overlap      # about 1.5 minutes on 2 CPU cores once the fine-tuned model is cached
+    python -m benchmarks.mask_overlap      # under a minute on 2 CPU cores once the fine-tuned model is cached
 
 Writes `benchmarks/results/mask_overlap.json` and prints a table.
 """
