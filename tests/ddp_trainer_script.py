@@ -28,3 +28,6 @@ torch.save({"params": {n: p.detach().clone() for n, p in trainer.model.named_par
             "retain_draws": [trainer.train_dataset[i]["retain"]["input_ids"] for i in range(6)],
             "eval_history": evaluation.history, "world": args.world_size,
             "logged": [h for h in trainer.state.log_history if "forget_loss" in h]}, f"{out}/trainer_rank{rank}.pt")
+# every rank is done with its collectives before any closes its connections
+trainer.accelerator.wait_for_everyone()
+trainer.accelerator.end_training()

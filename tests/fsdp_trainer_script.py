@@ -48,3 +48,6 @@ if trainer.is_world_process_zero():
     with open(f"{out}/engine.json", "w") as f:
         json.dump({"sharded": all(is_sharded(p) for p in trainer._grad_masks), "fsdp": trainer.is_fsdp_enabled,
                    "steps": trainer.state.global_step}, f)
+# every rank is done with its collectives before any closes its connections
+trainer.accelerator.wait_for_everyone()
+trainer.accelerator.end_training()
