@@ -148,17 +148,16 @@ def main(argv=None) -> dict:
     mcq = scenario["retain_mcq"]
     for i in range(len(scenario["forget_mcq"])):
         mcq = mcq.add_item(scenario["forget_mcq"][i])
-    recipe = FINETUNE_RECIPE
     results = {"settings": {"objectives": objectives, "methods": methods, "seeds": seeds, "steps": steps,
-                            "ratio": a.ratio, "lora_r": a.lora_r, "learning_rates": rates, "finetune": recipe,
+                            "ratio": a.ratio, "lora_r": a.lora_r, "learning_rates": rates, "finetune": FINETUNE_RECIPE,
                             "forget_target": a.forget_target, "quick": a.quick, "eval_limit": eval_limit},
                "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__,
                            "machine": platform.machine()},
                "splits": {}}
     for split in a.splits.split(","):
         data = world_splits(split)
-        target_dir = cached_finetune("target", data["all"], recipe)
-        retain_dir = cached_finetune(f"retain-{split}", data["retain"], recipe)
+        target_dir = cached_finetune("target", data["all"], FINETUNE_RECIPE)
+        retain_dir = cached_finetune(f"retain-{split}", data["retain"], FINETUNE_RECIPE)
         tokenizer = AutoTokenizer.from_pretrained(target_dir)
         retain_model = AutoModelForCausalLM.from_pretrained(retain_dir)
         reference = tofu_report(retain_model, tokenizer, data["forget"], prompt_template=PROMPT, generate=False)
