@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from hf_wagle import compute_mask
-from hf_wagle.attribution import _Stored, select
+from hf_wagle.masking import StoredScores, select
 from hf_wagle.data import collate
 
 from _common import make_data, make_model, peak_extra_bytes
@@ -76,7 +76,7 @@ def main() -> None:
     # 1. selection memory ---------------------------------------------------------------------------------------
     with torch.no_grad():
         scores = [p.detach().float().abs() for p in model.parameters()]  # fp32 scores held in memory
-    stored = [_Stored(s) for s in scores]
+    stored = [StoredScores(s) for s in scores]
     t0 = time.perf_counter()
     packed, select_extra = peak_extra_bytes(lambda: select(stored, a.ratio))
     select_s = time.perf_counter() - t0

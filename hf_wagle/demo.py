@@ -12,7 +12,7 @@ import copy
 import time
 from pathlib import Path
 
-from .attribution import compute_mask
+from .masking import compute_mask
 from .config import WagleConfig
 from .evaluation import answer_metrics, summarise
 from .trainer import WagleTrainer
@@ -132,7 +132,7 @@ def run_real_demo(output_dir: str = "wagle_demo_smollm2", scenario: str = "eleme
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
     from transformers.utils import logging as hf_logging
 
-    from .adapters import verify
+    from .verify import verify
     from .real_model import load_scenario, smollm2_path
 
     hf_logging.set_verbosity_error()

@@ -1,23 +1,18 @@
-"""Option names, defaults and bounds shared by `WagleConfig`, `compute_mask` and the command line.
-
-Pure Python (no torch), so the command line can build its parser without importing the model stack.
+"""Torch-free pieces every layer shares: defaults, small checks, and `prefixed_fields`, which lets one options
+dataclass (`MaskConfig`, an objective's arguments) be the single source of fields that `WagleConfig`, the command
+line and YAML read under prefixed names.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
+import re
 
 DEFAULT_PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
-DEFAULT_MASK_METHOD = "wagle"
-DEFAULT_MASK_RATIO = 0.8
-DEFAULT_MU = 1e-6
-DEFAULT_GRIN_EPS = 1e-12
 DEFAULT_MAX_LENGTH = 512
-MASK_REDUCTIONS = ("sum", "mean")
-RETAIN_SAMPLINGS = ("all", "paired")
-MASK_SCOPES = ("global", "per_layer", "per_tensor")
-MASK_GRANULARITIES = ("element", "row", "column")
 # Optimizers whose update is exactly zero for a parameter element whose gradient has always been zero
 # (moments start at zero and stay zero), so masking the gradient keeps off-mask weights bit-identical.
 MASK_SAFE_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adagrad", "rmsprop")
@@ -29,30 +24,80 @@ def is_local_path(name: str) -> bool:
     return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
 
 
-def _one_of(name: str, value, choices) -> None:
+def one_of(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
-def check_mask_options(*, ratio: float, mu: float = DEFAULT_MU, reduction: str = "sum", batch_size: int = 8,
-                       num_samples: int | None = None, scope: str = "global", granularity: str = "element",
-                       eps: float = DEFAULT_GRIN_EPS, retain_sampling: str = "all", prefix: str = "") -> None:
-    """Raise a ValueError naming the first option outside its bounds (as `prefix + name`, e.g. `mask_ratio`):
-    `ratio` in (0, 1] (the fraction of weights that may change: 0 would change nothing), `mu` and `eps` > 0,
-    `batch_size` >= 1, `num_samples` a positive integer or None, and the named choices."""
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
-        raise ValueError(f"{prefix}ratio is the fraction of weights that may change and must lie in (0, 1], got "
-                         f"{ratio!r}")
-    if not (math.isfinite(mu) and mu > 0):
-        raise ValueError(f"mu must be a finite number > 0, got {mu}")
-    _one_of(f"{prefix}reduction", reduction, MASK_REDUCTIONS)
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"{prefix}batch_size must be a positive integer, got {batch_size!r}")
-    if num_samples is not None and (isinstance(num_samples, bool) or int(num_samples) != num_samples
-                                    or num_samples < 1):
-        raise ValueError(f"{prefix}num_samples must be a positive integer or None, got {num_samples!r}")
-    _one_of(f"{prefix}scope", scope, MASK_SCOPES)
-    _one_of(f"{prefix}retain_sampling", retain_sampling, RETAIN_SAMPLINGS)
-    _one_of(f"{prefix}granularity", granularity, MASK_GRANULARITIES)
-    if not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a finite number > 0, got {eps}")
+def positive_int(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
+
+
+def finite(name: str, value, minimum: float | None = None, strict: bool = False) -> None:
+    """`value` is a finite number, `> minimum` (`strict`) or `>= minimum`."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and minimum is not None:
+        ok = value > minimum if strict else value >= minimum
+    if not ok:
+        bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+
+
+def parse_options(value, what: str) -> dict:
+    """A dict of options from a dict, None, a JSON object string or `key=value,key=value` (values read as JSON
+    where they parse, else kept as strings): the forms YAML, Python and the command line give."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, (list, tuple)):  # repeated `--flag key=value`
+        value = ",".join(map(str, value))
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a mapping of option names to values, got {value!r}")
+    text = value.strip()
+    if text.startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{what}: not a JSON object ({e})") from None
+        return parse_options(parsed, what)
+    out = {}
+    # a comma starts a new pair only where `name=` follows, so values may hold commas (`layers=[2,3]`)
+    for item in filter(None, (s.strip() for s in re.split(r",(?=\s*[A-Za-z_][\w.]*\s*=)", text))):
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{what}: expected key=value pairs separated by commas, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def prefixed_fields(options_cls, prefix: str, keep=()) -> list[tuple[str, object, dataclasses.Field]]:
+    """`(name, type, field)` of every field of the dataclass `options_cls`, named `prefix + name` (names in `keep`
+    stay as they are, and a field's metadata `config_name` overrides its name), with its default and help. Feed
+    them to `dataclasses.make_dataclass` to embed the options flat in another dataclass: one definition, read by
+    Python, the command line and YAML alike."""
+    out = []
+    for f in dataclasses.fields(options_cls):
+        name = f.metadata.get("config_name") or (f.name if f.name in keep else prefix + f.name)
+        kwargs = {"metadata": {k: v for k, v in f.metadata.items() if k != "config_name"}}  # argparse reads them
+        if f.default_factory is not dataclasses.MISSING:
+            kwargs["default_factory"] = f.default_factory
+        else:
+            kwargs["default"] = f.default
+        out.append((name, f.type, dataclasses.field(**kwargs)))
+    return out
+
+
+def unprefixed_values(options_cls, source, prefix: str, keep=()) -> dict:
+    """The values of `options_cls`'s fields read back from `source`'s prefixed attributes (see `prefixed_fields`)."""
+    values = {}
+    for f in dataclasses.fields(options_cls):
+        name = f.metadata.get("config_name") or (f.name if f.name in keep else prefix + f.name)
+        values[f.name] = getattr(source, name)
+    return values

@@ -193,7 +193,7 @@ def test_mean_reduction_is_sum_with_rescaled_mu(tiny, small_data, tokenizer):
 
 
 def test_num_samples_is_a_deterministic_subset(tiny, world, tokenizer):
-    from hf_wagle.attribution import subset_indices
+    from hf_wagle.masking import subset_indices
 
     forget, retain = world["forget"].select(range(20)), world["retain"].select(range(20))
     got = compute_mask(tiny, forget, retain, tokenizer, ratio=0.3, num_samples=5, seed=7, progress=False)
@@ -270,7 +270,7 @@ def test_metadata_records_how_the_mask_was_made(tiny, small_data, tokenizer):
 
 
 def test_progress_bar_over_batches(tiny, small_data, tokenizer, capsys, monkeypatch):
-    import hf_wagle.attribution as attribution
+    import hf_wagle.masking.compute as compute
 
     compute_mask(tiny, small_data[0], small_data[1], tokenizer, ratio=0.3, batch_size=2)
     assert "attribution (wagle)" in capsys.readouterr().err
@@ -287,7 +287,7 @@ def test_progress_bar_over_batches(tiny, small_data, tokenizer, capsys, monkeypa
         def close(self):
             self.closed = True
 
-    monkeypatch.setattr(attribution, "_progress_bar", Bar)
+    monkeypatch.setattr(compute, "_progress_bar", Bar)
     compute_mask(tiny, small_data[0], small_data[1], tokenizer, ratio=0.3, batch_size=2)
     assert [(b.total, b.n, b.closed) for b in bars] == [(8, 8, True)]  # 3 forget + 5 retain batches
     compute_mask(tiny, small_data[0], small_data[1], tokenizer, ratio=0.3, batch_size=2, progress=False)
@@ -308,7 +308,7 @@ def test_more_bad_options_fail_before_work(tiny, world, tokenizer):
 
 
 def test_mask_noise_only_on_selected_weights(tiny):
-    from hf_wagle.attribution import add_mask_noise
+    from hf_wagle.masking import add_mask_noise
 
     import copy
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hf_wagle import compute_mask, register_mask_method
-from hf_wagle.attribution import accumulate_gradients
+from hf_wagle.masking import accumulate_gradients
 from hf_wagle.data import tokenize_dataset
 
 SCRIPT = Path(__file__).with_name("distributed_mask_script.py")

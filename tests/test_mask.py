@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_wagle import WeightMask
-from hf_wagle.attribution import select_top_k
+from hf_wagle.masking import select_top_k
 from hf_wagle.mask import MASK_FILE, project_rows_columns
 
 
@@ -137,9 +137,9 @@ def test_packed_construction_and_odd_sizes():
 
 
 def test_selection_ties_and_weights_on_large_chunked_tensors(monkeypatch):
-    import hf_wagle.attribution as attribution
+    import hf_wagle.masking.selection as selection
 
-    monkeypatch.setattr(attribution, "CHUNK", 64)  # many chunks per tensor
+    monkeypatch.setattr(selection, "CHUNK", 64)  # many chunks per tensor
     g = torch.Generator().manual_seed(3)
     scores = [torch.randint(0, 5, (50, 7), generator=g).float(), torch.randint(0, 5, (300,), generator=g).float()]
     flat = torch.cat([s.reshape(-1) for s in scores])

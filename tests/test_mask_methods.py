@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hf_wagle import WagleConfig, WagleTrainer, compute_mask, register_mask_method
-from hf_wagle.attribution import MASK_METHODS
+from hf_wagle.masking import MASK_METHODS
 from hf_wagle.cli import main
 
 from conftest import small_args, snapshot

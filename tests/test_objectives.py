@@ -168,7 +168,7 @@ def test_rmu_reads_the_raw_layer_output_also_at_the_last_layer(model, tokenizer,
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
         hook.remove()
         for layer in (1, last):
-            trainer.objective.args.rmu_layer = layer
+            trainer.objective.args.layer = layer
             got = trainer.objective.layer_output(trainer, model, batch)
             want = captured[0] if layer == last else out.hidden_states[layer + 1]
             assert torch.equal(got, want.float()), layer
