@@ -85,7 +85,7 @@ class WagleConfig(TrainingArguments, MaskArguments, ObjectiveArguments):
         for name, value in dataclasses.asdict(mask).items():  # normalised: "dense" -> None, a pattern -> [pattern]
             setattr(self, name if name in UNPREFIXED else PREFIX + name, value)
         if mask.method is not None:
-            from .masking import mask_methods
+            from .masking.methods import mask_methods
 
             methods = mask_methods()
             if mask.method not in methods:

@@ -25,8 +25,8 @@ from importlib import import_module
 
 _PUBLIC = {
     "MaskConfig": ".config", "MaskArguments": ".config", "MASK_FIELDS": ".config",
-    "MaskMethod": ".registry", "register_mask_method": ".registry", "get_mask_method": ".registry",
-    "mask_methods": ".registry", "MASK_METHODS": ".registry",
+    "MaskMethod": ".registry", "register_mask_method": ".registry", "MASK_METHODS": ".registry",
+    "get_mask_method": ".methods", "mask_methods": ".methods",
     "compute_mask": ".compute", "mask_config": ".compute", "subset_indices": ".compute",
     "data_fingerprint": ".compute",
     "accumulate_gradients": ".signals", "input_feature_norms": ".signals",

@@ -20,7 +20,8 @@ from ..modeling import (adapter_disabled, broadcast_from_main, gather_from_ranks
 from ..options import DEFAULT_PROMPT_TEMPLATE
 from ..version import __version__
 from .config import MASK_FIELDS, MaskConfig
-from .registry import MaskMethod, get_mask_method
+from .methods import get_mask_method
+from .registry import MaskMethod
 from .scores import as_scores
 from .selection import check_selects_something, included_parameters, select
 from .signals import accumulate_gradients, batches, input_feature_norms

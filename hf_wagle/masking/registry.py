@@ -1,7 +1,7 @@
 """The mask-method registry: a name -> `MaskMethod` (its score function, the data it needs, its own options).
 
-Pure Python: registering a method does not import torch. The built-in methods (`methods/`) register on first
-lookup, so a user's method registered earlier under a built-in name needs `override=True` like any other.
+Pure Python: registering a method does not import torch. The built-in methods (`methods/`) register when that
+package is imported; look methods up through it (`hf_wagle.masking.get_mask_method`), so the built-ins are there.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def register_mask_method(name: str, needs: str = "forget", options: type | None 
         raise ValueError(f"needs must be one of {', '.join(NEEDS)}, got {needs!r}")
     if options is not None and not dataclasses.is_dataclass(options):
         raise TypeError(f"options of mask method {name!r} must be a dataclass (its fields are the options)")
-    if name in mask_methods() and not override:
+    if name in MASK_METHODS and not override:
         raise ValueError(f"a mask method {name!r} is already registered; pick another name or pass override=True")
 
     def wrap(score):
@@ -86,18 +86,3 @@ def register_mask_method(name: str, needs: str = "forget", options: type | None 
         return score
 
     return wrap
-
-
-def mask_methods() -> dict[str, MaskMethod]:
-    """Every registered mask method, the built-ins included."""
-    from . import methods  # noqa: F401  (the built-ins register themselves on import)
-
-    return MASK_METHODS
-
-
-def get_mask_method(name: str) -> MaskMethod:
-    known = mask_methods()
-    if name not in known:
-        raise ValueError(f"unknown mask method {name!r}; registered: {', '.join(known)} "
-                         "(add one with hf_wagle.register_mask_method)")
-    return known[name]
