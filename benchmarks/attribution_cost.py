@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from hf_wagle import compute_mask
-from hf_wagle.masking import StoredScores, select
 from hf_wagle.data import collate
+from hf_wagle.masking import StoredScores, select
 
 from _common import make_data, make_model, peak_extra_bytes
 
@@ -78,7 +78,7 @@ def main() -> None:
         scores = [p.detach().float().abs() for p in model.parameters()]  # fp32 scores held in memory
     stored = [StoredScores(s) for s in scores]
     t0 = time.perf_counter()
-    packed, select_extra = peak_extra_bytes(lambda: select(stored, a.ratio))
+    packed, select_extra = peak_extra_bytes(lambda s=stored: select(s, a.ratio))
     select_s = time.perf_counter() - t0
     del stored, scores, packed
     mask, magnitude_extra = peak_extra_bytes(lambda: compute_mask(model, None, None, method="magnitude",

@@ -15,6 +15,7 @@ Writes `benchmarks/results/gpu_check.json` (or `--out`) and prints the numbers.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -22,13 +23,13 @@ import time
 from pathlib import Path
 
 import torch
+from step_cost import step_times
 
 from hf_wagle import compute_mask
 from hf_wagle.data import tokenize_dataset
 
 from _common import make_data, make_model
 from attribution_cost import forward_backward_pass
-from step_cost import step_times
 
 
 def _sync(device: str) -> None:
@@ -73,14 +74,16 @@ def main() -> None:
     for _ in range(a.repeats):
         for key in steps:
             lora, masked = key.startswith("lora"), key.endswith("masked")
-            _, peak, times = timed(a.device, lambda: step_times(model, forget, retain, mask if masked else None, lora,
-                                                                a.steps, a.batch_size, use_cpu=not cuda, bf16=cuda))
+            run = functools.partial(step_times, model, forget, retain, mask if masked else None, lora, a.steps,
+                                    a.batch_size, use_cpu=not cuda, bf16=cuda)
+            _, peak, times = timed(a.device, run)
             steps[key] += times
             peaks[key] = max(peaks[key], peak)
     med = {k: statistics.median(v) for k, v in steps.items()}
     tokens = 2 * a.batch_size * a.length  # a forget and a retain batch per step (padded length at most)
 
-    examples = tokenize_dataset(forget.select(range(16)), None, "") + tokenize_dataset(retain.select(range(16)), None, "")
+    examples = (tokenize_dataset(forget.select(range(16)), None, "")
+                + tokenize_dataset(retain.select(range(16)), None, ""))
     passes = {"forward+backward": [], "attribution (sums on device)": [], "attribution (sums in host memory)": []}
     attribution_peaks = {k: 0 for k in passes}
     model.eval()

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from hf_wagle.data import pad_id, tokenize_dataset
 from hf_wagle.masking import accumulate_gradients, select_top_k
 from hf_wagle.masking.methods.gradient import gradient_score
 from hf_wagle.masking.methods.snip import snip_score
 from hf_wagle.masking.methods.wagle import wagle_score
-from hf_wagle.data import pad_id, tokenize_dataset
 from hf_wagle.modeling import base_named_parameters
 
 from .quality import FINETUNE_RECIPE, PROMPT, cached_finetune, world_splits

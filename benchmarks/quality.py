@@ -5,7 +5,7 @@
 2. Two full-parameter fine-tunes of the pretrained model (AdamW, cached under `$HF_WAGLE_CACHE/models/`): the
    *target* model on all 200 QA, memorised to TOFU-like answer probabilities, and a *retain* model on everything
    but the forget split, the reference of forget quality (TOFU's KS-test p-value on forget truth ratios).
-3. The sweep: `hf_wagle.evaluation.compare.compare_masks` unlearns the target model through each mask spec and seed
+3. The sweep: `hf_wagle.experiments.compare.compare_masks` unlearns the target model through each mask spec and seed
    with the same objective and learning rate, records the trade-off curve and reports utility at matched
    forgetting (forget answer probability halved by default) with 95% Student-t intervals. Utility is the mean of
    two answer-probability sets: the retained fictitious authors, and real knowledge the base model already had
@@ -13,7 +13,8 @@
    run the final model also gets the TOFU table (model utility, forget quality, ROUGE) and cloze multiple-choice
    accuracy on the scenario's 24 real-knowledge questions.
 
-    python -m benchmarks.quality --quick    # npo; dense, random, wagle; 2 seeds, 8 steps (fine-tunes cached after a first run)
+    python -m benchmarks.quality --quick    # npo; dense, random, wagle; 2 seeds, 8 steps
+                                            # (fine-tunes cached after a first run)
     python -m benchmarks.quality            # the full grid below (hours on 2 CPU cores)
     python -m benchmarks.quality --objectives grad_diff --methods dense,snip,wagle:mu=1e-4 --seeds 3
 
@@ -34,7 +35,7 @@ from pathlib import Path
 import torch
 
 from hf_wagle.evaluation import mcq_accuracy, tofu_report
-from hf_wagle.evaluation.compare import compare_masks, format_comparison, parse_specs, plot_comparison
+from hf_wagle.experiments.compare import compare_masks, format_comparison, parse_specs, plot_comparison
 from hf_wagle.world import WorldSpec, make_world
 
 PROMPT = "Question: {question}\nAnswer:"
@@ -87,7 +88,8 @@ def cached_finetune(name: str, dataset, recipe: dict, log=print) -> str:
     returns the folder."""
     from hf_wagle.real_model import load_smollm2
 
-    key = hashlib.sha256(json.dumps([list(dataset["question"]), list(dataset["answer"]), recipe, PROMPT]).encode()).hexdigest()[:12]
+    key = json.dumps([list(dataset["question"]), list(dataset["answer"]), recipe, PROMPT])
+    key = hashlib.sha256(key.encode()).hexdigest()[:12]
     root = Path(os.environ.get("HF_WAGLE_CACHE", Path.home() / ".cache" / "hf_wagle")) / "models"
     path = root / f"smollm2-quality-{name}-{key}"
     if (path / "model.safetensors").exists():
@@ -166,7 +168,7 @@ def main(argv=None) -> dict:
         target = AutoModelForCausalLM.from_pretrained(target_dir)
         retain_eval = data["retain"].shuffle(seed=0).select(range(eval_limit))
 
-        def final_report(model):
+        def final_report(model, tokenizer=tokenizer, data=data, retain_eval=retain_eval, retain_trs=retain_trs):
             report = tofu_report(model, tokenizer, data["forget"], retain_eval, scenario["retain"],
                                  scenario["holdout"], retain_model_truth_ratios=retain_trs, prompt_template=PROMPT,
                                  max_new_tokens=16)

@@ -59,7 +59,8 @@ def step_times(model, forget, retain, mask, lora: bool, steps: int, batch_size: 
 
     timer = StepTimes()
     with tempfile.TemporaryDirectory() as out:
-        args = WagleConfig(output_dir=out, objective="grad_diff", max_steps=steps, per_device_train_batch_size=batch_size,
+        args = WagleConfig(output_dir=out, objective="grad_diff", max_steps=steps,
+                           per_device_train_batch_size=batch_size,
                            learning_rate=1e-5, weight_decay=0.1, use_cpu=use_cpu, bf16=bf16, report_to="none",
                            save_strategy="no", disable_tqdm=True, logging_strategy="no", mask_method=None)
         trainer = WagleTrainer(model=copy.deepcopy(model), args=args, forget_dataset=forget, retain_dataset=retain,

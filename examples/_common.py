@@ -1,31 +1,47 @@
-"""Shared plumbing of the example scripts: YAML config with a `dry_run` override block, model loading, training."""
+"""Shared plumbing of the example scripts: their flags and YAML config, read by `hf_wagle.cli.parser` (the parser
+of `hf-wagle` itself), with a `dry_run` override block; model loading; training."""
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from hf_wagle.cli.common import read_yaml
+from hf_wagle.cli.parser import WagleParser
+from hf_wagle.cli.plugins import load_plugins
 
 
-def parse(description: str, default_config: str):
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--config", default=str(Path(__file__).with_name(default_config)))
-    p.add_argument("--dry-run", action="store_true",
-                   help="run the same code path on SmolLM2-135M-Instruct and the shipped real-knowledge scenario "
-                        "(CPU, no Hub downloads)")
-    p.add_argument("--model-dir", help="dry run: folder of the converted SmolLM2 (default: the hf_wagle cache)")
-    p.add_argument("--objective", help="override `training.objective` (e.g. grad_diff, npo, rmu)")
-    p.add_argument("--output-dir", help="override `output_dir`")
-    return p
+@dataclass
+class ExampleArguments:
+    """The flags of an example script; everything else is in its YAML config."""
+
+    config: str = field(default="", metadata={"help": "the YAML config (default: the one next to the script)"})
+    dry_run: bool = field(default=False, metadata={
+        "help": "run the same code path on SmolLM2-135M-Instruct and the shipped real-knowledge scenario (CPU, no Hub "
+                "downloads)"})
+    model_dir: str | None = field(default=None, metadata={
+        "help": "dry run: folder of the converted SmolLM2 (default: the hf_wagle cache)"})
+    objective: str | None = field(default=None, metadata={
+        "help": "override `training.objective` (e.g. grad_diff, npo, rmu)"})
+    output_dir: str | None = field(default=None, metadata={"help": "override `output_dir`"})
+
+
+def parse(description: str, default_config: str) -> WagleParser:
+    """The script's parser (`parse_args(argv)`): `ExampleArguments` and `--plugins`."""
+    parser = WagleParser(ExampleArguments, description=description, config=False)
+    parser.set_defaults(config=str(Path(__file__).with_name(default_config)))
+    return parser
 
 
 def load_config(args) -> dict:
-    """The YAML file; `objective_overrides[--objective]` then, with --dry-run, the `dry_run` block are merged over
-    it (one level deep)."""
-    config = yaml.safe_load(Path(args.config).read_text())
+    """The YAML file, after the plugins it and --plugins name; `objective_overrides[--objective]` then, with
+    --dry-run, the `dry_run` block are merged over it (one level deep). The `training` block is checked as
+    `WagleConfig` keys (`training_args`)."""
+    config = read_yaml(args.config)
+    load_plugins(config.pop("plugins", None), f"plugins in {args.config}")
+    load_plugins(args.plugins)
     overrides = config.pop("objective_overrides", None) or {}
     if args.objective:
         config["training"]["objective"] = args.objective
@@ -40,7 +56,19 @@ def load_config(args) -> dict:
         config.pop("dry_run", None)
     if args.output_dir:
         config["output_dir"] = args.output_dir
+    training_args(config)  # unknown or bad keys: now, before any model loads
     return config
+
+
+def training_args(config: dict):
+    """`WagleConfig` from the `training` block and `output_dir` (no reports, no checkpoints unless the block says
+    so), parsed as `hf-wagle unlearn` parses its keys: an unknown key is refused, naming it."""
+    from hf_wagle import WagleConfig
+
+    values = {"report_to": "none", "save_strategy": "no", **config["training"], "output_dir": config["output_dir"]}
+    parser = WagleParser(WagleConfig, config=False, plugins=False)
+    (args,) = parser.parse_mapping(values, source="the training block of the config")
+    return args
 
 
 def load_model(config: dict, args):
@@ -61,11 +89,10 @@ def load_model(config: dict, args):
 
 
 def unlearn(model, tokenizer, forget, retain, config: dict):
-    """Build `WagleConfig(**config["training"])` and run `WagleTrainer`; returns the trainer (model unlearned)."""
-    from hf_wagle import WagleConfig, WagleTrainer
+    """Build `WagleConfig` from `config["training"]` and run `WagleTrainer`; returns the trainer (model unlearned)."""
+    from hf_wagle import WagleTrainer
 
-    training = dict(config["training"])
-    args = WagleConfig(output_dir=config["output_dir"], report_to="none", save_strategy="no", **training)
+    args = training_args(config)
     peft_config = None
     if config.get("lora"):
         from peft import LoraConfig

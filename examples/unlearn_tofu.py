@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 
-from _common import head, load_config, load_model, parse, scenario, unlearn, write_results
-
 from hf_wagle.evaluation import format_tofu_report, tofu_report
+
+from _common import head, load_config, load_model, parse, scenario, unlearn, write_results
 
 
 def tofu_data(config: dict, dry_run: bool) -> dict:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from datasets import Dataset
 
-from _common import head, load_config, load_model, parse, scenario, unlearn, write_results
-
 from hf_wagle.evaluation import mcq_accuracy
+
+from _common import head, load_config, load_model, parse, scenario, unlearn, write_results
 
 
 def scenario_as_wmdp():

@@ -9,7 +9,8 @@ from importlib import import_module
 from .version import __version__
 
 _PUBLIC = {"WagleConfig": ".config", "WagleTrainer": ".trainer", "WeightMask": ".mask",
-           "compute_mask": ".attribution", "register_mask_method": ".attribution"}
+           "MaskConfig": ".masking", "compute_mask": ".masking", "register_mask_method": ".masking",
+           "register_objective": ".objectives", "register_format": ".formats", "push_to_hub": ".hub"}
 __all__ = [*_PUBLIC, "__version__"]
 
 

@@ -15,8 +15,14 @@ from transformers import TrainingArguments
 from .data import check_prompt_template
 from .masking.config import PREFIX, UNPREFIXED, MaskArguments, MaskConfig
 from .objectives import BUILTIN_ARGS, get_objective, objective_arguments
-from .options import DEFAULT_MAX_LENGTH, DEFAULT_PROMPT_TEMPLATE, one_of, parse_options, prefixed_fields, \
-    unprefixed_values
+from .options import (
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_PROMPT_TEMPLATE,
+    one_of,
+    parse_options,
+    prefixed_fields,
+    unprefixed_values,
+)
 
 
 def _objective_fields():
@@ -63,7 +69,8 @@ class WagleConfig(TrainingArguments, MaskArguments, ObjectiveArguments):
         metadata={"help": "Prompt for QA data: a template containing '{question}', or 'chat' for the tokenizer's chat "
                           "template (question = user turn, answer = assistant turn)."}
     )
-    max_length: int | None = field(default=DEFAULT_MAX_LENGTH, metadata={"help": "Truncate tokenised QA/text examples."})
+    max_length: int | None = field(default=DEFAULT_MAX_LENGTH,
+                                   metadata={"help": "Truncate tokenised QA/text examples."})
 
     def __post_init__(self):
         if self.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true", "yes"):
@@ -91,7 +98,7 @@ class WagleConfig(TrainingArguments, MaskArguments, ObjectiveArguments):
             if mask.method not in methods:
                 raise ValueError(f"unknown mask_method {mask.method!r}; choose one of {', '.join(methods)} (or "
                                  "register one with hf_wagle.register_mask_method), or None (dense)")
-            methods[mask.method].resolve_options(mask.options)
+            self.mask_options = methods[mask.method].resolve_options(mask.options)  # checked, numbers read, defaults
         for name in ("forget_weight", "retain_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value == value and abs(value) != float("inf") and value >= 0):

@@ -12,9 +12,9 @@ import copy
 import time
 from pathlib import Path
 
-from .masking import compute_mask
 from .config import WagleConfig
 from .evaluation import answer_metrics, summarise
+from .masking import compute_mask
 from .trainer import WagleTrainer
 from .world import WorldSpec, make_world, pretrained_world_model
 
@@ -132,8 +132,8 @@ def run_real_demo(output_dir: str = "wagle_demo_smollm2", scenario: str = "eleme
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
     from transformers.utils import logging as hf_logging
 
-    from .verify import verify
     from .real_model import load_scenario, smollm2_path
+    from .verify import verify
 
     hf_logging.set_verbosity_error()
     t0 = time.time()

@@ -101,3 +101,18 @@ def unprefixed_values(options_cls, source, prefix: str, keep=()) -> dict:
         name = f.metadata.get("config_name") or (f.name if f.name in keep else prefix + f.name)
         values[f.name] = getattr(source, name)
     return values
+
+
+def build_options(options_cls, values: dict, what: str):
+    """`options_cls(**values)` after reading numbers written as text into its `int`/`float` fields: YAML reads
+    `1e-10` as a string, the command line reads every value as one."""
+    values = dict(values)
+    for f in dataclasses.fields(options_cls):
+        value = values.get(f.name)
+        if not isinstance(value, str) or f.type not in (int, float, "int", "float"):
+            continue
+        try:
+            values[f.name] = (int if f.type in (int, "int") else float)(value)
+        except ValueError:
+            raise ValueError(f"{what}: {f.name} must be a number, got {value!r}") from None
+    return options_cls(**values)

@@ -105,8 +105,9 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
 def smollm2_path(model_dir: str | os.PathLike | None = None) -> Path:
     """Folder of SmolLM2-135M-Instruct as a plain fp32 Hugging Face checkpoint, converted once and cached.
 
-    `model_dir` is the model folder itself (default `$HF_WAGLE_CACHE/models/SmolLM2-135M-Instruct`). The folder appears atomically (converted in a
-    temporary folder, then renamed), so concurrent callers never see a half-written model.
+    `model_dir` is the model folder itself (default `$HF_WAGLE_CACHE/models/SmolLM2-135M-Instruct`). The folder
+    appears atomically (converted in a temporary folder, then renamed), so concurrent callers never see a
+    half-written model.
     """
     path = Path(model_dir) if model_dir is not None else cache_root() / "models" / "SmolLM2-135M-Instruct"
     if (path / "model.safetensors").exists():

@@ -28,17 +28,19 @@ import torch
 from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
 from transformers.utils import logging
 
-from .adapters import (check_export_options, check_lora_config, confinement_for, export_adapter,
-                       staged_directory)
-from .attribution import add_mask_noise, check_selects_something, compute_mask
 from .config import WagleConfig
-from .data import (ForgetRetainPairs, PairCollator, check_fits_model, collate, pad_id, refusal_examples,
-                   tokenize_dataset)
-from .hub import write_model_card
-from .mask import WeightMask
+from .confinement import check_lora_config, confinement_for
+from .data import ForgetRetainPairs, PairCollator, check_fits_model, collate, pad_id, refusal_examples, tokenize_dataset
+from .export import check_export_options, export_adapter
+from .hub import write_export_card, write_model_card
+from .io import staged_directory
 from .losses import SequenceNLL, sequence_nll
+from .mask import WeightMask
+from .masking.compute import compute_mask
+from .masking.noise import add_mask_noise
+from .masking.selection import check_selects_something
 from .modeling import adapter_disabled, local_tensor
-from .objectives import DEFAULT_REFUSALS, OBJECTIVES
+from .objectives import get_objective
 from .options import MASK_SAFE_OPTIMIZERS
 
 logger = logging.get_logger(__name__)
@@ -75,7 +77,7 @@ class WagleTrainer(Trainer):
                             "`hf_wagle.evaluation.WagleEvalCallback(forget, retain, ...)` to `callbacks`")
         if forget_dataset is None or retain_dataset is None:
             raise ValueError("WagleTrainer needs both `forget_dataset` and `retain_dataset`")
-        objective = OBJECTIVES[args.objective](args)
+        objective = get_objective(args.objective)(args, args.objective_arguments)
         check_engine(args, peft_config, objective.needs_reference_model)
         if mask is not None and not isinstance(mask, WeightMask):
             raise TypeError(f"mask must be a hf_wagle.WeightMask, got {type(mask).__name__}")
@@ -107,7 +109,7 @@ class WagleTrainer(Trainer):
         retain_ex = tokenize_dataset(retain_dataset, *tok_args, what="retain dataset")
         check_fits_model(forget_ex, model, "forget dataset")
         check_fits_model(retain_ex, model, "retain dataset")
-        refusal_ex = refusal_examples(forget_dataset, processing_class, args.refusals or DEFAULT_REFUSALS,
+        refusal_ex = refusal_examples(forget_dataset, processing_class, objective.refusals,
                                       *tok_args[1:], args.seed) if objective.needs_refusal else None
         pad = pad_id(processing_class)
         kwargs.setdefault("data_collator", PairCollator(pad))
@@ -125,7 +127,7 @@ class WagleTrainer(Trainer):
         self._pad_id = pad
         self._metrics = defaultdict(list)
         self.results: dict | None = None  # {"before": {...}, "after": {...}} numbers the model card shows
-        self.verification: dict | None = None  # a `hf_wagle.adapters.verify` report of the saved folder, for the card
+        self.verification: dict | None = None  # a `hf_wagle.verify` report of the saved folder, for the card
         self.add_callback(_PairingEpoch(pairs))
         self.add_callback(_InstallMaskOnShards(self))
         self.collapse_monitor = RetainCollapseCallback(args.collapse_threshold, args.stop_on_collapse)
@@ -187,14 +189,9 @@ class WagleTrainer(Trainer):
     def _install_mask(self) -> None:
         a = self.args
         if self.mask is None and a.mask_method is not None:
-            self.mask = compute_mask(
-                self.model, self.forget_dataset, self.retain_dataset, self.processing_class, method=a.mask_method,
-                ratio=a.mask_ratio, mu=a.mu, reduction=a.mask_reduction, batch_size=a.mask_batch_size, seed=a.seed,
-                prompt_template=a.prompt_template, max_length=a.max_length, num_samples=a.mask_num_samples,
-                scope=a.mask_scope, granularity=a.mask_granularity, include=a.mask_include, exclude=a.mask_exclude,
-                retain_sampling=a.mask_retain_sampling, accumulate_device=a.mask_accumulate_device,
-                progress=not a.disable_tqdm,
-            )
+            self.mask = compute_mask(self.model, self.forget_dataset, self.retain_dataset, self.processing_class,
+                                     a.mask_config, seed=a.seed, prompt_template=a.prompt_template,
+                                     max_length=a.max_length, progress=not a.disable_tqdm)
         enforced, grad_masks = self.confinement.confine(self.model, self.mask)
         if enforced.num_selected == 0:
             raise ValueError(
@@ -252,10 +249,10 @@ class WagleTrainer(Trainer):
 
     def reference_logp(self, batch: dict, part: str = "forget") -> torch.Tensor:
         """`logp_ref` of the examples in `batch` (by their `index`), summed or token-averaged as the objective's
-        `npo_normalization` says."""
+        arguments say (`normalization`, NPO's and IDK-DPO's `npo_normalization`)."""
         index = batch["index"]
         logp = -self._reference[f"{part}.nll_sum"][index]
-        if self.args.npo_normalization == "mean":
+        if getattr(self.objective.args, "normalization", "sum") == "mean":
             logp = logp / self._reference[f"{part}.n_tokens"][index].clamp(min=1)
         return logp
 
@@ -344,7 +341,7 @@ class WagleTrainer(Trainer):
 
     def export_adapter(self, output_dir: str, format: str = "shira", rank: int | None = None, scales=None,
                        base=None) -> dict:
-        """Write this full-parameter run's change as a stock-PEFT adapter (`hf_wagle.adapters.export_adapter`):
+        """Write this full-parameter run's change as a stock-PEFT adapter (`hf_wagle.export.export_adapter`):
         `format="shira"` is exact wherever float32 allows, `format="lora", rank=k` a truncated SVD with its
         fidelity report. `base` is the base model (folder, Hub id or model; default: the one this model was loaded
         from). One process only: after a distributed run, `save_model` and then `hf-wagle export` the folder."""
@@ -366,7 +363,8 @@ class WagleTrainer(Trainer):
         base_model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype) if isinstance(base, (str, os.PathLike)) \
             else base
         return export_adapter(self.model, base_model, self.enforced_mask, output_dir, format=format, rank=rank,
-                              scales=scales, base_name=base if isinstance(base, str) else None)
+                              scales=scales, base_name=base if isinstance(base, str) else None,
+                              write_card=write_export_card)
 
     def create_model_card(self, *args, **kwargs) -> None:
         """Used by `Trainer.push_to_hub`: write hf_wagle's card (not the Trainer's generic one)."""

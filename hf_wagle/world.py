@@ -98,7 +98,7 @@ def make_world(spec: WorldSpec = WorldSpec()) -> dict[str, Dataset]:
 
 def train_world_tokenizer(dataset: Dataset):
     """A word-level tokenizer (whitespace/punctuation split) over every text of the world, with BOS/EOS/PAD."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))

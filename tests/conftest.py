@@ -56,7 +56,8 @@ def smollm2():
     from hf_wagle.real_model import smollm2_path
 
     path = smollm2_path()
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path), path
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(path), path
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ from datasets import load_from_disk
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_wagle import compute_mask, register_mask_method
-from hf_wagle.masking import accumulate_gradients
 from hf_wagle.data import tokenize_dataset
+from hf_wagle.masking import accumulate_gradients
 
 
 def main():

@@ -14,15 +14,30 @@ def test_cli_parser_imports_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_every_command_help_imports_no_torch():
+    """`hf-wagle X --help` of every command but `unlearn` (whose `WagleConfig` is a `TrainingArguments`)."""
+    code = ("import contextlib, io, sys\n"
+            "from hf_wagle.cli import COMMANDS, main\n"
+            "for name in [n for n in COMMANDS if n != 'unlearn']:\n"
+            "    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+            "        main([name, '--help'])\n"
+            "    assert 'usage: hf-wagle ' + name in out.getvalue(), name\n"
+            "    assert 'torch' not in sys.modules, name\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_every_option_has_help_and_its_default_shown():
     import argparse
 
-    from hf_wagle.cli import build_parser
+    from hf_wagle.cli import COMMANDS, build_parser
+    from hf_wagle.cli.parser import command_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == list(COMMANDS)
     for name, parser in sub.choices.items():
-        if name == "unlearn":  # its own parser: the dataclasses' help
-            continue
+        command = COMMANDS[name]()
+        if command.parses_dataclasses:  # its own parser: the dataclasses' fields, with their help
+            parser = command_parser(command)
         formatter = parser._get_formatter()
         for action in parser._actions:
             if action.option_strings and action.dest != "help":
@@ -44,9 +59,9 @@ def test_unlearn_command_from_yaml_with_flags_winning(trained, world, tmp_path, 
 
     import yaml
 
-    from hf_wagle.adapters import verify
     from hf_wagle.cli import main
     from hf_wagle.mask import WeightMask
+    from hf_wagle.verify import verify
 
     model, tokenizer = trained
     model.save_pretrained(tmp_path / "model")
@@ -146,7 +161,8 @@ def test_tofu_config_reads_hub_configs_and_unlearns_full_parameters(smollm2, tmp
     meta = ModelCard(card).data
     assert meta.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     values = {(r.dataset_name, r.metric_type): r.metric_value for r in meta.eval_results}
-    assert values[("forget data", "answer_probability_after")] == pytest.approx(results["evaluation"]["after"]["forget"])
+    assert values[("forget data", "answer_probability_after")] == pytest.approx(
+        results["evaluation"]["after"]["forget"])
     assert values[("retain data", "answer_probability_before")] == pytest.approx(
         results["evaluation"]["before"]["retain"])
     assert "confined: yes" in card and "| `q_proj` |" in card and "only through" in card
@@ -178,13 +194,13 @@ def test_hub_dataset_names_load_with_config_and_split(monkeypatch):
     replaced here); without network the error is one line naming the data set."""
     import datasets
 
-    from hf_wagle.cli import _load_data
+    from hf_wagle.cli.common import load_data
 
     calls = []
     monkeypatch.setattr(datasets, "load_dataset",
                         lambda *a, **k: calls.append((a, k)) or datasets.Dataset.from_dict({"text": ["x"]}))
-    assert len(_load_data("locuslab/TOFU", "forget_file", "forget10", "train")) == 1
+    assert len(load_data("locuslab/TOFU", "forget_file", "forget10", "train")) == 1
     assert calls == [(("locuslab/TOFU", "forget10"), {"split": "train"})]
     monkeypatch.undo()
     with pytest.raises(ValueError, match=r"--forget_file org/absent \(config 'c', split 'test'\): cannot load it"):
-        _load_data("org/absent", "forget_file", "c", "test")
+        load_data("org/absent", "forget_file", "c", "test")

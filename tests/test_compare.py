@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from hf_wagle.evaluation.compare import ci95, matched_point, parse_specs, spec_options, summarize_runs
+from hf_wagle.experiments.compare import ci95, matched_point, parse_specs, spec_options, summarize_runs
 
 
 def test_specs_parse_options_and_refuse_unknown_ones():

@@ -7,7 +7,7 @@ TEMPLATE = "Question: {question}\nAnswer:"
 
 
 def labelled(ex):
-    return [t for t, l in zip(ex["input_ids"], ex["labels"]) if l != IGNORE_INDEX]
+    return [t for t, label in zip(ex["input_ids"], ex["labels"]) if label != IGNORE_INDEX]
 
 
 def test_qa_labels_cover_answer_and_eos_only(world, tokenizer):

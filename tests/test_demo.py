@@ -1,7 +1,7 @@
 from peft import PeftConfig
 
-from hf_wagle.adapters import verify
 from hf_wagle.demo import run_demo, run_real_demo
+from hf_wagle.verify import verify
 
 
 def test_demo_runs_end_to_end_and_writes_adapters(trained, tmp_path):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from hf_wagle import compute_mask, register_mask_method
-from hf_wagle.masking import accumulate_gradients
 from hf_wagle.data import tokenize_dataset
+from hf_wagle.masking import accumulate_gradients
 
 SCRIPT = Path(__file__).with_name("distributed_mask_script.py")
 

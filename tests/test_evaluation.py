@@ -9,9 +9,23 @@ from datasets import Dataset
 from scipy.stats import ks_2samp
 
 from hf_wagle.config import DEFAULT_PROMPT_TEMPLATE
-from hf_wagle.evaluation import (answer_metrics, auc, forget_quality, forget_truth_ratio, kept_truth_ratio,
-                                 mcq_accuracy, mcq_predictions, mcq_prompt, min_k_score, model_utility, privleak,
-                                 qa_metrics, summarise, tofu_summary, verbmem)
+from hf_wagle.evaluation import (
+    answer_metrics,
+    auc,
+    forget_quality,
+    forget_truth_ratio,
+    kept_truth_ratio,
+    mcq_accuracy,
+    mcq_predictions,
+    mcq_prompt,
+    min_k_score,
+    model_utility,
+    privleak,
+    qa_metrics,
+    summarise,
+    tofu_summary,
+    verbmem,
+)
 from hf_wagle.evaluation.scoring import token_logprobs
 
 

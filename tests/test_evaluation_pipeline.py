@@ -8,8 +8,18 @@ from datasets import Dataset
 from scipy.stats import ks_2samp
 
 from hf_wagle import WagleTrainer
-from hf_wagle.evaluation import (WagleEvalCallback, answer_metrics, load_muse, load_tofu, load_wmdp, metric_path,
-                                 model_utility, qa_metrics, rouge_l, summarise)
+from hf_wagle.evaluation import (
+    WagleEvalCallback,
+    answer_metrics,
+    load_muse,
+    load_tofu,
+    load_wmdp,
+    metric_path,
+    model_utility,
+    qa_metrics,
+    rouge_l,
+    summarise,
+)
 
 from conftest import small_args
 
@@ -120,11 +130,11 @@ def test_eval_callback_logs_on_schedule_and_restores_best(model, tokenizer, worl
 
 
 def test_cli_evaluate_offline_end_to_end(trained, world, tmp_path, capsys):
+    import copy
+
     from peft import LoraConfig
 
     from hf_wagle.cli import main
-
-    import copy
 
     base, tokenizer = trained
     model_dir, adapter_dir = tmp_path / "model", tmp_path / "adapter"

@@ -8,7 +8,8 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from hf_wagle import WagleTrainer
-from hf_wagle.adapters import nearest_delta, verify
+from hf_wagle.formats.shira import nearest_delta
+from hf_wagle.verify import verify
 
 from conftest import small_args
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from hf_wagle import WeightMask
-from hf_wagle.masking import select_top_k
 from hf_wagle.mask import MASK_FILE, project_rows_columns
+from hf_wagle.masking import select_top_k
 
 
 def test_select_top_k_matches_a_full_sort():
@@ -93,7 +93,8 @@ def test_loading_onto_a_model_it_does_not_fit_is_a_clear_error(trained, tmp_path
     reordered = WeightMask.load(tmp_path)
     reordered._packed = dict(reversed(list(reordered._packed.items())))  # same names/shapes, another order
     with pytest.raises(ValueError, match="fingerprint"):
-        reordered.check_model(type("M", (), {"named_parameters": lambda self: reversed(list(model.named_parameters()))})())
+        backwards = {"named_parameters": lambda self: reversed(list(model.named_parameters()))}
+        reordered.check_model(type("M", (), backwards)())
 
 
 def test_stats_per_layer_and_module_type(tmp_path):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from hf_wagle import WagleConfig, WagleTrainer, compute_mask, register_mask_method
-from hf_wagle.masking import MASK_METHODS
 from hf_wagle.cli import main
+from hf_wagle.masking import MASK_METHODS
 
 from conftest import small_args, snapshot
 

@@ -2,9 +2,9 @@
 mask files round-tripping arbitrary shapes and bits."""
 
 import numpy as np
-import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hf_wagle.data import IGNORE_INDEX, collate, prompt_ids, tokenize_example
 from hf_wagle.mask import WeightMask, pack_bits, unpack_bits

@@ -10,12 +10,12 @@ from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM
 
 from hf_wagle import WagleTrainer, WeightMask, compute_mask
-from hf_wagle.adapters import verify
 from hf_wagle.cli import main
 from hf_wagle.config import DEFAULT_PROMPT_TEMPLATE as PLAIN
 from hf_wagle.data import IGNORE_INDEX, prompt_ids, tokenize_example
 from hf_wagle.evaluation import mcq_accuracy, mcq_predictions, mia_auc, qa_metrics
 from hf_wagle.evaluation.scoring import answer_nlls, greedy_generate
+from hf_wagle.verify import verify
 
 from conftest import small_args
 

@@ -154,7 +154,7 @@ def test_confinement_holds_in_bf16_with_gradient_checkpointing(model, tokenizer,
 
 
 def test_masked_lora_with_gradient_checkpointing_stays_confined(trained, tokenizer, world, tmp_path):
-    from hf_wagle.adapters import verify
+    from hf_wagle.verify import verify
 
     args = small_args(tmp_path, objective="grad_diff", mask_method="wagle", gradient_checkpointing=True, max_steps=3,
                       learning_rate=5e-3)

@@ -10,9 +10,9 @@ from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 
 from hf_wagle import WagleTrainer, WeightMask, compute_mask
-from hf_wagle.adapters import verify
 from hf_wagle.cli import main
 from hf_wagle.mask import MASK_FILE
+from hf_wagle.verify import verify
 
 from conftest import small_args
 
@@ -152,7 +152,8 @@ def test_save_model_is_all_or_nothing(model, tokenizer, world, tmp_path, monkeyp
     assert not out.exists() and not [p for p in tmp_path.iterdir() if ".saving-" in p.name]
     monkeypatch.undo()
     trainer.save_model(str(out))
-    assert {"adapter_model.safetensors", "adapter_config.json", MASK_FILE, "README.md"} <= {p.name for p in out.iterdir()}
+    written = {p.name for p in out.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", MASK_FILE, "README.md"} <= written
     assert verify(out)["confined"]
 
 

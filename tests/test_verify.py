@@ -5,8 +5,8 @@ from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 
 from hf_wagle import WagleTrainer, WeightMask
-from hf_wagle.adapters import verify
 from hf_wagle.cli import main
+from hf_wagle.verify import verify
 
 from conftest import small_args
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ..options import DEFAULT_PROMPT_TEMPLATE
 from ..data import collate, pad_id, tokenize_dataset
 from ..losses import sequence_nll
+from ..options import DEFAULT_PROMPT_TEMPLATE
 
 
 @torch.no_grad()

@@ -15,8 +15,8 @@
 
 from __future__ import annotations
 
-from ..options import DEFAULT_PROMPT_TEMPLATE
 from ..data import check_prompt_template, prompt_ids
+from ..options import DEFAULT_PROMPT_TEMPLATE
 from .rouge import rouge_l
 from .scoring import greedy_generate, token_logprobs
 

@@ -81,7 +81,8 @@ def token_logprobs(model, tokenizer, texts: list[str], batch_size: int = 8,
     device = _device(model)
     with eval_mode(model):
         for i in range(0, len(encoded), batch_size):
-            chunk = [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": ids} for ids in encoded[i:i + batch_size]]
+            chunk = [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": ids}
+                     for ids in encoded[i:i + batch_size]]
             batch = {k: v.to(device) for k, v in collate(chunk, pad_id(tokenizer)).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
             logp = torch.gather(F.log_softmax(logits, -1), 2, batch["input_ids"][:, 1:, None])[..., 0]

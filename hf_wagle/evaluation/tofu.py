@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 
-from ..options import DEFAULT_PROMPT_TEMPLATE
 from ..data import check_prompt_template, prompt_ids
+from ..options import DEFAULT_PROMPT_TEMPLATE
 from .rouge import rouge_l
 from .scoring import answer_nlls, greedy_generate
 

@@ -15,8 +15,16 @@ import torch
 
 from ..data import check_fits_model, pad_id, tokenize_dataset
 from ..mask import WeightMask, parameter_fingerprint
-from ..modeling import (adapter_disabled, broadcast_from_main, gather_from_ranks, is_sharded, local_tensor,
-                        rank_world, shard_range, tied_aliases)
+from ..modeling import (
+    adapter_disabled,
+    broadcast_from_main,
+    gather_from_ranks,
+    is_sharded,
+    local_tensor,
+    rank_world,
+    shard_range,
+    tied_aliases,
+)
 from ..options import DEFAULT_PROMPT_TEMPLATE
 from ..version import __version__
 from .config import MASK_FIELDS, MaskConfig

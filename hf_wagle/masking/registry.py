@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
+from ..options import build_options
+
 NEEDS = ("none", "forget", "forget_retain", "forget_inputs")
 MASK_METHODS: dict[str, "MaskMethod"] = {}
 
@@ -55,7 +57,9 @@ class MaskMethod:
             known = ", ".join(self.option_names()) or "none"
             raise ValueError(f"mask method {self.name!r} has no option {', '.join(map(repr, unknown))} "
                              f"(its options: {known})")
-        return dataclasses.asdict(self.options(**given)) if self.options else {}
+        if self.options is None:
+            return {}
+        return dataclasses.asdict(build_options(self.options, given, f"mask method {self.name!r}"))
 
 
 def register_mask_method(name: str, needs: str = "forget", options: type | None = None, override: bool = False):

@@ -13,7 +13,7 @@ import dataclasses
 import torch
 
 from ..losses import retain_kl, sequence_nll
-from ..options import parse_options
+from ..options import build_options, parse_options
 
 OBJECTIVES: dict[str, type["Objective"]] = {}
 
@@ -66,7 +66,7 @@ def objective_arguments(config):
                          f"(its arguments: {', '.join(sorted(known))})")
     values = {f.name: getattr(config, f.metadata["config_name"]) for f in fields
               if f.metadata.get("config_name") and hasattr(config, f.metadata["config_name"])}
-    return cls.args_class(**{**values, **given})
+    return build_options(cls.args_class, {**values, **given}, f"objective {config.objective!r}")
 
 
 class Objective:

@@ -30,4 +30,5 @@ class MiaAuc(evaluate.Metric):
     def _compute(self, scores, labels):
         if set(labels) - {0, 1}:
             raise ValueError("labels must be 0 (non-member) or 1 (member)")
-        return {"auc": auc([s for s, y in zip(scores, labels) if y == 0], [s for s, y in zip(scores, labels) if y == 1])}
+        members = [s for s, y in zip(scores, labels) if y == 1]
+        return {"auc": auc([s for s, y in zip(scores, labels) if y == 0], members)}

@@ -25,12 +25,15 @@ import tempfile
 
 from transformers import PrinterCallback, TrainerCallback
 
-from ..options import DEFAULT_PROMPT_TEMPLATE, check_mask_options
-from .answers import answer_metrics, summarise
+from ..evaluation.answers import answer_metrics, summarise
+from ..masking.config import MASK_FIELDS, PREFIX, UNPREFIXED, MaskConfig
+from ..options import DEFAULT_PROMPT_TEMPLATE
 
 DENSE = "dense"
-SPEC_KEYS = {"ratio": "mask_ratio", "mu": "mu", "scope": "mask_scope", "retain_sampling": "mask_retain_sampling",
-             "granularity": "mask_granularity", "reduction": "mask_reduction"}
+# a spec's keys: every `MaskConfig` field but the method (the spec's head) and its options (given by their own names),
+# mapped to the `WagleConfig` key that holds it (`ratio` -> `mask_ratio`, `mu` -> `mu`)
+SPEC_KEYS = {name: name if name in UNPREFIXED else PREFIX + name for name in MASK_FIELDS
+             if name not in ("method", "options")}
 
 
 def parse_specs(text: str | list[str]) -> list[str]:
@@ -50,31 +53,45 @@ def parse_specs(text: str | list[str]) -> list[str]:
 
 def spec_options(spec: str) -> dict:
     """`WagleConfig` keys of one spec: `"wagle:mu=1e-4,scope=per_layer"` -> `{"mask_method": "wagle", "mu": 1e-4,
-    "mask_scope": "per_layer"}`; `"dense"` -> `{"mask_method": None}`."""
-    from ..attribution import get_mask_method
+    "mask_scope": "per_layer"}`; a key that is one of the method's own options goes to `mask_options`
+    (`"grin:eps=1e-10"` -> `{"mask_method": "grin", "mask_options": {"eps": 1e-10}}`); `"dense"` ->
+    `{"mask_method": None}`. Values are read as JSON where they parse (numbers), else kept as text; all are checked
+    by `MaskConfig` and the method before any run."""
+    import json
+    import typing
+
+    from ..masking.methods import get_mask_method
 
     method, _, rest = spec.partition(":")
-    options = {"mask_method": None if method == DENSE else method}
-    if method != DENSE:
-        get_mask_method(method)  # a clear error for an unknown method
-    checked = {}
+    registered = None if method == DENSE else get_mask_method(method)  # a clear error for an unknown method
+    types = typing.get_type_hints(MaskConfig)
+    values, own = {}, {}
     for item in filter(None, rest.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or key not in SPEC_KEYS:
-            raise ValueError(f"mask spec {spec!r}: options are key=value with key in {sorted(SPEC_KEYS)}, got {item!r}")
-        if key in ("ratio", "mu"):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ValueError(f"mask spec {spec!r}: {key} must be a number, got {value!r}") from None
-        options[SPEC_KEYS[key]] = checked[key] = value
-    if method == DENSE and len(options) > 1:
-        raise ValueError(f"mask spec {spec!r}: dense takes no options")
+        key, sep, raw = item.partition("=")
+        if not sep or (key not in SPEC_KEYS and (registered is None or key not in registered.option_names())):
+            own_keys = f" or {method}'s own options {list(registered.option_names())}" if registered and \
+                registered.option_names() else ""
+            raise ValueError(f"mask spec {spec!r}: options are key=value with key in {sorted(SPEC_KEYS)}{own_keys}, "
+                             f"got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if key in SPEC_KEYS and types[key] in (int, float, int | None, float | None) and (
+                isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"mask spec {spec!r}: {key} must be a number, got {raw!r}")
+        (values if key in SPEC_KEYS else own)[key] = value
+    if registered is None:
+        if values:
+            raise ValueError(f"mask spec {spec!r}: dense takes no options")
+        return {"mask_method": None}
     try:  # the values too, before any run
-        check_mask_options(ratio=checked.get("ratio", 0.5), **{k: v for k, v in checked.items() if k != "ratio"})
+        MaskConfig(method=method, **values)
+        registered.resolve_options(own)
     except ValueError as e:
         raise ValueError(f"mask spec {spec!r}: {e}") from None
-    return options
+    return {"mask_method": method, **{SPEC_KEYS[k]: v for k, v in values.items()},
+            **({"mask_options": own} if own else {})}
 
 
 def ci95(values: list[float]) -> tuple[float, float]:
@@ -143,8 +160,8 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=(DENSE, "random",
     from transformers import AutoModelForCausalLM
 
     from ..config import WagleConfig
+    from ..evaluation.tofu import forget_quality, qa_metrics
     from ..trainer import WagleTrainer
-    from .tofu import forget_quality, qa_metrics
 
     specs = parse_specs(methods)
     options = {spec: spec_options(spec) for spec in specs}  # every spec checked before any work
@@ -268,7 +285,8 @@ def verdict(result: dict) -> str:
     """Which spec keeps the most utility at the target, and whether its 95% interval separates it from the others
     (specs that missed the target on some seed are named and left out)."""
     summary = result["summary"]
-    scored = {k: e["matched_utility"] for k, e in summary.items() if "matched_utility" in e and e["reached"] == e["seeds"]}
+    scored = {k: e["matched_utility"] for k, e in summary.items()
+              if "matched_utility" in e and e["reached"] == e["seeds"]}
     missed = [k for k in summary if k not in scored]
     left_out = f" (left out, for missing the target on some seed: {', '.join(missed)})" if missed else ""
     if not scored:
@@ -277,7 +295,8 @@ def verdict(result: dict) -> str:
     if len(scored) == 1:
         return f"only {best} reached the target on every seed{left_out}"
     if any(math.isnan(h) for _, h in scored.values()):
-        return f"highest utility at the target: {best}; one seed gives no interval, so no winner can be called{left_out}"
+        return (f"highest utility at the target: {best}; one seed gives no interval, so no winner can be called"
+                f"{left_out}")
     lo = scored[best][0] - scored[best][1]
     overlapping = [k for k, (m, h) in scored.items() if k != best and m + h >= lo]
     if overlapping:

@@ -1,0 +1,193 @@
+"""What every command shares: the `Command` base class, the help formatter that shows defaults, reading a YAML
+file, data and model arguments, and joining a launcher's process group.
+
+Torch-free at import: `hf-wagle --help` builds every plain command's parser from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+class Command:
+    """One `hf-wagle` subcommand; a file with a subclass decorated by `register_command(name)` adds one.
+
+    A command sets `help` (one line for `hf-wagle --help`; the class docstring is its description) and either
+
+    - `add_arguments(parser)`: options added to a plain `argparse` parser, built by `hf-wagle --help`; or
+    - `arguments()`: a mapping of attribute name to dataclass. The command then gets its own `WagleParser` (flags
+      generated from the fields, `--config file.yaml` under the flags, `--plugins`), and `run` finds one instance
+      per name on `args` (`{"mask": MaskConfig}` -> `args.mask`); `add_arguments` may add options to that parser.
+
+    `run(args) -> int` does the work and returns the exit status. Import torch and transformers inside `run` (and
+    inside `arguments()` when a dataclass needs them), so that `--help` stays light.
+    """
+
+    name: str = ""
+    help: str = ""
+
+    def arguments(self) -> dict[str, type]:
+        return {}
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        pass
+
+    def run(self, args) -> int:
+        raise NotImplementedError(f"command {self.name!r} has no run()")
+
+    @property
+    def parses_dataclasses(self) -> bool:
+        """Whether the command's options are dataclasses (it defines `arguments()`), parsed by its own parser."""
+        return type(self).arguments is not Command.arguments
+
+    @classmethod
+    def description(cls) -> str | None:
+        return cls.__doc__.strip() if cls.__doc__ else None  # a class's docstring is not inherited
+
+
+class DefaultsShown(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the default is empty (None, False) or the help already
+    says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+PLUGINS_HELP = ("import these first: module names or paths to .py files that register mask methods, objectives, "
+                "formats, benchmarks or commands; repeatable (installed packages' `hf_wagle.plugins` entry points "
+                "load always)")
+
+
+def add_plugins_argument(parser: argparse.ArgumentParser) -> None:
+    """`--plugins MODULE_OR_FILE` (alias `--plugin`), one per flag, repeatable (or several joined by commas), so that
+    positional arguments after it stay the command's; the command line imports them before anything else
+    (`hf_wagle.cli.plugins`)."""
+    parser.add_argument("--plugins", "--plugin", action="append", type=split_plugins, metavar="PLUGIN",
+                        help=PLUGINS_HELP)
+
+
+def split_plugins(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def flat_plugins(values) -> list[str]:
+    """`--plugins` values (a list per flag) as one list."""
+    return [p for v in values or [] for p in (v if isinstance(v, list) else [v])]
+
+
+def read_yaml(path: str | os.PathLike, flag: str = "--config") -> dict:
+    """The mapping a YAML file holds; one clear error for a missing file, invalid YAML or another shape."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{flag} {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{flag} {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{flag} {path}: expected a mapping of keys to values")
+    return values
+
+
+_DATA_FILES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def load_data(path: str, what: str, config: str | None = None, split: str = "train"):
+    """A dataset from a .json/.jsonl/.parquet/.csv file, a `save_to_disk` folder, a shipped scenario's split
+    (`scenario:element_symbols/forget`), or a Hub dataset name with its `config` and `split` (a local folder in the
+    Hub layout, `<folder>/<config>.jsonl`, works the same way); one clear error otherwise."""
+    if path.startswith("scenario:"):
+        from ..real_model import load_scenario
+
+        name, _, part = path[len("scenario:"):].partition("/")
+        data = load_scenario(name)
+        if part not in data or part == "info":
+            raise ValueError(f"--{what} {path}: scenario {name!r} has no split {part!r} (forget, retain, holdout)")
+        return data[part]
+    import datasets
+
+    from ..options import is_local_path
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # our one-line error says what went wrong
+    p = Path(path).expanduser()
+    if config is not None or not (p.exists() or is_local_path(path) or p.suffix in _DATA_FILES):
+        from ..evaluation.loaders import load_split
+
+        where = f"config {config!r}, split {split!r}" if config else f"split {split!r}"
+        try:
+            data = load_split(path, config, split)
+        except Exception as e:  # datasets' and the Hub client's own error types
+            raise ValueError(f"--{what} {path} ({where}): cannot load it ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    elif not p.exists():
+        raise ValueError(f"--{what} {path}: no such file or folder")
+    elif p.is_dir():
+        data = datasets.load_from_disk(str(p))
+        if isinstance(data, datasets.DatasetDict):
+            if split not in data and len(data) != 1:
+                raise ValueError(f"--{what} {path} holds splits {list(data)}; name one with the split key")
+            data = data[split] if split in data else next(iter(data.values()))
+    elif p.suffix not in _DATA_FILES:
+        raise ValueError(f"--{what} {path}: expected a .json, .jsonl, .parquet or .csv file, a save_to_disk "
+                         "folder or a Hub dataset name")
+    else:
+        try:
+            data = datasets.load_dataset(_DATA_FILES[p.suffix], data_files=str(p), split="train")
+        except Exception as e:  # datasets raises its own error types for malformed files
+            raise ValueError(f"--{what} {path}: cannot read it as {_DATA_FILES[p.suffix]} ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if len(data) == 0:
+        raise ValueError(f"--{what} {path}: no rows")
+    return data
+
+
+def check_model(name: str, flag: str = "--model") -> None:
+    """A model argument that is plainly a local path must exist (otherwise it would be tried as a Hub id)."""
+    from ..options import is_local_path
+
+    if is_local_path(name) and not os.path.isdir(os.path.expanduser(name)):
+        raise ValueError(f"{flag} {name}: no such model folder (and not a Hub id such as org/name)")
+
+
+def join_processes(model, fsdp: bool) -> bool:
+    """Under a launcher (`WORLD_SIZE` > 1), join the process group (NCCL with one GPU per local rank, gloo on CPU)
+    and, with `fsdp`, shard `model` with FSDP2's `fully_shard`. Returns whether this is the main process."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return True
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            model.to(torch.cuda.current_device())
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        from ..modeling import decoder_layers
+
+        for layer in decoder_layers(model):
+            fully_shard(layer)
+        fully_shard(model)
+    return dist.get_rank() == 0
+
+
+def leave_processes() -> None:
+    """After a distributed run succeeded: every rank leaves the last collective before any tears its connections
+    down (a rank that closes its gloo pairs while a peer still reads from them can abort that peer); after an error
+    the launcher stops the other ranks, so this runs on success only."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

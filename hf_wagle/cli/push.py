@@ -1,0 +1,36 @@
+"""`hf-wagle push DIR REPO_ID`."""
+
+from __future__ import annotations
+
+from .common import Command
+from .plugins import register_command
+
+
+@register_command("push")
+class Push(Command):
+    """Audit a saved folder against its mask, then upload it with its card (local paths removed)."""
+
+    help = "verify a saved adapter/model folder and upload it to the Hub"
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("directory", help="folder written by WagleTrainer.save_model")
+        parser.add_argument("repo_id", help="Hub repository, e.g. my-org/my-model-unlearned")
+        parser.add_argument("--private", action="store_true", help="create the repository as private")
+        parser.add_argument("--base", help="base model, needed to verify a full-model folder")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="verify and list what would be uploaded (local paths removed), without contacting "
+                                 "the Hub")
+
+    def run(self, args) -> int:
+        from ..hub import push_to_hub
+
+        info = push_to_hub(args.directory, args.repo_id, private=args.private or None, base=args.base,
+                           dry_run=args.dry_run)
+        if args.dry_run:
+            print(f"{args.directory} is confined to its mask; would upload to {args.repo_id}: "
+                  f"{', '.join(info['files'])}")
+            for item in info["left_out"]:
+                print(f"  not uploaded: {item}")
+            return 0
+        print(f"pushed {args.directory} to {getattr(info, 'commit_url', None) or args.repo_id}")
+        return 0

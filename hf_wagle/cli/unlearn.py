@@ -1,0 +1,125 @@
+"""`hf-wagle unlearn --config cfg.yaml [--key value ...]`: its own keys (`UnlearnArguments`); `WagleConfig` holds
+every other one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .common import Command, check_model, load_data
+from .plugins import register_command
+
+
+@dataclass
+class UnlearnArguments:
+    """The keys of `hf-wagle unlearn` that are not `WagleConfig`'s: the model, the data, the adapter."""
+
+    model_name_or_path: str = field(metadata={"help": "base model: Hub id or local folder"})
+    forget_file: str = field(metadata={"help": "forget data: .json/.jsonl/.parquet/.csv, a save_to_disk folder, a Hub "
+                                               "dataset name (with forget_config/forget_split) or scenario:NAME/SPLIT "
+                                               "(a shipped scenario)"})
+    retain_file: str = field(metadata={"help": "retain data, same forms"})
+    forget_config: str | None = field(default=None, metadata={
+        "help": "config of a Hub dataset (e.g. forget10 of locuslab/TOFU); a local folder in the Hub layout holds it "
+                "as <config>.jsonl or <config>/<split>.jsonl"})
+    forget_split: str = field(default="train", metadata={"help": "split of the forget data set"})
+    retain_config: str | None = field(default=None, metadata={"help": "config of the retain Hub dataset"})
+    retain_split: str = field(default="train", metadata={"help": "split of the retain data set"})
+    base_model: str | None = field(default=None, metadata={
+        "help": "Hub id the card and adapter_config.json name as the base, when model_name_or_path is a local copy "
+                "of it (a local path is never published)"})
+    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16"})
+    use_peft: bool = field(default=True, metadata={"help": "train a masked LoRA adapter (else full parameters)"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"],
+                                           metadata={"help": "LoRA target modules"})
+    evaluate: bool = field(default=False, metadata={"help": "score answer probabilities on the forget and retain "
+                                                            "data before and after, into the card and results"})
+    mask_dir: str | None = field(default=None, metadata={
+        "help": "a mask saved by `hf-wagle attribute` (its folder or wagle_mask.safetensors), used instead of "
+                "computing one (mask_method and the other mask_* keys are then not used)"})
+
+
+@register_command("unlearn")
+class Unlearn(Command):
+    """Attribution -> unlearning -> save -> verify (-> evaluation), configured by one YAML file (`--config`) whose
+    keys are those below: `UnlearnArguments`' and `WagleConfig`'s (mask_options and objective_args as mappings,
+    plugins as a list). Flags win over the file."""
+
+    help = ("unlearn from a YAML config (model, data, every WagleConfig key), save and verify the adapter; "
+            "`hf-wagle unlearn --help` lists the keys")
+
+    def arguments(self) -> dict[str, type]:
+        from ..config import WagleConfig
+
+        return {"script": UnlearnArguments, "training": WagleConfig}
+
+    def run(self, args) -> int:
+        import json
+        from pathlib import Path
+
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+
+        from ..evaluation import answer_metrics, summarise
+        from ..hub import public_name, write_model_card
+        from ..mask import WeightMask
+        from ..trainer import WagleTrainer
+        from ..verify import verify
+
+        script, training = args.script, args.training
+        if script.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {script.dtype!r}")
+        check_model(script.model_name_or_path, "model_name_or_path")
+        if script.base_model is not None and public_name(script.base_model) is None:
+            raise ValueError(f"base_model {script.base_model!r}: expected a Hub id such as org/name, not a local path")
+        forget = load_data(script.forget_file, "forget_file", script.forget_config, script.forget_split)
+        retain = load_data(script.retain_file, "retain_file", script.retain_config, script.retain_split)
+        tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(script.model_name_or_path, dtype=getattr(torch, script.dtype))
+        if script.base_model:  # what PEFT writes as base_model_name_or_path and the card names as base_model
+            model.name_or_path = model.config._name_or_path = script.base_model
+        peft_config = None
+        if script.use_peft:
+            from peft import LoraConfig
+
+            targets = script.lora_target_modules
+            peft_config = LoraConfig(r=script.lora_r, lora_alpha=script.lora_alpha, task_type="CAUSAL_LM",
+                                     target_modules=targets[0] if targets == ["all-linear"] else targets)
+        mask = WeightMask.load(script.mask_dir, model=model) if script.mask_dir else None
+        trainer = WagleTrainer(model=model, args=training, forget_dataset=forget, retain_dataset=retain,
+                               processing_class=tokenizer, peft_config=peft_config, mask=mask)
+        trainer.remove_callback(PrinterCallback)
+
+        def scores():
+            return {split: summarise(answer_metrics(trainer.model, tokenizer, data, training.prompt_template,
+                                                    max_length=training.max_length))["probability"]
+                    for split, data in (("forget", forget), ("retain", retain))}
+
+        before = scores() if script.evaluate else None
+        trainer.train()
+        after = scores() if script.evaluate else None
+        if after is not None:
+            trainer.results = {"before": before, "after": after}
+        trainer.save_model(training.output_dir)
+        trainer.accelerator.wait_for_everyone()  # under accelerate launch: the main process has written the folder
+        if not trainer.is_world_process_zero():
+            return 0
+        report = verify(training.output_dir, base=None if script.use_peft else script.model_name_or_path)
+        out = Path(training.output_dir)
+        trainer.verification = report
+        write_model_card(out, trainer)  # now with the verdict
+        engine = "fsdp2" if trainer.is_fsdp_enabled else ("ddp" if trainer.args.world_size > 1 else "single process")
+        summary = {"output_dir": str(out), "confined": report["confined"], "steps": trainer.state.global_step,
+                   "processes": trainer.args.world_size, "engine": engine,
+                   "changeable": trainer.enforced_mask.num_selected, "total": trainer.enforced_mask.num_total,
+                   "evaluation": trainer.results if script.evaluate else None}
+        (out / "unlearn_results.json").write_text(json.dumps(summary, indent=2))
+        print(f"unlearned {script.model_name_or_path} in {summary['steps']} steps; {summary['changeable']} of "
+              f"{summary['total']} weights could change; confined to its mask: "
+              f"{'yes' if report['confined'] else 'NO'}")
+        if script.evaluate:
+            for split in ("forget", "retain"):
+                print(f"  {split} answer probability {before[split]:.4g} -> {after[split]:.4g}")
+        print(f"wrote {out}")
+        return 0 if report["confined"] else 1

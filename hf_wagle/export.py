@@ -1,0 +1,117 @@
+"""`export_adapter`: a full-parameter run's change `trained - base` as a stock-PEFT adapter, in any exportable format
+(`hf_wagle.formats`): SHiRA (exact wherever float32 allows) or a truncated-SVD LoRA (with its error)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .formats import export_formats, get_format
+from .io import staged_directory
+from .mask import WeightMask
+from .modeling import base_named_parameters, tied_aliases
+
+EXPORT_REPORT = "export_report.json"
+
+
+def check_export_options(format: str, rank, scales) -> list[float] | None:
+    """Raise before any work on a bad `export_adapter` option; returns the scales as floats (None: one adapter)."""
+    if format not in export_formats():
+        raise ValueError(f"format must be one of {export_formats()}, got {format!r}")
+    get_format(format).check_options(rank=rank)
+    if scales is None:
+        return None
+    scales = [float(s) for s in scales]
+    if not scales or any(not math.isfinite(s) or s <= 0 for s in scales):
+        raise ValueError(f"scales must be positive numbers, got {scales}")
+    return scales
+
+
+def export_folders(output_dir, scales) -> list[Path]:
+    """Where `export_adapter` writes: `output_dir`, or `output_dir/scale_<s>` for each of the given scales."""
+    return [Path(output_dir)] if scales is None else [Path(output_dir) / f"scale_{s:g}" for s in scales]
+
+
+def masked_changes(trained, base_model, mask: WeightMask) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """`{weight name: (base, trained)}` of every parameter that changed; raises if a change leaves the mask, is not
+    finite, or sits in a parameter that is not the weight of an `nn.Linear` (an adapter can only hold those)."""
+    trained_params = dict(base_named_parameters(trained))
+    linear = {f"{n}.weight" for n, m in base_model.named_modules() if isinstance(m, torch.nn.Linear)}
+    shared = set(tied_aliases(base_model)) | set(tied_aliases(base_model).values())
+    changes, unsupported = {}, []
+    for name, b in base_named_parameters(base_model):
+        if name not in trained_params:
+            raise ValueError(f"the trained model has no parameter {name}; export needs the base it was trained from")
+        u = trained_params[name].detach().to("cpu")
+        b = b.detach().to("cpu")
+        if u.shape != b.shape:
+            raise ValueError(f"{name}: shape {tuple(u.shape)} differs from the base's {tuple(b.shape)}")
+        changed = u != b
+        if not changed.any():
+            continue
+        if not torch.isfinite(u).all():
+            raise ValueError(f"{name}: non-finite values in the trained model; nothing was exported")
+        if name not in mask or bool((changed & ~mask[name]).any()):
+            raise ValueError(f"{name}: changed outside the mask; this is not the base the run started from, or not "
+                             "its mask")
+        if name not in linear or name in shared:
+            unsupported.append(name)
+            continue
+        changes[name] = (b, u.to(b.dtype))
+    if unsupported:
+        raise ValueError(f"{len(unsupported)} changed parameters are not untied linear weights, which an adapter "
+                         f"cannot hold: {unsupported[:3]}; train with mask_include/mask_exclude so that only linear "
+                         "layers are selected (e.g. mask_include: ['*proj.weight']), or ship the full model")
+    if not changes:
+        raise ValueError("the trained model equals the base model: nothing to export")
+    return changes
+
+
+def export_adapter(trained, base_model, mask: WeightMask, output_dir, format: str = "shira", rank: int | None = None,
+                   scales=None, base_name: str | None = None,
+                   write_card: Callable[[Path, dict, str | None, str | None], None] | None = None) -> dict:
+    """Write the change `trained - base` of a full-parameter run as a stock-PEFT adapter in `output_dir`, with its
+    mask and `export_report.json`; `write_card(folder, report, base_name, mask_method)` adds a card to each folder
+    (`hf_wagle.hub.write_export_card` writes hf_wagle's).
+
+    `format` is an exportable format (`hf_wagle.formats.export_formats()`), whose `build` holds the change:
+    `"shira"` exactly wherever float32 allows (the report counts `inexact_weights` and `max_abs_error`), `"lora"`
+    with `rank=k` as the rank-k truncated SVD of each changed layer (the report has each layer's relative error and
+    energy kept). `scales` (e.g. `[0.25, 0.5, 1.0]`) writes one adapter per scale `s` into `output_dir/scale_<s>`,
+    holding `s x` the change (a staged roll-out: deploy the gentlest that forgets enough; the exactness figures hold
+    for scale 1 only); the default is one adapter at scale 1 in `output_dir` (`export_folders`). `base_model` is
+    wrapped by PEFT while writing and unwrapped afterwards. Returns the report (with `folders`, the folders written).
+    Nothing is written when a check fails."""
+    from peft import get_peft_model, set_peft_model_state_dict
+
+    scales = check_export_options(format, rank, scales)
+    fmt = get_format(format)
+    changes = masked_changes(trained, base_model, mask)
+    built = fmt.build(changes, mask, rank=rank)
+    report = {"format": format, "scales": scales or [1.0], "layers": {}, "changed_weights": 0, **built.report}
+    report["changed_weights"] = sum(int((u != b).sum()) for b, u in changes.values())
+    base_name = base_name or getattr(base_model, "name_or_path", None)
+    peft_model = get_peft_model(base_model, built.config)
+    try:
+        with staged_directory(output_dir) as staging:
+            for scale, final in zip(scales or [1.0], export_folders(output_dir, scales)):
+                tensors, scaled = fmt.scaled(built.tensors, report, scale)
+                with torch.no_grad():
+                    loaded = set_peft_model_state_dict(peft_model, tensors)
+                if loaded.unexpected_keys:
+                    raise ValueError(f"format {format!r} built tensors the adapter has no place for: "
+                                     f"{loaded.unexpected_keys[:3]}")
+                folder = staging / final.relative_to(output_dir)
+                peft_model.save_pretrained(str(folder))
+                built.mask.save(folder)
+                (folder / EXPORT_REPORT).write_text(json.dumps(scaled, indent=2))
+                if write_card is not None:
+                    write_card(folder, scaled, base_name, mask.metadata.get("method"))
+    finally:
+        peft_model.unload()
+    report["folders"] = [str(f) for f in export_folders(output_dir, scales)]
+    return report

@@ -1,0 +1,41 @@
+"""A full model folder (`model.safetensors`, or shards): audited bit for bit against its base model. Not exportable:
+it is what a full-parameter run saves, and what `export_adapter` turns into an adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..io import MODEL_STEM, has_weights, local_or_download, read_tensors
+from .registry import AdapterFormat, register_format
+
+
+@register_format
+class FullModelFormat(AdapterFormat):
+    name, peft_type, stem, key_prefix = "full", None, MODEL_STEM, ""
+    can_hold = "any mask (every weight is saved)"
+
+    def holds(self, directory: Path) -> bool:
+        return has_weights(directory, self.stem)
+
+    def changes(self, directory, mask, base, problems):
+        import torch
+
+        if base is None:
+            raise ValueError(f"{directory} holds a full model; pass the base model (--base) to compare against")
+        trained = dict(read_tensors(directory, self.stem))
+        for name, b in read_tensors(local_or_download(base), self.stem):
+            if name not in trained:
+                continue
+            t = trained[name]
+            if t.shape != b.shape:
+                problems.append(f"{name}: shape {tuple(t.shape)} differs from the base's {tuple(b.shape)}")
+                continue
+            if t.dtype != b.dtype:
+                if not (t.is_floating_point() and b.is_floating_point() and t.element_size() > b.element_size()):
+                    problems.append(f"{name}: saved as {t.dtype}, which cannot hold the base's {b.dtype} values "
+                                    "exactly, so off-mask weights are not bit-identical; save in the base's dtype")
+                    continue
+                b = b.to(t.dtype)  # an exact upcast (e.g. a bf16 base trained and saved in fp32)
+            # bit patterns, so -0.0 vs 0.0 or a changed NaN payload count as changes
+            bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+            yield name, t.view(bits) != b.view(bits), bool(torch.isfinite(t).all())

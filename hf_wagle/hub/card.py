@@ -1,0 +1,221 @@
+"""Model cards, built from the values they show (`RunCard`, an export report), never from forget-set text."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from ..formats import get_format
+from ..version import __version__
+from .names import public_name
+
+
+@dataclass
+class RunCard:
+    """What the card of an unlearning run shows.
+
+    `enforced` is `WeightMask.stats()` of the mask actually enforced and `enforced_by` how (its metadata);
+    `mask_method` is the method of the mask the run used (`"given"` when unknown), None for a dense run;
+    `mask_ratio` the fraction of weights the mask was asked to let change. `base_model` and `model_name` are
+    published only when they are Hub ids (`public_name`). `adapter` says what adapter was trained (None: full
+    parameters). `results` is `{"before": {split: p}, "after": {split: p}}` (mean answer probabilities);
+    `verification` a `hf_wagle.verify` report of the saved folder. `objective_args` and `mask_options` are the
+    objective's own arguments and the mask method's own options (numbers and names; refusal texts are not shown).
+    """
+
+    objective: str
+    retain_loss: str
+    forget_weight: float
+    retain_weight: float
+    learning_rate: float
+    steps: int
+    enforced: dict
+    enforced_by: str = ""
+    mask_method: str | None = None
+    mask_ratio: float = 1.0
+    base_model: str | None = None
+    adapter: str | None = None
+    model_name: str | None = None
+    results: dict | None = None
+    verification: dict | None = None
+    objective_args: dict | None = None
+    mask_options: dict | None = None
+
+
+def _settings(values: dict | None) -> str:
+    """`name=value, ...` of numbers, flags and short names; lists of text (refusal answers) are only counted."""
+    shown = []
+    for name, value in (values or {}).items():
+        if isinstance(value, (list, tuple)) and any(isinstance(v, str) for v in value):
+            value = f"{len(value)} texts"
+        shown.append(f"{name}={value}")
+    return ", ".join(shown) or "none"
+
+
+def model_card(card: RunCard) -> ModelCard:
+    """A model card describing an unlearning run: objective, mask, what was enforced, how to load and undo it."""
+    base = public_name(card.base_model)  # never publish a local path
+    masked, adapter = card.mask_method is not None, card.adapter is not None
+    data = ModelCardData(
+        base_model=base,
+        library_name="peft" if adapter else "transformers",
+        tags=["unlearning", "wagle", f"objective:{card.objective}", f"mask:{card.mask_method if masked else 'dense'}"],
+        model_name=public_name(card.model_name) or "unlearned model",
+        eval_results=eval_results(card.results),
+    )
+    method = card.mask_method if masked else "dense (no mask)"
+    requested = f"{card.mask_ratio:g}" if masked else "1"
+    load = (
+        peft_load_snippet(base)
+        if adapter else
+        "```python\nfrom transformers import AutoModelForCausalLM\n\n"
+        "model = AutoModelForCausalLM.from_pretrained('<this folder or repo>')\n```\n"
+    )
+    results = card.results
+    if results:
+        rows = "\n".join(f"| {split} | {results['before'][split]:.4g} | {results['after'][split]:.4g} |"
+                         for split in results["after"])
+        results = ("\n## Results\n\nMean answer probability, `exp(-mean token NLL)` of each answer and EOS, teacher "
+                   f"forced, on the data of this run:\n\n| data | before | after |\n|---|---|---|\n{rows}\n")
+    else:
+        results = ""
+    verify_base = "" if adapter else " --base <base model>"
+    how = ("[WAGLE](https://arxiv.org/abs/2410.17509)-style weight attribution: an unlearning objective was run only "
+           "through a\nmask of the weights allowed to change." if masked else
+           "an unlearning objective run over every weight\n(dense: no mask was enforced).")
+    verdict = ""
+    report = card.verification
+    if report is not None:
+        verdict = (f"\n`hf-wagle verify` at save: {report['tensors_checked']} tensors checked, "
+                   f"{report['changed_inside_mask']} weights changed inside the mask, "
+                   f"{report['changed_outside_mask']} outside; confined: {'yes' if report['confined'] else 'NO'}.\n")
+    enforced = card.enforced
+    could_change = f"{enforced['selected']} of {enforced['total']} ({enforced['fraction']:.4f})"
+    body = f"""
+# Unlearned with hf_wagle
+
+This {'adapter' if adapter else 'model'} was produced by machine unlearning with
+{how} The forget data is not described here.
+
+| setting | value |
+|---|---|
+| objective | `{card.objective}` |
+| objective arguments | {_settings(card.objective_args)} |
+| retain term | `{card.retain_loss}` |
+| forget weight / retain weight (gamma) | {card.forget_weight:g} / {card.retain_weight:g} |
+| mask method | `{method}` |
+| mask method options | {_settings(card.mask_options) if masked else 'none'} |
+| mask ratio requested (fraction of weights that may change) | {requested} |
+| weights the run could change (`wagle_mask.safetensors`) | {could_change} |
+| enforcement | {card.enforced_by} |
+| learning rate / steps | {card.learning_rate:g} / {card.steps} |
+| adapter | {card.adapter or 'none (full parameters)'} |
+| hf_wagle | {__version__} |
+
+`wagle_mask.safetensors` holds the mask actually enforced (bit-packed, base-model parameter names): every weight
+outside it is bit-identical to the base model. Check it with `hf-wagle verify <this folder>`{verify_base}.
+{verdict}
+{module_table(enforced)}
+{results}
+## How to load
+
+{load}"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def run_card(trainer) -> RunCard:
+    """The values a `WagleTrainer` run's card shows, read from the trainer after training."""
+    from peft import PeftModel
+
+    args, enforced, model = trainer.args, trainer.enforced_mask, trainer.model
+    base = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    adapter = None
+    if isinstance(model, PeftModel):
+        config = model.peft_config[model.active_adapter]
+        base = config.base_model_name_or_path or base
+        adapter = f"LoRA r={config.r}, alpha={config.lora_alpha}, masked to rows x columns"
+    # the mask the run used: computed from args, or given (e.g. `mask_dir`), whose own metadata then tells
+    masked = trainer.mask is not None
+    meta = trainer.mask.metadata if masked else {}
+    return RunCard(
+        objective=args.objective, retain_loss=args.retain_loss, forget_weight=args.forget_weight,
+        retain_weight=args.retain_weight, learning_rate=args.learning_rate, steps=trainer.state.global_step,
+        enforced=enforced.stats(), enforced_by=enforced.metadata.get("enforced_by", ""),
+        mask_method=(meta.get("method") or args.mask_method or "given") if masked else None,
+        mask_ratio=meta.get("ratio", args.mask_ratio) if masked else 1.0,
+        base_model=base, adapter=adapter, model_name=args.hub_model_id, results=trainer.results,
+        verification=trainer.verification,
+        objective_args=asdict(trainer.objective.args) if trainer.objective.args is not None else None,
+        mask_options=meta.get("options") if masked else None,
+    )
+
+
+def card_for(trainer) -> ModelCard:
+    """The card of a `WagleTrainer` run (`model_card(run_card(trainer))`)."""
+    return model_card(run_card(trainer))
+
+
+def write_model_card(output_dir, trainer) -> None:
+    card_for(trainer).save(os.path.join(output_dir, "README.md"))
+
+
+def module_table(stats) -> str:
+    """Per-module-type share of weights a mask lets change (`WeightMask.stats()`, or the mask), as a Markdown table."""
+    stats = stats.stats() if hasattr(stats, "stats") else stats
+    rows = "\n".join(f"| `{module}` | {e['selected']} | {e['total']} | {100 * e['fraction']:.2f}% |"
+                     for module, e in stats["per_module"].items())
+    return f"| module | may change | weights | share |\n|---|---|---|---|\n{rows}\n"
+
+
+def eval_results(results: dict | None) -> list[EvalResult] | None:
+    """`model-index` entries for the card's metadata: the mean answer probability on the forget and retain data,
+    before and after unlearning (`results = {"before": {split: p}, "after": {split: p}}`)."""
+    if not results:
+        return None
+    return [EvalResult(task_type="text-generation", dataset_type=f"{split}-data", dataset_name=f"{split} data",
+                       metric_type=f"answer_probability_{when}", metric_name=f"answer probability {when}",
+                       metric_value=float(results[when][split]))
+            for split in results["after"] for when in ("before", "after")]
+
+
+def peft_load_snippet(base: str | None) -> str:
+    """How to load an adapter on its base with stock PEFT, and roll it back (Markdown)."""
+    return ("```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
+            f"base = AutoModelForCausalLM.from_pretrained({base or '<base model>'!r})\n"
+            "model = PeftModel.from_pretrained(base, '<this folder or repo>')\n"
+            "# undo the unlearning: model.unload() returns the untouched base model\n```\n")
+
+
+def export_card(report: dict, base: str | None, method: str | None = None) -> ModelCard:
+    """The card of an adapter exported from a full-parameter run (`hf_wagle.export.export_adapter`), from its export
+    report; `method` is the mask method the run used (from its mask's metadata)."""
+    base = public_name(base)
+    data = ModelCardData(base_model=base, library_name="peft",
+                         tags=["unlearning", "wagle", f"export:{report['format']}", f"mask:{method or 'given'}"])
+    what = get_format(report["format"]).describe(report)
+    body = f"""
+# Unlearned with hf_wagle (exported adapter)
+
+This adapter holds the weight change of a full-parameter unlearning run through a `{method or 'given'}` weight
+mask, exported as {what}
+The forget data is not described here.
+
+| | |
+|---|---|
+| layers | {len(report['layers'])} |
+| weights the run changed | {report['changed_weights']} |
+| hf_wagle | {__version__} |
+
+`wagle_mask.safetensors` holds the mask the adapter keeps to; check it with `hf-wagle verify <this folder>`.
+
+## How to load and roll back
+
+{peft_load_snippet(base)}"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def write_export_card(folder, report: dict, base: str | None, method: str | None = None) -> None:
+    """`export_card` saved as `folder/README.md`; pass it to `export_adapter(write_card=...)`."""
+    export_card(report, base, method).save(os.path.join(folder, "README.md"))

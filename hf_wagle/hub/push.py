@@ -1,0 +1,87 @@
+"""Publishing a saved folder: audited against its mask, an allow-list of files, local paths removed."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from transformers.utils import logging
+
+from ..mask import MASK_FILE, WeightMask
+from ..verify import verify
+from .names import public_name
+
+logger = logging.get_logger(__name__)
+
+# What a published repository may hold; anything else in the folder (training_args.bin, references, checkpoints,
+# stray files) stays local. Links are never followed.
+PUBLISHED = ("README.md", "adapter_config.json", "adapter_model.safetensors", "config.json", "generation_config.json",
+             "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors", MASK_FILE,
+             "mask_stats.json", "mask_heatmap.png", "export_report.json", "tokenizer.json", "tokenizer_config.json",
+             "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "tokenizer.model", "vocab.json",
+             "merges.txt")
+
+
+def stage_for_hub(folder, staging) -> list[str]:
+    """Copy what may be published from `folder` into `staging`, with local paths removed from
+    `adapter_config.json` (`base_model_name_or_path`), `config.json` (`_name_or_path`) and the mask's metadata
+    (`model`). Returns what was left out, with the reason."""
+    folder, staging = Path(folder), Path(staging)
+    left_out = []
+    for path in sorted(folder.iterdir()):
+        if not any(fnmatch.fnmatchcase(path.name, pattern) for pattern in PUBLISHED):
+            left_out.append(f"{path.name} (not part of a published adapter or model)")
+        elif path.is_symlink() or not path.is_file():
+            left_out.append(f"{path.name} (a link or not a regular file)")
+        elif path.name in ("adapter_config.json", "config.json"):
+            config = json.loads(path.read_text())
+            key = "base_model_name_or_path" if path.name == "adapter_config.json" else "_name_or_path"
+            if key in config:
+                config[key] = public_name(config[key])
+            (staging / path.name).write_text(json.dumps(config, indent=2, sort_keys=True))
+        elif path.name == MASK_FILE:
+            mask = WeightMask.load(path)
+            mask.metadata["model"] = public_name(mask.metadata.get("model")) or ""
+            mask.save(staging)
+        else:
+            shutil.copyfile(path, staging / path.name)
+    return left_out
+
+
+def push_to_hub(folder, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                commit_message: str = "Upload unlearned adapter (hf_wagle)", base=None, api=None,
+                dry_run: bool = False):
+    """Upload a folder written by `WagleTrainer.save_model` to the Hub (card included).
+
+    The folder is first audited with `hf_wagle.verify` (pass `base` for a full model): a folder that changes weights
+    outside its mask is refused. Only the files in `PUBLISHED` are uploaded, never through a link, and local paths
+    are removed from the configs and the mask (`stage_for_hub`). `api` is an `HfApi`-like object (default
+    `HfApi(token=token)`). Returns the commit info of `upload_folder`; with `dry_run`, nothing is sent and the
+    result is `{"files": [...], "left_out": [...]}`.
+    """
+    from huggingface_hub import HfApi
+
+    report = verify(folder, base=base)
+    if not report["confined"]:
+        raise ValueError(f"refusing to publish {folder}: {'; '.join(report['problems'][:3])}")
+    if not os.path.exists(os.path.join(folder, "README.md")):
+        raise FileNotFoundError(f"{folder} has no README.md model card; save it with WagleTrainer.save_model")
+    with tempfile.TemporaryDirectory(prefix="hf_wagle_push_") as staging:
+        left_out = stage_for_hub(folder, staging)
+        if dry_run:
+            return {"files": sorted(os.listdir(staging)), "left_out": left_out}
+        if left_out:
+            logger.warning(f"not uploaded from {folder}: {', '.join(left_out)}")
+        api = api or HfApi(token=token)
+        try:
+            api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=staging,
+                                     commit_message=commit_message)
+        except (OSError, ValueError):  # offline mode, HTTP errors, bad repo ids: already clear
+            raise
+        except Exception as e:  # the HTTP client's own connection errors
+            raise ConnectionError(f"could not reach the Hub to push {repo_id} ({type(e).__name__}: {e})") from e

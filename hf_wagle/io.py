@@ -1,0 +1,86 @@
+"""Output folders on disk: writing one all at once, and reading the tensors and adapter config in one.
+
+Pure Python at import (no torch), so the format registry built on it stays cheap to import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+ADAPTER_STEM = "adapter_model"  # PEFT's weight file, `adapter_model.safetensors`
+MODEL_STEM = "model"            # a full model's, `model.safetensors` or shards listed in `model.safetensors.index.json`
+
+
+@contextmanager
+def staged_directory(final):
+    """Yield a temporary folder beside `final`; once the block finishes, move its files into `final` (renames on one
+    file system). A failure inside the block leaves `final` as it was."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.saving-", dir=final.parent))
+    try:
+        yield staging
+        final.mkdir(exist_ok=True)
+        for path in staging.iterdir():
+            if (final / path.name).is_dir():
+                shutil.rmtree(final / path.name)
+            os.replace(path, final / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def has_weights(directory: Path, stem: str) -> bool:
+    """Whether `directory` holds `stem.safetensors` or a sharded `stem.safetensors.index.json`."""
+    return (directory / f"{stem}.safetensors").exists() or (directory / f"{stem}.safetensors.index.json").exists()
+
+
+def read_tensors(directory: Path, stem: str):
+    """`(name, tensor)` of `stem.safetensors`, or of every shard listed in `stem.safetensors.index.json`."""
+    from safetensors import SafetensorError, safe_open
+
+    index = directory / f"{stem}.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else \
+        [f"{stem}.safetensors"]
+    for file in files:
+        try:
+            with safe_open(str(directory / file), framework="pt") as f:
+                for key in f.keys():
+                    yield key, f.get_tensor(key)
+        except (OSError, SafetensorError) as e:
+            raise ValueError(f"cannot verify: {directory / file} is missing, truncated or corrupt ({e})") from None
+
+
+def read_adapter_config(directory: Path) -> dict:
+    """`adapter_config.json` of an adapter folder as a dict; a missing or unreadable file cannot be verified
+    (ValueError)."""
+    path = directory / "adapter_config.json"
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"cannot verify {directory}: no adapter_config.json, which PEFT needs to load the "
+                         "adapter") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot verify {directory}: adapter_config.json is not readable JSON ({e})") from None
+    return config if isinstance(config, dict) else {}  # a JSON value that is not an object names no peft_type
+
+
+def peft_type(directory: Path) -> str | None:
+    """The `peft_type` an adapter folder's config names, or None when there is no readable config."""
+    try:
+        return read_adapter_config(directory).get("peft_type")
+    except ValueError:
+        return None
+
+
+def local_or_download(base) -> Path:
+    """A base model's folder: `base` itself when it exists here, else its weights and configs from the Hub."""
+    if Path(base).exists():
+        return Path(base)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(base, allow_patterns=["*.safetensors", "*.json"]))

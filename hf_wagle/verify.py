@@ -1,0 +1,41 @@
+"""`verify`: audit a saved result against the mask it ships, whatever its format (`hf_wagle.formats`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .formats import format_of
+from .mask import WeightMask
+
+
+def verify(directory, base=None) -> dict:
+    """Audit an unlearning output folder against the mask it ships (`wagle_mask.safetensors`).
+
+    The folder's format (`hf_wagle.formats.format_of`) says which weights changed: for a LoRA adapter, `B @ A` of
+    every pair (any other trained tensor, e.g. `modules_to_save`, is unconfined unless the mask selects all of its
+    weight); for a SHiRA adapter, its non-zero entries (with distinct, in-range indices); for a full model, every
+    weight that is not bit-identical to `base` (a local folder or Hub id, needed then). Each change must sit inside
+    the mask and be finite, and the adapter's config must not move base weights when PEFT loads it. Returns a report
+    whose `"confined"` is True only when every check passes.
+    """
+    directory = Path(directory)
+    mask = WeightMask.load(directory)
+    fmt = format_of(directory)
+    problems, checked, outside_total, inside_total = [], 0, 0, 0
+    for name, changed, finite in fmt.changes(directory, mask, base, problems):
+        checked += 1
+        if not finite:
+            problems.append(f"{name}: non-finite values")
+        if name not in mask:
+            if bool(changed.any()):
+                problems.append(f"{name}: changed but absent from the mask")
+            continue
+        inside = int((changed & mask[name]).sum())
+        outside = int(changed.sum()) - inside
+        outside_total += outside
+        inside_total += inside
+        if outside:
+            problems.append(f"{name}: {outside} weights change outside the mask")
+    return {"directory": str(directory), "kind": fmt.name, "confined": not problems, "tensors_checked": checked,
+            "changed_inside_mask": inside_total, "changed_outside_mask": outside_total,
+            "mask_ratio": mask.ratio, "mask_metadata": mask.metadata, "problems": problems}
