@@ -65,3 +65,15 @@ def scenario():
     from hf_wagle.real_model import load_scenario
 
     return load_scenario("element_symbols")
+
+
+# The fast tier, `pytest -m "not slow"`, runs no real model and starts no other process.
+_SLOW_MODULES = {"test_distributed_attribution", "test_distributed_trainer", "test_real_model"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark `slow` every test that uses SmolLM2 (the `smollm2` fixture) or lives in a module that launches ranks."""
+    for item in items:
+        module = getattr(getattr(item, "module", None), "__name__", "")
+        if "smollm2" in getattr(item, "fixturenames", ()) or module.rsplit(".", 1)[-1] in _SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -31,6 +31,7 @@ def test_attribute_command_writes_mask_stats_and_heatmap(trained, world, tmp_pat
     assert (out / "mask_heatmap.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # starts another process
 def test_attribute_command_rejects_bad_input_before_loading(tmp_path, capsys):
     assert main(["attribute", "--model", "nowhere", "--forget", str(tmp_path / "missing.jsonl"), "--out",
                  str(tmp_path)]) == 2

@@ -25,6 +25,7 @@ def _docstring_example() -> str:
     return textwrap.dedent(block)
 
 
+@pytest.mark.slow  # starts another process
 def test_registry_names_import_without_torch():
     code = ("import sys; from hf_wagle.evaluation.benchmarks import BENCHMARKS; "
             "from hf_wagle.evaluation import register_benchmark, BenchmarkResult; "

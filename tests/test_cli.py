@@ -8,12 +8,14 @@ import pytest
 from hf_wagle import __version__
 
 
+@pytest.mark.slow  # starts another process
 def test_cli_parser_imports_no_torch():
     code = ("import sys, hf_wagle.cli as c; c.build_parser(); "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.slow  # starts another process
 def test_every_command_help_imports_no_torch():
     """`hf-wagle X --help` of every command but `unlearn` (whose `WagleConfig` is a `TrainingArguments`)."""
     code = ("import contextlib, io, sys\n"

@@ -88,13 +88,14 @@ def trained_path() -> Path:
     return pretrained_world_model(cache_dir=os.environ.get("HF_WAGLE_TEST_MODEL"))[2]
 
 
-def test_every_page_block_is_run_or_written(run_page):
+def test_every_page_block_is_run_or_written():
     """No page has a code block of a language the runner would silently skip."""
     for page in PAGES.glob("*.md"):
         languages = set(re.findall(r"^```(\w*)", page.read_text(), re.M)) - {""}
         assert languages <= {"python", "bash", "yaml", "toml", "text"}, (page.name, languages)
 
 
+@pytest.mark.slow  # starts hf-wagle processes
 def test_a_mask_method_with_an_option_of_its_own(run_page, tmp_path):
     from hf_wagle import WeightMask
 
@@ -109,6 +110,7 @@ def test_a_mask_method_with_an_option_of_its_own(run_page, tmp_path):
     assert "confined to its mask: yes" in ns["stdout"][-1]
 
 
+@pytest.mark.slow  # starts hf-wagle processes
 def test_an_objective_with_a_hyperparameter_of_its_own(run_page, tmp_path):
     import json
 
@@ -122,6 +124,7 @@ def test_an_objective_with_a_hyperparameter_of_its_own(run_page, tmp_path):
     assert "objective:capped_grad_diff" in card and "cap" in card
 
 
+@pytest.mark.slow  # starts hf-wagle processes
 def test_a_benchmark(run_page, tmp_path):
     import json
 
@@ -136,6 +139,7 @@ def test_a_benchmark(run_page, tmp_path):
     assert (tmp_path / "recall.png").exists()
 
 
+@pytest.mark.slow  # starts hf-wagle processes
 def test_a_command(run_page):
     try:
         ns = run_page("commands.md")
@@ -145,6 +149,7 @@ def test_a_command(run_page):
     assert found and 0 < float(found.group(1)) < 1
 
 
+@pytest.mark.slow  # starts hf-wagle processes
 def test_a_format(run_page, tmp_path):
     try:
         ns = run_page("formats.md")

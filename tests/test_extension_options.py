@@ -124,3 +124,36 @@ def test_built_in_arguments_read_their_flat_fields_and_objective_args():
     assert WagleConfig(output_dir="unused", objective="ga").objective_arguments is None
     with pytest.raises(ValueError, match="takes no objective_args"):
         WagleConfig(output_dir="unused", objective="ga", objective_args={"beta": 1})
+
+
+def test_grin_eps_from_the_command_line_and_from_yaml(trained, world, tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from hf_wagle import WeightMask
+    from hf_wagle.cli import main
+
+    model, tokenizer = trained
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    world["forget"].select(range(8)).to_json(tmp_path / "forget.jsonl")
+    world["retain"].select(range(16)).to_json(tmp_path / "retain.jsonl")
+    data = ["--forget", str(tmp_path / "forget.jsonl"), "--retain", str(tmp_path / "retain.jsonl")]
+    assert main(["attribute", "--model", str(tmp_path / "model"), *data, "--method", "grin", "--options", "eps=1e-3",
+                 "--ratio", "0.3", "--out", str(tmp_path / "mask")]) == 0
+    assert WeightMask.load(tmp_path / "mask").metadata["options"] == {"eps": 1e-3}
+    assert main(["attribute", "--model", str(tmp_path / "model"), *data, "--method", "grin", "--options", "eps=0",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "grin's eps must be a finite number > 0" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+    (tmp_path / "run.yaml").write_text(
+        "mask_method: grin\nmask_options: {eps: 1e-10}\n"  # YAML reads 1e-10 as text: it is read as a number
+        + yaml.safe_dump({"model_name_or_path": str(tmp_path / "model"), "forget_file": data[1],
+                          "retain_file": data[3], "output_dir": str(tmp_path / "out"), "objective": "grad_diff",
+                          "mask_ratio": 0.3, "max_steps": 1, "per_device_train_batch_size": 4, "lora_r": 4,
+                          "use_cpu": True, "report_to": "none", "save_strategy": "no"}))
+    assert main(["unlearn", "--config", str(tmp_path / "run.yaml")]) == 0
+    assert WeightMask.load(tmp_path / "out").metadata["options"] == {"eps": 1e-10}
+    assert "eps=1e-10" in (tmp_path / "out" / "README.md").read_text()
+    assert json.loads((tmp_path / "out" / "unlearn_results.json").read_text())["confined"]
