@@ -3,7 +3,7 @@
 Measures, in one run:
 
 1. Selection memory. Peak extra resident memory (Linux `VmHWM`, reset through `/proc/self/clear_refs` after
-   `malloc_trim`) while `hf_wagle.attribution.select` picks the top `ratio` of fp32 scores that are already in
+   `malloc_trim`) while `hf_wagle.masking.select` picks the top `ratio` of fp32 scores that are already in
    memory (as for the gradient methods), and while `compute_mask(method="magnitude")` runs end to end (scores
    made chunk by chunk), each divided by the parameters' bytes.
 2. Time. `compute_mask(method="wagle")` over forget + retain against one plain forward+backward pass

@@ -40,7 +40,8 @@ def test_matched_point_interpolates_between_recorded_steps():
     assert matched_point(curve, 0.1) is None  # 0.08 is never reached
     runs = [{"method": "a", "seed": s, "curve": curve, "matched": matched_point(curve, 0.5)} for s in (0, 1)]
     summary = summarize_runs(runs + [{"method": "b", "seed": 0, "curve": curve, "matched": None}], ["a", "b"])
-    assert summary["a"]["reached"] == 2 and summary["a"]["matched_utility"][0] == pytest.approx(0.6)
+    assert summary["a"]["reached"] == 2 and summary["a"]["matched_utility"]["mean"] == pytest.approx(0.6)
+    assert summary["a"]["matched_utility"]["n"] == 2 and summary["a"]["matched_utility"]["ci95_half_width"] == 0
     assert summary["b"]["reached"] == 0 and "matched_utility" not in summary["b"]
 
 

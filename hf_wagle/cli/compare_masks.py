@@ -59,6 +59,8 @@ class CompareMasks(Command):
 
     def run(self, args) -> int:
         import json
+        import shlex
+        import sys
         from pathlib import Path
 
         from transformers import AutoTokenizer
@@ -91,6 +93,7 @@ class CompareMasks(Command):
                                prompt_template=a.prompt_template, training={"max_length": a.max_length})
         out.mkdir(parents=True, exist_ok=True)
         result["model"] = Path(a.model.rstrip("/")).name
+        result["command"] = shlex.join(["hf-wagle", *sys.argv[1:]]) if Path(sys.argv[0]).name == "hf-wagle" else None
         (out / "compare_masks.json").write_text(json.dumps(result, indent=2))
         png = plot_comparison(result, out / "compare_masks.png")
         print(format_comparison(result))

@@ -94,6 +94,15 @@ def spec_options(spec: str) -> dict:
             **({"mask_options": own} if own else {})}
 
 
+UNITS = {
+    "forget": "mean answer probability exp(-mean token NLL) on the forget set, teacher forced",
+    "utility": "mean over the utility sets of the same answer probability (the retain set is trained on)",
+    "forget_quality": "TOFU forget quality: KS-test p-value against the retain model's truth ratios",
+    "step": "optimizer steps",
+    "summary": "each averaged number is {mean, ci95_half_width (Student t over seeds), n}; null where undefined",
+}
+
+
 def ci95(values: list[float]) -> tuple[float, float]:
     """`(mean, half-width)` of the 95% Student-t interval of the mean; half-width NaN for fewer than two values."""
     from scipy import stats
@@ -106,6 +115,14 @@ def ci95(values: list[float]) -> tuple[float, float]:
         return mean, math.nan
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     return mean, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+
+
+def estimate(values: list[float]) -> dict:
+    """`{"mean", "ci95_half_width", "n"}` of `values` (`ci95`), as the JSON results hold every averaged number; a
+    number that does not exist (no values, one value's interval) is None."""
+    mean, half = ci95(values)
+    return {"mean": None if math.isnan(mean) else mean, "ci95_half_width": None if math.isnan(half) else half,
+            "n": len(values)}
 
 
 def matched_point(curve: list[dict], forget_target: float) -> dict | None:
@@ -236,12 +253,12 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=(DENSE, "random",
                 "learning_rate": learning_rate, "batch_size": batch_size, "eval_every": eval_every,
                 "forget_target": forget_target, "utility_sets": list(utility), "eval_limit": eval_limit,
                 "lora_r": lora_r, "training": training or {}}
-    return {"settings": settings, "runs": runs, "summary": summarize_runs(runs, specs)}
+    return {"settings": settings, "units": UNITS, "runs": runs, "summary": summarize_runs(runs, specs)}
 
 
 def summarize_runs(runs: list[dict], specs: list[str]) -> dict:
-    """Per spec: how many seeds reached the target, and mean / 95% half-width of step, utility (and forget quality)
-    at the matched point and of the final forget probability and utility."""
+    """Per spec: how many seeds reached the target, and an `estimate` (mean, 95% half-width, n) of the step, utility
+    (and forget quality) at the matched point and of the final forget probability and utility."""
     summary = {}
     for spec in specs:
         mine = [r for r in runs if r["method"] == spec]
@@ -250,19 +267,19 @@ def summarize_runs(runs: list[dict], specs: list[str]) -> dict:
         for key in ("step", "utility", "forget_quality"):
             values = [m[key] for m in matched if key in m]
             if values:
-                entry[f"matched_{key}"] = ci95(values)
+                entry[f"matched_{key}"] = estimate(values)
         for key in ("forget", "utility"):
-            entry[f"final_{key}"] = ci95([r["curve"][-1][key] for r in mine])
-        entry["start_utility"] = ci95([r["curve"][0]["utility"] for r in mine])
+            entry[f"final_{key}"] = estimate([r["curve"][-1][key] for r in mine])
+        entry["start_utility"] = estimate([r["curve"][0]["utility"] for r in mine])
         summary[spec] = entry
     return summary
 
 
-def _fmt(pair, digits=3) -> str:
-    mean, half = pair
-    if math.isnan(mean):
+def _fmt(value: dict | None, digits=3) -> str:
+    if value is None or value["mean"] is None:
         return "n/a"
-    return f"{mean:.{digits}g}" + ("" if math.isnan(half) else f" +- {half:.2g}")
+    half = value["ci95_half_width"]
+    return f"{value['mean']:.{digits}g}" + ("" if half is None else f" +- {half:.2g}")
 
 
 def format_comparison(result: dict) -> str:
@@ -272,10 +289,9 @@ def format_comparison(result: dict) -> str:
              f"{s['seeds']} seeds; target: forget probability <= {s['forget_target']:g} x its start",
              f"{'method':<28} {'reached':>7} {'step at target':>16} {'utility at target':>20} "
              f"{'final forget':>20} {'final utility':>18}"]
-    none = (math.nan, math.nan)
     for spec, e in result["summary"].items():
-        lines.append(f"{spec:<28} {e['reached']:>3}/{e['seeds']:<3} {_fmt(e.get('matched_step', none)):>16} "
-                     f"{_fmt(e.get('matched_utility', none)):>20} {_fmt(e['final_forget']):>20} "
+        lines.append(f"{spec:<28} {e['reached']:>3}/{e['seeds']:<3} {_fmt(e.get('matched_step')):>16} "
+                     f"{_fmt(e.get('matched_utility')):>20} {_fmt(e['final_forget']):>20} "
                      f"{_fmt(e['final_utility']):>18}")
     lines.append(verdict(result))
     return "\n".join(lines)
@@ -285,8 +301,8 @@ def verdict(result: dict) -> str:
     """Which spec keeps the most utility at the target, and whether its 95% interval separates it from the others
     (specs that missed the target on some seed are named and left out)."""
     summary = result["summary"]
-    scored = {k: e["matched_utility"] for k, e in summary.items()
-              if "matched_utility" in e and e["reached"] == e["seeds"]}
+    scored = {k: (e["matched_utility"]["mean"], e["matched_utility"]["ci95_half_width"])
+              for k, e in summary.items() if "matched_utility" in e and e["reached"] == e["seeds"]}
     missed = [k for k in summary if k not in scored]
     left_out = f" (left out, for missing the target on some seed: {', '.join(missed)})" if missed else ""
     if not scored:
@@ -294,7 +310,7 @@ def verdict(result: dict) -> str:
     best = max(scored, key=lambda k: scored[k][0])
     if len(scored) == 1:
         return f"only {best} reached the target on every seed{left_out}"
-    if any(math.isnan(h) for _, h in scored.values()):
+    if any(h is None for _, h in scored.values()):
         return (f"highest utility at the target: {best}; one seed gives no interval, so no winner can be called"
                 f"{left_out}")
     lo = scored[best][0] - scored[best][1]
