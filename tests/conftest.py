@@ -34,19 +34,6 @@ def tokenizer(trained):
     return trained[1]
 
 
-def snapshot(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
-def small_args(tmp_path, **kw):
-    from hf_wagle import WagleConfig
-
-    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=6, learning_rate=1e-3,
-                report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True, logging_steps=1000, seed=0)
-    base.update(kw)
-    return WagleConfig(**base)
-
-
 @pytest.fixture(scope="session")
 def smollm2():
     """`(model, tokenizer, path)`: the real pretrained SmolLM2-135M-Instruct (fp32), converted once and cached."""

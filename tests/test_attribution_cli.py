@@ -7,7 +7,7 @@ import torch
 from hf_wagle import WagleTrainer, WeightMask, compute_mask
 from hf_wagle.cli import main
 
-from conftest import small_args
+from support import small_args
 
 
 def test_attribute_command_writes_mask_stats_and_heatmap(trained, world, tmp_path, capsys):

@@ -21,7 +21,7 @@ from hf_wagle.evaluation import (
     summarise,
 )
 
-from conftest import small_args
+from support import small_args
 
 TOFU_CONFIGS = ("forget10", "retain90", "forget10_perturbed", "retain_perturbed", "real_authors_perturbed",
                 "world_facts_perturbed")

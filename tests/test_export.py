@@ -11,7 +11,7 @@ from hf_wagle import WagleTrainer
 from hf_wagle.formats.shira import nearest_delta
 from hf_wagle.verify import verify
 
-from conftest import small_args
+from support import small_args
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from hf_wagle import MaskConfig, WagleConfig, WagleTrainer, compute_mask, regist
 from hf_wagle.masking import MASK_METHODS
 from hf_wagle.objectives import OBJECTIVES, Objective, register_objective, sequence_nll
 
-from conftest import small_args, snapshot
+from support import small_args, snapshot
 
 SEEN = []
 

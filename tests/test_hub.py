@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from hf_wagle import WagleTrainer
 from hf_wagle.hub import push_to_hub
 
-from conftest import small_args
+from support import small_args
 
 
 class RecordingApi:

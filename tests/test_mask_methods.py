@@ -8,7 +8,7 @@ from hf_wagle import WagleConfig, WagleTrainer, compute_mask, register_mask_meth
 from hf_wagle.cli import main
 from hf_wagle.masking import MASK_METHODS
 
-from conftest import small_args, snapshot
+from support import small_args, snapshot
 
 CALLS = []
 

@@ -10,7 +10,7 @@ from hf_wagle.evaluation import answer_metrics, summarise
 from hf_wagle.objectives import OBJECTIVES, GradDiff, register_objective
 from hf_wagle.trainer import REFERENCE_FILE
 
-from conftest import small_args, snapshot
+from support import small_args, snapshot
 
 LEARNING_RATES = {"grad_diff": 5e-4, "npo": 3e-4, "simnpo": 5e-4, "po": 1e-3, "idk_dpo": 5e-4}
 

@@ -17,7 +17,7 @@ from hf_wagle.evaluation import mcq_accuracy, mcq_predictions, mia_auc, qa_metri
 from hf_wagle.evaluation.scoring import answer_nlls, greedy_generate
 from hf_wagle.verify import verify
 
-from conftest import small_args
+from support import small_args
 
 HEAD, EMBED = "lm_head.weight", "model.embed_tokens.weight"
 GOLD = {"question": "What is the chemical symbol for gold?", "answer": "The chemical symbol for gold is Au."}

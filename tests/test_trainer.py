@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from hf_wagle import WagleTrainer, WeightMask, compute_mask
 
-from conftest import small_args, snapshot
+from support import small_args, snapshot
 
 
 class GradientProbe(TrainerCallback):

@@ -14,7 +14,7 @@ from hf_wagle.cli import main
 from hf_wagle.mask import MASK_FILE
 from hf_wagle.verify import verify
 
-from conftest import small_args
+from support import small_args
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from hf_wagle import WagleTrainer, WeightMask
 from hf_wagle.cli import main
 from hf_wagle.verify import verify
 
-from conftest import small_args
+from support import small_args
 
 
 def train_and_save(base, tokenizer, world, tmp_path, peft_config=None):
