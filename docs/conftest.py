@@ -18,9 +18,9 @@ Assertions that should not clutter the page go in an invisible block after the o
 (`<!-- invisible-code-block: python ... -->`). A block that cannot run here (a real Hub upload, a launch on 8 GPUs,
 an install from the package registry) is marked `<!-- skip: next "the reason" -->`.
 
-A block is marked `slow` (deselect with `pytest -m "not slow"`) when it starts another process (every bash block)
-or uses the real SmolLM2 model, and so is every block after it on the same page, since later blocks may use what
-it made.
+A page is marked `slow` (deselect with `pytest -m "not slow"`) when one of its blocks starts another process
+(every bash block) or uses the real SmolLM2 model: its blocks share one namespace, so the page runs whole in one
+tier.
 """
 
 from __future__ import annotations
@@ -124,16 +124,17 @@ def _is_slow(item: SybilItem) -> bool:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Mark `slow` the blocks that start a process or use SmolLM2, and every block after one on its page."""
+    """Mark `slow` every block of a page that has a block that starts a process or uses SmolLM2: a page's blocks
+    share one namespace, so a page runs whole in one tier (`-m slow` and `-m "not slow"` both pass)."""
     slow_pages, skip_next = set(), {}
-    for item in items:
-        if not isinstance(item, SybilItem):
-            continue
+    pages = [item for item in items if isinstance(item, SybilItem)]
+    for item in pages:
         page = item.example.path
         if isinstance(item.example.region.evaluator, Skipper):
             action, reason = item.example.parsed
             skip_next[page] = action == "next" and bool(reason)
         elif not skip_next.pop(page, False) and _is_slow(item):
             slow_pages.add(page)
-        if page in slow_pages:
+    for item in pages:
+        if item.example.path in slow_pages:
             item.add_marker(pytest.mark.slow)

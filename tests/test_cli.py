@@ -106,21 +106,6 @@ def test_unlearn_command_from_yaml_with_flags_winning(trained, world, tmp_path, 
     assert "unknown keys ['learnin_rate']" in err and len(err.strip().splitlines()) == 1
 
 
-def test_example_config_for_the_real_model_runs(smollm2, tmp_path, capsys):
-    import json
-    from pathlib import Path
-
-    from hf_wagle.cli import main
-
-    config = Path(__file__).resolve().parent.parent / "examples" / "unlearn_smollm2.yaml"
-    argv = ["unlearn", "--config", str(config), "--model_name_or_path", str(smollm2[2]),
-            "--output_dir", str(tmp_path / "out"), "--max_steps", "2"]
-    assert main(argv) == 0
-    results = json.loads((tmp_path / "out" / "unlearn_results.json").read_text())
-    assert results["confined"] and results["steps"] == 2
-    assert results["evaluation"]["after"]["forget"] < results["evaluation"]["before"]["forget"]
-
-
 def _hub_layout(folder, configs: dict) -> str:
     """A local folder in a Hub data set's layout: `<folder>/<config>.jsonl` per config."""
     folder.mkdir()

@@ -322,8 +322,9 @@ def verdict(result: dict) -> str:
 
 
 def plot_comparison(result: dict, path) -> str:
-    """Trade-off curves (forget probability vs utility, mean over seeds at each recorded step), the matched
-    points marked, and the target as a vertical line; matplotlib Agg."""
+    """Trade-off curves (forget probability vs utility, mean over seeds at each recorded step), each seed's matched
+    point marked, the mean utility at the target with its 95% interval as an error bar, and the target as a
+    vertical line; matplotlib Agg."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -342,13 +343,18 @@ def plot_comparison(result: dict, path) -> str:
         if matched:
             ax.scatter([m["forget"] for m in matched], [m["utility"] for m in matched], color=line.get_color(),
                        marker="x", zorder=3)
+        at_target = result["summary"].get(spec, {}).get("matched_utility")
+        if at_target and at_target["ci95_half_width"] is not None:  # mean utility at the target, 95% interval
+            ax.errorbar(sum(m["forget"] for m in matched) / len(matched), at_target["mean"],
+                        yerr=at_target["ci95_half_width"], color=line.get_color(), capsize=4, zorder=4)
     ax.axvline(result["settings"]["forget_target"] * sum(starts) / len(starts), color="grey", linestyle=":",
                label="target")
     ax.invert_xaxis()
     ax.set_xlabel("forget answer probability (lower = forgets more; runs go right to left)")
     ax.set_ylabel("utility: answer probability on kept data (higher = better)")
     s = result["settings"]
-    ax.set_title(f"{s['objective']}, ratio {s['ratio']:g}, {s['seeds']} seeds; x = each seed at the target")
+    ax.set_title(f"{s['objective']}, ratio {s['ratio']:g}, {s['seeds']} seeds; x = each seed at the target, "
+                 "bar = 95% interval", fontsize="medium")
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=110)
     plt.close(fig)
