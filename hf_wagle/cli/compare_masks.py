@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..masking.config import MASK_FIELDS
+from ..masking.config import SPEC_KEYS
 from ..options import DEFAULT_PROMPT_TEMPLATE
 from .common import Command, check_model, load_data
 from .plugins import register_command
-
-SPEC_KEYS = tuple(f for f in MASK_FIELDS if f not in ("method", "options"))  # as experiments.compare reads them
 
 
 @dataclass

@@ -26,14 +26,10 @@ import tempfile
 from transformers import PrinterCallback, TrainerCallback
 
 from ..evaluation.answers import answer_metrics, summarise
-from ..masking.config import MASK_FIELDS, PREFIX, UNPREFIXED, MaskConfig
+from ..masking.config import SPEC_KEYS, MaskConfig
 from ..options import DEFAULT_PROMPT_TEMPLATE
 
 DENSE = "dense"
-# a spec's keys: every `MaskConfig` field but the method (the spec's head) and its options (given by their own names),
-# mapped to the `WagleConfig` key that holds it (`ratio` -> `mask_ratio`, `mu` -> `mu`)
-SPEC_KEYS = {name: name if name in UNPREFIXED else PREFIX + name for name in MASK_FIELDS
-             if name not in ("method", "options")}
 
 
 def parse_specs(text: str | list[str]) -> list[str]:

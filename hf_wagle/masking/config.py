@@ -95,5 +95,9 @@ class MaskConfig:
 
 
 MASK_FIELDS = tuple(f.name for f in dataclasses.fields(MaskConfig))
+# a compare-masks spec's keys (`wagle:mu=1e-4,scope=per_layer`): every field but the method (the spec's head) and its
+# options (given by their own names), mapped to the `WagleConfig` field that holds it (`ratio` -> `mask_ratio`)
+SPEC_KEYS = {name: name if name in UNPREFIXED else PREFIX + name for name in MASK_FIELDS
+             if name not in ("method", "options")}
 MaskArguments = dataclasses.make_dataclass("MaskArguments", prefixed_fields(MaskConfig, PREFIX, UNPREFIXED))
 MaskArguments.__doc__ = "`MaskConfig`'s fields as `WagleConfig` holds them: `mask_<name>`, and `mu`."
