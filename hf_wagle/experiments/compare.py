@@ -327,8 +327,8 @@ def plot_comparison(result: dict, path) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5), layout="constrained")
-    starts = []
-    for spec in result["settings"]["methods"]:
+    starts, specs = [], result["settings"]["methods"]
+    for i, spec in enumerate(specs):
         mine = [r["curve"] for r in result["runs"] if r["method"] == spec]
         n = min(len(c) for c in mine)
         forget = [sum(c[i]["forget"] for c in mine) / len(mine) for i in range(n)]
@@ -341,7 +341,8 @@ def plot_comparison(result: dict, path) -> str:
                        marker="x", zorder=3)
         at_target = result["summary"].get(spec, {}).get("matched_utility")
         if at_target and at_target["ci95_half_width"] is not None:  # mean utility at the target, 95% interval
-            ax.errorbar(sum(m["forget"] for m in matched) / len(matched), at_target["mean"],
+            nudge = (i - (len(specs) - 1) / 2) * 0.015 * forget[0]  # side by side, not on top of each other
+            ax.errorbar(sum(m["forget"] for m in matched) / len(matched) + nudge, at_target["mean"],
                         yerr=at_target["ci95_half_width"], color=line.get_color(), capsize=4, zorder=4)
     ax.axvline(result["settings"]["forget_target"] * sum(starts) / len(starts), color="grey", linestyle=":",
                label="target")
