@@ -40,7 +40,7 @@ ObjectiveArguments.__doc__ = "The built-in objectives' arguments as flat `WagleC
 
 
 @dataclass
-class WagleConfig(TrainingArguments, MaskArguments, ObjectiveArguments):
+class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # TrainingArguments' fields come first
     """Arguments for `WagleTrainer`. Loss = `forget_weight * forget_loss + retain_weight * retain_loss`, both from
     `objective` (the retain loss is the NLL, or with `retain_loss="kl"` the KL to the start model; RMU brings its own).
 
@@ -80,12 +80,12 @@ class WagleConfig(TrainingArguments, MaskArguments, ObjectiveArguments):
                 "off-mask weights would move. For sharded full-parameter unlearning use FSDP2 (accelerate launch "
                 "--config_file examples/accelerate/fsdp2.yaml, or fsdp='full_shard'); otherwise DDP")
         super().__post_init__()
-        get_objective(self.objective)
+        objective = get_objective(self.objective)
         one_of("retain_loss", self.retain_loss, ("nll", "kl"))
         for args in BUILTIN_ARGS:  # every flat field in bounds, whichever objective runs
             args(**unprefixed_values(args, self, ""))
         self.objective_args = parse_options(self.objective_args, "objective_args")
-        objective_arguments(self)
+        objective.check_args(objective_arguments(self))
         if self.collapse_threshold is not None and not self.collapse_threshold > 1:
             raise ValueError("collapse_threshold is a multiple of the starting retain NLL and must be > 1 or None")
         mask = MaskConfig(**unprefixed_values(MaskConfig, self, PREFIX, UNPREFIXED))

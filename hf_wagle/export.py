@@ -75,8 +75,8 @@ def export_adapter(trained, base_model, mask: WeightMask, output_dir, format: st
                    scales=None, base_name: str | None = None,
                    write_card: Callable[[Path, dict, str | None, str | None], None] | None = None) -> dict:
     """Write the change `trained - base` of a full-parameter run as a stock-PEFT adapter in `output_dir`, with its
-    mask and `export_report.json`; `write_card(folder, report, base_name, mask_method)` adds a card to each folder
-    (`hf_wagle.hub.write_export_card` writes hf_wagle's).
+    mask, `export_report.json` and a card written by `write_card(folder, report, base_name, mask_method)` (default
+    `hf_wagle.hub.write_export_card`).
 
     `format` is an exportable format (`hf_wagle.formats.export_formats()`), whose `build` holds the change:
     `"shira"` exactly wherever float32 allows (the report counts `inexact_weights` and `max_abs_error`), `"lora"`
@@ -86,6 +86,9 @@ def export_adapter(trained, base_model, mask: WeightMask, output_dir, format: st
     for scale 1 only); the default is one adapter at scale 1 in `output_dir` (`export_folders`). `base_model` is
     wrapped by PEFT while writing and unwrapped afterwards. Returns the report (with `folders`, the folders written).
     Nothing is written when a check fails."""
+    if write_card is None:  # the usual card; a caller may pass its own writer
+        from .hub import write_export_card as write_card
+
     from peft import get_peft_model, set_peft_model_state_dict
 
     scales = check_export_options(format, rank, scales)
@@ -109,8 +112,7 @@ def export_adapter(trained, base_model, mask: WeightMask, output_dir, format: st
                 peft_model.save_pretrained(str(folder))
                 built.mask.save(folder)
                 (folder / EXPORT_REPORT).write_text(json.dumps(scaled, indent=2))
-                if write_card is not None:
-                    write_card(folder, scaled, base_name, mask.metadata.get("method"))
+                write_card(folder, scaled, base_name, mask.metadata.get("method"))
     finally:
         peft_model.unload()
     report["folders"] = [str(f) for f in export_folders(output_dir, scales)]

@@ -252,7 +252,7 @@ class WagleTrainer(Trainer):
         arguments say (`normalization`, NPO's and IDK-DPO's `npo_normalization`)."""
         index = batch["index"]
         logp = -self._reference[f"{part}.nll_sum"][index]
-        if getattr(self.objective.args, "normalization", "sum") == "mean":
+        if getattr(self.objective.args, "normalization", self.args.npo_normalization) == "mean":
             logp = logp / self._reference[f"{part}.n_tokens"][index].clamp(min=1)
         return logp
 

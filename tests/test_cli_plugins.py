@@ -228,3 +228,10 @@ def test_entry_points_of_installed_packages_load_first(tmp_path, monkeypatch, ca
     assert main(["verify", "x"]) == 2
     err = capsys.readouterr().err
     assert "plugin 'broken'" in err and "hf_wagle.plugins" in err and len(err.strip().splitlines()) == 1
+
+
+def test_yaml_values_are_checked_against_the_flag_choices(tmp_path, capsys):
+    (tmp_path / "a.yaml").write_text("model: m\nout: o\ndtype: bogus\n")
+    assert main(["attribute", "--config", str(tmp_path / "a.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "dtype must be one of float32, bfloat16, float16, got 'bogus'" in err and len(err.strip().splitlines()) == 1

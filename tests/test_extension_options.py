@@ -157,3 +157,31 @@ def test_grin_eps_from_the_command_line_and_from_yaml(trained, world, tmp_path, 
     assert WeightMask.load(tmp_path / "out").metadata["options"] == {"eps": 1e-10}
     assert "eps=1e-10" in (tmp_path / "out" / "README.md").read_text()
     assert json.loads((tmp_path / "out" / "unlearn_results.json").read_text())["confined"]
+
+
+def test_config_keeps_training_arguments_first_and_checks_rmu_only_when_it_runs():
+    assert WagleConfig("positional_out").output_dir == "positional_out"  # TrainingArguments' first field
+    assert WagleConfig("o", objective="npo", rmu_layer=3).rmu_layer == 3  # RMU's relation is RMU's business
+    merged = WagleConfig("o", objective="rmu", rmu_layer=3, objective_args={"train_layers": [2, 3]})
+    assert merged.objective_arguments.train_layers == [2, 3]
+    with pytest.raises(ValueError, match="rmu_train_layers entry must be <= rmu_layer=3"):
+        WagleConfig("o", objective="rmu", rmu_layer=3)
+
+
+def test_a_user_objective_that_needs_refusals_gets_the_config_s(model, tokenizer, world, tmp_path):
+    @register_objective("refusal_nll")
+    class RefusalNLL(Objective):
+        needs_refusal = True
+
+        def forget_loss(self, trainer, model, inputs):
+            out = sequence_nll(model, inputs["refusal"])
+            return out.token_mean, {}
+
+    try:
+        args = small_args(tmp_path, objective="refusal_nll", refusals=["No idea ."], mask_method=None, max_steps=1)
+        trainer = WagleTrainer(model=model, args=args, forget_dataset=world["forget"],
+                               retain_dataset=world["retain"], processing_class=tokenizer)
+        assert trainer.objective.refusals == ["No idea ."]
+        trainer.train()
+    finally:
+        OBJECTIVES.pop("refusal_nll")

@@ -58,6 +58,24 @@ def test_verify_full_model_against_its_base(trained, tokenizer, world, tmp_path)
     assert not report["confined"] and any(name in p for p in report["problems"])
 
 
+def test_an_adapter_no_format_reads_is_refused_beside_a_full_model(trained, tokenizer, world, tmp_path):
+    """A folder whose adapter file no registered format reads is not audited as the full model beside it."""
+    import json
+
+    import pytest
+
+    base_dir = tmp_path / "base"
+    trained[0].save_pretrained(base_dir)
+    out = train_and_save(copy.deepcopy(trained[0]), tokenizer, world, tmp_path)
+    save_file({"base_model.model.lm_head.lora_A.weight": torch.ones(2, 64),
+               "base_model.model.lm_head.lora_B.weight": torch.ones(314, 2)}, str(out / "adapter_model.safetensors"))
+    with pytest.raises(ValueError, match="adapter_config.json"):
+        verify(out, base=str(base_dir))
+    (out / "adapter_config.json").write_text(json.dumps({"peft_type": "VERA"}))
+    with pytest.raises(ValueError, match="no registered format reads"):
+        verify(out, base=str(base_dir))
+
+
 def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
     assert main(["verify", str(tmp_path)]) == 2
     err = capsys.readouterr().err

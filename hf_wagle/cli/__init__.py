@@ -4,8 +4,8 @@ Each command is a small class in its own file (`demo`, `unlearn`, `attribute`, `
 `export`, `verify`, `push`), registered with `register_command(name)`; a plugin adds one the same way
 (`hf_wagle.cli.plugins`). Commands whose options are dataclasses (`unlearn`, `attribute`, `compare-masks`) parse
 them with `WagleParser` (`hf_wagle.cli.parser`): flags generated from the fields, a YAML file under them. The
-others add plain argparse options. `hf-wagle --help` and every `hf-wagle <command> --help` import no torch; the
-work, and torch with it, happens in each command's `run`.
+others add plain argparse options. `hf-wagle --help` and `hf-wagle <command> --help` import no torch (but
+`unlearn --help`, whose keys are `TrainingArguments`'); the work, and torch with it, happens in each command's `run`.
 """
 
 from __future__ import annotations

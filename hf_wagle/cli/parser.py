@@ -92,6 +92,11 @@ class WagleParser(HfArgumentParser):
                 continue
             saved.append((action, action.default, action.required))
             action.required = False  # the file gives it
+            given = values[action.dest]
+            if action.choices is not None and given is not None and not isinstance(given, list) \
+                    and str(given) not in map(str, action.choices):
+                raise ValueError(f"{source}: {action.dest} must be one of {', '.join(map(str, action.choices))}, "
+                                 f"got {given!r}")
             if isinstance(action, (argparse._AppendAction, argparse._ExtendAction)):
                 later[action.dest] = values[action.dest]  # a flag replaces the file's list instead of extending it
             else:

@@ -132,10 +132,12 @@ def format_of(directory: Path) -> AdapterFormat:
     adapter config names before the others (a folder may hold an adapter beside a full model)."""
     directory = Path(directory)
     ordered = sorted(FORMATS.values(), key=lambda f: f.peft_type is None)
-    fmt = next((f for f in ordered if f.holds(directory)), None)
+    adapter = has_weights(directory, ADAPTER_STEM)
+    # an adapter beside a full model is audited as that adapter, or refused: never passed as the full model alone
+    fmt = next((f for f in ordered if f.holds(directory) and (f.peft_type is not None or not adapter)), None)
     if fmt is not None:
         return fmt
-    if has_weights(directory, ADAPTER_STEM):
+    if adapter:
         kind = read_adapter_config(directory).get("peft_type")  # a missing or unreadable config says so
         known = ", ".join(f.peft_type for f in FORMATS.values() if f.peft_type)
         raise ValueError(f"cannot verify {directory}: adapter_config.json names peft_type {kind!r}, which no "

@@ -15,6 +15,18 @@ import torch
 from ..losses import retain_kl, sequence_nll
 from ..options import build_options, parse_options
 
+DEFAULT_REFUSALS = (
+    "I don't know .",
+    "I'm not able to answer that .",
+    "I have no information about that .",
+    "I can't help with that question .",
+    "That is not something I can answer .",
+    "I'm afraid I don't know the answer .",
+    "Sorry , I can't answer that .",
+    "I have no knowledge of that .",
+)
+
+
 OBJECTIVES: dict[str, type["Objective"]] = {}
 
 
@@ -24,7 +36,7 @@ def register_objective(name: str, args: type | None = None, override: bool = Fal
     `args` is a dataclass of the objective's own hyperparameters (its fields, defaults and `__post_init__` checks);
     they are set with `WagleConfig(objective_args={...})` or an `objective_args:` mapping in YAML, and the objective
     reads them as `self.args`. A field whose metadata has `config_name` is also a flat `WagleConfig` field of that
-    name (how the built-ins keep `npo_beta`, `rmu_layer`, ...)."""
+    name when the dataclass is one of the built-ins' (`BUILTIN_ARGS`: how they keep `npo_beta`, `rmu_layer`, ...)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"an objective needs a non-empty name, got {name!r}")
     if args is not None and not dataclasses.is_dataclass(args):
@@ -94,9 +106,15 @@ class Objective:
         return self.uses_retain and self.config.retain_loss == "kl"
 
     @property
-    def refusals(self):
-        """The refusal answers of an objective with `needs_refusal` (its `refusals` argument)."""
-        return getattr(self.args, "refusals", None)
+    def refusals(self) -> list[str]:
+        """The refusal answers of an objective with `needs_refusal`: its `refusals` argument, else the config's
+        `refusals`, else `DEFAULT_REFUSALS`."""
+        return list(getattr(self.args, "refusals", None) or getattr(self.config, "refusals", None) or DEFAULT_REFUSALS)
+
+    @classmethod
+    def check_args(cls, args) -> None:
+        """Checks of the arguments that hold only when this objective runs (raise ValueError); called by
+        `WagleConfig` before any work."""
 
     def setup(self, trainer) -> None:
         """Called once when training starts, before the mask is installed."""

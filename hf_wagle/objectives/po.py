@@ -5,18 +5,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..losses import sequence_nll
-from .base import Objective, register_objective
-
-DEFAULT_REFUSALS = (
-    "I don't know .",
-    "I'm not able to answer that .",
-    "I have no information about that .",
-    "I can't help with that question .",
-    "That is not something I can answer .",
-    "I'm afraid I don't know the answer .",
-    "Sorry , I can't answer that .",
-    "I have no knowledge of that .",
-)
+from .base import DEFAULT_REFUSALS, Objective, register_objective
 
 
 @dataclass

@@ -34,9 +34,6 @@ class RMUArgs:
             re.compile(self.param_pattern)
         except re.error as e:
             raise ValueError(f"rmu_param_pattern {self.param_pattern!r} is not a regular expression ({e})") from None
-        if not self.train_layers or max(self.train_layers) > self.layer:
-            raise ValueError("RMU trains layers at or before the steered layer: every rmu_train_layers entry must be "
-                             f"<= rmu_layer={self.layer}")
 
 
 @register_objective("rmu", args=RMUArgs)
@@ -53,6 +50,12 @@ class RMU(Objective):
     """
 
     needs_reference_model = True
+
+    @classmethod
+    def check_args(cls, args) -> None:
+        if not args.train_layers or max(args.train_layers) > args.layer:
+            raise ValueError("RMU trains layers at or before the steered layer: every rmu_train_layers entry must be "
+                             f"<= rmu_layer={args.layer}")
 
     def setup(self, trainer) -> None:
         args = self.args
