@@ -18,6 +18,7 @@ from .objectives import BUILTIN_ARGS, get_objective, objective_arguments
 from .options import (
     DEFAULT_MAX_LENGTH,
     DEFAULT_PROMPT_TEMPLATE,
+    finite,
     one_of,
     parse_options,
     prefixed_fields,
@@ -100,9 +101,7 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
                                  "register one with hf_wagle.register_mask_method), or None (dense)")
             self.mask_options = methods[mask.method].resolve_options(mask.options)  # checked, numbers read, defaults
         for name in ("forget_weight", "retain_weight"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value == value and abs(value) != float("inf") and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+            finite(name, getattr(self, name), 0)
         check_prompt_template(self.prompt_template)
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must be >= 2 or None, got {self.max_length}")

@@ -71,6 +71,15 @@ def add_plugins_argument(parser: argparse.ArgumentParser) -> None:
                         help=PLUGINS_HELP)
 
 
+def scan_config_and_plugins(argv: list[str]) -> argparse.Namespace:
+    """`--config` and `--plugins` (also `--config=file`) read ahead of the full parse; an `argparse.ArgumentError`
+    (e.g. `--config` without a file) is left to the caller."""
+    scan = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    scan.add_argument("--config")
+    scan.add_argument("--plugins", "--plugin", action="append", type=split_plugins, default=[])
+    return scan.parse_known_args(argv)[0]
+
+
 def split_plugins(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 

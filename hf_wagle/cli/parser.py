@@ -23,7 +23,7 @@ import sys
 
 from transformers import HfArgumentParser
 
-from .common import DefaultsShown, add_plugins_argument, read_yaml, split_plugins
+from .common import DefaultsShown, add_plugins_argument, read_yaml, scan_config_and_plugins
 from .plugins import load_plugins
 
 _OWN = ("config", "plugins")  # the parser's options, not the dataclasses'
@@ -47,14 +47,10 @@ class WagleParser(HfArgumentParser):
 
     def _scan(self, args: list[str]) -> argparse.Namespace:
         """`--config` and `--plugins` ahead of the full parse (also `--config=file`)."""
-        scan = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
-        scan.add_argument("--config")
-        scan.add_argument("--plugins", "--plugin", action="append", type=split_plugins, default=[])
         try:
-            given, _ = scan.parse_known_args(args)
+            return scan_config_and_plugins(args)
         except argparse.ArgumentError as e:
             raise ValueError(f"bad arguments: {e}") from None
-        return given
 
     def parse_args_and_config(self, args=None, config: dict | None = None, source: str | None = None) -> tuple:
         """The dataclass instances, in the order given, then (when the parser has options of its own beyond

@@ -47,7 +47,7 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from .common import Command, flat_plugins, read_yaml, split_plugins
+from .common import Command, flat_plugins, read_yaml, scan_config_and_plugins
 
 ENTRY_POINT_GROUP = "hf_wagle.plugins"
 COMMANDS: dict[str, type] = {}
@@ -153,11 +153,8 @@ def load_command_line_plugins(argv: list[str]) -> None:
     """What `hf-wagle` loads before it looks up the command: the installed packages' entry points, then the
     `plugins:` key of the `--config` YAML file, then `--plugins`/`--plugin`. A file that cannot be read is left to
     the command's own parser to report."""
-    scan = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
-    scan.add_argument("--plugins", "--plugin", action="append", type=split_plugins, default=[])
-    scan.add_argument("--config")
     try:
-        known, _ = scan.parse_known_args(argv)
+        known = scan_config_and_plugins(argv)
     except argparse.ArgumentError:  # e.g. --config without a file: the command's parser says so
         known = argparse.Namespace(plugins=[], config=None)
     load_entry_points()
