@@ -55,7 +55,6 @@ def data_fingerprint(dataset) -> str:
     return h.hexdigest()
 
 
-
 def mask_config(config: MaskConfig | None = None, **overrides) -> tuple[MaskConfig, MaskMethod, dict]:
     """`(config, method, method options)`: `config` (default `MaskConfig()`) with `overrides` applied, where a
     keyword that is not a `MaskConfig` field is one of the method's own options (`eps=` for grin), all checked."""
@@ -252,7 +251,6 @@ def _broadcast_packed(packed: list[np.ndarray]) -> list[np.ndarray]:
         out.append(flat[offset:offset + p.size].copy())
         offset += p.size
     return out
-
 
 
 def _progress_bar(total: int, desc: str):
