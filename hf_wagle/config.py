@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .data import check_prompt_template
+from .evaluation.targets import parse_targets
 from .masking.config import PREFIX, UNPREFIXED, MaskArguments, MaskConfig
 from .objectives import BUILTIN_ARGS, get_objective, objective_arguments
 from .options import (
@@ -72,6 +73,18 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
     )
     max_length: int | None = field(default=DEFAULT_MAX_LENGTH,
                                    metadata={"help": "Truncate tokenised QA/text examples."})
+    targets: list[str] | None = field(default=None, metadata={
+        "help": "What the run must reach, e.g. 'forget_probability <= 0.2x' 'heldout_probability >= 0.9x' (an x: a "
+                "multiple of the start; sets forget, retain, heldout, neighbour; measures probability, answered, "
+                "rouge). Scored every target_eval_steps steps; training stops once all hold and the best evaluation "
+                "meeting them is kept, else the closest, and the run says which target it missed and by how much."})
+    target_eval_steps: int = field(default=2, metadata={"help": "Optimizer steps between evaluations of the targets."})
+    stop_at_targets: bool = field(default=True, metadata={
+        "help": "Stop training at the first evaluation where every target holds (else run to max_steps and keep the "
+                "best evaluation that meets them)."})
+    retain_holdout: float = field(default=0.2, metadata={
+        "help": "Fraction of the retain rows kept out of training (seeded by `seed`) as the `heldout` set, when the "
+                "run evaluates (targets or do_eval) and no heldout set is given; 0: none."})
 
     def __post_init__(self):
         if self.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true", "yes"):
@@ -103,6 +116,11 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
         for name in ("forget_weight", "retain_weight"):
             finite(name, getattr(self, name), 0)
         check_prompt_template(self.prompt_template)
+        self.targets = [str(t) for t in parse_targets(self.targets)] or None
+        if self.target_eval_steps < 1:
+            raise ValueError(f"target_eval_steps must be >= 1, got {self.target_eval_steps}")
+        if not 0 <= self.retain_holdout < 1:
+            raise ValueError(f"retain_holdout is a fraction of the retain rows in [0, 1), got {self.retain_holdout}")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must be >= 2 or None, got {self.max_length}")
 

@@ -25,12 +25,14 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
+from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, set_seed
+from transformers.trainer_utils import enable_full_determinism
 from transformers.utils import logging
 
 from .config import WagleConfig
 from .confinement import check_lora_config, confinement_for
 from .data import ForgetRetainPairs, PairCollator, check_fits_model, collate, pad_id, refusal_examples, tokenize_dataset
+from .evaluation.measure import split_holdout
 from .export import check_export_options, export_adapter
 from .hub import write_export_card, write_model_card
 from .io import staged_directory
@@ -42,6 +44,7 @@ from .masking.selection import check_selects_something
 from .modeling import adapter_disabled, local_tensor
 from .objectives import get_objective
 from .options import MASK_SAFE_OPTIMIZERS
+from .record import write_record
 
 logger = logging.get_logger(__name__)
 REFERENCE_FILE = "wagle_reference.safetensors"
@@ -59,13 +62,17 @@ class WagleTrainer(Trainer):
         processing_class: the tokenizer (needed unless both datasets are pre-tokenised).
         mask: a precomputed `WeightMask`; if None and `args.mask_method` is set, it is computed when `train()` starts.
         peft_config: a `peft.LoraConfig`; the model is wrapped and the adapter confined to the mask.
+        eval_datasets: named QA sets never trained on (`{"heldout": ..., "neighbour": ...}`), scored with the forget
+            and retain data when the run evaluates (`args.targets` or `args.do_eval`). Without a `heldout` set,
+            `args.retain_holdout` of the retain rows are held out of training (attribution included) as one.
     """
 
     _tag_names = ["unlearning", "wagle"]
     loss_is_scaled_for_ga = False  # compute_loss returns a per-micro-batch mean
 
     def __init__(self, model=None, args: WagleConfig | None = None, forget_dataset=None, retain_dataset=None,
-                 processing_class=None, mask: WeightMask | None = None, peft_config=None, **kwargs):
+                 processing_class=None, mask: WeightMask | None = None, peft_config=None,
+                 eval_datasets: dict | None = None, **kwargs):
         if args is None:
             args = WagleConfig(output_dir="wagle_output")
         if not isinstance(args, WagleConfig):
@@ -89,6 +96,15 @@ class WagleTrainer(Trainer):
             )
         if isinstance(model, str):
             model = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=False)
+        eval_sets, heldout_source = dict(eval_datasets or {}), None
+        evaluating = bool(args.targets) or args.do_eval
+        if evaluating and "heldout" not in eval_sets and args.retain_holdout > 0:
+            n = len(retain_dataset)
+            retain_dataset, eval_sets["heldout"] = split_holdout(retain_dataset, args.retain_holdout, args.seed)
+            heldout_source = (f"{len(eval_sets['heldout'])} of the {n} retain rows, held out of training "
+                              f"(retain_holdout={args.retain_holdout:g}, seed {args.seed})")
+        # seeded as the Trainer seeds before it creates a model, so the LoRA initialisation is reproducible
+        (enable_full_determinism if args.full_determinism else set_seed)(args.seed)
         if peft_config is not None:
             from peft import get_peft_model
 
@@ -135,6 +151,16 @@ class WagleTrainer(Trainer):
             self.add_callback(self.collapse_monitor)
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
+        self.evaluation = None  # the WagleEvalCallback of a run that evaluates
+        if evaluating:
+            from .evaluation.callback import WagleEvalCallback
+
+            self.evaluation = WagleEvalCallback(
+                forget_dataset, retain_dataset, eval_steps=args.target_eval_steps if args.targets else 10 ** 9,
+                eval_datasets=eval_sets, targets=args.targets, stop_at_targets=args.stop_at_targets,
+                answers=True if args.do_eval else None, truth_ratio=False, restore_best=bool(args.targets),
+                batch_size=args.per_device_eval_batch_size, at_start=True,
+                heldout_source=heldout_source).attach(self)
 
     # -- set-up when training starts ------------------------------------------------------------------------
 
@@ -176,7 +202,10 @@ class WagleTrainer(Trainer):
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
         self.prepare_unlearning(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        output = super().train(resume_from_checkpoint, *args, **kwargs)
+        if self.evaluation is not None and self.evaluation.history:
+            self.results = self.evaluation.results()
+        return output
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -381,7 +410,9 @@ class WagleTrainer(Trainer):
             )
         super()._save(output_dir, state_dict)
         if self.args.should_save and self.enforced_mask is not None:
-            self.enforced_mask.save(output_dir)
+            if self._masked:  # a dense run has no mask: nothing to confine to
+                self.enforced_mask.save(output_dir)
+            write_record(output_dir, self)
             write_model_card(output_dir, self)
 
 

@@ -79,14 +79,17 @@ def test_unlearn_command_from_yaml_with_flags_winning(trained, world, tmp_path, 
     capsys.readouterr()
     assert main(["unlearn", "--config", str(tmp_path / "cfg.yaml"), "--max_steps", "4", "--mask_ratio", "0.3"]) == 0
     out = capsys.readouterr().out
-    assert "confined to its mask: yes" in out and "forget answer probability" in out
+    assert "confined to its mask: yes" in out and "forget_probability" in out and "heldout: 36 of the 180" in out
     results = json.loads((tmp_path / "out" / "unlearn_results.json").read_text())
     assert results["steps"] == 4 and results["confined"]  # the flag won over the file's 50 steps
-    assert results["evaluation"]["after"]["forget"] < results["evaluation"]["before"]["forget"]
+    evaluation = results["evaluation"]
+    assert evaluation["after"]["forget_probability"] < evaluation["before"]["forget_probability"]
+    assert {"forget_answered", "heldout_probability", "heldout_rouge", "retain_probability"} <= set(evaluation["after"])
+    assert "TRAINS ON" in evaluation["sets"]["retain"]
     assert WeightMask.load(tmp_path / "out").metadata["ratio"] == 0.3
     assert verify(tmp_path / "out")["confined"]
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "## Results" in card and "| forget |" in card and "LoRA r=4" in card and "hf-wagle verify" in card
+    assert "## Results" in card and "| `forget_probability` |" in card and "LoRA r=4" in card and "hf-wagle verify" in card
 
     # a mask made beforehand by `hf-wagle attribute` is used as it is
     assert main(["attribute", "--model", str(tmp_path / "model"), "--forget", str(tmp_path / "forget.jsonl"),

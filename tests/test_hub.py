@@ -48,7 +48,8 @@ def test_push_uploads_the_audited_folder_with_its_card(saved_adapter):
     assert (create, repo, kw["exist_ok"], kw["private"]) == ("create_repo", "org/unlearned", True, True)
     assert upload == "upload_folder" and repo2 == "org/unlearned"
     assert set(api.uploaded) == {"README.md", "adapter_config.json", "adapter_model.safetensors",
-                                 "wagle_mask.safetensors", "tokenizer.json", "tokenizer_config.json"}
+                                 "wagle_mask.safetensors", "tokenizer.json", "tokenizer_config.json",
+                                 "unlearning_record.json"}
     assert api.uploaded["adapter_model.safetensors"] == (out / "adapter_model.safetensors").read_bytes()
 
     # Trainer.push_to_hub writes its card through create_model_card: ours must survive

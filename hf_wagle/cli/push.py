@@ -20,14 +20,16 @@ class Push(Command):
         parser.add_argument("--dry-run", action="store_true",
                             help="verify and list what would be uploaded (local paths removed), without contacting "
                                  "the Hub")
+        parser.add_argument("--allow-unmet-targets", action="store_true",
+                            help="publish a run whose record says it did not meet its targets")
 
     def run(self, args) -> int:
         from ..hub import push_to_hub
 
         info = push_to_hub(args.directory, args.repo_id, private=args.private or None, base=args.base,
-                           dry_run=args.dry_run)
+                           dry_run=args.dry_run, allow_unmet_targets=args.allow_unmet_targets)
         if args.dry_run:
-            print(f"{args.directory} is confined to its mask; would upload to {args.repo_id}: "
+            print(f"{args.directory} passed its checks; would upload to {args.repo_id}: "
                   f"{', '.join(info['files'])}")
             for item in info["left_out"]:
                 print(f"  not uploaded: {item}")

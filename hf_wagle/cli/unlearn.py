@@ -33,8 +33,15 @@ class UnlearnArguments:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
     lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"],
                                            metadata={"help": "LoRA target modules"})
-    evaluate: bool = field(default=False, metadata={"help": "score answer probabilities on the forget and retain "
-                                                            "data before and after, into the card and results"})
+    evaluate: bool = field(default=False, metadata={
+        "help": "score the forget, retain (trained on), held-out and neighbour sets before and after (answer "
+                "probability, answered, ROUGE-L), into the card, the record and unlearn_results.json (sets "
+                "do_eval; targets always evaluate)"})
+    heldout_file: str | None = field(default=None, metadata={
+        "help": "held-out utility data, never trained on (same forms as forget_file); default: retain_holdout of the "
+                "retain rows"})
+    neighbour_file: str | None = field(default=None, metadata={
+        "help": "neighbour facts near the forget topic that should be kept, never trained on (same forms)"})
     mask_dir: str | None = field(default=None, metadata={
         "help": "a mask saved by `hf-wagle attribute` (its folder or wagle_mask.safetensors), used instead of "
                 "computing one (mask_method and the other mask_* keys are then not used)"})
@@ -42,9 +49,10 @@ class UnlearnArguments:
 
 @register_command("unlearn")
 class Unlearn(Command):
-    """Attribution -> unlearning -> save -> verify (-> evaluation), configured by one YAML file (`--config`) whose
-    keys are those below: `UnlearnArguments`' and `WagleConfig`'s (mask_options and objective_args as mappings,
-    plugins as a list). Flags win over the file."""
+    """Attribution -> unlearning (-> evaluation, targets) -> save -> verify, configured by one YAML file
+    (`--config`) whose keys are those below: `UnlearnArguments`' and `WagleConfig`'s (mask_options and
+    objective_args as mappings, targets and plugins as lists). Flags win over the file. Exit status: 0 done, 1 a
+    change outside the mask, 2 bad input, 3 the run's targets were not met (the folder is written and says so)."""
 
     help = ("unlearn from a YAML config (model, data, every WagleConfig key), save and verify the adapter; "
             "`hf-wagle unlearn --help` lists the keys")
@@ -61,7 +69,7 @@ class Unlearn(Command):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 
-        from ..evaluation import answer_metrics, summarise
+        from ..evaluation.targets import explain
         from ..hub import public_name, write_model_card
         from ..mask import WeightMask
         from ..trainer import WagleTrainer
@@ -75,6 +83,10 @@ class Unlearn(Command):
             raise ValueError(f"base_model {script.base_model!r}: expected a Hub id such as org/name, not a local path")
         forget = load_data(script.forget_file, "forget_file", script.forget_config, script.forget_split)
         retain = load_data(script.retain_file, "retain_file", script.retain_config, script.retain_split)
+        eval_sets = {name: load_data(path, f"{name}_file") for name, path in
+                     (("heldout", script.heldout_file), ("neighbour", script.neighbour_file)) if path}
+        if script.evaluate:
+            training.do_eval = True
         tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path)
         model = AutoModelForCausalLM.from_pretrained(script.model_name_or_path, dtype=getattr(torch, script.dtype))
         if script.base_model:  # what PEFT writes as base_model_name_or_path and the card names as base_model
@@ -88,38 +100,39 @@ class Unlearn(Command):
                                      target_modules=targets[0] if targets == ["all-linear"] else targets)
         mask = WeightMask.load(script.mask_dir, model=model) if script.mask_dir else None
         trainer = WagleTrainer(model=model, args=training, forget_dataset=forget, retain_dataset=retain,
-                               processing_class=tokenizer, peft_config=peft_config, mask=mask)
+                               processing_class=tokenizer, peft_config=peft_config, mask=mask, eval_datasets=eval_sets)
         trainer.remove_callback(PrinterCallback)
-
-        def scores():
-            return {split: summarise(answer_metrics(trainer.model, tokenizer, data, training.prompt_template,
-                                                    max_length=training.max_length))["probability"]
-                    for split, data in (("forget", forget), ("retain", retain))}
-
-        before = scores() if script.evaluate else None
         trainer.train()
-        after = scores() if script.evaluate else None
-        if after is not None:
-            trainer.results = {"before": before, "after": after}
         trainer.save_model(training.output_dir)
         trainer.accelerator.wait_for_everyone()  # under accelerate launch: the main process has written the folder
         if not trainer.is_world_process_zero():
             return 0
-        report = verify(training.output_dir, base=None if script.use_peft else script.model_name_or_path)
         out = Path(training.output_dir)
-        trainer.verification = report
-        write_model_card(out, trainer)  # now with the verdict
+        masked = trainer._masked
+        report = verify(out, base=None if script.use_peft else script.model_name_or_path) if masked else None
+        if masked:
+            trainer.verification = report
+            write_model_card(out, trainer)  # now with the verdict
         engine = "fsdp2" if trainer.is_fsdp_enabled else ("ddp" if trainer.args.world_size > 1 else "single process")
-        summary = {"output_dir": str(out), "confined": report["confined"], "steps": trainer.state.global_step,
-                   "processes": trainer.args.world_size, "engine": engine,
+        results = trainer.results
+        summary = {"output_dir": str(out), "confined": report["confined"] if masked else None,
+                   "steps": trainer.state.global_step, "processes": trainer.args.world_size, "engine": engine,
                    "changeable": trainer.enforced_mask.num_selected, "total": trainer.enforced_mask.num_total,
-                   "evaluation": trainer.results if script.evaluate else None}
+                   "evaluation": results}
         (out / "unlearn_results.json").write_text(json.dumps(summary, indent=2))
+        confinement = (f"confined to its mask: {'yes' if report['confined'] else 'NO'}" if masked else
+                       "dense run: no mask, nothing confines the change")
         print(f"unlearned {script.model_name_or_path} in {summary['steps']} steps; {summary['changeable']} of "
-              f"{summary['total']} weights could change; confined to its mask: "
-              f"{'yes' if report['confined'] else 'NO'}")
-        if script.evaluate:
-            for split in ("forget", "retain"):
-                print(f"  {split} answer probability {before[split]:.4g} -> {after[split]:.4g}")
+              f"{summary['total']} weights could change; {confinement}")
+        if results:
+            for name, value in results["after"].items():
+                if name in results["before"] and name != "gap":
+                    print(f"  {name:<24} {results['before'][name]:.4g} -> {value:.4g}")
+            for name, what in results["sets"].items():
+                print(f"  {name}: {what}")
+            if results.get("targets"):
+                print(explain(results["targets"]))
         print(f"wrote {out}")
-        return 0 if report["confined"] else 1
+        if masked and not report["confined"]:
+            return 1
+        return 3 if results and results.get("targets") and not results["targets"]["met"] else 0

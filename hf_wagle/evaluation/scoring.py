@@ -92,11 +92,12 @@ def token_logprobs(model, tokenizer, texts: list[str], batch_size: int = 8,
 
 
 def greedy_generate(model, tokenizer, prompts: list, max_new_tokens: int = 200, batch_size: int = 16,
-                    max_prompt_tokens: int | None = None) -> list[str]:
+                    max_prompt_tokens: int | None = None, synced: bool = False) -> list[str]:
     """Greedy continuations of `prompts` (left-padded batches), decoded without special tokens, stripped.
 
     A prompt is a string (tokenised with the tokenizer's special tokens) or a list of token ids (used as given, e.g.
-    `hf_wagle.data.prompt_ids`). Generation stops at EOS; the text is the decoded tokens before it."""
+    `hf_wagle.data.prompt_ids`). Generation stops at EOS; the text is the decoded tokens before it. `synced` keeps
+    every rank generating until all are done (a sharded model: every forward is collective)."""
     encoded = [list(p) if not isinstance(p, str) else tokenizer(p, add_special_tokens=True)["input_ids"]
                for p in prompts]
     if max_prompt_tokens is not None:
@@ -112,7 +113,7 @@ def greedy_generate(model, tokenizer, prompts: list, max_new_tokens: int = 200, 
             attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk], device=device)
             generated = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
                                        do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=eos,
-                                       temperature=None, top_p=None, top_k=None)
+                                       temperature=None, top_p=None, top_k=None, synced_gpus=synced)
             for row in generated[:, width:].tolist():
                 if eos in row:
                     row = row[:row.index(eos)]

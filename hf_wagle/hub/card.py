@@ -20,7 +20,8 @@ class RunCard:
     `mask_method` is the method of the mask the run used (`"given"` when unknown), None for a dense run;
     `mask_ratio` the fraction of weights the mask was asked to let change. `base_model` and `model_name` are
     published only when they are Hub ids (`public_name`). `adapter` says what adapter was trained (None: full
-    parameters). `results` is `{"before": {split: p}, "after": {split: p}}` (mean answer probabilities);
+    parameters). `results` is `{"before": {metric: v}, "after": {metric: v}, "sets", "targets"}` (see
+    `WagleEvalCallback.results`);
     `verification` a `hf_wagle.verify` report of the saved folder. `objective_args` and `mask_options` are the
     objective's own arguments and the mask method's own options (numbers and names; refusal texts are not shown).
     """
@@ -73,15 +74,12 @@ def model_card(card: RunCard) -> ModelCard:
         "```python\nfrom transformers import AutoModelForCausalLM\n\n"
         "model = AutoModelForCausalLM.from_pretrained('<this folder or repo>')\n```\n"
     )
-    results = card.results
-    if results:
-        rows = "\n".join(f"| {split} | {results['before'][split]:.4g} | {results['after'][split]:.4g} |"
-                         for split in results["after"])
-        results = ("\n## Results\n\nMean answer probability, `exp(-mean token NLL)` of each answer and EOS, teacher "
-                   f"forced, on the data of this run:\n\n| data | before | after |\n|---|---|---|\n{rows}\n")
-    else:
-        results = ""
+    results = results_section(card.results)
     verify_base = "" if adapter else " --base <base model>"
+    confinement = ("`wagle_mask.safetensors` holds the mask actually enforced (bit-packed, base-model parameter names): "
+                   "every weight\noutside it is bit-identical to the base model. Check it with `hf-wagle verify <this "
+                   f"folder>`{verify_base}.\n" if masked else
+                   "A dense run ships no mask: nothing confines its change, which may reach every trained weight.\n")
     how = ("[WAGLE](https://arxiv.org/abs/2410.17509)-style weight attribution: an unlearning objective was run only "
            "through a\nmask of the weights allowed to change." if masked else
            "an unlearning objective run over every weight\n(dense: no mask was enforced).")
@@ -108,14 +106,13 @@ This {'adapter' if adapter else 'model'} was produced by machine unlearning with
 | mask method | `{method}` |
 | mask method options | {_settings(card.mask_options) if masked else 'none'} |
 | mask ratio requested (fraction of weights that may change) | {requested} |
-| weights the run could change (`wagle_mask.safetensors`) | {could_change} |
+| weights the run could change{' (`wagle_mask.safetensors`)' if masked else ''} | {could_change} |
 | enforcement | {card.enforced_by} |
 | learning rate / steps | {card.learning_rate:g} / {card.steps} |
 | adapter | {card.adapter or 'none (full parameters)'} |
 | hf_wagle | {__version__} |
 
-`wagle_mask.safetensors` holds the mask actually enforced (bit-packed, base-model parameter names): every weight
-outside it is bit-identical to the base model. Check it with `hf-wagle verify <this folder>`{verify_base}.
+{confinement}
 {verdict}
 {module_table(enforced)}
 {results}
@@ -169,15 +166,40 @@ def module_table(stats) -> str:
     return f"| module | may change | weights | share |\n|---|---|---|---|\n{rows}\n"
 
 
+_MEASURE_NAMES = {"probability": "mean answer probability, exp(-mean token NLL), teacher forced",
+                  "answered": "share of questions whose greedy answer contains the answer",
+                  "rouge": "ROUGE-L recall of the greedy answer", "truth_ratio": "TOFU truth ratio"}
+
+
+def results_section(results: dict | None) -> str:
+    """The card's Results: each metric before and after, what each data set is, and the targets' verdict."""
+    if not results:
+        return ""
+    rows = "\n".join(f"| `{name}` | {results['before'][name]:.4g} | {results['after'][name]:.4g} |"
+                     for name in results["after"] if name in results["before"] and name != "gap")
+    sets = "\n".join(f"- `{name}`: {what}" for name, what in (results.get("sets") or {}).items())
+    measures = "\n".join(f"- `*_{m}`: {what}" for m, what in _MEASURE_NAMES.items()
+                         if any(k.endswith("_" + m) for k in results["after"]))
+    targets = results.get("targets")
+    verdict = ""
+    if targets:
+        from ..evaluation.targets import explain
+
+        verdict = f"\nTargets: {', '.join(f'`{t}`' for t in targets['targets'])}.\n\n```\n{explain(targets)}\n```\n"
+    return (f"\n## Results\n\n| metric | before | after |\n|---|---|---|\n{rows}\n\nData sets (sizes only; their text is "
+            f"not published):\n\n{sets}\n\nMeasures:\n\n{measures}\n{verdict}")
+
+
 def eval_results(results: dict | None) -> list[EvalResult] | None:
-    """`model-index` entries for the card's metadata: the mean answer probability on the forget and retain data,
-    before and after unlearning (`results = {"before": {split: p}, "after": {split: p}}`)."""
+    """`model-index` entries for the card's metadata: each metric of `results` (`{"before": {metric: v}, "after":
+    {metric: v}}`) before and after unlearning."""
     if not results:
         return None
-    return [EvalResult(task_type="text-generation", dataset_type=f"{split}-data", dataset_name=f"{split} data",
-                       metric_type=f"answer_probability_{when}", metric_name=f"answer probability {when}",
-                       metric_value=float(results[when][split]))
-            for split in results["after"] for when in ("before", "after")]
+    return [EvalResult(task_type="text-generation", dataset_type=f"{name.split('_')[0]}-data",
+                       dataset_name=f"{name.split('_')[0]} data", metric_type=f"{name}_{when}",
+                       metric_name=f"{name.replace('_', ' ')} {when}", metric_value=float(results[when][name]))
+            for name in results["after"] if name in results["before"] and name != "gap"
+            for when in ("before", "after")]
 
 
 def peft_load_snippet(base: str | None) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from transformers.utils import logging
 
 from ..mask import MASK_FILE, WeightMask
+from ..record import RECORD_FILE, read_record, unmet_targets
 from ..verify import verify
 from .names import public_name
 
@@ -23,7 +24,7 @@ PUBLISHED = ("README.md", "adapter_config.json", "adapter_model.safetensors", "c
              "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors", MASK_FILE,
              "mask_stats.json", "mask_heatmap.png", "export_report.json", "tokenizer.json", "tokenizer_config.json",
              "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "tokenizer.model", "vocab.json",
-             "merges.txt")
+             "merges.txt", RECORD_FILE)
 
 
 def stage_for_hub(folder, staging) -> list[str]:
@@ -54,20 +55,28 @@ def stage_for_hub(folder, staging) -> list[str]:
 
 def push_to_hub(folder, repo_id: str, *, private: bool | None = None, token: str | None = None,
                 commit_message: str = "Upload unlearned adapter (hf_wagle)", base=None, api=None,
-                dry_run: bool = False):
+                dry_run: bool = False, allow_unmet_targets: bool = False):
     """Upload a folder written by `WagleTrainer.save_model` to the Hub (card included).
 
     The folder is first audited with `hf_wagle.verify` (pass `base` for a full model): a folder that changes weights
     outside its mask is refused. Only the files in `PUBLISHED` are uploaded, never through a link, and local paths
     are removed from the configs and the mask (`stage_for_hub`). `api` is an `HfApi`-like object (default
     `HfApi(token=token)`). Returns the commit info of `upload_folder`; with `dry_run`, nothing is sent and the
-    result is `{"files": [...], "left_out": [...]}`.
+    result is `{"files": [...], "left_out": [...]}`. A run whose record (`unlearning_record.json`) says it did not
+    meet its targets is refused unless `allow_unmet_targets`; a dense run (its record says no mask) is published
+    without a confinement audit, as it claims none.
     """
     from huggingface_hub import HfApi
 
-    report = verify(folder, base=base)
-    if not report["confined"]:
-        raise ValueError(f"refusing to publish {folder}: {'; '.join(report['problems'][:3])}")
+    record = read_record(folder)
+    unmet = unmet_targets(record)
+    if unmet and not allow_unmet_targets:
+        raise ValueError(f"refusing to publish {folder}: {unmet}; publish anyway with --allow-unmet-targets "
+                         "(allow_unmet_targets=True), and the card says so")
+    if not (record and record.get("masked") is False and not os.path.exists(os.path.join(folder, MASK_FILE))):
+        report = verify(folder, base=base)
+        if not report["confined"]:
+            raise ValueError(f"refusing to publish {folder}: {'; '.join(report['problems'][:3])}")
     if not os.path.exists(os.path.join(folder, "README.md")):
         raise FileNotFoundError(f"{folder} has no README.md model card; save it with WagleTrainer.save_model")
     with tempfile.TemporaryDirectory(prefix="hf_wagle_push_") as staging:

@@ -1,0 +1,147 @@
+"""Targets: what "forgotten" and "kept" mean for a run, written down before it starts. Torch-free.
+
+A target is the text `<metric> <= <value>` or `<metric> >= <value>`, where `<metric>` is `<set>_<measure>` of
+`hf_wagle.evaluation.measure` (`forget_probability`, `heldout_answered`, `neighbour_rouge`, ...). A value ending in
+`x` is a multiple of the metric's value before unlearning (step 0); without it, an absolute number:
+
+    forget_probability <= 0.2x     the forget answers' probability at most a fifth of its start
+    forget_answered <= 0.1         at most 10% of forget questions still answered (the key in the greedy answer)
+    heldout_probability >= 0.9x    held-out utility at least 90% of its start
+
+`bound = value * start` for a relative target, `value` otherwise. A target holds when `metric <= bound` (or
+`>= bound`); its shortfall is how far the metric is on the wrong side, `max(0, metric - bound)` (or
+`max(0, bound - metric)`), in the metric's own units.
+
+Of several evaluations, the one kept is, among those where every target holds, the one with the highest mean of
+`metric / start` over the `>=` targets (the most utility kept; the earliest when there are none); when no evaluation
+meets every target, the one closest to doing so: the smallest sum of shortfalls, each divided by its bound.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from .measure import ANSWER_MEASURES, MEASURES
+
+_TARGET = re.compile(r"^\s*([a-z][a-z0-9]*)_([a-z]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*(x?)\s*$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target: `metric op value` (`relative`: value is a multiple of the metric's start)."""
+
+    set: str
+    measure: str
+    op: str
+    value: float
+    relative: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        if isinstance(text, Target):
+            return text
+        match = _TARGET.match(str(text))
+        if not match:
+            raise ValueError(f"target {text!r}: write `<set>_<measure> <= <value>` or `>=`, with measure one of "
+                             f"{', '.join(MEASURES)} and an optional `x` after the value for a multiple of its start, "
+                             "e.g. 'forget_probability <= 0.2x' or 'heldout_answered >= 0.8x'")
+        set_, measure, op, raw, x = match.groups()
+        if measure not in MEASURES:
+            raise ValueError(f"target {text!r}: unknown measure {measure!r}; choose one of {', '.join(MEASURES)}")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"target {text!r}: {raw!r} is not a number") from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"target {text!r}: the value must be a finite number >= 0")
+        return cls(set_, measure, op, value, bool(x))
+
+    @property
+    def metric(self) -> str:
+        return f"{self.set}_{self.measure}"
+
+    @property
+    def floor(self) -> bool:
+        """A `>=` target: something to keep."""
+        return self.op == ">="
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.value:g}{'x' if self.relative else ''}"
+
+    def bound(self, start: float) -> float:
+        return self.value * start if self.relative else self.value
+
+    def shortfall(self, value: float, start: float) -> float:
+        """How far `value` is on the wrong side of the bound (0 when the target holds)."""
+        bound = self.bound(start)
+        return max(0.0, bound - value) if self.floor else max(0.0, value - bound)
+
+
+def parse_targets(items) -> list[Target]:
+    """Targets from a list of texts (or one text with targets separated by `;`); duplicates refused."""
+    if items is None:
+        return []
+    if isinstance(items, str):
+        items = [t for t in items.split(";") if t.strip()]
+    targets = [Target.parse(t) for t in items]
+    if len({str(t) for t in targets}) != len(targets):
+        raise ValueError(f"targets lists one twice: {[str(t) for t in targets]}")
+    return targets
+
+
+def needs_answers(targets: list[Target]) -> bool:
+    return any(t.measure in ANSWER_MEASURES for t in targets)
+
+
+def check(targets: list[Target], metrics: dict, start: dict) -> list[dict]:
+    """Per target: `{target, bound, value, holds, shortfall}` for one evaluation."""
+    out = []
+    for t in targets:
+        bound, value = t.bound(start[t.metric]), metrics[t.metric]
+        out.append({"target": str(t), "bound": bound, "value": value, "holds": t.shortfall(value, start[t.metric])
+                    == 0.0, "shortfall": t.shortfall(value, start[t.metric])})
+    return out
+
+
+def rank_key(targets: list[Target], metrics: dict, start: dict) -> tuple:
+    """Sort key of one evaluation, larger = better (module docstring)."""
+    rows = check(targets, metrics, start)
+    if all(r["holds"] for r in rows):
+        kept = [metrics[t.metric] / start[t.metric] for t in targets if t.floor and start[t.metric] > 0]
+        return (1, sum(kept) / len(kept) if kept else 0.0)
+    return (0, -sum(r["shortfall"] / max(abs(r["bound"]), 1e-12) for r in rows))
+
+
+def report(targets: list[Target], history: list[dict], chosen_step: int | None) -> dict:
+    """What a run with targets says at its end: whether they were met, at which step, and, per target, its start,
+    bound, value at the kept step, and the step where it came closest (smallest shortfall) with that shortfall.
+    `history` is the list of evaluations, `{"step", **metrics}`, the first at step 0."""
+    start = history[0]
+    chosen = next(h for h in history if h["step"] == chosen_step) if chosen_step is not None else history[-1]
+    rows = check(targets, chosen, start)
+    per_target = []
+    for t, row in zip(targets, rows):
+        closest = min(history[1:] or history, key=lambda h: (t.shortfall(h[t.metric], start[t.metric]), h["step"]))
+        per_target.append({**row, "start": start[t.metric], "closest_step": closest["step"],
+                           "closest_shortfall": t.shortfall(closest[t.metric], start[t.metric])})
+    met = all(r["holds"] for r in rows)
+    return {"targets": [str(t) for t in targets], "met": met, "step": chosen["step"], "evaluations": len(history),
+            "per_target": per_target}
+
+
+def explain(result: dict) -> str:
+    """One or more lines saying whether the targets were met, and if not which, by how much and where closest."""
+    if result["met"]:
+        return (f"targets met at step {result['step']}: "
+                + "; ".join(f"{r['target']} ({r['value']:.4g} vs bound {r['bound']:.4g})"
+                            for r in result["per_target"]))
+    missed = [r for r in result["per_target"] if not r["holds"]]
+    lines = [f"targets NOT met within the run ({result['evaluations']} evaluations); kept the closest evaluation, "
+             f"step {result['step']}:"]
+    for r in missed:
+        lines.append(f"  {r['target']}: {r['value']:.4g} against bound {r['bound']:.4g} (start {r['start']:.4g}), "
+                     f"short by {r['shortfall']:.4g}; closest at step {r['closest_step']} (short by "
+                     f"{r['closest_shortfall']:.4g})")
+    return "\n".join(lines)
