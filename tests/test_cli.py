@@ -84,12 +84,14 @@ def test_unlearn_command_from_yaml_with_flags_winning(trained, world, tmp_path, 
     assert results["steps"] == 4 and results["confined"]  # the flag won over the file's 50 steps
     evaluation = results["evaluation"]
     assert evaluation["after"]["forget_probability"] < evaluation["before"]["forget_probability"]
-    assert {"forget_answered", "heldout_probability", "heldout_rouge", "retain_probability"} <= set(evaluation["after"])
+    assert {"forget_answered", "heldout_probability", "heldout_rouge", "retain_probability"} <= set(
+        evaluation["after"])
     assert "TRAINS ON" in evaluation["sets"]["retain"]
     assert WeightMask.load(tmp_path / "out").metadata["ratio"] == 0.3
     assert verify(tmp_path / "out")["confined"]
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "## Results" in card and "| `forget_probability` |" in card and "LoRA r=4" in card and "hf-wagle verify" in card
+    assert "## Results" in card and "| `forget_probability` |" in card and "LoRA r=4" in card
+    assert "hf-wagle verify" in card
 
     # a mask made beforehand by `hf-wagle attribute` is used as it is
     assert main(["attribute", "--model", str(tmp_path / "model"), "--forget", str(tmp_path / "forget.jsonl"),

@@ -47,6 +47,17 @@ class UnlearnArguments:
                 "computing one (mask_method and the other mask_* keys are then not used)"})
 
 
+def lora_config(script):
+    """The `LoraConfig` of `use_peft`, `lora_r`, `lora_alpha` and `lora_target_modules` (None: full parameters)."""
+    if not script.use_peft:
+        return None
+    from peft import LoraConfig
+
+    targets = script.lora_target_modules
+    return LoraConfig(r=script.lora_r, lora_alpha=script.lora_alpha, task_type="CAUSAL_LM",
+                      target_modules=targets[0] if targets == ["all-linear"] else targets)
+
+
 @register_command("unlearn")
 class Unlearn(Command):
     """Attribution -> unlearning (-> evaluation, targets) -> save -> verify, configured by one YAML file
@@ -91,13 +102,7 @@ class Unlearn(Command):
         model = AutoModelForCausalLM.from_pretrained(script.model_name_or_path, dtype=getattr(torch, script.dtype))
         if script.base_model:  # what PEFT writes as base_model_name_or_path and the card names as base_model
             model.name_or_path = model.config._name_or_path = script.base_model
-        peft_config = None
-        if script.use_peft:
-            from peft import LoraConfig
-
-            targets = script.lora_target_modules
-            peft_config = LoraConfig(r=script.lora_r, lora_alpha=script.lora_alpha, task_type="CAUSAL_LM",
-                                     target_modules=targets[0] if targets == ["all-linear"] else targets)
+        peft_config = lora_config(script)
         mask = WeightMask.load(script.mask_dir, model=model) if script.mask_dir else None
         trainer = WagleTrainer(model=model, args=training, forget_dataset=forget, retain_dataset=retain,
                                processing_class=tokenizer, peft_config=peft_config, mask=mask, eval_datasets=eval_sets)

@@ -35,7 +35,6 @@ import re
 PROBABILITY, ANSWERED, ROUGE, TRUTH_RATIO = "probability", "answered", "rouge", "truth_ratio"
 MEASURES = (PROBABILITY, ANSWERED, ROUGE)
 ANSWER_MEASURES = (ANSWERED, ROUGE)
-TRAINED_ON = ("retain",)  # sets a run trains on: their utility is not held-out utility
 
 
 def normalise(text: str) -> str:

@@ -1,18 +1,28 @@
-"""Does the mask pay off? Unlearn the same model and data through several masks and compare utility at matched
-forgetting.
+"""Does the mask pay off? Unlearn the same model and data through several masks and compare what each keeps at
+matched forgetting.
 
-For every mask spec and seed, a fresh copy of the model is unlearned for `steps` optimizer steps (`WagleTrainer`,
-the same objective and learning rate for every spec). Every `eval_every` steps (and at step 0) the run records
+For every mask spec and seed, a fresh copy of the model is unlearned (`WagleTrainer`, the same recipe for every
+spec: the `WagleConfig` defaults `hf-wagle unlearn` uses, plus `training`). The measurement is
+`hf_wagle.evaluation.measure`'s, on named sets:
 
-- `forget`: mean answer probability on the forget evaluation rows, `exp(-mean token NLL)` of answer and EOS;
-- `utility`: the mean, over the utility sets, of each set's mean answer probability (by default one set: the
-  retain rows), and each set's own value;
-- `forget_quality` when the retain-only model's forget truth ratios are given: TOFU's KS-test p-value.
+- `forget`: the forget rows; the target is on `target_metric` (default `forget_probability`);
+- utility sets never trained on: `heldout` (a seeded `retain_holdout` share of the retain rows, kept out of training
+  and attribution, or a set given) and `neighbour` (facts near the forget topic, when given), and any other given
+  set; `utility` is the mean of their answer probabilities;
+- `retain`: the rows the run trains on, reported apart and labelled as trained-on.
 
-**Matched forgetting.** The target is `forget_target x forget(step 0)`. A run reaches it at the first recorded point
-whose `forget` is at or below the target; its step and utility there are interpolated linearly between that point
-and the one before (in `forget`), so the comparison does not depend on the evaluation grid. A run that never
-reaches the target counts as not reached and is left out of the averages (the table says how many reached it).
+Every `eval_every` steps (default every step) the target metric and the utility probabilities are recorded.
+
+**Real matched points.** The target is `forget_target x (its value before unlearning)`. When a run first crosses it
+between two recorded steps `a < b`, the trainable parameters are set to `theta_a + t (theta_b - theta_a)` and `t` is
+searched (bisection with false position) until the target metric is within `tolerance x target` of the target. Over
+one optimizer step (`eval_every=1`) this model is exactly the step taken with its learning rate scaled by `t`
+(Adam-family and SGD updates are linear in the learning rate; on-mask weight decay too), so the matched point is a
+real model, fully evaluated there (answers included), not an interpolated number; over several steps it is a model
+on the straight line between two trained states, and labelled so. A run stops at its matched point. A search that
+ends outside the tolerance leaves the point unresolved and the verdict refuses to call a winner. A crossing inside the
+first interval is warned about: the learning rate forgets in under `eval_every` steps; `calibrate_learning_rate`
+picks one that reaches the target in a chosen number of steps.
 
 **Intervals.** Over seeds, `mean +- t_{0.975, n-1} * s / sqrt(n)` (Student t, `scipy.stats.t`); none for one seed.
 """
@@ -22,10 +32,11 @@ from __future__ import annotations
 import copy
 import math
 import tempfile
+from pathlib import Path
 
 from transformers import PrinterCallback, TrainerCallback
 
-from ..evaluation.answers import answer_metrics, summarise
+from ..evaluation.measure import describe_sets, measure, split_holdout
 from ..masking.config import SPEC_KEYS, MaskConfig
 from ..options import DEFAULT_PROMPT_TEMPLATE
 
@@ -91,12 +102,16 @@ def spec_options(spec: str) -> dict:
 
 
 UNITS = {
-    "forget": "mean answer probability exp(-mean token NLL) on the forget set, teacher forced",
-    "utility": "mean over the utility sets of the same answer probability (the retain set is trained on)",
+    "probability": "mean answer probability exp(-mean token NLL) of answer and EOS, teacher forced",
+    "answered": "share of questions whose greedy answer contains the answer (answer_key, else answer)",
+    "rouge": "mean ROUGE-L recall of the greedy answer against the answer",
+    "utility": "mean answer probability over the utility sets never trained on (heldout, neighbour, ...)",
+    "retain": "the retain rows the run trains on: not held-out utility",
     "forget_quality": "TOFU forget quality: KS-test p-value against the retain model's truth ratios",
-    "step": "optimizer steps",
+    "step": "optimizer steps; a matched point's step is fractional (a partial last step)",
     "summary": "each averaged number is {mean, ci95_half_width (Student t over seeds), n}; null where undefined",
 }
+DEFAULT_SPECS = f"{DENSE},random,magnitude,wagle"
 
 
 def ci95(values: list[float]) -> tuple[float, float]:
@@ -121,54 +136,105 @@ def estimate(values: list[float]) -> dict:
             "n": len(values)}
 
 
-def matched_point(curve: list[dict], forget_target: float) -> dict | None:
-    """The point where `forget` first falls to `forget_target x curve[0]["forget"]`, every other number interpolated
-    linearly in `forget` between the crossing point and the one before; None when it never does."""
-    target = forget_target * curve[0]["forget"]
-    for before, point in zip(curve, curve[1:]):
-        if point["forget"] <= target:
-            span = before["forget"] - point["forget"]
-            w = 1.0 if span <= 0 else (before["forget"] - target) / span
-            return {k: before[k] + w * (point[k] - before[k]) for k in point
-                    if isinstance(point[k], (int, float)) and before.get(k) is not None and point[k] is not None}
-    return None
+def _trainable(model) -> dict:
+    from ..modeling import local_tensor
+
+    return {n: local_tensor(p).detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-class CurveCallback(TrainerCallback):
-    """Records `evaluate(model)` at step 0 and every `eval_every` steps (and the last step) into `curve`."""
+def _set_between(model, before: dict, after: dict, t: float) -> None:
+    """Trainable parameters to `before + t (after - before)` (exactly `before` where they are equal)."""
+    import torch
 
-    def __init__(self, evaluate, eval_every: int):
-        self.evaluate, self.eval_every, self.curve = evaluate, eval_every, []
+    from ..modeling import local_tensor
 
-    def _record(self, step, model):
-        self.curve.append({"step": step, **self.evaluate(model)})
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in before:
+                local_tensor(p).copy_(before[n] + t * (after[n] - before[n]))
+
+
+class MatchedPointCallback(TrainerCallback):
+    """Records `cheap(model)` every `eval_every` steps into `curve` (which starts with `start`); at the first
+    crossing of `target` on `metric` finds the matched point (module docstring), evaluates it with `full(model)`
+    and stops training, leaving the model at the matched point."""
+
+    def __init__(self, cheap, full, metric: str, target: float, start: dict, eval_every: int, tolerance: float,
+                 max_search: int = 12):
+        self.cheap, self.full, self.metric, self.target = cheap, full, metric, target
+        self.eval_every, self.tolerance, self.max_search = eval_every, tolerance, max_search
+        self.curve, self.matched, self.warnings = [start], None, []
+        self._before = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._record(0, model)
+        self._before = _trainable(model)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.eval_every == 0 or state.global_step == state.max_steps:
-            self._record(state.global_step, model)
+        if self.matched is not None or (state.global_step % self.eval_every and state.global_step != state.max_steps):
+            return control
+        point = {"step": state.global_step, **self.cheap(model)}
+        self.curve.append(point)
+        if point[self.metric] <= self.target:
+            self.matched = self._search(model, self.curve[-2], point)
+            control.should_training_stop = True
+        else:
+            self._before = _trainable(model)
+        return control
+
+    def _search(self, model, before: dict, after: dict) -> dict:
+        start, end = self._before, _trainable(model)
+        span = after["step"] - before["step"]
+        if before["step"] == 0:
+            self.warnings.append(
+                f"the target was crossed within the first {span} step(s) ({self.metric} {before[self.metric]:.4g} -> "
+                f"{after[self.metric]:.4g}, target {self.target:.4g}): the learning rate forgets faster than the "
+                "evaluation grid; the matched point is a partial step. Calibrate the learning rate "
+                "(calibrate_steps) for a comparison over several steps.")
+        tol = self.tolerance * self.target
+        lo, hi, v_lo, v_hi = 0.0, 1.0, before[self.metric], after[self.metric]
+        best_t, best_v, searched = 1.0, v_hi, 0
+        while abs(best_v - self.target) > tol and searched < self.max_search:
+            t = lo + (v_lo - self.target) / max(v_lo - v_hi, 1e-30) * (hi - lo)  # false position, kept inside
+            t = min(max(t, lo + 0.05 * (hi - lo)), hi - 0.05 * (hi - lo))
+            _set_between(model, start, end, t)
+            v = self.cheap(model, only=self.metric)[self.metric]
+            searched += 1
+            if abs(v - self.target) < abs(best_v - self.target):
+                best_t, best_v = t, v
+            if v > self.target:
+                lo, v_lo = t, v
+            else:
+                hi, v_hi = t, v
+        _set_between(model, start, end, best_t)
+        how = ("exact partial step: the last step with its learning rate scaled by t" if span == 1 else
+               f"parameters interpolated between steps {before['step']} and {after['step']}")
+        return {"step": before["step"] + best_t * span, "t": best_t, "how": how, "search_evaluations": searched,
+                "within_tolerance": abs(best_v - self.target) <= tol, **self.full(model)}
 
 
 def _head(dataset, n):
     return dataset if n is None or len(dataset) <= n else dataset.select(range(n))
 
 
-def compare_masks(model, tokenizer, forget, retain, *, methods=(DENSE, "random", "wagle"), ratio: float = 0.5,
-                  objective: str = "npo", seeds: int = 2, steps: int = 20, learning_rate: float = 1e-5,
-                  batch_size: int = 8, eval_every: int = 2, forget_target: float = 0.5, utility: dict | None = None,
-                  eval_limit: int | None = 32, lora_r: int | None = None,
-                  prompt_template: str = DEFAULT_PROMPT_TEMPLATE, retain_model_truth_ratios=None,
-                  training: dict | None = None, on_run_end=None, progress=print) -> dict:
+def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, seeds: int = 3, steps: int = 20,
+                  forget_target: float = 0.5, target_metric: str = "forget_probability", tolerance: float = 0.1,
+                  heldout=None, neighbour=None, utility: dict | None = None, retain_holdout: float | None = None,
+                  eval_every: int = 1, eval_limit: int | None = None, answers: bool = True, peft_config=None,
+                  training: dict | None = None, keep: str | None = None, prompt_template: str | None = None,
+                  retain_model_truth_ratios=None, on_run_end=None, progress=print) -> dict:
     """Unlearn `model` through each mask spec of `methods` (see `parse_specs`/`spec_options`; `"dense"` is no mask)
-    for `seeds` seeds, record the trade-off curves and summarise utility at matched forgetting (module docstring).
+    for `seeds` seeds (each seed sets the data order, pairing, random masks and the LoRA initialisation), find each
+    run's matched point and summarise (module docstring).
 
-    `model` is a model (copied for each run) or a folder / Hub id (loaded for each run). `utility` maps names to QA
-    data sets scored for utility (default `{"retain": retain}`); `eval_limit` rows of each evaluation set are used.
-    `lora_r` trains a masked LoRA of that rank instead of full parameters. `training` adds `WagleConfig` keys.
-    `on_run_end(model) -> dict` scores each final model further; its numbers go to the run's `final`.
-    Returns `{"settings", "runs", "summary"}` (numbers only, no data text)."""
+    `model` is a model (copied for each run) or a folder / Hub id (loaded for each run). `heldout` and `neighbour`
+    are QA sets never trained on; without `heldout`, `retain_holdout` (default: `WagleConfig`'s) of the retain rows
+    are held out. `utility` adds more named sets. `eval_limit` rows of each evaluation set are scored (None: all;
+    the settings say how many). `peft_config` (a `LoraConfig`, copied per run) trains a masked LoRA instead of full
+    parameters. `training` holds `WagleConfig` keys (learning_rate, mask_ratio, objective, max_length, ...); the
+    defaults are `WagleConfig`'s, as for `hf-wagle unlearn`. `keep` saves each run's model at its matched point (or
+    at the end) under `keep/<spec>-seed<k>/` with its record. `on_run_end(model) -> dict` scores each kept model
+    further (into the run's `final`). Returns `{"settings", "units", "sets", "base", "runs", "summary"}` (numbers and
+    set descriptions only, no data text)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -183,26 +249,52 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=(DENSE, "random",
     if seeds < 1 or steps < 1 or eval_every < 1:
         raise ValueError(f"seeds, steps and eval_every must be >= 1, got {seeds}, {steps}, {eval_every}")
     if not 0 < forget_target < 1:
-        raise ValueError(f"forget_target is a fraction of the starting forget probability in (0, 1), got "
-                         f"{forget_target}")
-    utility = {"retain": retain} if utility is None else dict(utility)
-    if not utility or {"forget", "utility", "forget_quality", "step"} & set(utility):
-        raise ValueError(f"utility sets need names other than forget, utility, forget_quality and step; got "
-                         f"{sorted(utility)}")
-    evaluation = {"forget": _head(forget, eval_limit), **{k: _head(v, eval_limit) for k, v in utility.items()}}
-    if retain_model_truth_ratios is not None and eval_limit is not None:
-        retain_model_truth_ratios = list(retain_model_truth_ratios)[:len(evaluation["forget"])]
+        raise ValueError(f"forget_target is a fraction of the target metric's start in (0, 1), got {forget_target}")
+    if not 0 < tolerance < 1:
+        raise ValueError(f"tolerance is a fraction of the target in (0, 1), got {tolerance}")
+    if not target_metric.startswith("forget_"):
+        raise ValueError(f"target_metric is a forget metric (forget_probability, forget_answered, forget_rouge), "
+                         f"got {target_metric!r}")
+    training = dict(training or {})
+    recipe = {"output_dir": "unused", "report_to": "none", "save_strategy": "no", "disable_tqdm": True,
+              "logging_steps": steps + 1, "lr_scheduler_type": "constant", "use_cpu": not torch.cuda.is_available(),
+              **training, "max_steps": steps}
+    if prompt_template is not None:
+        recipe["prompt_template"] = prompt_template
+    WagleConfig(**recipe)  # the recipe checked before any work
+    template = recipe.get("prompt_template", DEFAULT_PROMPT_TEMPLATE)
+    holdout = WagleConfig.retain_holdout if retain_holdout is None else retain_holdout
+    sets, heldout_source = {}, None
+    if heldout is None and holdout > 0:
+        n = len(retain)
+        retain, heldout = split_holdout(retain, holdout, 0)  # one split for every run: the same utility rows
+        heldout_source = f"{len(heldout)} of the {n} retain rows, held out of training (retain_holdout={holdout:g})"
+    for name, data in (("heldout", heldout), ("neighbour", neighbour), *(utility or {}).items()):
+        if data is not None:
+            sets[name] = data
+    if not sets:
+        raise ValueError("compare-masks needs a utility set never trained on: give heldout or neighbour data, or "
+                         "keep retain_holdout > 0")
+    forget_eval = _head(forget, eval_limit)
+    utility_sets = {k: _head(v, eval_limit) for k, v in sets.items()}
+    full_sets = {"forget": forget_eval, **utility_sets, "retain": _head(retain, eval_limit)}
+    cheap_sets = {"forget": forget_eval, **utility_sets}
+    metric_set = target_metric.split("_", 1)[1]
+    answer_target = metric_set != "probability"
 
-    def evaluate(m) -> dict:
-        point = {}
-        for name, data in evaluation.items():
-            if name == "forget" and retain_model_truth_ratios is not None:
-                metrics = qa_metrics(m, tokenizer, data, prompt_template, generate=False)
-                point["forget_quality"] = forget_quality(metrics["truth_ratio"], retain_model_truth_ratios)
-            else:
-                metrics = answer_metrics(m, tokenizer, data, prompt_template)
-            point[name] = summarise(metrics)["probability"]
-        point["utility"] = sum(point[name] for name in utility) / len(utility)
+    def cheap(m, only=None):
+        chosen = {"forget": forget_eval} if only else cheap_sets
+        point = measure(m, tokenizer, chosen, template, answers=answer_target)
+        if not only:
+            point["utility"] = sum(point[f"{k}_probability"] for k in utility_sets) / len(utility_sets)
+        return point
+
+    def full(m):
+        point = measure(m, tokenizer, full_sets, template, answers=answers)
+        point["utility"] = sum(point[f"{k}_probability"] for k in utility_sets) / len(utility_sets)
+        if retain_model_truth_ratios is not None:
+            tr = qa_metrics(m, tokenizer, forget_eval, template, generate=False)["truth_ratio"]
+            point["forget_quality"] = forget_quality(tr, list(retain_model_truth_ratios)[:len(forget_eval)])
         return point
 
     def fresh_model():
@@ -210,63 +302,96 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=(DENSE, "random",
             return AutoModelForCausalLM.from_pretrained(model)
         return copy.deepcopy(model)
 
+    base_model = fresh_model()
+    base = full(base_model)  # scored once: every run starts from this model
+    del base_model
+    target = forget_target * base[target_metric]
     runs = []
     for seed in range(seeds):
         for spec in specs:
-            peft_config = None
-            if lora_r:
-                from peft import LoraConfig
-
-                peft_config = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules="all-linear",
-                                         task_type="CAUSAL_LM")
+            args = WagleConfig(**{**recipe, "seed": seed, "retain_holdout": 0.0, **options[spec]})
+            start = {"step": 0, **base}
+            tracker = MatchedPointCallback(cheap, full, target_metric, target, start, eval_every, tolerance)
             with tempfile.TemporaryDirectory(prefix="hf_wagle_compare_") as tmp:
-                args = WagleConfig(**{
-                    "output_dir": tmp, "objective": objective, "mask_ratio": ratio, "learning_rate": learning_rate,
-                    "max_steps": steps, "per_device_train_batch_size": batch_size, "seed": seed,
-                    "lr_scheduler_type": "constant", "weight_decay": 0.0, "report_to": "none",
-                    "save_strategy": "no", "disable_tqdm": True, "logging_steps": steps + 1,
-                    "prompt_template": prompt_template, "use_cpu": not torch.cuda.is_available(),
-                    **(training or {}), **options[spec]})
-                curve = CurveCallback(evaluate, eval_every)
+                args.output_dir = tmp
                 trainer = WagleTrainer(model=fresh_model(), args=args, forget_dataset=forget, retain_dataset=retain,
-                                       processing_class=tokenizer, peft_config=peft_config, callbacks=[curve])
+                                       processing_class=tokenizer, peft_config=copy.deepcopy(peft_config),
+                                       callbacks=[tracker])
                 trainer.remove_callback(PrinterCallback)  # the curve and the table report the run
                 trainer.train()
                 final = on_run_end(trainer.model) if on_run_end is not None else None
-            changeable = trainer.enforced_mask.num_selected if trainer.enforced_mask is not None else None
-            total = trainer.enforced_mask.num_total if trainer.enforced_mask is not None else None
+                if keep:
+                    trainer.results = {"before": base, "after": tracker.matched or tracker.curve[-1],
+                                       "sets": describe_sets(full_sets, heldout_source), "targets": None}
+                    trainer.save_model(str(Path(keep) / f"{spec.replace(':', '_').replace(',', '_')}-seed{seed}"))
+            masked = trainer._masked
+            changeable = trainer.enforced_mask.num_selected if masked else None
+            total = trainer.enforced_mask.num_total
             del trainer
-            run = {"method": spec, "seed": seed, "curve": curve.curve, "changeable": changeable, "total": total,
-                   "matched": matched_point(curve.curve, forget_target), "final": final}
+            run = {"method": spec, "seed": seed, "curve": tracker.curve, "changeable": changeable, "total": total,
+                   "matched": tracker.matched, "warnings": tracker.warnings, "final": final}
             runs.append(run)
             if progress:
                 m = run["matched"]
-                progress(f"{spec} seed {seed}: forget {curve.curve[0]['forget']:.3g} -> {curve.curve[-1]['forget']:.3g}"
-                         f", utility {curve.curve[0]['utility']:.3g} -> {curve.curve[-1]['utility']:.3g}; "
-                         + (f"target reached at step {m['step']:.1f}, utility {m['utility']:.3g}" if m else
-                            "target not reached"))
-    settings = {"methods": specs, "ratio": ratio, "objective": objective, "seeds": seeds, "steps": steps,
-                "learning_rate": learning_rate, "batch_size": batch_size, "eval_every": eval_every,
-                "forget_target": forget_target, "utility_sets": list(utility), "eval_limit": eval_limit,
-                "lora_r": lora_r, "training": training or {}}
-    return {"settings": settings, "units": UNITS, "runs": runs, "summary": summarize_runs(runs, specs)}
+                progress(f"{spec} seed {seed}: {target_metric} {base[target_metric]:.3g} -> "
+                         f"{tracker.curve[-1][target_metric]:.3g}; "
+                         + (f"matched at step {m['step']:.2f} ({target_metric} {m[target_metric]:.3g}), utility "
+                            f"{m['utility']:.3g}" if m else f"target {target:.3g} not reached in {steps} steps"))
+                for w in tracker.warnings:
+                    progress(f"  warning: {w}")
+    settings = {"methods": specs, "seeds": seeds, "steps": steps, "eval_every": eval_every,
+                "forget_target": forget_target, "target_metric": target_metric, "target": target,
+                "tolerance": tolerance, "utility_sets": list(utility_sets), "eval_limit": eval_limit,
+                "rows_scored": {k: len(v) for k, v in full_sets.items()},
+                "rows_available": {"forget": len(forget), **{k: len(v) for k, v in sets.items()},
+                                   "retain": len(retain)},
+                "lora": None if peft_config is None else {"r": peft_config.r, "alpha": peft_config.lora_alpha},
+                "training": {k: v for k, v in recipe.items() if k not in ("output_dir", "disable_tqdm")}}
+    return {"settings": settings, "units": UNITS, "sets": describe_sets(full_sets, heldout_source), "base": base,
+            "runs": runs, "summary": summarize_runs(runs, specs)}
+
+
+def calibrate_learning_rate(model, tokenizer, forget, retain, *, steps: int, learning_rate: float | None = None,
+                            spec: str = DENSE, max_probes: int = 4, **kwargs) -> dict:
+    """A learning rate with which `spec` reaches the compare-masks target in about `steps` steps.
+
+    Probes `spec` (seed 0) for up to `2 * steps` steps and reads the (fractional) step `s` of its matched point;
+    steps to a target scale about as `1 / learning_rate`, so the next probe uses `lr * s / steps` (4 x lr when the
+    target was not reached), until `s` lies in `[steps / 2, 3 steps / 2]` or `max_probes` probes ran. `kwargs` go to
+    `compare_masks`. Returns `{"learning_rate", "steps", "probes": [{"learning_rate", "matched_step"}], "ok"}`."""
+    training = dict(kwargs.pop("training", None) or {})
+    from ..config import WagleConfig
+
+    lr = learning_rate or training.get("learning_rate") or WagleConfig.learning_rate
+    probes = []
+    for _ in range(max_probes):
+        result = compare_masks(model, tokenizer, forget, retain, methods=spec, seeds=1, steps=2 * steps,
+                               training={**training, "learning_rate": lr}, answers=False, progress=None, **kwargs)
+        matched = result["runs"][0]["matched"]
+        s = matched["step"] if matched else None
+        probes.append({"learning_rate": lr, "matched_step": s})
+        if s is not None and steps / 2 <= s <= 1.5 * steps:
+            return {"learning_rate": lr, "steps": steps, "probes": probes, "ok": True}
+        lr = lr * 4 if s is None else lr * max(s, 1e-3) / steps
+    return {"learning_rate": lr, "steps": steps, "probes": probes, "ok": False}
 
 
 def summarize_runs(runs: list[dict], specs: list[str]) -> dict:
-    """Per spec: how many seeds reached the target, and an `estimate` (mean, 95% half-width, n) of the step, utility
-    (and forget quality) at the matched point and of the final forget probability and utility."""
+    """Per spec: how many seeds reached the target and how many of those points lie within the tolerance, and an
+    `estimate` (mean, 95% half-width, n) of every number at the matched point (step, utility, each set's metrics)."""
     summary = {}
     for spec in specs:
         mine = [r for r in runs if r["method"] == spec]
         matched = [r["matched"] for r in mine if r["matched"]]
-        entry = {"seeds": len(mine), "reached": len(matched)}
-        for key in ("step", "utility", "forget_quality"):
-            values = [m[key] for m in matched if key in m]
-            if values:
-                entry[f"matched_{key}"] = estimate(values)
-        for key in ("forget", "utility"):
-            entry[f"final_{key}"] = estimate([r["curve"][-1][key] for r in mine])
-        entry["start_utility"] = estimate([r["curve"][0]["utility"] for r in mine])
+        entry = {"seeds": len(mine), "reached": len(matched),
+                 "resolved": sum(bool(m["within_tolerance"]) for m in matched),
+                 "first_step_crossings": sum(bool(r["warnings"]) for r in mine)}
+        keys = sorted({k for m in matched for k, v in m.items() if isinstance(v, (int, float))
+                       and not isinstance(v, bool) and k not in ("t", "search_evaluations")})
+        for key in keys:
+            entry[f"matched_{key}"] = estimate([m[key] for m in matched if key in m])
+        changeable = [r["changeable"] for r in mine if r["changeable"] is not None]
+        entry["changeable_fraction"] = changeable[0] / mine[0]["total"] if changeable else 1.0
         summary[spec] = entry
     return summary
 
@@ -279,79 +404,87 @@ def _fmt(value: dict | None, digits=3) -> str:
 
 
 def format_comparison(result: dict) -> str:
-    """The summary as a plain-text table, and a one-line reading of it."""
+    """The summary as a plain-text table (every number at the matched point), what each set is, and the verdict."""
     s = result["settings"]
-    lines = [f"objective {s['objective']}, mask ratio {s['ratio']:g}, {s['steps']} steps, lr {s['learning_rate']:g}, "
-             f"{s['seeds']} seeds; target: forget probability <= {s['forget_target']:g} x its start",
-             f"{'method':<28} {'reached':>7} {'step at target':>16} {'utility at target':>20} "
-             f"{'final forget':>20} {'final utility':>18}"]
+    t = s["training"]
+    columns = [("step", "step")] + [(f"{k}_probability", k) for k in s["utility_sets"]] + [
+        ("forget_answered", "forget answered"), ("retain_probability", "retain (trained on)")]
+    columns = [(k, label) for k, label in columns if any(f"matched_{k}" in e for e in result["summary"].values())]
+    lines = [f"objective {t.get('objective', 'npo')}, lr {t.get('learning_rate', 'default')}, up to {s['steps']} "
+             f"steps, {s['seeds']} seeds; matched point: {s['target_metric']} = {s['forget_target']:g} x its start "
+             f"({s['target']:.4g}) within {s['tolerance']:g} of it",
+             *(f"  {name}: {what}" for name, what in result["sets"].items()),
+             f"{'method':<24} {'reached':>8} " + " ".join(f"{label:>22}" for _, label in columns)]
     for spec, e in result["summary"].items():
-        lines.append(f"{spec:<28} {e['reached']:>3}/{e['seeds']:<3} {_fmt(e.get('matched_step')):>16} "
-                     f"{_fmt(e.get('matched_utility')):>20} {_fmt(e['final_forget']):>20} "
-                     f"{_fmt(e['final_utility']):>18}")
+        lines.append(f"{spec:<24} {e['reached']:>3}/{e['seeds']:<4} "
+                     + " ".join(f"{_fmt(e.get(f'matched_{k}')):>22}" for k, _ in columns))
+    base = result["base"]
+    lines.append(f"{'before unlearning':<24} {'':>8} " + " ".join(
+        f"{(f'{base[k]:.3g}' if k in base else ''):>22}" for k, _ in columns))
+    crossings = sum(e["first_step_crossings"] for e in result["summary"].values())
+    if crossings:
+        lines.append(f"warning: {crossings} run(s) crossed the target inside the first recorded interval; their "
+                     "matched points are partial first steps (see each run's warnings); calibrate the learning rate "
+                     "for a comparison over several steps")
     lines.append(verdict(result))
     return "\n".join(lines)
 
 
 def verdict(result: dict) -> str:
-    """Which spec keeps the most utility at the target, and whether its 95% interval separates it from the others
-    (specs that missed the target on some seed are named and left out)."""
+    """Which spec keeps the most held-out utility at the matched point, and whether its 95% interval separates it
+    from the others; no verdict when a spec missed the target or its matched point on some seed."""
     summary = result["summary"]
-    scored = {k: (e["matched_utility"]["mean"], e["matched_utility"]["ci95_half_width"])
-              for k, e in summary.items() if "matched_utility" in e and e["reached"] == e["seeds"]}
-    missed = [k for k in summary if k not in scored]
-    left_out = f" (left out, for missing the target on some seed: {', '.join(missed)})" if missed else ""
-    if not scored:
-        return "no method reached the target on every seed: raise steps or the learning rate, or the target"
+    unresolved = [k for k, e in summary.items() if e["resolved"] < e["seeds"]]
+    if unresolved:
+        return (f"no verdict: {', '.join(unresolved)} did not reach a matched point within the tolerance on every "
+                "seed (raise steps or the learning rate, or loosen the target)")
+    scored = {k: (e["matched_utility"]["mean"], e["matched_utility"]["ci95_half_width"]) for k, e in summary.items()}
     best = max(scored, key=lambda k: scored[k][0])
     if len(scored) == 1:
-        return f"only {best} reached the target on every seed{left_out}"
+        return f"only one spec: {best}"
     if any(h is None for _, h in scored.values()):
-        return (f"highest utility at the target: {best}; one seed gives no interval, so no winner can be called"
-                f"{left_out}")
+        return f"highest held-out utility at the target: {best}; one seed gives no interval, so no winner is called"
     lo = scored[best][0] - scored[best][1]
     overlapping = [k for k, (m, h) in scored.items() if k != best and m + h >= lo]
     if overlapping:
-        return (f"highest utility at the target: {best}; not separated from {', '.join(overlapping)} "
-                f"(95% intervals overlap): more seeds or data are needed to call a winner{left_out}")
-    return f"highest utility at the target: {best}, its 95% interval above the others'{left_out}"
+        return (f"highest held-out utility at the target: {best}; not separated from {', '.join(overlapping)} "
+                "(95% intervals overlap): no winner can be called from these seeds")
+    return f"highest held-out utility at the target: {best}, its 95% interval above the others'"
 
 
 def plot_comparison(result: dict, path) -> str:
-    """Trade-off curves (forget probability vs utility, mean over seeds at each recorded step), each seed's matched
-    point marked, the mean utility at the target with its 95% interval as an error bar, and the target as a
-    vertical line; matplotlib Agg."""
+    """Trade-off curves (target metric vs held-out utility, mean over seeds at each recorded step), each seed's
+    matched point marked, the mean utility there with its 95% interval as an error bar, and the target as a vertical
+    line; matplotlib Agg."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    s = result["settings"]
+    metric = s["target_metric"]
     fig, ax = plt.subplots(figsize=(6.5, 4.5), layout="constrained")
-    starts, specs = [], result["settings"]["methods"]
+    specs = s["methods"]
     for i, spec in enumerate(specs):
         mine = [r["curve"] for r in result["runs"] if r["method"] == spec]
         n = min(len(c) for c in mine)
-        forget = [sum(c[i]["forget"] for c in mine) / len(mine) for i in range(n)]
-        util = [sum(c[i]["utility"] for c in mine) / len(mine) for i in range(n)]
-        starts.append(forget[0])
+        forget = [sum(c[j][metric] for c in mine) / len(mine) for j in range(n)]
+        util = [sum(c[j]["utility"] for c in mine) / len(mine) for j in range(n)]
         line, = ax.plot(forget, util, marker=".", label=spec)
         matched = [r["matched"] for r in result["runs"] if r["method"] == spec and r["matched"]]
         if matched:
-            ax.scatter([m["forget"] for m in matched], [m["utility"] for m in matched], color=line.get_color(),
+            ax.scatter([m[metric] for m in matched], [m["utility"] for m in matched], color=line.get_color(),
                        marker="x", zorder=3)
         at_target = result["summary"].get(spec, {}).get("matched_utility")
-        if at_target and at_target["ci95_half_width"] is not None:  # mean utility at the target, 95% interval
+        if matched and at_target and at_target["ci95_half_width"] is not None:
             nudge = (i - (len(specs) - 1) / 2) * 0.015 * forget[0]  # side by side, not on top of each other
-            ax.errorbar(sum(m["forget"] for m in matched) / len(matched) + nudge, at_target["mean"],
+            ax.errorbar(sum(m[metric] for m in matched) / len(matched) + nudge, at_target["mean"],
                         yerr=at_target["ci95_half_width"], color=line.get_color(), capsize=4, zorder=4)
-    ax.axvline(result["settings"]["forget_target"] * sum(starts) / len(starts), color="grey", linestyle=":",
-               label="target")
+    ax.axvline(s["target"], color="grey", linestyle=":", label="target")
     ax.invert_xaxis()
-    ax.set_xlabel("forget answer probability (lower = forgets more; runs go right to left)")
-    ax.set_ylabel("utility: answer probability on kept data (higher = better)")
-    s = result["settings"]
-    ax.set_title(f"{s['objective']}, ratio {s['ratio']:g}, {s['seeds']} seeds; x = each seed at the target, "
-                 "bar = 95% interval", fontsize="medium")
+    ax.set_xlabel(f"{metric} (lower = forgets more; runs go right to left)")
+    ax.set_ylabel(f"utility: probability on {', '.join(s['utility_sets'])} (never trained on)")
+    ax.set_title(f"{s['seeds']} seeds; x = each seed's matched point, bar = 95% interval", fontsize="medium")
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -76,9 +76,9 @@ def model_card(card: RunCard) -> ModelCard:
     )
     results = results_section(card.results)
     verify_base = "" if adapter else " --base <base model>"
-    confinement = ("`wagle_mask.safetensors` holds the mask actually enforced (bit-packed, base-model parameter names): "
-                   "every weight\noutside it is bit-identical to the base model. Check it with `hf-wagle verify <this "
-                   f"folder>`{verify_base}.\n" if masked else
+    confinement = ("`wagle_mask.safetensors` holds the mask actually enforced (bit-packed, base-model parameter "
+                   "names): every weight\noutside it is bit-identical to the base model. Check it with `hf-wagle "
+                   f"verify <this folder>`{verify_base}.\n" if masked else
                    "A dense run ships no mask: nothing confines its change, which may reach every trained weight.\n")
     how = ("[WAGLE](https://arxiv.org/abs/2410.17509)-style weight attribution: an unlearning objective was run only "
            "through a\nmask of the weights allowed to change." if masked else
@@ -185,9 +185,10 @@ def results_section(results: dict | None) -> str:
     if targets:
         from ..evaluation.targets import explain
 
-        verdict = f"\nTargets: {', '.join(f'`{t}`' for t in targets['targets'])}.\n\n```\n{explain(targets)}\n```\n"
-    return (f"\n## Results\n\n| metric | before | after |\n|---|---|---|\n{rows}\n\nData sets (sizes only; their text is "
-            f"not published):\n\n{sets}\n\nMeasures:\n\n{measures}\n{verdict}")
+        named = ", ".join(f"`{t}`" for t in targets["targets"])
+        verdict = f"\nTargets: {named}.\n\n```\n{explain(targets)}\n```\n"
+    return (f"\n## Results\n\n| metric | before | after |\n|---|---|---|\n{rows}\n\nData sets (sizes only; their "
+            f"text is not published):\n\n{sets}\n\nMeasures:\n\n{measures}\n{verdict}")
 
 
 def eval_results(results: dict | None) -> list[EvalResult] | None:

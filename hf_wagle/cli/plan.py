@@ -1,0 +1,139 @@
+"""`hf-wagle plan --config run.yaml --out DIR`: short trials over mask methods and ratios on the user's own data, then
+the config that meets the run's targets, written as a YAML `hf-wagle unlearn --config` takes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .common import Command
+from .compare_masks import check_out, comparison_arguments, given_values, run_comparison, write_comparison
+from .plugins import register_command
+
+
+@dataclass
+class PlanArguments:
+    """The grid `hf-wagle plan` tries."""
+
+    ratios: str = field(default="0.1,0.5", metadata={"help": "comma-separated mask ratios tried for every method"})
+
+
+def plan_specs(methods: str, ratios: str) -> list[str]:
+    """`dense` once, every other method once per ratio (`wagle:ratio=0.1`, ...)."""
+    from ..experiments.compare import DENSE, parse_specs
+
+    values = [float(r) for r in ratios.split(",") if r.strip()]
+    specs = []
+    for spec in parse_specs(methods):
+        if spec == DENSE:
+            specs.append(spec)
+        else:
+            specs += [f"{spec}{',' if ':' in spec else ':'}ratio={r:g}" for r in values]
+    return specs
+
+
+def choose(result: dict, targets: list) -> tuple[str | None, list[dict]]:
+    """Per spec, whether every target holds at its matched point on every seed (and at the whole step after it);
+    the chosen spec: of those that do, the ones whose mean held-out utility lies within the best one's 95% interval,
+    and of these the one that lets the fewest weights change."""
+    from ..evaluation.targets import check
+
+    base, rows = result["base"], []
+    for spec, entry in result["summary"].items():
+        mine = [r for r in result["runs"] if r["method"] == spec]
+        problems = []
+        for run in mine:
+            m = run["matched"]
+            if m is None or not m["within_tolerance"]:
+                problems.append(f"seed {run['seed']}: no matched point")
+                continue
+            after = run["curve"][-1]
+            for t in targets:
+                for where, point in (("matched point", m), (f"step {after['step']}", after)):
+                    if t.metric in point and not check([t], point, base)[0]["holds"]:
+                        problems.append(f"seed {run['seed']}: {t} fails at the {where} ({point[t.metric]:.4g})")
+        utility = entry.get("matched_utility") or {}
+        rows.append({"spec": spec, "feasible": not problems, "problems": problems[:3],
+                     "utility": utility.get("mean"), "utility_ci95": utility.get("ci95_half_width"),
+                     "changeable_fraction": entry["changeable_fraction"],
+                     "step": (entry.get("matched_step") or {}).get("mean")})
+    feasible = [r for r in rows if r["feasible"]]
+    if not feasible:
+        return None, rows
+    best = max(feasible, key=lambda r: r["utility"])
+    floor = best["utility"] - (best["utility_ci95"] or 0.0)
+    level = [r for r in feasible if r["utility"] + (r["utility_ci95"] or 0.0) >= floor]
+    return min(level, key=lambda r: (r["changeable_fraction"], -r["utility"]))["spec"], rows
+
+
+def plan_config(given: dict, spec: str, result: dict, step: float) -> dict:
+    """The unlearn YAML: the user's keys, the chosen mask, the compared recipe, a budget of twice the steps the trials
+    needed (the run stops once its targets hold) and the seed and split the trials used."""
+    import math
+
+    from ..experiments.compare import spec_options
+
+    options = spec_options(spec)
+    config = {k: v for k, v in given.items() if not k.startswith("mask_") and k not in ("mu", "plugins")}
+    training = result["settings"]["training"]
+    for key in ("learning_rate", "lr_scheduler_type", "objective"):
+        if key in training:
+            config[key] = getattr(training[key], "value", training[key])
+    config.update({k: v for k, v in options.items() if v is not None})
+    config["mask_method"] = options["mask_method"]
+    config.update(max_steps=max(2, 2 * math.ceil(step)), target_eval_steps=1, stop_at_targets=True, seed=0)
+    return config
+
+
+@register_command("plan")
+class Plan(Command):
+    """Try every mask method of `--methods` at every ratio of `--ratios` (and dense) on your data with the recipe of
+    your unlearn config, find which meet the config's `targets` at their matched point, and write `plan.yaml`: the
+    config that meets them with the fewest weights changed among those keeping the most held-out utility."""
+
+    help = "try mask methods and ratios against an unlearn config's targets; write the config that meets them"
+
+    def arguments(self) -> dict[str, type]:
+        return {**comparison_arguments(), "plan": PlanArguments}
+
+    def run(self, args) -> int:
+        import json
+        from pathlib import Path
+
+        import yaml
+
+        from ..evaluation.targets import parse_targets
+        from ..experiments.compare import format_comparison
+
+        targets = parse_targets(args.training.targets)
+        forget_targets = [t for t in targets if t.set == "forget" and not t.floor and t.relative]
+        if not forget_targets:
+            raise ValueError("plan needs the config's targets to include a relative forget target such as "
+                             "'forget_probability <= 0.2x' (the point the trials are matched at)")
+        check_out(args.compare.out)
+        first = forget_targets[0]
+        args.compare.target_metric, args.compare.forget_target = first.metric, first.value
+        specs = plan_specs(args.compare.methods, args.plan.ratios)
+        result = run_comparison(args, methods=specs)
+        png = write_comparison(result, args.compare.out)
+        chosen, rows = choose(result, targets)
+        out = Path(args.compare.out)
+        (out / "plan.json").write_text(json.dumps({"targets": [str(t) for t in targets], "chosen": chosen,
+                                                   "candidates": rows}, indent=2))
+        print(format_comparison(result))
+        for r in rows:
+            print(f"  {r['spec']:<28} {'meets the targets' if r['feasible'] else 'fails: ' + '; '.join(r['problems'])}"
+                  f"; {100 * r['changeable_fraction']:.1f}% of weights may change")
+        if chosen is None:
+            print("no tried setting meets every target at its matched point: loosen the targets, try other ratios or "
+                  "methods, or change the recipe (learning rate, objective)")
+            return 3
+        given = {**given_values(args.script), **given_values(args.training)}
+        step = next(r["step"] for r in rows if r["spec"] == chosen)
+        config = {"output_dir": args.training.output_dir, **plan_config(given, chosen, result, step)}
+        header = (f"# written by hf-wagle plan: {chosen} met every target ({'; '.join(map(str, targets))}) at its "
+                  f"matched point\n# on every seed, keeping the most held-out utility with the fewest weights "
+                  f"changed; see compare_masks.json\n")
+        (out / "plan.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False))
+        print(f"chosen: {chosen}; wrote {out / 'plan.yaml'} (run it: hf-wagle unlearn --config {out / 'plan.yaml'}), "
+              f"{out / 'plan.json'} and {png}")
+        return 0
