@@ -1,10 +1,10 @@
-"""Mask comparison: utility at matched forgetting, its intervals, and `hf-wagle compare-masks`."""
+"""Mask comparison: held-out utility at real matched points, its intervals, `hf-wagle compare-masks` and `plan`."""
 import json
 import math
 
 import pytest
 
-from hf_wagle.experiments.compare import ci95, matched_point, parse_specs, spec_options, summarize_runs
+from hf_wagle.experiments.compare import ci95, compare_masks, parse_specs, spec_options
 
 
 def test_specs_parse_options_and_refuse_unknown_ones():
@@ -32,17 +32,44 @@ def test_interval_is_the_student_t_interval():
     assert math.isnan(ci95([0.5])[1]) and math.isnan(ci95([])[0])
 
 
-def test_matched_point_interpolates_between_recorded_steps():
-    curve = [{"step": 0, "forget": 0.8, "utility": 0.9}, {"step": 2, "forget": 0.6, "utility": 0.8},
-             {"step": 4, "forget": 0.2, "utility": 0.4}, {"step": 6, "forget": 0.1, "utility": 0.3}]
-    m = matched_point(curve, 0.5)  # target 0.4: halfway between steps 2 and 4
-    assert m == pytest.approx({"step": 3.0, "forget": 0.4, "utility": 0.6})
-    assert matched_point(curve, 0.1) is None  # 0.08 is never reached
-    runs = [{"method": "a", "seed": s, "curve": curve, "matched": matched_point(curve, 0.5)} for s in (0, 1)]
-    summary = summarize_runs(runs + [{"method": "b", "seed": 0, "curve": curve, "matched": None}], ["a", "b"])
-    assert summary["a"]["reached"] == 2 and summary["a"]["matched_utility"]["mean"] == pytest.approx(0.6)
-    assert summary["a"]["matched_utility"]["n"] == 2 and summary["a"]["matched_utility"]["ci95_half_width"] == 0
-    assert summary["b"]["reached"] == 0 and "matched_utility" not in summary["b"]
+def test_a_target_crossed_inside_the_first_step_is_warned_about_and_matched_by_a_partial_step(trained, world):
+    """At a learning rate that forgets in under one step, the matched point is searched inside the first step; the
+    model found there is exactly one step at the learning rate scaled by t (Adam's update is linear in it)."""
+    import copy
+
+    from transformers import PrinterCallback
+
+    from hf_wagle import WagleConfig, WagleTrainer
+    from hf_wagle.evaluation.measure import measure
+
+    model, tokenizer = trained
+    training = {"objective": "ga", "learning_rate": 5e-2, "per_device_train_batch_size": 8, "max_length": 64}
+    result = compare_masks(model, tokenizer, world["forget"], world["retain"], methods="dense", seeds=1, steps=3,
+                           forget_target=0.5, tolerance=0.05, training=training, answers=False, progress=None)
+    run = result["runs"][0]
+    matched, target = run["matched"], result["settings"]["target"]
+    assert run["curve"][1]["step"] == 1 and run["curve"][1]["forget_probability"] < target  # crossed in step 1
+    assert run["warnings"] and "first 1 step" in run["warnings"][0]
+    assert 0 < matched["t"] < 1 and matched["step"] == pytest.approx(matched["t"])
+    assert matched["within_tolerance"] and abs(matched["forget_probability"] - target) <= 0.05 * target
+    assert result["summary"]["dense"]["first_step_crossings"] == 1
+
+    assert result["settings"]["rows_available"] == {"forget": 20, "heldout": 36, "retain": 144}
+
+    # one real step at learning rate t * lr reproduces the matched model
+    args = WagleConfig(output_dir="unused", report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True,
+                       lr_scheduler_type="constant", max_steps=1, seed=0, retain_holdout=0.0, mask_method=None,
+                       **{**training, "learning_rate": training["learning_rate"] * matched["t"]})
+    from hf_wagle.evaluation.measure import split_holdout
+
+    kept, held = split_holdout(world["retain"], 0.2, 0)
+    assert not set(held["question"]) & set(kept["question"])
+    trainer = WagleTrainer(model=copy.deepcopy(model), args=args, forget_dataset=world["forget"], retain_dataset=kept,
+                           processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    again = measure(trainer.model, tokenizer, {"forget": world["forget"]}, args.prompt_template)
+    assert again["forget_probability"] == pytest.approx(matched["forget_probability"], rel=1e-3)
 
 
 def test_compare_masks_command_on_the_world(trained, world, tmp_path, capsys):
@@ -53,42 +80,65 @@ def test_compare_masks_command_on_the_world(trained, world, tmp_path, capsys):
     tokenizer.save_pretrained(tmp_path / "model")
     world["forget"].to_json(tmp_path / "forget.jsonl")
     world["retain"].to_json(tmp_path / "retain.jsonl")
-    argv = ["compare-masks", "--model", str(tmp_path / "model"), "--forget", str(tmp_path / "forget.jsonl"),
-            "--retain", str(tmp_path / "retain.jsonl"), "--out", str(tmp_path / "cmp"), "--seeds", "2",
-            "--steps", "6", "--learning-rate", "2e-3", "--objective", "grad_diff"]
+    world["forget"].select(range(5)).to_json(tmp_path / "neighbour.jsonl")  # stands in for near facts
+    argv = ["compare-masks", "--model_name_or_path", str(tmp_path / "model"), "--forget_file",
+            str(tmp_path / "forget.jsonl"), "--retain_file", str(tmp_path / "retain.jsonl"), "--neighbour_file",
+            str(tmp_path / "neighbour.jsonl"), "--out", str(tmp_path / "cmp"), "--seeds", "2", "--max_steps", "12",
+            "--learning_rate", "2e-3", "--objective", "grad_diff", "--use_peft", "false", "--keep", "true",
+            "--per_device_train_batch_size", "8"]
     assert main(argv + ["--methods", "dense,random,wagle"]) == 0
     out = capsys.readouterr().out
-    assert "utility at target" in out and "highest utility at the target" in out
+    assert "heldout: 36 of the 180 retain rows" in out and "TRAINS ON" in out and "forget answered" in out
+    assert "highest held-out utility at the target" in out or "no verdict" in out
     result = json.loads((tmp_path / "cmp" / "compare_masks.json").read_text())
     assert [(r["method"], r["seed"]) for r in result["runs"]] == [
         (m, s) for s in (0, 1) for m in ("dense", "random", "wagle")]
+    assert result["settings"]["utility_sets"] == ["heldout", "neighbour"]
+    assert result["settings"]["rows_scored"] == {"forget": 20, "heldout": 36, "neighbour": 5, "retain": 144}
     for run in result["runs"]:
-        assert [p["step"] for p in run["curve"]] == [0, 2, 4, 6]
-        assert run["curve"][-1]["forget"] < run["curve"][0]["forget"]
+        m = run["matched"]
+        assert m is not None and {"forget_answered", "heldout_rouge", "retain_probability"} <= set(m)
+        assert m["utility"] == pytest.approx((m["heldout_probability"] + m["neighbour_probability"]) / 2)
+        assert [p["step"] for p in run["curve"]] == list(range(len(run["curve"])))  # every step recorded
         if run["method"] != "dense":
             assert run["changeable"] == round(0.5 * run["total"])
-    # one process, one model, one data order per seed: dense runs start identically and random masks differ
-    dense = [r for r in result["runs"] if r["method"] == "dense"]
-    assert dense[0]["curve"][0] == dense[1]["curve"][0]
+        # --keep: the run's model at its matched point, with its record; a dense run ships no mask
+        kept = tmp_path / "cmp" / "runs" / f"{run['method']}-seed{run['seed']}"
+        record = json.loads((kept / "unlearning_record.json").read_text())
+        assert record["evaluation"]["after"]["forget_probability"] == pytest.approx(m["forget_probability"])
+        assert (kept / "wagle_mask.safetensors").exists() == (run["method"] != "dense")
     assert (tmp_path / "cmp" / "compare_masks.png").stat().st_size > 0
-    assert "forget" not in json.dumps(result["settings"]).replace("forget_target", "")  # numbers, no data text
+    assert "Ohio" not in json.dumps(result) and world["forget"][0]["answer"] not in json.dumps(result)
 
     assert main(argv + ["--methods", "dense,wagle:alpha=2"]) == 2
     err = capsys.readouterr().err
     assert "options are key=value" in err and len(err.strip().splitlines()) == 1
 
 
-def test_compare_masks_on_the_real_model_with_masked_lora(smollm2, tmp_path, capsys):
+def test_plan_writes_a_config_that_meets_its_targets(trained, world, tmp_path, capsys):
+    """`plan` tries masks and ratios against the config's targets; its YAML, run as written, meets them."""
+    import yaml
+
     from hf_wagle.cli import main
 
-    argv = ["compare-masks", "--model", str(smollm2[2]), "--forget", "scenario:element_symbols/forget",
-            "--retain", "scenario:element_symbols/retain", "--utility", "holdout=scenario:element_symbols/holdout",
-            "--methods", "dense,wagle", "--seeds", "1", "--steps", "2", "--eval-every", "1", "--eval-limit", "8",
-            "--lora-r", "8", "--learning-rate", "1e-3", "--out", str(tmp_path / "cmp")]
-    assert main(argv) == 0
-    result = json.loads((tmp_path / "cmp" / "compare_masks.json").read_text())
-    assert result["settings"]["utility_sets"] == ["retain", "holdout"]
-    for run in result["runs"]:
-        first = run["curve"][0]
-        assert first["utility"] == pytest.approx((first["retain"] + first["holdout"]) / 2)
-        assert run["curve"][-1]["forget"] < first["forget"]
+    model, tokenizer = trained
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    world["forget"].to_json(tmp_path / "forget.jsonl")
+    world["retain"].to_json(tmp_path / "retain.jsonl")
+    config = {"model_name_or_path": str(tmp_path / "model"), "forget_file": str(tmp_path / "forget.jsonl"),
+              "retain_file": str(tmp_path / "retain.jsonl"), "output_dir": str(tmp_path / "out"),
+              "objective": "grad_diff", "learning_rate": 1e-3, "max_steps": 30, "per_device_train_batch_size": 4,
+              "lora_r": 4, "use_cpu": True, "report_to": "none", "save_strategy": "no",
+              "targets": ["forget_probability <= 0.3x", "heldout_probability >= 0.6x"]}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    assert main(["plan", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "plan"), "--seeds", "1",
+                 "--methods", "dense,random", "--ratios", "0.1,0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "chosen: random:ratio=0.5" in out and "random:ratio=0.1             fails" in out
+    planned = yaml.safe_load((tmp_path / "plan" / "plan.yaml").read_text())
+    assert planned["mask_method"] == "random" and planned["mask_ratio"] == 0.5 and planned["targets"] == config[
+        "targets"]
+    assert main(["unlearn", "--config", str(tmp_path / "plan" / "plan.yaml")]) == 0
+    record = json.loads((tmp_path / "out" / "unlearning_record.json").read_text())
+    assert record["targets"]["met"] is True and record["steps"] < planned["max_steps"]

@@ -115,4 +115,5 @@ def test_card_of_a_dense_run_names_no_mask_and_the_cached_base(trained, tokenize
     card = ModelCard.load(tmp_path / "out" / "README.md")
     assert card.data.base_model == "my-org/tiny" and card.data.eval_results is None
     assert "dense: no mask was enforced" in card.text and "only through" not in card.text
+    assert "ships no mask" in card.text and not (tmp_path / "out" / "wagle_mask.safetensors").exists()
     assert str(tmp_path) not in card.content
