@@ -182,12 +182,20 @@ def main(argv=None) -> dict:
               f"{before['tofu']['forget']['probability']:.3g}, real MCQ {before['real_mcq_cloze']:.3g}")
         entry = {"before": before, "objectives": {}}
         for objective in objectives:
-            result = compare_masks(target, tokenizer, data["forget"], data["retain"], methods=methods, ratio=a.ratio,
-                                   objective=objective, seeds=seeds, steps=steps, learning_rate=rates[objective],
-                                   eval_every=a.eval_every, forget_target=a.forget_target, lora_r=a.lora_r,
-                                   utility={"retain": retain_eval, "real": real}, eval_limit=eval_limit,
+            lora = None
+            if a.lora_r:
+                from peft import LoraConfig
+
+                lora = LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r, target_modules="all-linear",
+                                  task_type="CAUSAL_LM")
+            # utility never trained on: a held-out share of the retained authors, and the real facts
+            result = compare_masks(target, tokenizer, data["forget"], data["retain"], methods=methods, seeds=seeds,
+                                   steps=steps, eval_every=a.eval_every, forget_target=a.forget_target,
+                                   peft_config=lora, utility={"real": real}, eval_limit=eval_limit,
                                    prompt_template=PROMPT, retain_model_truth_ratios=retain_trs,
-                                   training={"max_length": 64}, on_run_end=final_report)
+                                   training={"max_length": 64, "mask_ratio": a.ratio, "objective": objective,
+                                             "learning_rate": rates[objective], "per_device_train_batch_size": 8},
+                                   on_run_end=final_report)
             print(format_comparison(result))
             png = plot_comparison(result, out / f"quality_{split}_{objective}.png")
             entry["objectives"][objective] = result

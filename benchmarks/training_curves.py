@@ -3,11 +3,12 @@ world model: the figures the documentation shows next to the tables, made by `co
 
     python -m benchmarks.training_curves            # under a minute on 2 CPU cores once the world model is cached
 
-GradDiff, full parameters, mask ratio 0.5 (dense, random, wagle), 5 seeds of 12 steps at lr 2e-3, every 2 steps
+GradDiff, full parameters, mask ratio 0.5 (dense, random, wagle), 5 seeds of up to 12 steps at lr 2e-3, every step
 scored on the 20 forget facts and on 20 retain facts the retain term never trains on (the retain term trains on the
-other 160). Writes `benchmarks/results/world_compare_masks.{json,png}` (the trade-off, mean utility at the target
-with its 95% interval) and `benchmarks/results/world_training_curves.png` (forget and held-out retain probability
-against the step, mean over seeds with the range).
+other 160), each run until its matched point (forget probability at half its start). Writes
+`benchmarks/results/world_compare_masks.{json,png}` (the trade-off, mean utility at the target with its 95% interval)
+and `benchmarks/results/world_training_curves.png` (forget and held-out retain probability against the step, mean
+over seeds with the range).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def plot_curves(result: dict, path: Path) -> Path:
         curves = [r["curve"] for r in result["runs"] if r["method"] == spec]
         n = min(len(c) for c in curves)
         steps = [curves[0][i]["step"] for i in range(n)]
-        for ax, key in zip(axes, ("forget", "heldout")):
+        for ax, key in zip(axes, ("forget_probability", "heldout_probability")):
             values = [[c[i][key] for c in curves] for i in range(n)]
             line, = ax.plot(steps, [sum(v) / len(v) for v in values], marker=".", label=spec)
             ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=line.get_color(),
@@ -61,9 +62,9 @@ def main(argv=None) -> dict:
     heldout, trained_on = retain.select(range(20)), retain.select(range(20, len(retain)))
     _, tokenizer, path = pretrained_world_model()
     result = compare_masks(str(path), tokenizer, world["forget"], trained_on, methods="dense,random,wagle",
-                           ratio=0.5, objective="grad_diff", seeds=a.seeds, steps=a.steps, learning_rate=2e-3,
-                           batch_size=8, eval_every=2, utility={"heldout": heldout}, eval_limit=None,
-                           progress=None)
+                           seeds=a.seeds, steps=a.steps, eval_every=1, heldout=heldout, progress=None,
+                           training={"mask_ratio": 0.5, "objective": "grad_diff", "learning_rate": 2e-3,
+                                     "per_device_train_batch_size": 8})
     result["command"] = shlex.join(["python", "-m", "benchmarks.training_curves", *sys.argv[1:]])
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -143,9 +143,11 @@ def scenario_names() -> list[str]:
 def load_scenario(name: str = "element_symbols") -> dict:
     """A shipped real-knowledge scenario as `datasets.Dataset`s.
 
-    Keys: `forget`, `retain` (QA in the TOFU schema: `question`, `answer`, `paraphrased_answer`, `perturbed_answer`;
-    retain is what unlearning trains to keep), `holdout` (kept knowledge of the same kind never used in training:
-    shows whether utility holds beyond the retain set), `forget_mcq`, `retain_mcq` (`question`, `choices`,
+    Keys: `forget`, `retain` (QA in the TOFU schema: `question`, `answer`, `paraphrased_answer`, `perturbed_answer`,
+    and `answer_key`, the short answer `answered` looks for; retain is what unlearning trains to keep), `holdout`
+    (kept knowledge of the same kind never used in training: shows whether utility holds beyond the retain set),
+    `neighbour` (facts next to the forgotten ones, here other element symbols the model knows, never trained on),
+    `forget_mcq`, `retain_mcq` (`question`, `choices`,
     `answer` index), and `info` (a dict: description and the prompt template the scenario was checked with).
     """
     from datasets import Dataset
@@ -154,6 +156,7 @@ def load_scenario(name: str = "element_symbols") -> dict:
     if not path.exists():
         raise ValueError(f"no scenario {name!r}; shipped scenarios: {', '.join(scenario_names())}")
     raw = json.loads(path.read_text())
-    out = {k: Dataset.from_list(raw[k]) for k in ("forget", "retain", "holdout", "forget_mcq", "retain_mcq")}
+    out = {k: Dataset.from_list(raw[k]) for k in ("forget", "retain", "holdout", "neighbour", "forget_mcq",
+                                                    "retain_mcq") if k in raw}
     out["info"] = raw["info"]
     return out

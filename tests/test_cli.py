@@ -146,17 +146,18 @@ def test_tofu_config_reads_hub_configs_and_unlearns_full_parameters(smollm2, tmp
                            "HuggingFaceTB/SmolLM2-135M-Instruct")
     assert results["confined"] and results["steps"] == 2
     assert results["changeable"] == round(0.95 * results["total"])  # the config's mask ratio
-    assert results["evaluation"]["after"]["forget"] < results["evaluation"]["before"]["forget"]
+    evaluation = results["evaluation"]
+    assert evaluation["after"]["forget_probability"] < evaluation["before"]["forget_probability"]
     card = (tmp_path / "out" / "README.md").read_text()
     from huggingface_hub import ModelCard
 
     meta = ModelCard(card).data
     assert meta.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     values = {(r.dataset_name, r.metric_type): r.metric_value for r in meta.eval_results}
-    assert values[("forget data", "answer_probability_after")] == pytest.approx(
-        results["evaluation"]["after"]["forget"])
-    assert values[("retain data", "answer_probability_before")] == pytest.approx(
-        results["evaluation"]["before"]["retain"])
+    assert values[("forget data", "forget_probability_after")] == pytest.approx(
+        evaluation["after"]["forget_probability"])
+    assert values[("heldout data", "heldout_answered_before")] == pytest.approx(
+        evaluation["before"]["heldout_answered"])
     assert "confined: yes" in card and "| `q_proj` |" in card and "only through" in card
 
 

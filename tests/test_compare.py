@@ -142,3 +142,23 @@ def test_plan_writes_a_config_that_meets_its_targets(trained, world, tmp_path, c
     assert main(["unlearn", "--config", str(tmp_path / "plan" / "plan.yaml")]) == 0
     record = json.loads((tmp_path / "out" / "unlearning_record.json").read_text())
     assert record["targets"]["met"] is True and record["steps"] < planned["max_steps"]
+
+
+def test_compare_masks_on_the_real_model_with_masked_lora(smollm2, tmp_path, capsys):
+    """SmolLM2 and the element-symbols scenario, as examples/unlearn_smollm2.yaml configures it: held-out and
+    neighbour utility, answers at the matched point."""
+    from hf_wagle.cli import main
+
+    argv = ["compare-masks", "--config", "examples/unlearn_smollm2.yaml", "--model_name_or_path", str(smollm2[2]),
+            "--methods", "dense,wagle", "--seeds", "1", "--max_steps", "3", "--lora_r", "4", "--eval_limit", "8",
+            "--out", str(tmp_path / "cmp")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "neighbour: neighbour facts near the forget topic" in out and "first 1 step" not in out
+    result = json.loads((tmp_path / "cmp" / "compare_masks.json").read_text())
+    assert result["settings"]["utility_sets"] == ["heldout", "neighbour"]
+    assert result["settings"]["rows_available"]["neighbour"] == 8
+    base = result["base"]
+    assert base["neighbour_answered"] == 1.0 and base["forget_answered"] > 0.5  # facts the model knows
+    for run in result["runs"]:
+        assert run["matched"] and run["matched"]["forget_answered"] <= base["forget_answered"]

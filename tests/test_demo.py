@@ -15,7 +15,8 @@ def test_demo_runs_end_to_end_and_writes_adapters(trained, tmp_path):
     assert before["forget prob"] > 0.9 and before["retain exact"] == 1.0
     for name in ("dense+npo", "wagle+npo"):
         assert PeftConfig.from_pretrained(str(tmp_path / name)).peft_type == "LORA"
-        assert verify(tmp_path / name)["confined"]
+    assert verify(tmp_path / "wagle+npo")["confined"]
+    assert not (tmp_path / "dense+npo" / "wagle_mask.safetensors").exists()  # a dense run claims no mask
     assert rows[2][1]["changeable"] != rows[1][1]["changeable"]
 
 

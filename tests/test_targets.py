@@ -3,10 +3,11 @@ evaluation kept, and a run that missed them refused by push."""
 import json
 
 import pytest
-from support import small_args
 
 from hf_wagle import WagleTrainer
 from hf_wagle.evaluation.targets import Target, parse_targets, rank_key, report
+
+from support import small_args
 
 
 def test_targets_parse_and_refuse_what_they_cannot_mean():

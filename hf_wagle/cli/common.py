@@ -118,7 +118,8 @@ def load_data(path: str, what: str, config: str | None = None, split: str = "tra
         name, _, part = path[len("scenario:"):].partition("/")
         data = load_scenario(name)
         if part not in data or part == "info":
-            raise ValueError(f"--{what} {path}: scenario {name!r} has no split {part!r} (forget, retain, holdout)")
+            raise ValueError(f"--{what} {path}: scenario {name!r} has no split {part!r} (forget, retain, holdout, "
+                             "neighbour)")
         return data[part]
     import datasets
 

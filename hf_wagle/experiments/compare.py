@@ -414,6 +414,8 @@ def format_comparison(result: dict) -> str:
              f"steps, {s['seeds']} seeds; matched point: {s['target_metric']} = {s['forget_target']:g} x its start "
              f"({s['target']:.4g}) within {s['tolerance']:g} of it",
              *(f"  {name}: {what}" for name, what in result["sets"].items()),
+             *(f"  {name}: scored the first {n} of {s['rows_available'][name]} rows (eval_limit)"
+               for name, n in s["rows_scored"].items() if n < s["rows_available"][name]),
              f"{'method':<24} {'reached':>8} " + " ".join(f"{label:>22}" for _, label in columns)]
     for spec, e in result["summary"].items():
         lines.append(f"{spec:<24} {e['reached']:>3}/{e['seeds']:<4} "
