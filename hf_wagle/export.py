@@ -14,6 +14,7 @@ from .formats import export_formats, get_format
 from .io import staged_directory
 from .mask import WeightMask
 from .modeling import base_named_parameters, tied_aliases
+from .record import artifact_digests, save_record
 
 EXPORT_REPORT = "export_report.json"
 
@@ -73,7 +74,8 @@ def masked_changes(trained, base_model, mask: WeightMask) -> dict[str, tuple[tor
 
 def export_adapter(trained, base_model, mask: WeightMask, output_dir, format: str = "shira", rank: int | None = None,
                    scales=None, base_name: str | None = None,
-                   write_card: Callable[[Path, dict, str | None, str | None], None] | None = None) -> dict:
+                   write_card: Callable[[Path, dict, str | None, str | None], None] | None = None,
+                   record: dict | None = None) -> dict:
     """Write the change `trained - base` of a full-parameter run as a stock-PEFT adapter in `output_dir`, with its
     mask, `export_report.json` and a card written by `write_card(folder, report, base_name, mask_method)` (default
     `hf_wagle.hub.write_export_card`).
@@ -84,7 +86,9 @@ def export_adapter(trained, base_model, mask: WeightMask, output_dir, format: st
     energy kept). `scales` (e.g. `[0.25, 0.5, 1.0]`) writes one adapter per scale `s` into `output_dir/scale_<s>`,
     holding `s x` the change (a staged roll-out: deploy the gentlest that forgets enough; the exactness figures hold
     for scale 1 only); the default is one adapter at scale 1 in `output_dir` (`export_folders`). `base_model` is
-    wrapped by PEFT while writing and unwrapped afterwards. Returns the report (with `folders`, the folders written).
+    wrapped by PEFT while writing and unwrapped afterwards. `record` is the run's `unlearning_record.json`: each
+    export carries it, with an `export` entry (format, scale, fidelity, the run record's digest) and the export's own
+    file digests, sealed again (the card reads it). Returns the report (with `folders`, the folders written).
     Nothing is written when a check fails."""
     if write_card is None:  # the usual card; a caller may pass its own writer
         from .hub import write_export_card as write_card
@@ -112,6 +116,10 @@ def export_adapter(trained, base_model, mask: WeightMask, output_dir, format: st
                 peft_model.save_pretrained(str(folder))
                 built.mask.save(folder)
                 (folder / EXPORT_REPORT).write_text(json.dumps(scaled, indent=2))
+                if record is not None:
+                    save_record(folder, {**record, "artifacts": artifact_digests(folder), "export": {
+                        "format": format, "scale": scale, "fidelity": fmt.fidelity(scaled),
+                        "run_record_digest": record.get("digest")}})
                 write_card(folder, scaled, base_name, mask.metadata.get("method"))
     finally:
         peft_model.unload()

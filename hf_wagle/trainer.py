@@ -21,6 +21,7 @@ How the mask is enforced, exactly:
 from __future__ import annotations
 
 import os
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -41,10 +42,10 @@ from .mask import WeightMask
 from .masking.compute import compute_mask
 from .masking.noise import add_mask_noise
 from .masking.selection import check_selects_something
-from .modeling import adapter_disabled, local_tensor
+from .modeling import adapter_disabled, base_named_parameters, local_tensor
 from .objectives import get_objective
 from .options import MASK_SAFE_OPTIMIZERS
-from .record import write_record
+from .record import data_entry, examples_digest, run_record, tensors_digest, write_record
 
 logger = logging.get_logger(__name__)
 REFERENCE_FILE = "wagle_reference.safetensors"
@@ -80,8 +81,9 @@ class WagleTrainer(Trainer):
         if "train_dataset" in kwargs:
             raise TypeError("WagleTrainer takes `forget_dataset` and `retain_dataset` instead of `train_dataset`")
         if kwargs.get("eval_dataset") is not None:
-            raise TypeError("WagleTrainer does not take `eval_dataset`; to measure forgetting during training add "
-                            "`hf_wagle.evaluation.WagleEvalCallback(forget, retain, ...)` to `callbacks`")
+            raise TypeError("WagleTrainer does not take `eval_dataset`; pass never-trained sets as "
+                            "`eval_datasets={'heldout': ..., 'neighbour': ...}` and set `do_eval=True` or `targets` "
+                            "(or add `hf_wagle.evaluation.WagleEvalCallback` to `callbacks`)")
         if forget_dataset is None or retain_dataset is None:
             raise ValueError("WagleTrainer needs both `forget_dataset` and `retain_dataset`")
         objective = get_objective(args.objective)(args, args.objective_arguments)
@@ -96,10 +98,10 @@ class WagleTrainer(Trainer):
             )
         if isinstance(model, str):
             model = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=False)
-        eval_sets, heldout_source = dict(eval_datasets or {}), None
+        eval_sets, heldout_source, held_out = dict(eval_datasets or {}), None, None
         evaluating = bool(args.targets) or args.do_eval
         if evaluating and "heldout" not in eval_sets and args.retain_holdout > 0:
-            n = len(retain_dataset)
+            n, held_out = len(retain_dataset), {"fraction": args.retain_holdout, "seed": args.seed}
             retain_dataset, eval_sets["heldout"] = split_holdout(retain_dataset, args.retain_holdout, args.seed)
             heldout_source = (f"{len(eval_sets['heldout'])} of the {n} retain rows, held out of training "
                               f"(retain_holdout={args.retain_holdout:g}, seed {args.seed})")
@@ -143,6 +145,11 @@ class WagleTrainer(Trainer):
         self._pad_id = pad
         self._metrics = defaultdict(list)
         self.results: dict | None = None  # {"before": {...}, "after": {...}} numbers the model card shows
+        self.provenance = {"base_name": getattr(getattr(model, "config", None), "_name_or_path", None),
+                           "data": {"forget": {"rows": len(forget_ex), "sha256": examples_digest(forget_ex)},
+                                    "retain": {"rows": len(retain_ex), "sha256": examples_digest(retain_ex),
+                                               "held_out": held_out},
+                                    **{name: data_entry(data, *tok_args) for name, data in eval_sets.items()}}}
         self.verification: dict | None = None  # a `hf_wagle.verify` report of the saved folder, for the card
         self.add_callback(_PairingEpoch(pairs))
         self.add_callback(_InstallMaskOnShards(self))
@@ -182,6 +189,9 @@ class WagleTrainer(Trainer):
         if self._prepared:
             return
         self._prepared, self._resuming = True, resume_from_checkpoint is not None
+        self.provenance["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if not self.is_fsdp_enabled and not self._resuming:  # the base as it was before any change (GRIN noise too)
+            self.provenance["base_weights_sha256"] = tensors_digest(base_named_parameters(self.model))
         self.objective.setup(self)
         if self.objective.needs_reference:
             self._reference = self._load_reference(resume_from_checkpoint) or self._reference_logps()
@@ -393,7 +403,7 @@ class WagleTrainer(Trainer):
             else base
         return export_adapter(self.model, base_model, self.enforced_mask, output_dir, format=format, rank=rank,
                               scales=scales, base_name=base if isinstance(base, str) else None,
-                              write_card=write_export_card)
+                              write_card=write_export_card, record=run_record(self))
 
     def create_model_card(self, *args, **kwargs) -> None:
         """Used by `Trainer.push_to_hub`: write hf_wagle's card (not the Trainer's generic one)."""

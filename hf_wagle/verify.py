@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .formats import format_of
 from .mask import WeightMask
+from .record import check_record, read_record
 
 
 def verify(directory, base=None) -> dict:
@@ -16,7 +17,8 @@ def verify(directory, base=None) -> dict:
     weight); for a SHiRA adapter, its non-zero entries (with distinct, in-range indices); for a full model, every
     weight that is not bit-identical to `base` (a local folder or Hub id, needed then). Each change must sit inside
     the mask and be finite, and the adapter's config must not move base weights when PEFT loads it. Returns a report
-    whose `"confined"` is True only when every check passes.
+    whose `"confined"` is True only when every check passes. When the folder holds an `unlearning_record.json`,
+    `report["record"]` gives its digest and what in the folder does not match it (`hf_wagle.record.check_record`).
     """
     directory = Path(directory)
     mask = WeightMask.load(directory)
@@ -36,6 +38,9 @@ def verify(directory, base=None) -> dict:
         inside_total += inside
         if outside:
             problems.append(f"{name}: {outside} weights change outside the mask")
+    record = read_record(directory)
     return {"directory": str(directory), "kind": fmt.name, "confined": not problems, "tensors_checked": checked,
             "changed_inside_mask": inside_total, "changed_outside_mask": outside_total,
-            "mask_ratio": mask.ratio, "mask_metadata": mask.metadata, "problems": problems}
+            "mask_ratio": mask.ratio, "mask_metadata": mask.metadata, "problems": problems,
+            "record": None if record is None else {"digest": record.get("digest"),
+                                                   "problems": check_record(directory, record)}}

@@ -38,6 +38,7 @@ class Export(Command):
         from ..formats import get_format
         from ..hub import write_export_card
         from ..mask import WeightMask
+        from ..record import read_record
         from ..verify import verify
 
         run_dir = Path(args.run)
@@ -59,7 +60,7 @@ class Export(Command):
         base = AutoModelForCausalLM.from_pretrained(args.base, dtype=next(trained.parameters()).dtype)
         with torch.no_grad():
             report = export_adapter(trained, base, mask, args.out, format=args.format, rank=args.rank, scales=scales,
-                                    base_name=args.base, write_card=write_export_card)
+                                    base_name=args.base, write_card=write_export_card, record=read_record(run_dir))
         print(f"exported {report['changed_weights']} changed weights in {len(report['layers'])} layers as "
               f"{args.format} r={report['rank']}")
         print(f"  {fmt.fidelity(report)}")

@@ -83,6 +83,7 @@ class Unlearn(Command):
         from ..evaluation.targets import explain
         from ..hub import public_name, write_model_card
         from ..mask import WeightMask
+        from ..record import update_record, verdict_of
         from ..trainer import WagleTrainer
         from ..verify import verify
 
@@ -117,7 +118,8 @@ class Unlearn(Command):
         report = verify(out, base=None if script.use_peft else script.model_name_or_path) if masked else None
         if masked:
             trainer.verification = report
-            write_model_card(out, trainer)  # now with the verdict
+            update_record(out, verification=verdict_of(report))
+            write_model_card(out, trainer)  # now with the verdict and the record's new digest
         engine = "fsdp2" if trainer.is_fsdp_enabled else ("ddp" if trainer.args.world_size > 1 else "single process")
         results = trainer.results
         summary = {"output_dir": str(out), "confined": report["confined"] if masked else None,

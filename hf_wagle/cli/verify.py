@@ -9,7 +9,8 @@ from .plugins import register_command
 @register_command("verify")
 class Verify(Command):
     """Check that an output folder changes nothing outside its mask: every tensor of the adapter (or, with --base,
-    of the full model) against wagle_mask.safetensors. Exit status 0 when confined, 1 when not."""
+    of the full model) against wagle_mask.safetensors; and that its unlearning_record.json matches the folder (and,
+    with --forget/--retain, the data). Exit status 0 when all holds, 1 when not, 2 when it cannot be checked."""
 
     help = "audit an adapter or model folder against its wagle_mask.safetensors"
 
@@ -17,13 +18,25 @@ class Verify(Command):
         parser.add_argument("directory", help="folder written by WagleTrainer.save_model")
         parser.add_argument("--base", help="base model (folder or Hub id); needed for full-model folders")
         parser.add_argument("--json", action="store_true", help="print the report as JSON")
+        parser.add_argument("--forget", metavar="FILE", help="check that this is the forget data the record names")
+        parser.add_argument("--retain", metavar="FILE", help="check that this is the retain data the record names "
+                                                             "(the rows it held out are held out again)")
 
     def run(self, args) -> int:
         import json
 
+        from ..record import check_data
         from ..verify import verify
 
         report = verify(args.directory, base=args.base)
+        record = report["record"]
+        data_problems = [problem for split in ("forget", "retain") if getattr(args, split)
+                         for problem in [check_data(args.directory, split, getattr(args, split))] if problem]
+        if record is not None:
+            record["problems"] += data_problems
+        elif data_problems:
+            raise ValueError(data_problems[0])
+        consistent = record is None or not record["problems"]
         if args.json:
             print(json.dumps(report, indent=2, default=str))
         else:
@@ -33,4 +46,11 @@ class Verify(Command):
             for problem in report["problems"]:
                 print(f"  FAIL {problem}")
             print("confined to its mask: " + ("yes" if report["confined"] else "NO"))
-        return 0 if report["confined"] else 1
+            if record is not None:
+                for problem in record["problems"]:
+                    print(f"  FAIL {problem}")
+                checked = " and ".join(s for s in ("forget", "retain") if getattr(args, s))
+                print(f"unlearning_record.json digest {record['digest']}: "
+                      + ("matches this folder" + (f" and the {checked} data" if checked else "") if consistent
+                         else "does NOT match"))
+        return 0 if report["confined"] and consistent else 1

@@ -43,6 +43,7 @@ class RunCard:
     verification: dict | None = None
     objective_args: dict | None = None
     mask_options: dict | None = None
+    record_digest: str | None = None
 
 
 def _settings(values: dict | None) -> str:
@@ -84,6 +85,10 @@ def model_card(card: RunCard) -> ModelCard:
            "through a\nmask of the weights allowed to change." if masked else
            "an unlearning objective run over every weight\n(dense: no mask was enforced).")
     verdict = ""
+    if card.record_digest:
+        verdict += (f"\nEvidence: `unlearning_record.json` (data digests, settings, scores, file digests; no data "
+                    f"text), digest `{card.record_digest}`. `hf-wagle verify <this folder>` checks it against the "
+                    "files; `--forget FILE` checks a data file against it.\n")
     report = card.verification
     if report is not None:
         verdict = (f"\n`hf-wagle verify` at save: {report['tensors_checked']} tensors checked, "
@@ -155,7 +160,13 @@ def card_for(trainer) -> ModelCard:
 
 
 def write_model_card(output_dir, trainer) -> None:
-    card_for(trainer).save(os.path.join(output_dir, "README.md"))
+    """The run's card, with the digest of the record saved beside it (when there is one)."""
+    from ..record import read_record
+
+    card = run_card(trainer)
+    record = read_record(output_dir)
+    card.record_digest = record.get("digest") if record else None
+    model_card(card).save(os.path.join(output_dir, "README.md"))
 
 
 def module_table(stats) -> str:
@@ -211,13 +222,28 @@ def peft_load_snippet(base: str | None) -> str:
             "# undo the unlearning: model.unload() returns the untouched base model\n```\n")
 
 
-def export_card(report: dict, base: str | None, method: str | None = None) -> ModelCard:
+def export_card(report: dict, base: str | None, method: str | None = None, record: dict | None = None) -> ModelCard:
     """The card of an adapter exported from a full-parameter run (`hf_wagle.export.export_adapter`), from its export
-    report; `method` is the mask method the run used (from its mask's metadata)."""
+    report; `method` is the mask method the run used (from its mask's metadata); `record` the export's
+    `unlearning_record.json` (the run's settings, data sizes, scores and targets, shown when given)."""
     base = public_name(base)
     data = ModelCardData(base_model=base, library_name="peft",
                          tags=["unlearning", "wagle", f"export:{report['format']}", f"mask:{method or 'given'}"])
     what = get_format(report["format"]).describe(report)
+    provenance = ""
+    if record:
+        settings = record.get("settings") or {}
+        sizes = record.get("data") or {}
+        rows = "\n".join(f"| {k} | {v} |" for k, v in (
+            ("objective", f"`{settings.get('objective')}`"),
+            ("learning rate / steps", f"{settings.get('learning_rate')} / {record.get('steps')}"),
+            ("data (rows, as tokenised)", ", ".join(f"{k} {v.get('rows')}" for k, v in sizes.items())),
+            ("run record digest", f"`{(record.get('export') or {}).get('run_record_digest')}`")))
+        evaluation = {**(record.get("evaluation") or {}), "targets": record.get("targets")}
+        results = results_section(evaluation if evaluation.get("after") else None)
+        provenance = (f"\n## The run\n\n| | |\n|---|---|\n{rows}\n{results}"
+                      f"\nEvidence: `unlearning_record.json`, digest `{record.get('digest')}`; `hf-wagle verify "
+                      "<this folder>` checks it against the files.\n")
     body = f"""
 # Unlearned with hf_wagle (exported adapter)
 
@@ -232,7 +258,7 @@ The forget data is not described here.
 | hf_wagle | {__version__} |
 
 `wagle_mask.safetensors` holds the mask the adapter keeps to; check it with `hf-wagle verify <this folder>`.
-
+{provenance}
 ## How to load and roll back
 
 {peft_load_snippet(base)}"""
@@ -240,5 +266,8 @@ The forget data is not described here.
 
 
 def write_export_card(folder, report: dict, base: str | None, method: str | None = None) -> None:
-    """`export_card` saved as `folder/README.md`; pass it to `export_adapter(write_card=...)`."""
-    export_card(report, base, method).save(os.path.join(folder, "README.md"))
+    """`export_card` saved as `folder/README.md`, with the record the export carries; pass it to
+    `export_adapter(write_card=...)`."""
+    from ..record import read_record
+
+    export_card(report, base, method, read_record(folder)).save(os.path.join(folder, "README.md"))

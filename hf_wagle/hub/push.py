@@ -12,7 +12,7 @@ from pathlib import Path
 from transformers.utils import logging
 
 from ..mask import MASK_FILE, WeightMask
-from ..record import RECORD_FILE, read_record, unmet_targets
+from ..record import RECORD_FILE, check_record, read_record, unmet_targets
 from ..verify import verify
 from .names import public_name
 
@@ -77,6 +77,9 @@ def push_to_hub(folder, repo_id: str, *, private: bool | None = None, token: str
         report = verify(folder, base=base)
         if not report["confined"]:
             raise ValueError(f"refusing to publish {folder}: {'; '.join(report['problems'][:3])}")
+    mismatch = check_record(folder, record) if record else []
+    if mismatch:
+        raise ValueError(f"refusing to publish {folder}: it does not match its record ({'; '.join(mismatch[:3])})")
     if not os.path.exists(os.path.join(folder, "README.md")):
         raise FileNotFoundError(f"{folder} has no README.md model card; save it with WagleTrainer.save_model")
     with tempfile.TemporaryDirectory(prefix="hf_wagle_push_") as staging:
