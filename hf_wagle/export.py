@@ -37,13 +37,15 @@ def export_folders(output_dir, scales) -> list[Path]:
     return [Path(output_dir)] if scales is None else [Path(output_dir) / f"scale_{s:g}" for s in scales]
 
 
-def masked_changes(trained, base_model, mask: WeightMask) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """`{weight name: (base, trained)}` of every parameter that changed; raises if a change leaves the mask, is not
-    finite, or sits in a parameter that is not the weight of an `nn.Linear` (an adapter can only hold those)."""
+def masked_changes(trained, base_model, mask: WeightMask, strict: bool = False) -> tuple[dict, dict]:
+    """`({weight name: (base, trained)}, dropped)` of every parameter that changed; raises if a change leaves the mask
+    or is not finite. A changed parameter that is not the weight of an untied `nn.Linear` (a norm, a bias, an
+    embedding: the adapter formats hold only those) goes to `dropped`, `{name: {"changed", "max_abs_change",
+    "relative_change"}}` with `relative_change = ||trained - base|| / ||base||`; with `strict` it is refused."""
     trained_params = dict(base_named_parameters(trained))
     linear = {f"{n}.weight" for n, m in base_model.named_modules() if isinstance(m, torch.nn.Linear)}
     shared = set(tied_aliases(base_model)) | set(tied_aliases(base_model).values())
-    changes, unsupported = {}, []
+    changes, unsupported = {}, {}
     for name, b in base_named_parameters(base_model):
         if name not in trained_params:
             raise ValueError(f"the trained model has no parameter {name}; export needs the base it was trained from")
@@ -60,25 +62,33 @@ def masked_changes(trained, base_model, mask: WeightMask) -> dict[str, tuple[tor
             raise ValueError(f"{name}: changed outside the mask; this is not the base the run started from, or not "
                              "its mask")
         if name not in linear or name in shared:
-            unsupported.append(name)
+            delta = (u.to(torch.float64) - b.to(torch.float64))
+            unsupported[name] = {"changed": int(changed.sum()), "max_abs_change": float(delta.abs().max()),
+                                 "relative_change": float(delta.norm() / b.to(torch.float64).norm().clamp(min=1e-30))}
             continue
         changes[name] = (b, u.to(b.dtype))
-    if unsupported:
+    if unsupported and strict:
         raise ValueError(f"{len(unsupported)} changed parameters are not untied linear weights, which an adapter "
-                         f"cannot hold: {unsupported[:3]}; train with mask_include/mask_exclude so that only linear "
-                         "layers are selected (e.g. mask_include: ['*proj.weight']), or ship the full model")
+                         f"cannot hold: {list(unsupported)[:3]}; train with mask_include/mask_exclude so that only "
+                         "linear layers are selected (e.g. mask_include: ['*proj.weight']), ship the full model, or "
+                         "export without strict (those changes are then left out, and the report says by how much)")
     if not changes:
-        raise ValueError("the trained model equals the base model: nothing to export")
-    return changes
+        raise ValueError("no changed linear weight to export" + (f" (only {list(unsupported)[:3]}, which an adapter "
+                                                                 "cannot hold)" if unsupported else
+                                                                 ": the trained model equals the base model"))
+    return changes, unsupported
 
 
 def export_adapter(trained, base_model, mask: WeightMask, output_dir, format: str = "shira", rank: int | None = None,
                    scales=None, base_name: str | None = None,
                    write_card: Callable[[Path, dict, str | None, str | None], None] | None = None,
-                   record: dict | None = None) -> dict:
+                   record: dict | None = None, strict: bool = False) -> dict:
     """Write the change `trained - base` of a full-parameter run as a stock-PEFT adapter in `output_dir`, with its
     mask, `export_report.json` and a card written by `write_card(folder, report, base_name, mask_method)` (default
     `hf_wagle.hub.write_export_card`).
+
+    Changed parameters an adapter cannot hold (norms, biases, embeddings, tied weights) are left out and listed in
+    `report["dropped"]` with how much each changed (`masked_changes`); `strict=True` refuses them instead.
 
     `format` is an exportable format (`hf_wagle.formats.export_formats()`), whose `build` holds the change:
     `"shira"` exactly wherever float32 allows (the report counts `inexact_weights` and `max_abs_error`), `"lora"`
@@ -97,10 +107,12 @@ def export_adapter(trained, base_model, mask: WeightMask, output_dir, format: st
 
     scales = check_export_options(format, rank, scales)
     fmt = get_format(format)
-    changes = masked_changes(trained, base_model, mask)
+    changes, dropped = masked_changes(trained, base_model, mask, strict)
     built = fmt.build(changes, mask, rank=rank)
     report = {"format": format, "scales": scales or [1.0], "layers": {}, "changed_weights": 0, **built.report}
     report["changed_weights"] = sum(int((u != b).sum()) for b, u in changes.values())
+    report["dropped"] = dropped
+    report["dropped_weights"] = sum(d["changed"] for d in dropped.values())
     base_name = base_name or getattr(base_model, "name_or_path", None)
     peft_model = get_peft_model(base_model, built.config)
     try:
@@ -113,7 +125,7 @@ def export_adapter(trained, base_model, mask: WeightMask, output_dir, format: st
                     raise ValueError(f"format {format!r} built tensors the adapter has no place for: "
                                      f"{loaded.unexpected_keys[:3]}")
                 folder = staging / final.relative_to(output_dir)
-                peft_model.save_pretrained(str(folder))
+                peft_model.save_pretrained(str(folder), save_embedding_layers=False)  # base weights stay out
                 built.mask.save(folder)
                 (folder / EXPORT_REPORT).write_text(json.dumps(scaled, indent=2))
                 if record is not None:

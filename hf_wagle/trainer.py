@@ -379,7 +379,7 @@ class WagleTrainer(Trainer):
                       os.path.join(output_dir or self.args.output_dir, REFERENCE_FILE))
 
     def export_adapter(self, output_dir: str, format: str = "shira", rank: int | None = None, scales=None,
-                       base=None) -> dict:
+                       base=None, strict: bool = False) -> dict:
         """Write this full-parameter run's change as a stock-PEFT adapter (`hf_wagle.export.export_adapter`):
         `format="shira"` is exact wherever float32 allows, `format="lora", rank=k` a truncated SVD with its
         fidelity report. `base` is the base model (folder, Hub id or model; default: the one this model was loaded
@@ -403,7 +403,7 @@ class WagleTrainer(Trainer):
             else base
         return export_adapter(self.model, base_model, self.enforced_mask, output_dir, format=format, rank=rank,
                               scales=scales, base_name=base if isinstance(base, str) else None,
-                              write_card=write_export_card, record=run_record(self))
+                              write_card=write_export_card, record=run_record(self), strict=strict)
 
     def create_model_card(self, *args, **kwargs) -> None:
         """Used by `Trainer.push_to_hub`: write hf_wagle's card (not the Trainer's generic one)."""

@@ -107,15 +107,31 @@ def test_lora_export_reports_fidelity_and_stays_in_its_rows_and_columns(full_run
     assert not (tmp / "bad").exists()
 
 
-def test_export_refuses_changes_an_adapter_cannot_hold(trained, world, tmp_path):
+def test_export_lists_what_an_adapter_cannot_hold_or_refuses_it_when_strict(trained, world, tmp_path):
+    """A default full-parameter run also changes norms and embeddings: the export holds the linear changes exactly and
+    names every other changed tensor with how much it changed (strict: refused, nothing written)."""
     model, tokenizer = trained
     args = small_args(tmp_path, objective="grad_diff", mask_method="wagle", mask_ratio=0.3, max_steps=2)
     trainer = WagleTrainer(model=copy.deepcopy(model), args=args, forget_dataset=world["forget"],
                            retain_dataset=world["retain"], processing_class=tokenizer)
     trainer.train()
     with pytest.raises(ValueError, match="not untied linear weights"):
-        trainer.export_adapter(tmp_path / "x", base=copy.deepcopy(model))
+        trainer.export_adapter(tmp_path / "x", base=copy.deepcopy(model), strict=True)
     assert not (tmp_path / "x").exists()
+    report = trainer.export_adapter(tmp_path / "x", base=copy.deepcopy(model), format="lora", rank=64)
+    base = dict(model.named_parameters())
+    for name, p in trainer.model.named_parameters():
+        delta = (p.detach() - base[name].detach()).double()
+        if name in report["dropped"]:
+            assert report["dropped"][name]["changed"] == int((p != base[name]).sum())
+            assert report["dropped"][name]["relative_change"] == pytest.approx(
+                float(delta.norm() / base[name].double().norm()))
+        elif delta.abs().max() > 0:
+            assert name.endswith(("proj.weight", "lm_head.weight"))  # linear: held by the adapter
+    assert any("norm" in n for n in report["dropped"]) and any("embed" in n for n in report["dropped"])
+    assert report["dropped_weights"] == sum(d["changed"] for d in report["dropped"].values())
+    assert "Not held by this adapter" in (tmp_path / "x" / "README.md").read_text()
+    assert verify(tmp_path / "x")["confined"]
 
 
 def test_export_command_on_a_saved_run(full_run, capsys):

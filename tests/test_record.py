@@ -4,11 +4,12 @@ import json
 
 import pytest
 from safetensors.torch import load_file, save_file
-from support import small_args
 
 from hf_wagle import WagleTrainer
 from hf_wagle.cli import main
 from hf_wagle.record import RECORD_FILE, check_record, read_record
+
+from support import small_args
 
 
 @pytest.fixture

@@ -201,3 +201,9 @@ def leave_processes() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def escape(text) -> str:
+    """`text` with every non-printable character (terminal escape codes, newlines) shown as its escape sequence, so a
+    tensor or file name cannot rewrite what a command prints."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))

@@ -27,6 +27,9 @@ class Export(Command):
                                               "OUT/scale_<s> (a staged roll-out), e.g. 0.25,0.5,1")
         parser.add_argument("--out", required=True,
                             help="folder for the adapter, its mask, export_report.json and card")
+        parser.add_argument("--strict", action="store_true",
+                            help="refuse a run whose changes include weights an adapter cannot hold (norms, biases, "
+                                 "embeddings, tied weights) instead of leaving them out and listing them")
 
     def run(self, args) -> int:
         from pathlib import Path
@@ -40,6 +43,7 @@ class Export(Command):
         from ..mask import WeightMask
         from ..record import read_record
         from ..verify import verify
+        from .common import escape
 
         run_dir = Path(args.run)
         if not (run_dir / "model.safetensors").exists() and not (run_dir / "model.safetensors.index.json").exists():
@@ -60,10 +64,17 @@ class Export(Command):
         base = AutoModelForCausalLM.from_pretrained(args.base, dtype=next(trained.parameters()).dtype)
         with torch.no_grad():
             report = export_adapter(trained, base, mask, args.out, format=args.format, rank=args.rank, scales=scales,
-                                    base_name=args.base, write_card=write_export_card, record=read_record(run_dir))
+                                    base_name=args.base, write_card=write_export_card, record=read_record(run_dir),
+                                    strict=args.strict)
         print(f"exported {report['changed_weights']} changed weights in {len(report['layers'])} layers as "
               f"{args.format} r={report['rank']}")
         print(f"  {fmt.fidelity(report)}")
+        if report["dropped"]:
+            worst = max(report["dropped"].items(), key=lambda kv: kv[1]["relative_change"])
+            print(f"  NOT held: {report['dropped_weights']} changed weights in {len(report['dropped'])} tensors an "
+                  f"adapter cannot hold (largest relative change {worst[1]['relative_change']:.3g} in "
+                  f"{escape(worst[0])}); base + adapter differs from the run there (export_report.json lists each; "
+                  "--strict refuses)")
         confined = True
         for folder in report["folders"]:
             verdict = verify(folder)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import Command
+from .common import Command, escape
 from .plugins import register_command
 
 
@@ -44,11 +44,11 @@ class Verify(Command):
                   f"{report['changed_inside_mask']} weights changed inside the mask, "
                   f"{report['changed_outside_mask']} outside; mask ratio {report['mask_ratio']:.4f}")
             for problem in report["problems"]:
-                print(f"  FAIL {problem}")
+                print(f"  FAIL {escape(problem)}")
             print("confined to its mask: " + ("yes" if report["confined"] else "NO"))
             if record is not None:
                 for problem in record["problems"]:
-                    print(f"  FAIL {problem}")
+                    print(f"  FAIL {escape(problem)}")
                 checked = " and ".join(s for s in ("forget", "retain") if getattr(args, s))
                 print(f"unlearning_record.json digest {record['digest']}: "
                       + ("matches this folder" + (f" and the {checked} data" if checked else "") if consistent

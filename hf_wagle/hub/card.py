@@ -230,6 +230,12 @@ def export_card(report: dict, base: str | None, method: str | None = None, recor
     data = ModelCardData(base_model=base, library_name="peft",
                          tags=["unlearning", "wagle", f"export:{report['format']}", f"mask:{method or 'given'}"])
     what = get_format(report["format"]).describe(report)
+    if report.get("dropped"):
+        worst = max(d["relative_change"] for d in report["dropped"].values())
+        what += (f"\n\n**Not held by this adapter:** {report['dropped_weights']} changed weights in "
+                 f"{len(report['dropped'])} tensors an adapter cannot hold (norms, biases, embeddings, tied weights; "
+                 f"largest relative change {worst:.3g}), listed in `export_report.json`. Base + adapter differs from "
+                 "the unlearned model there.")
     provenance = ""
     if record:
         settings = record.get("settings") or {}
