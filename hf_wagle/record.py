@@ -10,8 +10,10 @@ every weight file and of the mask file it sits beside; start and end times; late
 Digests are SHA-256. A tensor file's digest covers, for every tensor in name order, its name, dtype, shape and bytes
 (not the file's bytes: safetensors headers may order metadata differently for equal tensors). A data set's digest
 covers the token ids and labels of every example in order. The record's own `digest` is the SHA-256 of its canonical
-JSON (sorted keys, no spaces) without the `digest` key; the card shows it, so a copy can be compared with what was
-published. Torch-free at import.
+JSON (sorted keys, no spaces) without the `digest` and `audits` keys; the card shows it, so a copy can be compared
+with what was published. Later audits (`hf-wagle evaluate --audit-by NAME`) are appended to `audits`, each with its
+own digest and the record digest it refers to, so appending one never invalidates the original entries. Torch-free at
+import.
 """
 
 from __future__ import annotations
@@ -85,9 +87,29 @@ def data_entry(dataset, tokenizer, prompt_template: str, max_length) -> dict:
     return {"rows": len(examples), "sha256": examples_digest(examples)}
 
 
+def _canonical_digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
 def record_digest(record: dict) -> str:
-    body = {k: v for k, v in record.items() if k != "digest"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+    """The seal: everything but `digest` and the later `audits` (each audit carries its own digest)."""
+    return _canonical_digest({k: v for k, v in record.items() if k not in ("digest", "audits")})
+
+
+def append_audit(folder, entry: dict) -> dict:
+    """Append a later audit to the record in `folder` without touching the sealed entries: `entry` gets `when`, the
+    record's digest it refers to, and its own `digest` (SHA-256 of the rest of it)."""
+    record = read_record(folder)
+    if record is None:
+        raise ValueError(f"{folder} holds no {RECORD_FILE} to append an audit to")
+    entry = {**entry, "when": _now(), "record_digest": record.get("digest")}
+    entry["digest"] = _canonical_digest(entry)
+    record.setdefault("audits", []).append(entry)
+    path = Path(folder, RECORD_FILE)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+    tmp.replace(path)
+    return entry
 
 
 def versions() -> dict:
@@ -207,6 +229,10 @@ def check_record(folder, record: dict | None = None) -> list[str]:
     problems = []
     if record.get("digest") != record_digest(record):
         problems.append(f"{RECORD_FILE}: its digest does not match its content (edited after it was sealed)")
+    for i, audit in enumerate(record.get("audits") or []):
+        body = {k: v for k, v in audit.items() if k != "digest"}
+        if not isinstance(audit, dict) or audit.get("digest") != _canonical_digest(body):
+            problems.append(f"{RECORD_FILE}: audit {i} does not match its digest (edited after it was appended)")
     named = record.get("artifacts") or {}
     actual = artifact_digests(folder)
     for name in sorted(set(named) | set(actual)):

@@ -153,8 +153,21 @@ def test_cli_evaluate_offline_end_to_end(trained, world, tmp_path, capsys):
     base_out = tmp_path / "base.json"
     assert main(common + ["--out", str(base_out)]) == 0
     out = tmp_path / "res" / "results.json"
-    assert main(common + ["--adapter", str(adapter_dir), "--out", str(out), "--retain-results", str(base_out)]) == 0
+    sealed = json.loads((adapter_dir / "unlearning_record.json").read_text())
+    assert main(common + ["--adapter", str(adapter_dir), "--out", str(out), "--retain-results", str(base_out),
+                          "--audit-by", "audit team"]) == 0
     result = json.loads(out.read_text())
+    # the evaluation is appended to the adapter's record as a dated audit; the original entries stay sealed
+    from hf_wagle.record import check_record, read_record
+
+    record = read_record(adapter_dir)
+    audit = record["audits"][0]
+    assert audit["by"] == "audit team" and audit["record_digest"] == sealed["digest"] == record["digest"]
+    assert audit["summary"]["after"] == result["runs"]["after"]["summary"] and not check_record(adapter_dir)
+    record["audits"][0]["by"] = "someone else"
+    (adapter_dir / "unlearning_record.json").write_text(json.dumps(record))
+    assert check_record(adapter_dir) == ["unlearning_record.json: audit 0 does not match its digest (edited after it "
+                                         "was appended)"]
     assert set(result["runs"]) == {"before", "after"}
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     before, after = result["runs"]["before"]["report"], result["runs"]["after"]["report"]

@@ -38,6 +38,9 @@ class Evaluate(Command):
                             help="wmdp: score the answer letter (the benchmark's format) or each choice's text "
                                  "(cloze, as lm-eval scores small models)")
         parser.add_argument("--out", default="results.json", help="results file")
+        parser.add_argument("--audit-by", metavar="NAME",
+                            help="with --adapter: append this evaluation to the adapter's unlearning_record.json as a "
+                                 "dated audit by NAME (the original entries stay sealed)")
         parser.add_argument("--plot", help="PNG path (default: the results path with .png)")
 
     def run(self, args) -> int:
@@ -47,6 +50,7 @@ class Evaluate(Command):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from ..evaluation.benchmarks import plot_forget_vs_utility, run_benchmark
+        from ..record import RECORD_FILE, append_audit
 
         retain_trs = None
         if args.retain_results:
@@ -59,6 +63,8 @@ class Evaluate(Command):
         check_model(args.model)
         if args.adapter and not Path(args.adapter, "adapter_config.json").exists():
             raise ValueError(f"--adapter {args.adapter}: no adapter_config.json there")
+        if args.audit_by and not (args.adapter and Path(args.adapter, RECORD_FILE).exists()):
+            raise ValueError(f"--audit-by needs --adapter with an {RECORD_FILE} to append to")
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         model = AutoModelForCausalLM.from_pretrained(args.model)
         kwargs = dict(data=args.data, forget_split=args.split, retain_model_truth_ratios=retain_trs,
@@ -76,6 +82,14 @@ class Evaluate(Command):
         result = {"benchmark": args.benchmark, "model": args.model, "adapter": args.adapter, "data": args.data,
                   "runs": runs}
         out.write_text(json.dumps(result, indent=2))
+        if args.audit_by:
+            from ..hub.names import public_name
+
+            entry = append_audit(args.adapter, {
+                "by": args.audit_by, "benchmark": args.benchmark, "data": public_name(args.data) if args.data else None,
+                "limit": args.limit, "base_model": public_name(args.model),
+                "summary": {name: r["summary"] for name, r in runs.items()}})
+            print(f"appended audit {entry['digest'][:12]}... to {Path(args.adapter, RECORD_FILE)}")
         png = Path(args.plot) if args.plot else out.with_suffix(".png")
         plot_forget_vs_utility(runs, str(png), title=args.benchmark)
         for name, r in runs.items():
