@@ -85,6 +85,28 @@ def test_push_uploads_an_allow_list_without_local_paths_or_links(saved_adapter, 
     assert "notes.txt" not in api.uploaded and "tokenizer.json" not in api.uploaded
     assert "training_args.bin" not in api.uploaded
     assert json.loads(api.uploaded["adapter_config.json"])["base_model_name_or_path"] is None
+    assert check_record_of(api.uploaded) == []  # what was uploaded still matches its record
+
+    # weights behind a link are not staged, so the staged copy is incomplete: refused, nothing sent
+    weights = out / "adapter_model.safetensors"
+    weights.rename(tmp_path / "elsewhere.safetensors")
+    weights.symlink_to(tmp_path / "elsewhere.safetensors")
+    api = RecordingApi()
+    with pytest.raises(ValueError, match="neither an adapter"):
+        push_to_hub(out, "org/unlearned", api=api)
+    assert api.calls == []
+
+
+def check_record_of(uploaded: dict) -> list:
+    import tempfile
+    from pathlib import Path
+
+    from hf_wagle.record import check_record
+
+    with tempfile.TemporaryDirectory() as folder:
+        for name, data in uploaded.items():
+            Path(folder, name).write_bytes(data)
+        return check_record(folder)
     assert str(tmp_path) in (out / "wagle_mask.safetensors").read_bytes().decode("latin-1")  # the local copy has it
     assert str(tmp_path) not in api.uploaded["wagle_mask.safetensors"].decode("latin-1")
     assert str(tmp_path) not in api.uploaded["README.md"].decode()

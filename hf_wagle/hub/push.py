@@ -48,6 +48,12 @@ def stage_for_hub(folder, staging) -> list[str]:
             mask = WeightMask.load(path)
             mask.metadata["model"] = public_name(mask.metadata.get("model")) or ""
             mask.save(staging)
+        elif path.name == "mask_stats.json":
+            stats = json.loads(path.read_text())
+            meta = stats.get("metadata") if isinstance(stats, dict) else None
+            if isinstance(meta, dict) and "model" in meta:
+                meta["model"] = public_name(meta["model"]) or ""
+            (staging / path.name).write_text(json.dumps(stats, indent=2))
         else:
             shutil.copyfile(path, staging / path.name)
     return left_out
@@ -58,9 +64,10 @@ def push_to_hub(folder, repo_id: str, *, private: bool | None = None, token: str
                 dry_run: bool = False, allow_unmet_targets: bool = False):
     """Upload a folder written by `WagleTrainer.save_model` to the Hub (card included).
 
-    The folder is first audited with `hf_wagle.verify` (pass `base` for a full model): a folder that changes weights
-    outside its mask is refused. Only the files in `PUBLISHED` are uploaded, never through a link, and local paths
-    are removed from the configs and the mask (`stage_for_hub`). `api` is an `HfApi`-like object (default
+    Only the files in `PUBLISHED` are staged, never through a link, and local paths are removed from the configs and
+    the mask (`stage_for_hub`); the staged copy is then audited with `hf_wagle.verify` (pass `base` for a full model)
+    and against its record: a copy that changes weights outside its mask, lacks its weights or mask (a link is not
+    staged) or does not match its record is refused. `api` is an `HfApi`-like object (default
     `HfApi(token=token)`). Returns the commit info of `upload_folder`; with `dry_run`, nothing is sent and the
     result is `{"files": [...], "left_out": [...]}`. A run whose record (`unlearning_record.json`) says it did not
     meet its targets is refused unless `allow_unmet_targets`; a dense run (its record says no mask) is published
@@ -73,17 +80,21 @@ def push_to_hub(folder, repo_id: str, *, private: bool | None = None, token: str
     if unmet and not allow_unmet_targets:
         raise ValueError(f"refusing to publish {folder}: {unmet}; publish anyway with --allow-unmet-targets "
                          "(allow_unmet_targets=True), and the card says so")
-    if not (record and record.get("masked") is False and not os.path.exists(os.path.join(folder, MASK_FILE))):
-        report = verify(folder, base=base)
-        if not report["confined"]:
-            raise ValueError(f"refusing to publish {folder}: {'; '.join(report['problems'][:3])}")
-    mismatch = check_record(folder, record) if record else []
-    if mismatch:
-        raise ValueError(f"refusing to publish {folder}: it does not match its record ({'; '.join(mismatch[:3])})")
     if not os.path.exists(os.path.join(folder, "README.md")):
         raise FileNotFoundError(f"{folder} has no README.md model card; save it with WagleTrainer.save_model")
     with tempfile.TemporaryDirectory(prefix="hf_wagle_push_") as staging:
         left_out = stage_for_hub(folder, staging)
+        # what is checked is the staged copy, exactly what would be uploaded
+        dense = record is not None and record.get("masked") is False and not os.path.exists(
+            os.path.join(staging, MASK_FILE))
+        if not dense:
+            report = verify(staging, base=base)
+            if not report["confined"]:
+                raise ValueError(f"refusing to publish {folder}: {'; '.join(report['problems'][:3])}")
+        mismatch = check_record(staging, record) if record else []
+        if mismatch:
+            raise ValueError(f"refusing to publish {folder}: it does not match its record "
+                             f"({'; '.join(mismatch[:3])})")
         if dry_run:
             return {"files": sorted(os.listdir(staging)), "left_out": left_out}
         if left_out:

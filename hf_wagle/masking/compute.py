@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..data import check_fits_model, pad_id, tokenize_dataset
+from ..hub.names import public_name
 from ..mask import WeightMask, parameter_fingerprint
 from ..modeling import (
     adapter_disabled,
@@ -211,7 +212,7 @@ def _metadata(model, named, config: MaskConfig, method: MaskMethod, options: dic
         "num_forget": len(examples["forget"]), "num_retain": len(examples["retain"]),
         "forget_sha256": data_fingerprint(forget) if method.uses_forget else "",
         "retain_sha256": data_fingerprint(retain) if method.uses_retain else "",
-        "model": getattr(getattr(model, "config", None), "_name_or_path", "") or "",
+        "model": public_name(getattr(getattr(model, "config", None), "_name_or_path", "")) or "",  # never a path
         "param_sha256": parameter_fingerprint((n, tuple(p.shape)) for n, p in named),
         "hf_wagle_version": __version__,
     }
