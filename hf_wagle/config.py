@@ -116,6 +116,8 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
         for name in ("forget_weight", "retain_weight"):
             finite(name, getattr(self, name), 0)
         check_prompt_template(self.prompt_template)
+        if self.max_steps == 0 or (self.max_steps < 0 and self.num_train_epochs <= 0):
+            raise ValueError("this run would take 0 steps: set max_steps >= 1 or num_train_epochs > 0")
         self.targets = [str(t) for t in parse_targets(self.targets)] or None
         if self.target_eval_steps < 1:
             raise ValueError(f"target_eval_steps must be >= 1, got {self.target_eval_steps}")

@@ -18,18 +18,30 @@ MODEL_STEM = "model"            # a full model's, `model.safetensors` or shards 
 
 @contextmanager
 def staged_directory(final):
-    """Yield a temporary folder beside `final`; once the block finishes, move its files into `final` (renames on one
-    file system). A failure inside the block leaves `final` as it was."""
+    """Yield a temporary folder beside `final`; once the block finishes, publish it as `final` in one rename.
+
+    What `final` holds that this save does not write (checkpoints, other files) is first moved into the staging
+    folder; then `final` is renamed aside, the staging folder renamed to `final`, and the old folder removed. A
+    failure inside the block leaves `final` as it was; at no point does `final` hold files of two saves (an
+    adapter of one run beside the mask or card of another)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.saving-", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # it becomes `final`: a folder's usual mode, not mkdtemp's private 0700
     try:
         yield staging
-        final.mkdir(exist_ok=True)
-        for path in staging.iterdir():
-            if (final / path.name).is_dir():
-                shutil.rmtree(final / path.name)
-            os.replace(path, final / path.name)
+        if final.is_dir():
+            for path in final.iterdir():
+                if not (staging / path.name).exists():
+                    os.replace(path, staging / path.name)
+            previous = Path(tempfile.mkdtemp(prefix=f".{final.name}.previous-", dir=final.parent))
+            os.replace(final, previous / final.name)
+            os.replace(staging, final)
+            shutil.rmtree(previous, ignore_errors=True)
+        else:
+            os.replace(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -125,6 +125,7 @@ class WagleTrainer(Trainer):
         tok_args = (processing_class, args.prompt_template, args.max_length)
         forget_ex = tokenize_dataset(forget_dataset, *tok_args, what="forget dataset")
         retain_ex = tokenize_dataset(retain_dataset, *tok_args, what="retain dataset")
+        check_disjoint(forget_ex, retain_ex)
         check_fits_model(forget_ex, model, "forget dataset")
         check_fits_model(retain_ex, model, "retain dataset")
         refusal_ex = refusal_examples(forget_dataset, processing_class, objective.refusals,
@@ -491,6 +492,19 @@ class _InstallMaskOnShards(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if self.trainer.enforced_mask is None and self.trainer.is_fsdp_enabled:
             self.trainer._install_mask()
+
+
+def check_disjoint(forget_ex: list[dict], retain_ex: list[dict]) -> None:
+    """Forget data that is all in the retain data is refused (the two terms would cancel); a partial overlap is
+    warned about, with its size."""
+    retained = {tuple(ex["input_ids"]) for ex in retain_ex}
+    shared = sum(tuple(ex["input_ids"]) in retained for ex in forget_ex)
+    if shared and shared == len(forget_ex):
+        raise ValueError("every forget example is also in the retain data: the forget and retain terms would pull "
+                         "the same answers both ways; give retain data without the forget examples")
+    if shared:
+        logger.warning(f"{shared} of the {len(forget_ex)} forget examples are also in the retain data: the retain "
+                       "term trains them back; remove them from the retain data")
 
 
 def check_engine(args, peft_config, needs_reference_model: bool) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..options import DEFAULT_MAX_LENGTH, DEFAULT_PROMPT_TEMPLATE
-from .common import Command, check_model, join_processes, leave_processes, load_data
+from .common import Command, check_device, check_model, join_processes, leave_processes, load_data
 from .plugins import register_command
 
 
@@ -64,6 +64,7 @@ class Attribute(Command):
 
         script, config = args.script, args.mask
         check_model(script.model)
+        check_device(script.device)
         if config.method is None:
             raise ValueError("--method: attribute makes a mask; name a mask method (e.g. wagle), not none")
         get_mask_method(config.method).resolve_options(config.options)  # an unknown method or option: now

@@ -89,6 +89,9 @@ def flat_plugins(values) -> list[str]:
     return [p for v in values or [] for p in (v if isinstance(v, list) else [v])]
 
 
+_MAX_YAML_BYTES, _MAX_YAML_ALIASES = 1 << 20, 64
+
+
 def read_yaml(path: str | os.PathLike, flag: str = "--config") -> dict:
     """The mapping a YAML file holds; one clear error for a missing file, invalid YAML or another shape."""
     import yaml
@@ -96,8 +99,14 @@ def read_yaml(path: str | os.PathLike, flag: str = "--config") -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{flag} {path}: no such file")
+    text = path.read_text()
+    if len(text) > _MAX_YAML_BYTES:
+        raise ValueError(f"{flag} {path}: {len(text)} bytes; a config is at most {_MAX_YAML_BYTES}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        aliases = sum(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader))
+        if aliases > _MAX_YAML_ALIASES:  # references that expand (a "billion laughs" file) are refused unread
+            raise ValueError(f"{flag} {path}: {aliases} YAML aliases; a config uses at most {_MAX_YAML_ALIASES}")
+        values = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ValueError(f"{flag} {path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(values, dict):
@@ -207,3 +216,33 @@ def escape(text) -> str:
     """`text` with every non-printable character (terminal escape codes, newlines) shown as its escape sequence, so a
     tensor or file name cannot rewrite what a command prints."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def check_device(device: str | None, flag: str = "--device") -> None:
+    """A device torch can use here, checked before any model loads."""
+    if not device:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"{flag} {device!r}: not a device ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{flag} {device}: CUDA is not available on this machine; use cpu or leave it unset")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"{flag} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{flag} {device}: MPS is not available on this machine")
+
+
+def check_checkpoint(path) -> str | None:
+    """`resume_from_checkpoint`: a Trainer checkpoint folder (with trainer_state.json), or True for the last one."""
+    if path in (None, False, "", "false", "False"):
+        return None
+    if path in (True, "true", "True"):
+        return True
+    if not Path(path, "trainer_state.json").is_file():
+        raise ValueError(f"resume_from_checkpoint {path}: not a checkpoint folder (no trainer_state.json); give a "
+                         "checkpoint-N folder of an earlier run, or true for the last one in output_dir")
+    return str(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .common import Command, check_model, load_data
+from .common import Command, check_checkpoint, check_model, load_data
 from .plugins import register_command
 
 
@@ -91,6 +91,7 @@ class Unlearn(Command):
         if script.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {script.dtype!r}")
         check_model(script.model_name_or_path, "model_name_or_path")
+        resume = check_checkpoint(training.resume_from_checkpoint)
         if script.base_model is not None and public_name(script.base_model) is None:
             raise ValueError(f"base_model {script.base_model!r}: expected a Hub id such as org/name, not a local path")
         forget = load_data(script.forget_file, "forget_file", script.forget_config, script.forget_split)
@@ -108,7 +109,7 @@ class Unlearn(Command):
         trainer = WagleTrainer(model=model, args=training, forget_dataset=forget, retain_dataset=retain,
                                processing_class=tokenizer, peft_config=peft_config, mask=mask, eval_datasets=eval_sets)
         trainer.remove_callback(PrinterCallback)
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume)  # the Trainer's exact resume (weights, optimizer, data order)
         trainer.save_model(training.output_dir)
         trainer.accelerator.wait_for_everyone()  # under accelerate launch: the main process has written the folder
         if not trainer.is_world_process_zero():
