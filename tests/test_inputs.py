@@ -3,10 +3,11 @@ import json
 
 import pytest
 import yaml
-from support import small_args
 
 from hf_wagle import WagleConfig, WagleTrainer
 from hf_wagle.cli import main
+
+from support import small_args
 
 
 def _one_line_error(capsys, *needles):
