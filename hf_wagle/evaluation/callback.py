@@ -46,7 +46,9 @@ class WagleEvalCallback(TrainerCallback):
         tokenizer, prompt_template: default to the trainer's `processing_class` and `args.prompt_template`.
         eval_datasets: more named sets (`{"heldout": ..., "neighbour": ...}`).
         targets: target texts or `Target`s; `stop_at_targets`: stop training once every target holds.
-        answers: also score `answered` and `rouge` (greedy generation); default: when a target names them.
+        answers: also score `answered` and `rouge` (greedy generation) on every set at the first evaluation and once
+            more when training ends (`final`); default: when a target names them. In between, generation runs only
+            on the sets a target names an answer measure of.
         truth_ratio: score truth ratios where a set has the columns.
         at_start: also evaluate when training begins (default: with targets, their reference).
         heldout_source: what the `heldout` set is, for `results()` (default: a set never trained on).
@@ -80,6 +82,8 @@ class WagleEvalCallback(TrainerCallback):
         self.stop_at_targets, self.batch_size = stop_at_targets, batch_size
         self.at_start, self.heldout_source = bool(self.targets) if at_start is None else at_start, heldout_source
         self.history: list[dict] = []
+        self.final: dict | None = None  # the full evaluation of the model training ended with (after any restore)
+        self._answer_sets = {t.set for t in self.targets if t.measure in ANSWER_MEASURES}
         self.best_value = self.best_step = self.best_metrics = None
         self.report: dict | None = None  # with targets: `hf_wagle.evaluation.targets.report`, once training ended
         self._best_state: dict[str, torch.Tensor] | None = None
@@ -101,10 +105,12 @@ class WagleEvalCallback(TrainerCallback):
         self._trainer = trainer
         return self
 
-    def evaluate(self, model, tokenizer, args) -> dict[str, float]:
-        """The metrics above, identical on every rank (all ranks must call this together)."""
+    def evaluate(self, model, tokenizer, args, full: bool = True) -> dict[str, float]:
+        """The metrics above, identical on every rank (all ranks must call this together); with `full=False`
+        answers only on the sets a target needs them for."""
         template = self.prompt_template or getattr(args, "prompt_template", None) or DEFAULT_PROMPT_TEMPLATE
-        metrics = measure(model, tokenizer, self.splits, template, self.answers, self.batch_size,
+        answers = self.answers if full else (self._answer_sets or False)
+        metrics = measure(model, tokenizer, self.splits, template, answers, self.batch_size,
                           getattr(args, "max_length", None), args.device, self.truth_ratio)
         metrics["gap"] = metrics["retain_probability"] - metrics["forget_probability"]
         return metrics
@@ -122,7 +128,7 @@ class WagleEvalCallback(TrainerCallback):
         tokenizer = self.tokenizer or tokenizer
         if tokenizer is None:
             raise ValueError("WagleEvalCallback needs a tokenizer: pass `tokenizer=` or give the trainer one")
-        metrics = self.evaluate(model, tokenizer, args)
+        metrics = self.evaluate(model, tokenizer, args, full=not self.history)
         self.history.append({"step": state.global_step, **metrics})
         rank = self._rank(metrics)
         if self.at_start and len(self.history) == 1:
@@ -172,12 +178,16 @@ class WagleEvalCallback(TrainerCallback):
             logger.info(f"restored the weights of step {self.best_step}")
         if self.report is not None:
             self.report["restored"] = bool(restore)
+        if self.answers and self.history:  # the model as it ends, scored in full (answers on every set)
+            tokenizer = self.tokenizer or kwargs.get("processing_class")
+            self.final = self.evaluate(model, tokenizer, args)
         return control
 
     def results(self) -> dict:
         """`{"before", "after", "sets", "targets"}`: the metrics at the first evaluation and at the kept one (the
         last when nothing was restored), what each set is, and the targets' report (None without targets)."""
-        after = self.best_metrics if self.report is not None and self.report.get("restored") else self.history[-1]
+        after = self.final or (self.best_metrics if self.report is not None and self.report.get("restored")
+                               else self.history[-1])
         return {"before": {k: v for k, v in self.history[0].items() if k != "step"},
                 "after": {k: v for k, v in after.items() if k != "step"},
                 "sets": describe_sets(self.splits, self.heldout_source), "targets": self.report}

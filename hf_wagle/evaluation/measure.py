@@ -23,7 +23,8 @@ and, with `truth_ratio=True`, for sets with `paraphrased_answer` and `perturbed_
 * `truth_ratio`  TOFU's: `mean(min(TR, 1/TR))` on `forget`, `mean(max(0, 1 - TR))` on the others
                  (`hf_wagle.evaluation.tofu`).
 
-`answered` and `rouge` need generation and are computed only when asked for (`answers=True`). Under several
+`answered` and `rouge` need generation and are computed only when asked for (`answers=True`, or a set of the names
+of the sets to generate on). Under several
 processes each rank scores rows `rank, rank + world_size, ...` and the sums are all-reduced, so every rank gets the
 same numbers (all ranks must call together).
 """
@@ -120,7 +121,7 @@ def local_sums(model, tokenizer, sets: dict, prompt_template: str, answers: bool
         if truth_ratio and has_truth_ratio(data):
             sums[f"{name}_{TRUTH_RATIO}"] = _truth_ratio_sum(model, tokenizer, rows, name == "forget", prompt_template,
                                                              batch_size) if len(rows) else 0.0
-        if answers:
+        if answers is True or (answers and name in answers):
             texts = []
             if len(rows):
                 prompts = [prompt_ids(tokenizer, prompt_template, q) for q in rows["question"]]

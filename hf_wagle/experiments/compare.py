@@ -407,7 +407,7 @@ def format_comparison(result: dict) -> str:
     """The summary as a plain-text table (every number at the matched point), what each set is, and the verdict."""
     s = result["settings"]
     t = s["training"]
-    columns = [("step", "step")] + [(f"{k}_probability", k) for k in s["utility_sets"]] + [
+    columns = [("step", "step"), ("utility", "utility")] + [(f"{k}_probability", k) for k in s["utility_sets"]] + [
         ("forget_answered", "forget answered"), ("retain_probability", "retain (trained on)")]
     columns = [(k, label) for k, label in columns if any(f"matched_{k}" in e for e in result["summary"].values())]
     lines = [f"objective {t.get('objective', 'npo')}, lr {t.get('learning_rate', 'default')}, up to {s['steps']} "
