@@ -125,11 +125,11 @@ class WagleTrainer(Trainer):
         tok_args = (processing_class, args.prompt_template, args.max_length)
         forget_ex = tokenize_dataset(forget_dataset, *tok_args, what="forget dataset")
         retain_ex = tokenize_dataset(retain_dataset, *tok_args, what="retain dataset")
-        check_disjoint(forget_ex, retain_ex)
         check_fits_model(forget_ex, model, "forget dataset")
         check_fits_model(retain_ex, model, "retain dataset")
         refusal_ex = refusal_examples(forget_dataset, processing_class, objective.refusals,
                                       *tok_args[1:], args.seed) if objective.needs_refusal else None
+        check_disjoint(forget_ex, retain_ex)
         pad = pad_id(processing_class)
         kwargs.setdefault("data_collator", PairCollator(pad))
         pairs = ForgetRetainPairs(forget_ex, retain_ex, args.seed, args.process_index, refusal_ex)

@@ -185,9 +185,11 @@ def test_batch_size_does_not_change_the_mask(tiny, small_data, tokenizer, method
 def test_mean_reduction_is_sum_with_rescaled_mu(tiny, small_data, tokenizer):
     """With means, S = (1/n_f) |theta G_f - G_r G_f / (n_r mu)|: the ranking of sums with mu' = n_r * mu."""
     forget, retain = small_data
-    mean = compute_mask(tiny, forget, retain, tokenizer, ratio=0.3, mu=1e-3, reduction="mean", progress=False)
-    summ = compute_mask(tiny, forget, retain, tokenizer, ratio=0.3, mu=1e-3 * len(retain), progress=False)
-    plain = compute_mask(tiny, forget, retain, tokenizer, ratio=0.3, mu=1e-3, progress=False)
+    mean = compute_mask(tiny, forget, retain, tokenizer,
+                        method="wagle", ratio=0.3, mu=1e-3, reduction="mean", progress=False)
+    summ = compute_mask(tiny, forget, retain, tokenizer,
+                        method="wagle", ratio=0.3, mu=1e-3 * len(retain), progress=False)
+    plain = compute_mask(tiny, forget, retain, tokenizer, method="wagle", ratio=0.3, mu=1e-3, progress=False)
     assert jaccard(dict(mean.items()), dict(summ.items())) >= 0.999
     assert jaccard(dict(mean.items()), dict(plain.items())) < 0.99  # mu's role really changed
 
@@ -196,10 +198,12 @@ def test_num_samples_is_a_deterministic_subset(tiny, world, tokenizer):
     from hf_wagle.masking import subset_indices
 
     forget, retain = world["forget"].select(range(20)), world["retain"].select(range(20))
-    got = compute_mask(tiny, forget, retain, tokenizer, ratio=0.3, num_samples=5, seed=7, progress=False)
+    got = compute_mask(tiny, forget, retain, tokenizer,
+                       method="wagle", ratio=0.3, num_samples=5, seed=7, progress=False)
     fi, ri = subset_indices(20, 5, 7, 0), subset_indices(20, 5, 7, 1)
     assert len(fi) == 5 and fi != list(range(5)) and fi != ri
-    want = compute_mask(tiny, forget.select(fi), retain.select(ri), tokenizer, ratio=0.3, seed=7, progress=False)
+    want = compute_mask(tiny, forget.select(fi), retain.select(ri), tokenizer,
+                        method="wagle", ratio=0.3, seed=7, progress=False)
     assert got == want
     assert got.metadata["num_forget"] == 5 and got.metadata["num_retain"] == 5 and got.metadata["num_samples"] == 5
 
@@ -258,12 +262,12 @@ def test_metadata_records_how_the_mask_was_made(tiny, small_data, tokenizer):
     from hf_wagle import __version__
 
     forget, retain = small_data
-    m = compute_mask(tiny, forget, retain, tokenizer, ratio=0.3, mu=1e-3, progress=False)
+    m = compute_mask(tiny, forget, retain, tokenizer, method="wagle", ratio=0.3, mu=1e-3, progress=False)
     md = m.metadata
     assert (md["method"], md["ratio"], md["mu"], md["reduction"]) == ("wagle", 0.3, 1e-3, "sum")
     assert (md["num_forget"], md["num_retain"], md["hf_wagle_version"]) == (6, 9, __version__)
     assert len(md["forget_sha256"]) == 64 and md["forget_sha256"] != md["retain_sha256"]
-    other = compute_mask(tiny, forget.select(range(5)), retain, tokenizer, ratio=0.3, progress=False)
+    other = compute_mask(tiny, forget.select(range(5)), retain, tokenizer, method="wagle", ratio=0.3, progress=False)
     assert other.metadata["forget_sha256"] != md["forget_sha256"]
     assert other.metadata["retain_sha256"] == md["retain_sha256"]
     assert other.metadata["param_sha256"] == md["param_sha256"]
@@ -273,7 +277,7 @@ def test_metadata_records_how_the_mask_was_made(tiny, small_data, tokenizer):
 def test_progress_bar_over_batches(tiny, small_data, tokenizer, capsys, monkeypatch):
     import hf_wagle.masking.compute as compute
 
-    compute_mask(tiny, small_data[0], small_data[1], tokenizer, ratio=0.3, batch_size=2)
+    compute_mask(tiny, small_data[0], small_data[1], tokenizer, method="wagle", ratio=0.3, batch_size=2)
     assert "attribution (wagle)" in capsys.readouterr().err
     bars = []
 
@@ -289,7 +293,7 @@ def test_progress_bar_over_batches(tiny, small_data, tokenizer, capsys, monkeypa
             self.closed = True
 
     monkeypatch.setattr(compute, "_progress_bar", Bar)
-    compute_mask(tiny, small_data[0], small_data[1], tokenizer, ratio=0.3, batch_size=2)
+    compute_mask(tiny, small_data[0], small_data[1], tokenizer, method="wagle", ratio=0.3, batch_size=2)
     assert [(b.total, b.n, b.closed) for b in bars] == [(8, 8, True)]  # 3 forget + 5 retain batches
     compute_mask(tiny, small_data[0], small_data[1], tokenizer, ratio=0.3, batch_size=2, progress=False)
     assert len(bars) == 1
@@ -330,17 +334,17 @@ def test_mask_noise_only_on_selected_weights(tiny):
 def test_paired_retain_sampling_draws_one_retain_example_per_forget_example(tiny, world, tokenizer):
     """The authors' convention: G_r sums N_f retain examples drawn with replacement (seeded), not the whole set."""
     forget, retain = world["forget"].select(range(6)), world["retain"].select(range(9))
-    paired = compute_mask(tiny, forget, retain, tokenizer, ratio=0.3, mu=1e-3, retain_sampling="paired",
+    paired = compute_mask(tiny, forget, retain, tokenizer, method="wagle", ratio=0.3, mu=1e-3, retain_sampling="paired",
                           progress=False)
     assert (paired.metadata["num_forget"], paired.metadata["num_retain"]) == (6, 6)
     assert paired.metadata["retain_sampling"] == "paired"
     drawn = retain.select(np.random.default_rng([0, 2]).integers(9, size=6).tolist())
     # the same mask as "all" over exactly the drawn rows (repeats included)
-    same = compute_mask(tiny, forget, drawn, tokenizer, ratio=0.3, mu=1e-3, progress=False)
+    same = compute_mask(tiny, forget, drawn, tokenizer, method="wagle", ratio=0.3, mu=1e-3, progress=False)
     assert same == paired
-    assert compute_mask(tiny, forget, retain, tokenizer, ratio=0.3, mu=1e-3, progress=False) != paired
+    assert compute_mask(tiny, forget, retain, tokenizer, method="wagle", ratio=0.3, mu=1e-3, progress=False) != paired
     with pytest.raises(ValueError, match="retain_sampling"):
-        compute_mask(tiny, forget, retain, tokenizer, retain_sampling="half")
+        compute_mask(tiny, forget, retain, tokenizer, method="wagle", retain_sampling="half")
 
 
 def test_accumulate_device_option_gives_the_same_mask(tiny, world, tokenizer):

@@ -23,7 +23,7 @@ def test_attribute_command_writes_mask_stats_and_heatmap(trained, world, tmp_pat
     printed = capsys.readouterr().out
     assert "layer" in printed and "o_proj" in printed and "bits per weight" in printed
     mask = WeightMask.load(out, model=model)
-    want = compute_mask(model, forget, retain, tokenizer, ratio=0.8, progress=False)
+    want = compute_mask(model, forget, retain, tokenizer, method="wagle", ratio=0.8, progress=False)
     assert mask == want
     assert mask.metadata["forget_sha256"] == want.metadata["forget_sha256"]
     stats = json.loads((out / "mask_stats.json").read_text())

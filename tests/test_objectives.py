@@ -80,7 +80,7 @@ def first_batch_logs(trainer):
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_references_equal_the_start_model(model, tokenizer, world, tmp_path, lora):
-    args = small_args(tmp_path, objective="idk_dpo", retain_loss="kl", mask_method=None, max_steps=0)
+    args = small_args(tmp_path, objective="idk_dpo", retain_loss="kl", mask_method=None, max_steps=1)
     trainer = WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
                            processing_class=tokenizer,
                            peft_config=LoraConfig(r=4, target_modules="all-linear") if lora else None)

@@ -111,13 +111,14 @@ def test_forget_rows_that_teach_nothing_are_refused(model, tokenizer, world, row
 def test_prompt_templates_are_checked_by_attribution_and_the_cli(model, tokenizer, world, tmp_path, capsys,
                                                                  template, msg):
     with pytest.raises(ValueError, match=msg):
-        compute_mask(model, world["forget"], world["retain"], tokenizer, prompt_template=template)
+        compute_mask(model, world["forget"], world["retain"], tokenizer, method="wagle", prompt_template=template)
     model.save_pretrained(tmp_path / "m")
     tokenizer.save_pretrained(tmp_path / "m")
     world["forget"].to_json(tmp_path / "f.jsonl")
     world["retain"].to_json(tmp_path / "r.jsonl")
     code = main(["attribute", "--model", str(tmp_path / "m"), "--forget", str(tmp_path / "f.jsonl"), "--retain",
-                 str(tmp_path / "r.jsonl"), "--prompt-template", template, "--out", str(tmp_path / "o")])
+                 str(tmp_path / "r.jsonl"), "--method", "wagle", "--prompt-template", template, "--out",
+                 str(tmp_path / "o")])
     assert code == 2 and msg in capsys.readouterr().err
 
 
