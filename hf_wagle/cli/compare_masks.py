@@ -96,7 +96,8 @@ def run_comparison(args, methods=None, progress=print) -> dict:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     recipe = given_values(training)
-    for key in ("targets", "target_eval_steps", "stop_at_targets", "retain_holdout"):  # compare-masks' own business
+    # compare-masks' own business, and what each spec sets for itself (its method and that method's options)
+    for key in ("targets", "target_eval_steps", "stop_at_targets", "retain_holdout", "mask_method", "mask_options"):
         recipe.pop(key, None)
     steps = training.max_steps if training.max_steps > 0 else 20
     common = dict(forget_target=compare.forget_target, target_metric=compare.target_metric,
