@@ -110,7 +110,8 @@ def config_reference() -> str:
     from transformers import TrainingArguments
 
     from hf_wagle.cli.attribute import AttributeArguments
-    from hf_wagle.cli.compare_masks import CompareMasksArguments
+    from hf_wagle.cli.compare_masks import CompareArguments
+    from hf_wagle.cli.plan import PlanArguments
     from hf_wagle.cli.unlearn import UnlearnArguments
     from hf_wagle.config import ObjectiveArguments, WagleConfig
     from hf_wagle.masking.config import PREFIX, UNPREFIXED, MaskArguments, MaskConfig
@@ -179,7 +180,13 @@ def config_reference() -> str:
              "and `plugins:` (a module or `.py` file, or a list)."),
             ("`hf-wagle attribute`: model, data and output", AttributeArguments,
              "Besides every `MaskConfig` field above (as `--<field>`)."),
-            ("`hf-wagle compare-masks`", CompareMasksArguments, "")):
+            ("`hf-wagle compare-masks`", CompareArguments,
+             "It reads an `hf-wagle unlearn` config (`--config`, every key above) and runs it once per mask spec and "
+             "seed."),
+            ("`hf-wagle plan`", PlanArguments,
+             "Besides every `hf-wagle compare-masks` key: it tries each method at each ratio and writes the "
+             "config that meets the run's targets with the fewest weights changed among those keeping the most "
+             "held-out utility.")):
         out += [f"## {title}", "", _cell(_first_paragraph(cls.__doc__) + (" " + note if note else "")), "",
                 _fields_table(cls), ""]
     return "\n".join(out)

@@ -87,7 +87,7 @@ def test_accelerate_launch_runs_unlearn_on_two_processes(trained, world, tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "unlearn_results.json").read_text())
     assert results["processes"] == 2 and results["steps"] == 3 and results["confined"]
-    assert results["evaluation"]["after"]["forget"] < results["evaluation"]["before"]["forget"]
+    assert results["evaluation"]["after"]["forget_probability"] < results["evaluation"]["before"]["forget_probability"]
     assert proc.stdout.count("confined to its mask: yes") == 1  # the summary comes from the main process only
 
 

@@ -161,5 +161,7 @@ class ShiraFormat(AdapterFormat):
                 f"the {exact}")
 
     def fidelity(self, report):
+        if report.get("scale", 1.0) != 1:
+            return f"{report['scale']:g} x the change (exactness is stated for scale 1 only)"
         return (f"exact at all but {report['inexact_weights']} weights (largest difference "
                 f"{report['max_abs_error']:.3g}, where float32 cannot express base + delta)")
