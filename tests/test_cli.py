@@ -142,7 +142,8 @@ def test_tofu_config_reads_hub_configs_and_unlearns_full_parameters(smollm2, tmp
     from hf_wagle.real_model import load_scenario
 
     scenario = load_scenario("element_symbols")
-    data = _hub_layout(tmp_path / "tofu", {"forget10": scenario["forget"], "retain90": scenario["retain"]})
+    data = _hub_layout(tmp_path / "tofu", {"forget10": scenario["forget"].select(range(8)),
+                                           "retain90": scenario["retain"].select(range(12))})
     results = _run_example("tofu_forget10.yaml", smollm2, tmp_path, data, "--base_model",
                            "HuggingFaceTB/SmolLM2-135M-Instruct")
     assert results["confined"] and results["steps"] == 2

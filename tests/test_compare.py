@@ -146,17 +146,17 @@ def test_plan_writes_a_config_that_meets_its_targets(trained, world, tmp_path, c
 
 def test_compare_masks_on_the_real_model_with_masked_lora(smollm2, tmp_path, capsys):
     """SmolLM2 and the element-symbols scenario, as examples/unlearn_smollm2.yaml configures it: held-out and
-    neighbour utility, answers at the matched point. The example's learning rate halves the forget probability inside
-    the first step: the comparison says so."""
+    neighbour utility, answers at the matched point (a random mask at the example's learning rate halves the forget
+    probability inside the second step)."""
     from hf_wagle.cli import main
 
     argv = ["compare-masks", "--config", "examples/unlearn_smollm2.yaml", "--model_name_or_path", str(smollm2[2]),
-            "--methods", "dense,wagle", "--seeds", "1", "--max_steps", "2", "--lora_r", "4", "--eval_limit", "8",
+            "--methods", "random", "--seeds", "1", "--max_steps", "2", "--lora_r", "4", "--eval_limit", "8",
             "--out", str(tmp_path / "cmp")]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "neighbour: neighbour facts near the forget topic" in out
-    assert "2 run(s) crossed the target inside the first recorded interval" in out
+    assert "matched at step 1." in out and "first recorded interval" not in out
     result = json.loads((tmp_path / "cmp" / "compare_masks.json").read_text())
     assert result["settings"]["utility_sets"] == ["heldout", "neighbour"]
     assert result["settings"]["rows_available"]["neighbour"] == 8
