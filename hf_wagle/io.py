@@ -16,14 +16,22 @@ ADAPTER_STEM = "adapter_model"  # PEFT's weight file, `adapter_model.safetensors
 MODEL_STEM = "model"            # a full model's, `model.safetensors` or shards listed in `model.safetensors.index.json`
 
 
+class NotConfined(ValueError):
+    """A folder that changes weights outside its mask, or does not match its record: the CLI exits with status 1, as
+    `hf-wagle verify` does for the same folder (2 is for input that cannot be checked at all)."""
+
+    exit_status = 1
+
+
 @contextmanager
 def staged_directory(final):
     """Yield a temporary folder beside `final`; once the block finishes, publish it as `final` in one rename.
 
-    What `final` holds that this save does not write (checkpoints, other files) is first moved into the staging
-    folder; then `final` is renamed aside, the staging folder renamed to `final`, and the old folder removed. A
-    failure inside the block leaves `final` as it was; at no point does `final` hold files of two saves (an
-    adapter of one run beside the mask or card of another)."""
+    The folders `final` holds that this save does not write (`checkpoint-*`, logs) are first moved into the staging
+    folder; its files are not (they belong to the earlier save: a mask, card or record). Then `final` is renamed
+    aside, the staging folder renamed to `final`, and the old folder removed. A failure inside the block leaves
+    `final` as it was; at no point does `final` hold files of two saves (an adapter of one run beside the mask or
+    card of another)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.saving-", dir=final.parent))
@@ -34,7 +42,7 @@ def staged_directory(final):
         yield staging
         if final.is_dir():
             for path in final.iterdir():
-                if not (staging / path.name).exists():
+                if path.is_dir() and not path.is_symlink() and not (staging / path.name).exists():
                     os.replace(path, staging / path.name)
             previous = Path(tempfile.mkdtemp(prefix=f".{final.name}.previous-", dir=final.parent))
             os.replace(final, previous / final.name)
@@ -51,13 +59,36 @@ def has_weights(directory: Path, stem: str) -> bool:
     return (directory / f"{stem}.safetensors").exists() or (directory / f"{stem}.safetensors.index.json").exists()
 
 
+def weight_files(directory: Path, stem: str) -> list[str]:
+    """The files a loader reads, in its order of precedence: `stem.safetensors` when it exists (PEFT reads only it;
+    transformers prefers it to an index), else the shards `stem.safetensors.index.json` lists (a full model only)."""
+    index = directory / f"{stem}.safetensors.index.json"
+    if (directory / f"{stem}.safetensors").exists() or stem == ADAPTER_STEM:
+        return [f"{stem}.safetensors"]
+    try:
+        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"cannot verify: {index} is not a readable safetensors index ({e})") from None
+
+
+def loader_problems(directory: Path, stem: str) -> list[str]:
+    """Files beside the weights that a loader would read differently from what is audited: an index beside a single
+    file (PEFT never reads an adapter index; transformers reads the single file first), a `.bin` weight file."""
+    out = []
+    if (directory / f"{stem}.safetensors.index.json").exists() and (
+            stem == ADAPTER_STEM or (directory / f"{stem}.safetensors").exists()):
+        out.append(f"{stem}.safetensors.index.json: an index the loader does not read beside "
+                   f"{stem}.safetensors; remove it (other tools may read the shards it names instead)")
+    out += [f"{p.name}: a pickled weight file; publish safetensors only" for p in sorted(directory.glob("*.bin"))
+            if p.name != "training_args.bin"]
+    return out
+
+
 def read_tensors(directory: Path, stem: str):
-    """`(name, tensor)` of `stem.safetensors`, or of every shard listed in `stem.safetensors.index.json`."""
+    """`(name, tensor)` of the weight files a loader reads (`weight_files`)."""
     from safetensors import SafetensorError, safe_open
 
-    index = directory / f"{stem}.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else \
-        [f"{stem}.safetensors"]
+    files = weight_files(directory, stem)
     for file in files:
         try:
             with safe_open(str(directory / file), framework="pt") as f:
@@ -65,6 +96,20 @@ def read_tensors(directory: Path, stem: str):
                     yield key, f.get_tensor(key)
         except (OSError, SafetensorError) as e:
             raise ValueError(f"cannot verify: {directory / file} is missing, truncated or corrupt ({e})") from None
+
+
+def tensor_names(directory: Path, stem: str) -> set[str]:
+    """The names of the tensors `read_tensors` yields, from the files' headers alone."""
+    from safetensors import SafetensorError, safe_open
+
+    names = set()
+    for file in weight_files(directory, stem):
+        try:
+            with safe_open(str(directory / file), framework="pt") as f:
+                names.update(f.keys())
+        except (OSError, SafetensorError) as e:
+            raise ValueError(f"cannot verify: {directory / file} is missing, truncated or corrupt ({e})") from None
+    return names
 
 
 def read_adapter_config(directory: Path) -> dict:

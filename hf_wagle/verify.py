@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .formats import format_of
+from .io import MODEL_STEM, local_or_download, tensor_names
 from .mask import WeightMask
 from .record import check_record, read_record
 
@@ -19,6 +20,7 @@ def verify(directory, base=None) -> dict:
     the mask and be finite, and the adapter's config must not move base weights when PEFT loads it. Returns a report
     whose `"confined"` is True only when every check passes. When the folder holds an `unlearning_record.json`,
     `report["record"]` gives its digest and what in the folder does not match it (`hf_wagle.record.check_record`).
+    With `base`, the mask must name only tensors the base model has (`foreign_mask_names`).
     """
     directory = Path(directory)
     mask = WeightMask.load(directory)
@@ -38,9 +40,25 @@ def verify(directory, base=None) -> dict:
         inside_total += inside
         if outside:
             problems.append(f"{name}: {outside} weights change outside the mask")
+    if base is not None:
+        problems += foreign_mask_names(mask, base)
     record = read_record(directory)
     return {"directory": str(directory), "kind": fmt.name, "confined": not problems, "tensors_checked": checked,
             "changed_inside_mask": inside_total, "changed_outside_mask": outside_total,
             "mask_ratio": mask.ratio, "mask_metadata": mask.metadata, "problems": problems,
             "record": None if record is None else {"digest": record.get("digest"),
                                                    "problems": check_record(directory, record)}}
+
+
+def foreign_mask_names(mask: WeightMask, base) -> list[str]:
+    """A problem when the mask names tensors the base checkpoint does not hold (under the name or a tied alias): the
+    mask was made for another model, so its ratio and coverage say nothing about this one."""
+    held = tensor_names(local_or_download(base), MODEL_STEM)
+    aliases: dict[str, set[str]] = {}
+    for alias, name in mask.metadata.get("tied", {}).items():
+        aliases.setdefault(name, set()).add(alias)
+    foreign = [n for n in mask.names() if n not in held and not aliases.get(n, set()) & held]
+    if not foreign:
+        return []
+    return [f"the mask names {len(foreign)} tensor(s) the base model does not have (first: {foreign[0]}); it was "
+            "made for another model"]

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from hf_wagle import WagleTrainer, WeightMask, compute_mask
 from hf_wagle.cli import main
 from hf_wagle.mask import MASK_FILE
+from hf_wagle.record import RECORD_FILE
 from hf_wagle.verify import verify
 
 from support import small_args
@@ -156,6 +157,15 @@ def test_save_model_is_all_or_nothing(model, tokenizer, world, tmp_path, monkeyp
     written = {p.name for p in out.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", MASK_FILE, "README.md"} <= written
     assert verify(out)["confined"]
+    # a dense run saved over it: no file of the masked save is left beside its adapter; folders (checkpoints) stay
+    (out / "checkpoint-1").mkdir()
+    dense = WagleTrainer(model=model, args=small_args(tmp_path, objective="grad_diff", max_steps=1, mask_method=None),
+                         forget_dataset=world["forget"], retain_dataset=world["retain"], processing_class=tokenizer,
+                         peft_config=LoraConfig(r=4, target_modules="all-linear"))
+    dense.train()
+    dense.save_model(str(out))
+    assert not (out / MASK_FILE).exists() and (out / "checkpoint-1").is_dir()
+    assert json.loads((out / RECORD_FILE).read_text())["masked"] is False
 
 
 @pytest.mark.parametrize("lora", [False, True])

@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Run `hf-wagle` on `argv` (default `sys.argv[1:]`) and return its exit status. A command's failure is one line
-    on stderr and status 2; `HF_WAGLE_DEBUG=1` raises it with its traceback instead."""
+    on stderr and status 2 (1 for a folder that is not confined to its mask, `hf_wagle.io.NotConfined`);
+    `HF_WAGLE_DEBUG=1` raises it with its traceback instead."""
     argv = sys.argv[1:] if argv is None else list(argv)
     name = argv[0] if argv and not argv[0].startswith("-") else None
     try:
@@ -77,4 +78,4 @@ def main(argv=None) -> int:
             raise
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"hf-wagle{' ' + name if name else ''}: error: {message}", file=sys.stderr)
-        return 2
+        return getattr(error, "exit_status", 2)

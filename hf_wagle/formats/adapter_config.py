@@ -10,8 +10,8 @@ from ..io import read_adapter_config
 def _neutral_value(key: str, value) -> bool:
     if key == "bias":
         return value == "none"
-    if key == "init_lora_weights":
-        return value in (True, False, "gaussian")
+    if key == "init_lora_weights":  # False: PEFT starts B at random, a dense change wherever no tensor is saved
+        return value in (True, "gaussian")
     return value in (None, False, [], {}, "", 0)
 
 

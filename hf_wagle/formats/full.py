@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..io import MODEL_STEM, has_weights, local_or_download, read_tensors
+from ..io import MODEL_STEM, has_weights, loader_problems, local_or_download, read_tensors
 from .registry import AdapterFormat, register_format
 
 
@@ -22,9 +22,15 @@ class FullModelFormat(AdapterFormat):
 
         if base is None:
             raise ValueError(f"{directory} holds a full model; pass the base model (--base) to compare against")
+        problems += loader_problems(directory, self.stem)
+        base_dir = local_or_download(base)
+        problems += config_problems(directory, base_dir)
         trained = dict(read_tensors(directory, self.stem))
-        for name, b in read_tensors(local_or_download(base), self.stem):
+        seen = set()
+        for name, b in read_tensors(base_dir, self.stem):
+            seen.add(name)
             if name not in trained:
+                problems.append(f"{name}: missing from the folder; transformers would initialise it at random")
                 continue
             t = trained[name]
             if t.shape != b.shape:
@@ -39,3 +45,27 @@ class FullModelFormat(AdapterFormat):
             # bit patterns, so -0.0 vs 0.0 or a changed NaN payload count as changes
             bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
             yield name, t.view(bits) != b.view(bits), bool(torch.isfinite(t).all())
+        for name in sorted(set(trained) - seen):
+            problems.append(f"{name}: a tensor the base model does not have")
+
+
+# keys of config.json that describe the file, not the model it builds
+_CONFIG_NEUTRAL = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache", "architectures"}
+
+
+def config_problems(directory: Path, base_dir: Path) -> list[str]:
+    """`config.json` against the base's: any other key that differs changes the model transformers builds (a norm
+    epsilon, the rope base, the number of layers), outside any mask."""
+    import json
+
+    def read(folder):
+        try:
+            return json.loads((Path(folder) / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    mine, theirs = read(directory), read(base_dir)
+    if mine is None or theirs is None:
+        return [] if theirs is None else ["config.json: missing or unreadable; transformers cannot build the model"]
+    keys = sorted(k for k in set(mine) | set(theirs) if k not in _CONFIG_NEUTRAL and mine.get(k) != theirs.get(k))
+    return [f"config.json: {k} is {mine.get(k)!r}, the base's is {theirs.get(k)!r}" for k in keys]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-from ..io import read_tensors
 from .adapter_config import adapter_config_problems
 from .registry import AdapterFormat, Built, change_phrase, register_format
 
@@ -19,7 +18,8 @@ _LORA_NEUTRAL = {"alpha_pattern", "auto_mapping", "base_model_name_or_path", "ex
                  "target_modules", "task_type", "use_rslora"}
 _LORA_WHY = {
     "use_dora": "DoRA rescales whole weight columns",
-    "init_lora_weights": "this initialisation moves part of each base weight into the adapter when it loads",
+    "init_lora_weights": "this initialisation moves part of each base weight into the adapter, or (False) starts "
+                         "every targeted module without saved tensors at random, when it loads",
     "layer_replication": "replicated layers change the model's structure",
     "bias": "trained biases shift every output feature",
     "lora_bias": "a LoRA bias shifts every output feature",
@@ -79,7 +79,7 @@ class LoraFormat(AdapterFormat):
 
         problems += lora_config_problems(directory)
         factors: dict[str, dict[str, torch.Tensor]] = {}
-        for key, t in read_tensors(directory, self.stem):
+        for key, t in self.keyed(directory, problems):
             parts = key.split(".")
             factor = next((x for x in ("lora_A", "lora_B") if x in parts), None)
             if factor is not None and parts[-1] == "weight":

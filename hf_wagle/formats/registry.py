@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from ..io import ADAPTER_STEM, has_weights, peft_type, read_adapter_config
+from ..io import ADAPTER_STEM, has_weights, loader_problems, peft_type, read_adapter_config, read_tensors
 
 FORMATS: dict[str, AdapterFormat] = {}
 
@@ -78,6 +78,17 @@ class AdapterFormat:
     def module(self, key: str) -> str:
         """The base-model name of a saved key, `key_prefix` removed."""
         return key.removeprefix(self.key_prefix)
+
+    def keyed(self, directory: Path, problems: list[str]):
+        """`(key, tensor)` of the saved weights PEFT loads: the loader's own file (`loader_problems` flags what other
+        tools might read instead), and only keys under `key_prefix`; any other key is a problem, not audited as a
+        change (PEFT leaves it out), so a benign copy under an unprefixed name cannot stand in for the loaded one."""
+        problems += loader_problems(directory, self.stem)
+        for key, t in read_tensors(directory, self.stem):
+            if key.startswith(self.key_prefix):
+                yield key, t
+            else:
+                problems.append(f"{key}: a key PEFT does not load (no {self.key_prefix!r} prefix)")
 
 
 def change_phrase(report: dict) -> str:

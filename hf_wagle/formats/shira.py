@@ -6,7 +6,6 @@ Audited through its non-zero entries; exported from a full-parameter run exactly
 
 from __future__ import annotations
 
-from ..io import read_tensors
 from .adapter_config import adapter_config_problems
 from .registry import AdapterFormat, Built, change_phrase, register_format
 
@@ -98,7 +97,7 @@ class ShiraFormat(AdapterFormat):
 
         problems += adapter_config_problems(directory, "SHIRA", _SHIRA_NEUTRAL, _SHIRA_WHY)
         parts: dict[str, dict[str, torch.Tensor]] = {}
-        for key, t in read_tensors(directory, self.stem):
+        for key, t in self.keyed(directory, problems):
             module, _, field = self.module(key).rpartition(".shira_")
             if not module:
                 problems.append(f"{key}: a trained tensor that is not part of a SHiRA layer")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from transformers.utils import logging
 
+from ..io import NotConfined
 from ..mask import MASK_FILE, WeightMask
 from ..record import RECORD_FILE, check_record, read_record, unmet_targets
 from ..verify import verify
@@ -90,10 +91,10 @@ def push_to_hub(folder, repo_id: str, *, private: bool | None = None, token: str
         if not dense:
             report = verify(staging, base=base)
             if not report["confined"]:
-                raise ValueError(f"refusing to publish {folder}: {'; '.join(report['problems'][:3])}")
+                raise NotConfined(f"refusing to publish {folder}: {'; '.join(report['problems'][:3])}")
         mismatch = check_record(staging, record) if record else []
         if mismatch:
-            raise ValueError(f"refusing to publish {folder}: it does not match its record "
+            raise NotConfined(f"refusing to publish {folder}: it does not match its record "
                              f"({'; '.join(mismatch[:3])})")
         if dry_run:
             return {"files": sorted(os.listdir(staging)), "left_out": left_out}
