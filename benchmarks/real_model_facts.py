@@ -2,7 +2,8 @@
 
 1. Mean answer probability of each scenario split, plain prompt and chat template.
 2. Multiple choice on the scenario's 24 questions: letter style (the WMDP/MMLU format) against cloze (`acc`, and
-   `acc_norm` with byte-length normalisation), and which letters the letter style picks.
+   `acc_norm`, normalised by the choice's length in characters as lm-eval does), and which letters the letter style
+   picks.
 3. Attribution's two retain conventions (`retain_sampling="all"` vs `"paired"`): the share of selected weights that
    both masks select, at ratio 0.8, on SmolLM2 + the scenario and on the world model, for mu 1e-6 and 1e-3.
 

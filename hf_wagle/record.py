@@ -150,7 +150,8 @@ def run_record(trainer, folder=None) -> dict:
     record = {
         "record_version": RECORD_VERSION, "versions": versions(),
         "base_model": {"name": public_name(provenance.get("base_name")),
-                       "weights_sha256": provenance.get("base_weights_sha256")},
+                       "weights_sha256": provenance.get("base_weights_sha256"),
+                       "source": provenance.get("base_source")},
         "data": provenance.get("data", {}), "settings": settings_of(trainer),
         "masked": trainer._masked,
         "mask": None if not trainer._masked else {

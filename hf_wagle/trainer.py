@@ -147,6 +147,7 @@ class WagleTrainer(Trainer):
         self._metrics = defaultdict(list)
         self.results: dict | None = None  # {"before": {...}, "after": {...}} numbers the model card shows
         self.provenance = {"base_name": getattr(getattr(model, "config", None), "_name_or_path", None),
+                           "base_source": getattr(getattr(model, "config", None), "hf_wagle_source", None),
                            "data": {"forget": {"rows": len(forget_ex), "sha256": examples_digest(forget_ex)},
                                     "retain": {"rows": len(retain_ex), "sha256": examples_digest(retain_ex),
                                                "held_out": held_out},
@@ -364,10 +365,11 @@ class WagleTrainer(Trainer):
     # -- saving -----------------------------------------------------------------------------------------------
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the adapter (or model), `wagle_mask.safetensors` and the card. Everything is written to a temporary
-        folder beside `output_dir` first and moved in (file renames) only once every file is written, so a failed
-        write (a full disk, a crash while writing) leaves `output_dir` as it was. Files of an earlier save that this
-        one does not write stay; checkpoints keep the Trainer's own handling."""
+        """Save the adapter (or model), `wagle_mask.safetensors`, the record and the card. Everything is written to
+        a temporary folder beside `output_dir` first, which takes `output_dir`'s place in one rename once every file
+        is written (`hf_wagle.io.staged_directory`): a failed write (a full disk, a crash while writing) leaves
+        `output_dir` as it was, and no file of an earlier save is left beside this one's. Checkpoints keep the
+        Trainer's own handling."""
         if _internal_call or not self.args.should_save:
             super().save_model(output_dir, _internal_call)
         else:

@@ -161,6 +161,13 @@ def test_tofu_config_reads_hub_configs_and_unlearns_full_parameters(smollm2, tmp
     assert values[("heldout data", "heldout_answered_before")] == pytest.approx(
         evaluation["before"]["heldout_answered"])
     assert "confined: yes" in card and "| `q_proj` |" in card and "only through" in card
+    # the base is named as what it is: SmolLM2 dequantised from a 4-bit GGUF file, not the Hub model's weights
+    assert "dequantised to float32 from the 4-bit GGUF file" in card and "digest `" in card
+    import json
+
+    record = json.loads((tmp_path / "out" / "unlearning_record.json").read_text())
+    assert record["base_model"]["source"]["hub_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert len(record["base_model"]["source"]["file_sha256"]) == 64
 
 
 def test_wmdp_config_unlearns_text_corpora(smollm2, tmp_path):

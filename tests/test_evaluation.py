@@ -201,6 +201,23 @@ def test_mcq_accuracy_wmdp_format(lettered, world):
         mcq_accuracy(None, tokenizer, Dataset.from_dict({"question": ["q"], "answer": [0]}))
 
 
+def test_acc_norm_divides_by_the_choice_length_in_characters(trained, world):
+    """lm-eval 0.4's `acc_norm`: argmax of `ll_i / len(choice_i)`, the choice's characters without the delimiter
+    (not its UTF-8 bytes: "é" counts once)."""
+    from hf_wagle.evaluation import mcq_scores
+
+    model, tokenizer = trained
+    rows = world["retain"].select(range(8))
+    data = Dataset.from_dict({
+        "question": rows["question"],
+        "choices": [[r["answer"], "é" + r["perturbed_answer"][0], r["perturbed_answer"][1][:3]] for r in rows],
+        "answer": [0] * 8})
+    scores = mcq_scores(model, tokenizer, data, style="cloze")
+    expected = [max(range(3), key=lambda i: (s[i] / len(c[i]), -i)) for s, c in zip(scores, data["choices"])]
+    assert mcq_predictions(model, tokenizer, data, style="cloze", length_normalized=True) == expected
+    assert mcq_accuracy(model, tokenizer, data, style="cloze", length_normalized=True) == expected.count(0) / 8
+
+
 def test_muse_pieces_by_hand(trained, world):
     assert min_k_score([-1.0, -5.0, -3.0, -2.0, -4.0], k=0.4) == pytest.approx(-4.5)
     assert min_k_score([-1.0, -2.0], k=0.4) == pytest.approx(-2.0)  # at least one token

@@ -102,6 +102,16 @@ def test_lora_export_reports_fidelity_and_stays_in_its_rows_and_columns(full_run
     batch = {"input_ids": torch.tensor([[2, 5, 9, 11, 7, 3]])}
     with torch.no_grad():
         assert (loaded(**batch).logits - trainer.model(**batch).logits).abs().max() <= 1e-4
+    # the adapter is verified against its row x column hull; what lies outside the run's own mask is counted
+    from safetensors.torch import load_file
+
+    weights, run_mask = load_file(tmp / "lora_full" / "adapter_model.safetensors"), trainer.enforced_mask
+    outside = 0
+    for key in [k for k in weights if k.endswith("lora_A.weight")]:
+        name = key.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
+        delta = weights[key.replace("lora_A", "lora_B")] @ weights[key]
+        outside += int(((delta != 0) & ~run_mask[name]).sum())
+    assert full["outside_run_mask"] == outside > 0 and full["run_mask_weights"] == run_mask.num_selected
     with pytest.raises(ValueError, match="needs a rank"):
         trainer.export_adapter(tmp / "bad", format="lora")
     assert not (tmp / "bad").exists()

@@ -109,19 +109,21 @@ def test_without_stopping_the_best_evaluation_meeting_the_targets_is_restored(mo
     assert kept["restored"] == (best["step"] != 30)
 
 
-def test_masked_lora_runs_are_reproducible_and_the_seed_matters(model, tokenizer, world, tmp_path):
-    """The LoRA weights are created after seeding, as the Trainer seeds before it builds a model."""
+@pytest.mark.parametrize("lora", [True, False])
+def test_masked_runs_are_reproducible_and_the_seed_matters(model, tokenizer, world, tmp_path, lora):
+    """The LoRA weights are created after seeding, as the Trainer seeds before it builds a model; a full-parameter
+    run is seeded by the Trainer itself."""
     import copy
 
     from peft import LoraConfig
 
     def adapter(seed):
         args = small_args(tmp_path, objective="grad_diff", max_steps=2, mask_method="random", seed=seed)
+        peft = LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM") if lora else None
         trainer = WagleTrainer(model=copy.deepcopy(model), args=args, forget_dataset=world["forget"],
-                               retain_dataset=world["retain"], processing_class=tokenizer,
-                               peft_config=LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+                               retain_dataset=world["retain"], processing_class=tokenizer, peft_config=peft)
         trainer.train()
-        return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
+        return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
     a, b, c = adapter(0), adapter(0), adapter(1)
     assert all(a[n].equal(b[n]) for n in a)

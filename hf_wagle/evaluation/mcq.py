@@ -7,7 +7,8 @@ Two styles, each scoring every choice by its log-likelihood after a prompt:
   every question.
 * `"cloze"` (how lm-eval-harness scores small-model tasks such as ARC and HellaSwag): prompt
   `"Question: {question}\\nAnswer:"`, continuation `" " + choices[i]`. `acc` takes the choice with the highest
-  summed log-likelihood; `acc_norm` divides each log-likelihood by the continuation's length in UTF-8 bytes first.
+  summed log-likelihood; `acc_norm` divides each log-likelihood by the choice's length in characters first (the
+  leading space not counted), as lm-eval 0.4 computes it (`pred_norm = argmax(ll_i / len(choice_i))`).
 
 Ties go to the first choice. Accuracy = the fraction of rows whose prediction equals `answer` (an index). Chance is
 1 / number of choices.
@@ -78,12 +79,12 @@ def _argmax(values: list[float]) -> int:
 
 def mcq_predictions(model, tokenizer, dataset, batch_size: int = 32, description: str = "", style: str = "letter",
                     length_normalized: bool = False) -> list[int]:
-    """Index of the choice with the highest log-likelihood for every row (divided by the continuation's UTF-8 byte
-    length first with `length_normalized`, as lm-eval's `acc_norm`)."""
+    """Index of the choice with the highest log-likelihood for every row (divided by the choice's length in
+    characters first with `length_normalized`, as lm-eval's `acc_norm`)."""
     scores = mcq_scores(model, tokenizer, dataset, batch_size, description, style)
     if length_normalized:
         options = (row["choices"] if style == "cloze" else LETTERS[:len(row["choices"])] for row in dataset)
-        scores = [[s / len((" " + o).encode()) for s, o in zip(row, opts)] for row, opts in zip(scores, options)]
+        scores = [[s / len(o) for s, o in zip(row, opts)] for row, opts in zip(scores, options)]
     return [_argmax(row) for row in scores]
 
 

@@ -106,7 +106,9 @@ class LoraFormat(AdapterFormat):
             raise ValueError(f"format='lora' needs a rank (an int >= 1), got {rank!r}")
 
     def build(self, changes, mask, rank=None):
-        """`alpha = r`, so `B @ A` is the change; the mask shipped is the row x column hull the change touches."""
+        """`alpha = r`, so `B @ A` is the change; the mask shipped is the row x column hull the change touches, and
+        the report counts the adapter's changed weights outside the run's own mask (`outside_run_mask`: entries
+        where `B @ A != 0` and the run's mask is 0)."""
         import torch
         from peft import LoraConfig
 
@@ -120,11 +122,15 @@ class LoraFormat(AdapterFormat):
             prefix = self.key_prefix + name.removesuffix(".weight")
             tensors[f"{prefix}.lora_A.weight"], tensors[f"{prefix}.lora_B.weight"] = A, B
         hull = {name: torch.zeros(mask.shape(name), dtype=torch.bool) for name in mask.names()}
-        for name, (_, _, rows, cols) in layout.items():
+        outside = 0
+        for name, (B, A, rows, cols) in layout.items():
             hull[name] = rows[:, None] & cols[None, :]
+            outside += int(((B @ A) != 0).logical_and_(~mask[name]).sum())
         shipped = WeightMask(hull, {**mask.metadata, "enforced_by": "lora_svd_export"})
         report = {"layers": layers, "rank": rank, "exact": False, "relative_error": overall,
-                  "max_relative_error": max(v["relative_error"] for v in layers.values())}
+                  "max_relative_error": max(v["relative_error"] for v in layers.values()),
+                  "hull_weights": shipped.num_selected, "run_mask_weights": mask.num_selected,
+                  "outside_run_mask": outside}
         return Built(config, tensors, shipped, report)
 
     def describe(self, report):
@@ -132,8 +138,17 @@ class LoraFormat(AdapterFormat):
         return (f"a LoRA adapter (r={r}, alpha={r}) holding the rank-{r} truncated SVD of {change_phrase(report)}. "
                 f"Relative error of the change (Frobenius): {report['relative_error']:.4g} overall, "
                 f"{report['max_relative_error']:.4g} at worst; `export_report.json` has every layer's error and "
-                "energy kept.")
+                f"energy kept. {_hull_phrase(report)}")
 
     def fidelity(self, report):
         return (f"relative error of the change {report['relative_error']:.4g} (worst layer "
-                f"{report['max_relative_error']:.4g})")
+                f"{report['max_relative_error']:.4g}). {_hull_phrase(report)}")
+
+
+def _hull_phrase(report: dict) -> str:
+    """What the shipped row x column mask means against the run's own mask."""
+    if "outside_run_mask" not in report:
+        return ""
+    return (f"The mask it ships (and is verified against) is the row x column hull of the change, "
+            f"{report['hull_weights']} weights against the run's {report['run_mask_weights']}; "
+            f"{report['outside_run_mask']} weights it changes lie outside the run's own mask.")

@@ -44,6 +44,18 @@ class RunCard:
     objective_args: dict | None = None
     mask_options: dict | None = None
     record_digest: str | None = None
+    base_source: dict | None = None
+
+
+def base_source_note(base: str | None, source: dict | None) -> str:
+    """A paragraph saying the base weights were not the named model's own (e.g. dequantised from a GGUF file),
+    from the `hf_wagle_source` entry of the base's `config.json`; empty when there is none."""
+    if not source:
+        return ""
+    return (f"\n**Base weights.** The run was trained and scored on {source.get('made_by', 'a derived copy')} "
+            f"(sha256 of that file `{source.get('file_sha256', '?')}`), not on the weights of "
+            f"`{source.get('hub_model') or base or 'the named base'}` themselves; applied to those, the change "
+            "gives a model that was not measured.\n")
 
 
 def _settings(values: dict | None) -> str:
@@ -91,7 +103,7 @@ def model_card(card: RunCard) -> ModelCard:
                     "files; `--forget FILE` checks a data file against it.\n")
     report = card.verification
     if report is not None:
-        verdict = (f"\n`hf-wagle verify` at save: {report['tensors_checked']} tensors checked, "
+        verdict += (f"\n`hf-wagle verify` at save: {report['tensors_checked']} tensors checked, "
                    f"{report['changed_inside_mask']} weights changed inside the mask, "
                    f"{report['changed_outside_mask']} outside; confined: {'yes' if report['confined'] else 'NO'}.\n")
     enforced = card.enforced
@@ -117,7 +129,7 @@ This {'adapter' if adapter else 'model'} was produced by machine unlearning with
 | adapter | {card.adapter or 'none (full parameters)'} |
 | hf_wagle | {__version__} |
 
-{confinement}
+{confinement}{base_source_note(base, card.base_source)}
 {verdict}
 {module_table(enforced)}
 {results}
@@ -151,6 +163,7 @@ def run_card(trainer) -> RunCard:
         verification=trainer.verification,
         objective_args=asdict(trainer.objective.args) if trainer.objective.args is not None else None,
         mask_options=meta.get("options") if masked else None,
+        base_source=trainer.provenance.get("base_source"),
     )
 
 
@@ -264,7 +277,7 @@ The forget data is not described here.
 | hf_wagle | {__version__} |
 
 `wagle_mask.safetensors` holds the mask the adapter keeps to; check it with `hf-wagle verify <this folder>`.
-{provenance}
+{base_source_note(base, ((record or {}).get("base_model") or {}).get("source"))}{provenance}
 ## How to load and roll back
 
 {peft_load_snippet(base)}"""
