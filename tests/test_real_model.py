@@ -211,3 +211,47 @@ def test_evaluation_on_the_real_model(smollm2, scenario):
         cloze = mcq_accuracy(model, tokenizer, mcq, style="cloze")
         assert cloze >= 0.6 and cloze > mcq_accuracy(model, tokenizer, mcq, style="letter")
         assert max(letters.count(i) for i in set(letters)) >= 0.5 * len(letters)
+
+
+LOCAL_TASK = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_choice: choices
+doc_to_target: answer
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+"""
+
+
+def test_lm_eval_agrees_with_cloze_scoring_item_by_item(smollm2, tmp_path):
+    """A local lm-eval task (include_path) over the scenario's multiple-choice questions: lm-eval's per-choice
+    log-likelihoods equal `mcq_scores` in cloze style, and its acc / acc_norm equal `mcq_accuracy`'s."""
+    pytest.importorskip("lm_eval")
+    from hf_wagle.evaluation import lm_eval_scores, mcq_scores
+    from hf_wagle.real_model import load_scenario
+
+    model, tokenizer, _ = smollm2
+    mcq = load_scenario("element_symbols")["forget_mcq"]
+    mcq.to_json(tmp_path / "mcq.jsonl")
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "symbols.yaml").write_text(LOCAL_TASK.format(name="hfw_symbols",
+                                                                       data=tmp_path / "mcq.jsonl"))
+    scores = lm_eval_scores(model, tokenizer, ["hfw_symbols"], include_path=tmp_path / "tasks", log_samples=True)
+    ours = mcq_scores(model, tokenizer, mcq, style="cloze")
+    samples = sorted(scores["samples"]["hfw_symbols"], key=lambda s: s["doc_id"])
+    theirs = [[float(r[0]) for r in s["filtered_resps"]] for s in samples]
+    assert len(theirs) == len(ours) == len(mcq)
+    # equal up to float32 noise from different batch compositions (about 2e-4 nats here)
+    assert all(t == pytest.approx(o, abs=1e-3) for t, o in zip(theirs, ours))
+    got = scores["hfw_symbols"]
+    assert got["acc"] == mcq_accuracy(model, tokenizer, mcq, style="cloze")
+    assert got["acc_norm"] == mcq_accuracy(model, tokenizer, mcq, style="cloze", length_normalized=True)
+    assert got["acc_stderr"] > 0
+    with pytest.raises(FileNotFoundError, match="include_path"):
+        lm_eval_scores(model, tokenizer, ["hfw_symbols"], include_path=tmp_path / "nowhere")

@@ -16,6 +16,7 @@ Ties go to the first choice. Accuracy = the fraction of rows whose prediction eq
 
 from __future__ import annotations
 
+import os
 import string
 
 from .scoring import continuation_logprob
@@ -98,20 +99,29 @@ def mcq_accuracy(model, tokenizer, dataset, batch_size: int = 32, description: s
 LM_EVAL_TASKS = ("wmdp_bio", "wmdp_cyber", "mmlu")
 
 
-def lm_eval_accuracy(model, tokenizer=None, tasks=LM_EVAL_TASKS, adapter: str | None = None, batch_size: int = 8,
-                     limit: int | None = None, device: str | None = None) -> dict[str, float]:
-    """Run lm-eval-harness tasks (default `wmdp_bio`, `wmdp_cyber`, `mmlu`) and return `{task: acc}`.
+LM_EVAL_METRICS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
 
-    `model` is a Hub id / local path (with `adapter`, a PEFT adapter folder loaded on top), or an in-memory
-    model (a `PeftModel` included) together with its `tokenizer`. Needs the optional extra `hf-wagle[lm-eval]`.
+
+def lm_eval_scores(model, tokenizer=None, tasks=LM_EVAL_TASKS, adapter: str | None = None, batch_size: int = 8,
+                   limit: int | None = None, device: str | None = None, include_path=None,
+                   log_samples: bool = False) -> dict:
+    """Run lm-eval-harness tasks and return `{task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"}}` (those the
+    task reports), lm-eval's own numbers.
+
+    `model` is a Hub id / local path (with `adapter`, a PEFT adapter folder loaded on top), or an in-memory model (a
+    `PeftModel` included) together with its `tokenizer`. `tasks` are names lm-eval knows, names of tasks defined in
+    YAML files under `include_path` (a folder or a list of folders, as `lm_eval --include_path` takes), YAML paths
+    or config dicts. With `log_samples`, the result also holds `"samples": {task: [...]}`, lm-eval's per-item
+    records (each choice's log-likelihood in `filtered_resps`). Needs the optional extra `hf-wagle[lm-eval]`.
     """
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
     except ImportError as e:
         raise ImportError("the lm-eval-harness bridge needs `lm_eval`: pip install 'hf-wagle[lm-eval]' "
                           "(or pip install lm-eval)") from e
-    tasks = list(tasks)
+    tasks = [tasks] if isinstance(tasks, (str, dict)) else list(tasks)
     if not tasks:
         raise ValueError("give at least one lm-eval task")
     if isinstance(model, str):
@@ -127,10 +137,35 @@ def lm_eval_accuracy(model, tokenizer=None, tasks=LM_EVAL_TASKS, adapter: str | 
         if tokenizer is None:
             raise ValueError("an in-memory model needs its tokenizer")
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    results = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit)["results"]
-    out = {}
-    for task, metrics in results.items():
-        acc = metrics.get("acc,none", metrics.get("acc"))
-        if acc is not None:
-            out[task] = float(acc)
+    paths = [include_path] if isinstance(include_path, (str, os.PathLike)) else list(include_path or [])
+    missing = [str(p) for p in paths if not os.path.isdir(p)]
+    if missing:
+        raise FileNotFoundError(f"include_path {missing[0]} is not a folder of lm-eval task YAML files")
+    manager = TaskManager(include_path=[str(p) for p in paths] or None)
+    try:
+        output = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, task_manager=manager,
+                                         log_samples=log_samples)
+    except OSError as e:  # requests' and huggingface_hub's connection errors are OSErrors
+        raise ConnectionError(
+            f"lm-eval could not fetch the data of {tasks} ({type(e).__name__}). Offline, run a task whose data is "
+            "local: a task YAML with `dataset_path: json` and `dataset_kwargs: {data_files: ...}` in a folder "
+            "passed as include_path (see docs/how-to/evaluation.md)") from e
+    out: dict = {}
+    for task, metrics in output["results"].items():
+        values = {}
+        for key, value in metrics.items():
+            name, _, _ = key.partition(",")
+            if name in LM_EVAL_METRICS and isinstance(value, (int, float)):
+                values[name] = float(value)
+        if values:
+            out[task] = values
+    if log_samples:
+        out["samples"] = output.get("samples", {})
     return out
+
+
+def lm_eval_accuracy(model, tokenizer=None, tasks=LM_EVAL_TASKS, adapter: str | None = None, batch_size: int = 8,
+                     limit: int | None = None, device: str | None = None, include_path=None) -> dict[str, float]:
+    """`{task: acc}` of `lm_eval_scores` (same arguments)."""
+    scores = lm_eval_scores(model, tokenizer, tasks, adapter, batch_size, limit, device, include_path)
+    return {task: values["acc"] for task, values in scores.items() if "acc" in values}
