@@ -98,6 +98,18 @@ def read_tensors(directory: Path, stem: str):
             raise ValueError(f"cannot verify: {directory / file} is missing, truncated or corrupt ({e})") from None
 
 
+def tensors_in_name_order(directory: Path, stem: str):
+    """`(name, tensor)` of the weight files a loader reads, sorted by name, one tensor in memory at a time."""
+    from safetensors import safe_open
+
+    where = {}
+    for file in weight_files(directory, stem):
+        handle = safe_open(str(directory / file), framework="pt")
+        where.update(dict.fromkeys(handle.keys(), handle))
+    for name in sorted(where):
+        yield name, where[name].get_tensor(name)
+
+
 def tensor_names(directory: Path, stem: str) -> set[str]:
     """The names of the tensors `read_tensors` yields, from the files' headers alone."""
     from safetensors import SafetensorError, safe_open

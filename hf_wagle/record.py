@@ -31,10 +31,11 @@ RECORD_VERSION = 1
 _WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors")
 
 
-def tensors_digest(named_tensors) -> str:
-    """SHA-256 over `(name, dtype, shape, bytes)` of `(name, tensor)` pairs, in name order."""
+def tensors_digest(named_tensors, in_name_order: bool = False) -> str:
+    """SHA-256 over `(name, dtype, shape, bytes)` of `(name, tensor)` pairs, in name order (`in_name_order`: the
+    pairs already come in that order, so they are hashed one at a time as they come)."""
     h = hashlib.sha256()
-    for name, t in sorted(named_tensors, key=lambda x: x[0]):
+    for name, t in named_tensors if in_name_order else sorted(named_tensors, key=lambda x: x[0]):
         t = t.detach().contiguous().cpu()
         h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}|".encode())
         h.update(_raw_bytes(t))

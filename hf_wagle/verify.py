@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .formats import format_of
-from .io import MODEL_STEM, local_or_download, tensor_names
+from .io import MODEL_STEM, local_or_download, tensor_names, tensors_in_name_order
 from .mask import WeightMask
 from .record import check_record, read_record
 
@@ -20,7 +20,9 @@ def verify(directory, base=None) -> dict:
     the mask and be finite, and the adapter's config must not move base weights when PEFT loads it. Returns a report
     whose `"confined"` is True only when every check passes. When the folder holds an `unlearning_record.json`,
     `report["record"]` gives its digest and what in the folder does not match it (`hf_wagle.record.check_record`).
-    With `base`, the mask must name only tensors the base model has (`foreign_mask_names`).
+    With `base`, the mask must name only tensors the base model has (`foreign_mask_names`), and
+    `report["base_matches_record"]` says whether its weights are the ones the record's run started from (None when
+    the record holds no digest of them).
     """
     directory = Path(directory)
     mask = WeightMask.load(directory)
@@ -40,14 +42,17 @@ def verify(directory, base=None) -> dict:
         inside_total += inside
         if outside:
             problems.append(f"{name}: {outside} weights change outside the mask")
+    record = read_record(directory)
+    base_matches = None
     if base is not None:
         problems += foreign_mask_names(mask, base)
-    record = read_record(directory)
+        base_matches = base_matches_record(record, base)
     return {"directory": str(directory), "kind": fmt.name, "confined": not problems, "tensors_checked": checked,
             "changed_inside_mask": inside_total, "changed_outside_mask": outside_total,
             "mask_ratio": mask.ratio, "mask_metadata": mask.metadata, "problems": problems,
             "record": None if record is None else {"digest": record.get("digest"),
-                                                   "problems": check_record(directory, record)}}
+                                                   "problems": check_record(directory, record)},
+            "base_matches_record": base_matches}
 
 
 def foreign_mask_names(mask: WeightMask, base) -> list[str]:
@@ -62,3 +67,16 @@ def foreign_mask_names(mask: WeightMask, base) -> list[str]:
         return []
     return [f"the mask names {len(foreign)} tensor(s) the base model does not have (first: {foreign[0]}); it was "
             "made for another model"]
+
+
+def base_matches_record(record: dict | None, base) -> bool | None:
+    """Whether the weights of `base` have the digest the record names for the run's base
+    (`hf_wagle.record.tensors_digest` over the checkpoint's tensors, as the run computed it over the loaded
+    parameters; a base loaded in another dtype than its files' also differs). None when there is nothing to compare."""
+    from .record import tensors_digest
+
+    recorded = ((record or {}).get("base_model") or {}).get("weights_sha256")
+    if not recorded:
+        return None
+    folder = local_or_download(base)
+    return tensors_digest(tensors_in_name_order(folder, MODEL_STEM), in_name_order=True) == recorded

@@ -135,3 +135,17 @@ def test_with_a_base_the_mask_must_name_its_tensors(saved, tmp_path):
     assert verify(out)["confined"]  # without the base, nothing says which tensors the model has
     report = verify(out, base=str(saved / "base"))
     assert not report["confined"] and any("model.layers.99.mlp.up_proj.weight" in p for p in report["problems"])
+
+
+def test_verify_says_whether_the_base_is_the_one_the_run_started_from(saved, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    out = _copy(saved, tmp_path, "lora")
+    assert verify(out, base=str(saved / "base"))["base_matches_record"] is True
+    other = AutoModelForCausalLM.from_pretrained(saved / "base")
+    with torch.no_grad():
+        next(other.parameters())[0, 0] += 1.0
+    other.save_pretrained(tmp_path / "other")
+    assert verify(out, base=str(tmp_path / "other"))["base_matches_record"] is False
+    assert main(["verify", str(out), "--base", str(tmp_path / "other")]) == 0  # still confined: a warning
+    assert "is not the base the record's run started from" in capsys.readouterr().out

@@ -46,6 +46,9 @@ class Verify(Command):
             for problem in report["problems"]:
                 print(f"  FAIL {escape(problem)}")
             print("confined to its mask: " + ("yes" if report["confined"] else "NO"))
+            if report["base_matches_record"] is False:
+                print(f"  WARNING {args.base} is not the base the record's run started from (its weights differ from "
+                      "the recorded digest): scores measured on that run do not describe this base plus the change")
             if record is not None:
                 for problem in record["problems"]:
                     print(f"  FAIL {escape(problem)}")
