@@ -1,7 +1,7 @@
 """The `hf-wagle` command line: `main`, and the table of commands (`COMMANDS`).
 
 Each command is a small class in its own file (`demo`, `unlearn`, `attribute`, `compare_masks`, `plan`, `evaluate`,
-`export`, `verify`, `push`), registered with `register_command(name)`; a plugin adds one the same way
+`export`, `verify`, `audit`, `push`), registered with `register_command(name)`; a plugin adds one the same way
 (`hf_wagle.cli.plugins`). Commands whose options are dataclasses (`unlearn`, `attribute`, `compare-masks`) parse
 them with `WagleParser` (`hf_wagle.cli.parser`): flags generated from the fields, a YAML file under them. The
 others add plain argparse options. `hf-wagle --help` and `hf-wagle <command> --help` import no torch (but
@@ -17,7 +17,7 @@ import sys
 
 # isort: off
 # the built-in commands register themselves on import, in the order `hf-wagle --help` lists them
-from . import demo, unlearn, attribute, compare_masks, plan, evaluate, export, verify, push  # noqa: F401
+from . import demo, unlearn, attribute, compare_masks, plan, evaluate, export, verify, audit, push  # noqa: F401
 # isort: on
 from .common import Command, DefaultsShown, add_plugins_argument
 from .plugins import COMMANDS, load_command_line_plugins, load_plugins, register_command

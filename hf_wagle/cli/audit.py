@@ -1,0 +1,90 @@
+"""`hf-wagle audit RUN --base MODEL --forget FILE`."""
+
+from __future__ import annotations
+
+from .common import Command, check_model, load_data
+from .plugins import register_command
+
+
+@register_command("audit")
+class Audit(Command):
+    """Does the forgetting last? Score a saved run (adapter, merged, or full model) against its base after 4-bit NF4
+    and 8-bit quantisation as bitsandbytes stores the weights, and after relearning on half of the forget rows (and,
+    with --retain, on retain rows: the control), as a recovery fraction with a 95% interval
+    (`hf_wagle.evaluation.robustness`). The result is appended to the run's unlearning_record.json as a dated audit
+    (its sealed entries untouched) and to its card."""
+
+    help = "robustness audit of a saved run: quantisation (NF4, INT8) and relearning, as recovery fractions"
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("directory", help="folder written by WagleTrainer.save_model (adapter or full model)")
+        parser.add_argument("--base", required=True, help="the model before unlearning (folder or Hub id)")
+        parser.add_argument("--forget", required=True, metavar="FILE",
+                            help="forget QA data (file, saved folder or scenario:NAME/forget)")
+        parser.add_argument("--retain", metavar="FILE", help="retain QA data: retain scores and the relearning control")
+        parser.add_argument("--schemes", default="nf4,int8", help="quantisation schemes to apply (nf4, int8; "
+                                                                  "empty: none)")
+        parser.add_argument("--relearn-steps", type=int, default=None,
+                            help="AdamW steps of relearning (default: one pass over the attacker's half; 0: none)")
+        parser.add_argument("--relearn-lr", type=float, default=2e-5, help="relearning learning rate")
+        parser.add_argument("--batch-size", type=int, default=8, help="rows per batch, scoring and relearning")
+        parser.add_argument("--prompt-template", help="QA prompt with {question} (default: the run's, from its "
+                                                      "record, else 'Question: {question}\\nAnswer:')")
+        parser.add_argument("--by", metavar="NAME", help="who ran the audit, stored with it")
+        parser.add_argument("--out", help="also write the report to this JSON file")
+
+    def run(self, args) -> int:
+        import json
+        from pathlib import Path
+
+        from ..evaluation.robustness import SCHEMES, audit, format_audit
+        from ..hub.names import public_name
+        from ..record import append_audit, read_record
+
+        folder = Path(args.directory)
+        if not folder.is_dir():
+            raise ValueError(f"{folder}: no such folder")
+        check_model(args.base, "--base")
+        schemes = tuple(s.strip() for s in args.schemes.split(",") if s.strip())
+        unknown = [s for s in schemes if s not in SCHEMES]
+        if unknown:
+            raise ValueError(f"--schemes {args.schemes}: unknown {unknown}; choose from {', '.join(SCHEMES)}")
+        if args.relearn_steps is not None and args.relearn_steps < 0:
+            raise ValueError(f"--relearn-steps must be >= 0, got {args.relearn_steps}")
+        forget = load_data(args.forget, "forget")
+        retain = load_data(args.retain, "retain") if args.retain else None
+        record = read_record(folder)
+        template = args.prompt_template or ((record or {}).get("settings") or {}).get("prompt_template")
+        original, unlearned, tokenizer = _models(folder, args.base)
+        report = audit(original, unlearned, tokenizer, forget, retain, schemes, args.relearn_steps, args.relearn_lr,
+                       args.batch_size, template)
+        text = format_audit(report)
+        print(text)
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=2))
+        if record is not None:
+            entry = append_audit(folder, {"kind": "robustness", "by": args.by, "base_model": public_name(args.base),
+                                          "forget_rows": len(forget), **report})
+            card = folder / "README.md"
+            if card.exists():
+                card.write_text(card.read_text().rstrip("\n") + f"\n\n## Robustness audit ({entry['when']})\n\n"
+                                + "```\n" + text + "\n```\n")
+            print(f"appended audit {entry['digest'][:12]}... to {folder / 'unlearning_record.json'}")
+        return 0
+
+
+def _models(folder, base):
+    """`(original, unlearned, tokenizer)`: the base, and the run's model (an adapter merged into a copy of it)."""
+    import copy
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    original = AutoModelForCausalLM.from_pretrained(base).eval()
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if (folder / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        unlearned = PeftModel.from_pretrained(copy.deepcopy(original), str(folder)).merge_and_unload()
+    else:
+        unlearned = AutoModelForCausalLM.from_pretrained(folder)
+    return original, unlearned.eval(), tokenizer

@@ -1,0 +1,227 @@
+"""Does the forgetting last? An unlearned model scored as deployment and other users change it.
+
+Interventions, each applied to the unlearned model (merged, when it is an adapter) and scored per item:
+
+* `nf4`, `int8`: the weights as bitsandbytes stores them when transformers loads the model with
+  `BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")` (blocks of 64 weights, an absmax scale per
+  block, 16 levels) or `load_in_8bit=True` (a row-wise absmax scale, int8): every `nn.Linear` but the output head is
+  quantised with bitsandbytes' own functions and dequantised again: the stored values exactly (tested against
+  transformers' own loading), computed in float32 (an int8 layer also rounds its inputs, which this leaves out). The
+  original model is quantised the same way, so the comparison is deployment against deployment.
+* `relearn`: `steps` AdamW steps of answer-only fine-tuning on one half of the forget rows (the attacker's), scored
+  on the other half; `relearn_retain`: the same steps on retain rows, the control (benign fine-tuning).
+
+Recovery of a score `s` (mean over the scored rows), for an intervention `I`:
+
+    recovery = (s(I(unlearned)) - s(unlearned)) / (s(I(original)) - s(unlearned))
+
+(for relearning the denominator is `s(original) - s(unlearned)`: relearning would teach the original too). 0: the
+intervention brings nothing back; 1: the model knows as much as the original does. Its 95% interval is a percentile
+bootstrap over rows (`scipy.stats.bootstrap`, 2000 resamples).
+
+`update_survival` predicts the quantisation result from the weights alone: of the weights the unlearning changed,
+the fraction whose quantised value differs from the original's quantised value (an update smaller than half a
+quantisation step rounds back to the original code), and the norm of the quantised change over the norm of the
+change.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+SCHEMES = ("nf4", "int8")
+
+
+def quantised_weight(weight: torch.Tensor, scheme: str) -> torch.Tensor:
+    """`weight` as bitsandbytes stores it under `scheme`, dequantised back to `weight`'s dtype."""
+    try:
+        import bitsandbytes.functional as bnb
+    except ImportError as e:
+        raise ImportError("quantisation audits need bitsandbytes: pip install 'hf-wagle[audit]'") from e
+
+    w = weight.detach().float().cpu()
+    if scheme == "nf4":
+        codes, state = bnb.quantize_4bit(w, blocksize=64, quant_type="nf4")
+        out = bnb.dequantize_4bit(codes, state)
+    elif scheme == "int8":  # transformers hands bitsandbytes the weight in float16 for int8
+        codes, scales, _ = bnb.int8_vectorwise_quant(w.half())
+        out = codes.float() * (scales.float()[:, None] / 127.0)
+    else:
+        raise ValueError(f"unknown quantisation scheme {scheme!r}; choose from {SCHEMES}")
+    return out.to(weight.dtype).to(weight.device)
+
+
+def quantised_linears(model) -> list[str]:
+    """Names of the `nn.Linear` modules transformers' bitsandbytes integration quantises: all but the output head."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head]
+
+
+def quantised_model(model, scheme: str):
+    """A copy of `model` whose quantised linear weights (`quantised_linears`) hold their `scheme` values."""
+    out = copy.deepcopy(model)
+    modules = dict(out.named_modules())
+    with torch.no_grad():
+        for name in quantised_linears(out):
+            modules[name].weight.copy_(quantised_weight(modules[name].weight, scheme))
+    return out
+
+
+@torch.no_grad()
+def update_survival(original, unlearned, schemes=SCHEMES) -> dict:
+    """Per scheme: `changed` (weights of the quantised linears the unlearning changed), `surviving` (those whose
+    quantised value differs from the original's), `fraction = surviving / changed`, and `norm_fraction =
+    ||Q(u) - Q(o)|| / ||u - o||` over the same layers."""
+    before = dict(original.named_parameters())
+    out = {}
+    for scheme in schemes:
+        changed = surviving = 0
+        change_sq = kept_sq = 0.0
+        for name in quantised_linears(unlearned):
+            u = unlearned.get_submodule(name).weight
+            o = before[f"{name}.weight"]
+            moved = u != o
+            n = int(moved.sum())
+            if not n:
+                continue
+            qu, qo = quantised_weight(u, scheme), quantised_weight(o, scheme)
+            changed += n
+            surviving += int(((qu != qo) & moved).sum())
+            change_sq += float((u.double() - o.double()).pow(2).sum())
+            kept_sq += float((qu.double() - qo.double()).pow(2).sum())
+        out[scheme] = {"changed": changed, "surviving": surviving,
+                       "fraction": surviving / changed if changed else None,
+                       "norm_fraction": math.sqrt(kept_sq / change_sq) if change_sq else None}
+    return out
+
+
+def relearned_model(model, tokenizer, data, steps: int, learning_rate: float, batch_size: int = 8,
+                    prompt_template: str | None = None, seed: int = 0):
+    """A copy of `model` after `steps` AdamW steps (no weight decay, every weight trainable) of the answer-only NLL on
+    `data`, batches taken in order and cycled."""
+    from ..data import collate, pad_id, tokenize_dataset
+    from ..losses import sequence_nll
+    from ..options import DEFAULT_PROMPT_TEMPLATE
+
+    torch.manual_seed(seed)
+    out = copy.deepcopy(model).train()
+    for p in out.parameters():  # every weight: what someone holding the merged model can fine-tune
+        p.requires_grad_(True)
+    examples = tokenize_dataset(data, tokenizer, prompt_template or DEFAULT_PROMPT_TEMPLATE, None)
+    optimizer = torch.optim.AdamW(out.parameters(), lr=learning_rate, weight_decay=0.0)
+    device = next(out.parameters()).device
+    for step in range(steps):
+        start = (step * batch_size) % len(examples)
+        chunk = (examples + examples)[start:start + min(batch_size, len(examples))]
+        batch = {k: v.to(device) for k, v in collate(chunk, pad_id(tokenizer)).items()}
+        loss = sequence_nll(out, batch).per_example_mean.mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return out.eval()
+
+
+def recovery(original: list[float], unlearned: list[float], after: list[float]) -> dict:
+    """`(mean(after) - mean(unlearned)) / (mean(original) - mean(unlearned))` over paired rows, with a 95% percentile
+    bootstrap interval over rows (None where the original and unlearned means are equal)."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    o, u, a = (np.asarray(x, dtype=float) for x in (original, unlearned, after))
+    if not len(o) == len(u) == len(a) or not len(o):
+        raise ValueError("recovery needs the same non-empty rows scored three times")
+
+    def ratio(index, axis=-1):
+        index = np.asarray(index, dtype=int)
+        gap = o[index].mean(axis) - u[index].mean(axis)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (a[index].mean(axis) - u[index].mean(axis)) / gap
+
+    value = float(ratio(np.arange(len(o))))
+    if not math.isfinite(value):
+        return {"recovery": None, "ci95": None}
+    if len(o) < 2:
+        return {"recovery": value, "ci95": None}
+    result = bootstrap((np.arange(len(o)),), ratio, n_resamples=2000, method="percentile", random_state=0,
+                       vectorized=True)
+    low, high = result.confidence_interval
+    return {"recovery": value, "ci95": [float(low), float(high)] if math.isfinite(low + high) else None}
+
+
+def _probabilities(model, tokenizer, data, prompt_template, batch_size) -> list[float]:
+    from .answers import answer_metrics
+
+    return answer_metrics(model, tokenizer, data, prompt_template, batch_size)["probability"]
+
+
+def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, relearn_steps: int | None = None,
+          relearn_lr: float = 2e-5, batch_size: int = 8, prompt_template: str | None = None, seed: int = 0) -> dict:
+    """The interventions of the module docstring on `unlearned` (a plain model: merge an adapter first) against
+    `original`, scored by the answer probability of the forget rows (the relearning ones on the held-back half).
+
+    `relearn_steps=None` is one pass over the attacker's half (its rows / `batch_size`, at least one step); 0 skips
+    relearning. Returns `{"scores": {model: mean forget probability}, "recovery": {intervention: {...}},
+    "survival": update_survival(...)}`; with `retain`, also each model's mean retain probability under
+    `"retain_scores"`."""
+    from ..options import DEFAULT_PROMPT_TEMPLATE
+
+    template = prompt_template or DEFAULT_PROMPT_TEMPLATE
+    if len(forget) < 2:
+        raise ValueError("the robustness audit needs at least 2 forget rows (relearning holds half of them back)")
+
+    def score(model, data):
+        return _probabilities(model, tokenizer, data, template, batch_size)
+
+    def mean(values):
+        return sum(values) / len(values)
+
+    report = {"scores": {}, "recovery": {}, "retain_scores": {} if retain is not None else None,
+              "survival": update_survival(original, unlearned, schemes), "rows": len(forget)}
+    base_o, base_u = score(original, forget), score(unlearned, forget)
+    report["scores"].update(original=mean(base_o), unlearned=mean(base_u))
+    for scheme in schemes:
+        q_o, q_u = quantised_model(original, scheme), quantised_model(unlearned, scheme)
+        after_o, after_u = score(q_o, forget), score(q_u, forget)
+        report["scores"][f"original_{scheme}"], report["scores"][scheme] = mean(after_o), mean(after_u)
+        report["recovery"][scheme] = recovery(after_o, base_u, after_u)
+        if retain is not None:
+            report["retain_scores"][scheme] = mean(score(q_u, retain))
+        del q_o, q_u
+    if retain is not None:
+        report["retain_scores"].update(original=mean(score(original, retain)), unlearned=mean(score(unlearned, retain)))
+
+    if relearn_steps != 0:
+        held = forget.select(range(0, len(forget), 2))       # scored
+        attack = forget.select(range(1, len(forget), 2))     # trained on
+        steps = relearn_steps or max(1, math.ceil(len(attack) / batch_size))
+        o_held, u_held = score(original, held), score(unlearned, held)
+        runs = {"relearn": attack} if retain is None else {"relearn": attack, "relearn_retain": retain}
+        for name, data in runs.items():
+            relearned = relearned_model(unlearned, tokenizer, data, steps, relearn_lr, batch_size, template, seed)
+            after = score(relearned, held)
+            report["scores"][name] = mean(after)
+            report["recovery"][name] = {**recovery(o_held, u_held, after), "steps": steps, "learning_rate": relearn_lr,
+                                        "rows_trained": len(data), "rows_scored": len(held)}
+            del relearned
+    return report
+
+
+def format_audit(report: dict) -> str:
+    """The audit as a few lines of text."""
+    lines = [f"forget answer probability (mean over {report['rows']} rows): "
+             + ", ".join(f"{k} {v:.4g}" for k, v in report["scores"].items())]
+    for name, r in report["recovery"].items():
+        ci = f" (95% CI {r['ci95'][0]:.3g} to {r['ci95'][1]:.3g})" if r.get("ci95") else ""
+        value = "undefined (unlearning changed nothing)" if r["recovery"] is None else f"{r['recovery']:.3g}"
+        lines.append(f"  recovery after {name}: {value}{ci}")
+    for scheme, s in report["survival"].items():
+        if s["fraction"] is not None:
+            lines.append(f"  {scheme}: {s['surviving']} of {s['changed']} changed weights keep a changed quantised "
+                         f"value ({s['fraction']:.3g}; norm kept {s['norm_fraction']:.3g})")
+    if report.get("retain_scores"):
+        lines.append("retain answer probability: " + ", ".join(f"{k} {v:.4g}"
+                                                              for k, v in report["retain_scores"].items()))
+    return "\n".join(lines)

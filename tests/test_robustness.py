@@ -1,0 +1,126 @@
+"""Forgetting that lasts: quantisation as bitsandbytes stores weights, the survival predictor, recovery arithmetic,
+relearning, and the `hf-wagle audit` command."""
+import copy
+
+import pytest
+import torch
+
+pytest.importorskip("bitsandbytes")
+
+from hf_wagle.evaluation.robustness import (  # noqa: E402
+    audit,
+    quantised_linears,
+    quantised_model,
+    quantised_weight,
+    recovery,
+    update_survival,
+)
+
+
+def test_quantised_weights_are_what_transformers_stores(trained, tmp_path):
+    import bitsandbytes.functional as bnb
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    model, _ = trained
+    model.save_pretrained(tmp_path / "m")
+    configs = {"nf4": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                         bnb_4bit_compute_dtype=torch.float32),
+               "int8": BitsAndBytesConfig(load_in_8bit=True)}
+    for scheme, config in configs.items():
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m", quantization_config=config, device_map="cpu",
+                                                      dtype=torch.float32)
+        for name in quantised_linears(model):
+            w = loaded.get_submodule(name).weight
+            stored = (bnb.dequantize_4bit(w.data, w.quant_state) if scheme == "nf4"
+                      else w.data.float() * (w.SCB.float()[:, None] / 127.0))
+            assert torch.equal(stored.float(), quantised_weight(model.get_submodule(name).weight, scheme)), name
+    assert model.get_output_embeddings() not in [model.get_submodule(n) for n in quantised_linears(model)]
+
+
+def _moved(model, fn, whole_blocks=False):
+    """A copy with `fn` applied to the quantised linears' weights (`whole_blocks`: only those whose rows hold whole
+    NF4 blocks of 64; bitsandbytes' CPU dequantisation does not give a block's largest weight back exactly where a
+    block straddles two rows)."""
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for name in quantised_linears(out):
+            w = out.get_submodule(name).weight
+            if not whole_blocks or w.shape[1] % 64 == 0:
+                w.copy_(fn(w))
+    return out
+
+
+def test_an_update_below_half_a_step_rounds_back_and_a_large_one_does_not(trained, world):
+    """Each weight moved a quarter of the way towards its own NF4 value keeps its code and its block's absmax: NF4
+    gives back the original exactly (full recovery, nothing survives). Large noise survives and stays forgotten."""
+    model, tokenizer = trained
+    forget = world["forget"].select(range(12))
+    small = _moved(model, lambda w: w + 0.25 * (quantised_weight(w, "nf4") - w), whole_blocks=True)
+    survival = update_survival(model, small, ("nf4",))["nf4"]
+    assert survival["changed"] > 0 and survival["surviving"] == 0 and survival["fraction"] == 0
+    q_small, q_model = quantised_model(small, "nf4"), quantised_model(model, "nf4")
+    assert all(torch.equal(p, q) for p, q in zip(q_small.parameters(), q_model.parameters()))
+    report = audit(model, small, tokenizer, forget, schemes=("nf4",), relearn_steps=0)
+    assert report["recovery"]["nf4"]["recovery"] == pytest.approx(1.0)
+
+    torch.manual_seed(0)
+    large = _moved(model, lambda w: w + torch.randn_like(w) * w.std())
+    survival = update_survival(model, large)
+    assert survival["nf4"]["fraction"] > 0.9 and survival["int8"]["fraction"] > 0.9
+    report = audit(model, large, tokenizer, forget, schemes=("nf4", "int8"), relearn_steps=0)
+    assert report["scores"]["unlearned"] < 0.5 * report["scores"]["original"]
+    assert all(abs(report["recovery"][s]["recovery"]) < 0.2 for s in ("nf4", "int8"))
+
+
+def test_recovery_arithmetic():
+    r = recovery([1.0, 0.8, 0.6], [0.0, 0.2, 0.1], [0.5, 0.5, 0.35])
+    assert r["recovery"] == pytest.approx((1.35 / 3 - 0.3 / 3) / (2.4 / 3 - 0.3 / 3))
+    assert r["ci95"][0] <= r["recovery"] <= r["ci95"][1]
+    assert recovery([0.5, 0.5], [0.5, 0.5], [0.9, 0.9]) == {"recovery": None, "ci95": None}
+    with pytest.raises(ValueError, match="same non-empty rows"):
+        recovery([1.0], [0.0, 0.1], [0.5])
+
+
+def test_relearning_trains_on_one_half_and_scores_the_other(trained, world):
+    model, tokenizer = trained
+    forget = world["forget"].select(range(8))
+    report = audit(model, model, tokenizer, forget, retain=world["retain"].select(range(8)), schemes=(),
+                   relearn_steps=2, relearn_lr=1e-3, batch_size=4)
+    for name in ("relearn", "relearn_retain"):
+        entry = report["recovery"][name]
+        assert entry["steps"] == 2 and entry["rows_scored"] == 4 and entry["recovery"] is None  # nothing forgotten
+    assert report["rows"] == 8 and set(report["retain_scores"]) == {"original", "unlearned"}
+    assert report["scores"]["relearn"] != report["scores"]["unlearned"]
+
+
+def test_audit_command_appends_to_the_record_and_the_card(trained, world, tmp_path, capsys):
+    import json
+
+    from peft import LoraConfig
+
+    from hf_wagle import WagleTrainer
+    from hf_wagle.cli import main
+
+    from support import small_args
+
+    model, tokenizer = trained
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    trainer = WagleTrainer(model=copy.deepcopy(model), args=small_args(tmp_path, objective="grad_diff", max_steps=3,
+                                                                       learning_rate=5e-3, mask_method="random"),
+                           forget_dataset=world["forget"], retain_dataset=world["retain"], processing_class=tokenizer,
+                           peft_config=LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    trainer.train()
+    trainer.save_model(str(tmp_path / "run"))
+    world["forget"].select(range(10)).to_json(tmp_path / "forget.jsonl")
+    assert main(["audit", str(tmp_path / "run"), "--base", str(tmp_path / "base"), "--forget",
+                 str(tmp_path / "forget.jsonl"), "--relearn-steps", "1", "--by", "auditor",
+                 "--out", str(tmp_path / "audit.json")]) == 0
+    out = capsys.readouterr().out
+    assert "recovery after nf4" in out and "recovery after relearn" in out
+    record = json.loads((tmp_path / "run" / "unlearning_record.json").read_text())
+    entry = record["audits"][-1]
+    assert entry["kind"] == "robustness" and entry["by"] == "auditor" and "nf4" in entry["recovery"]
+    assert json.loads((tmp_path / "audit.json").read_text())["recovery"] == entry["recovery"]
+    assert "## Robustness audit" in (tmp_path / "run" / "README.md").read_text()
+    assert main(["verify", str(tmp_path / "run")]) == 0  # the appended audit leaves the sealed record intact
