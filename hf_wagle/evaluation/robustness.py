@@ -178,10 +178,13 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
     def mean(values):
         return sum(values) / len(values)
 
-    report = {"scores": {}, "recovery": {}, "retain_scores": {} if retain is not None else None,
+    report = {"scores": {}, "recovery": {}, "retain_scores": None,
               "survival": update_survival(original, unlearned, schemes), "rows": len(forget)}
     base_o, base_u = score(original, forget), score(unlearned, forget)
     report["scores"].update(original=mean(base_o), unlearned=mean(base_u))
+    if retain is not None:
+        report["retain_scores"] = {"original": mean(score(original, retain)),
+                                   "unlearned": mean(score(unlearned, retain))}
     for scheme in schemes:
         q_o, q_u = quantised_model(original, scheme), quantised_model(unlearned, scheme)
         after_o, after_u = score(q_o, forget), score(q_u, forget)
@@ -190,8 +193,6 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
         if retain is not None:
             report["retain_scores"][scheme] = mean(score(q_u, retain))
         del q_o, q_u
-    if retain is not None:
-        report["retain_scores"].update(original=mean(score(original, retain)), unlearned=mean(score(unlearned, retain)))
 
     if relearn_steps != 0:
         held = forget.select(range(0, len(forget), 2))       # scored
@@ -220,7 +221,7 @@ def format_audit(report: dict) -> str:
     for scheme, s in report["survival"].items():
         if s["fraction"] is not None:
             lines.append(f"  {scheme}: {s['surviving']} of {s['changed']} changed weights keep a changed quantised "
-                         f"value ({s['fraction']:.3g}; norm kept {s['norm_fraction']:.3g})")
+                         f"value ({s['fraction']:.3g}); ||Q(u) - Q(o)|| / ||u - o|| = {s['norm_fraction']:.3g}")
     if report.get("retain_scores"):
         lines.append("retain answer probability: " + ", ".join(f"{k} {v:.4g}"
                                                               for k, v in report["retain_scores"].items()))
