@@ -8,6 +8,7 @@ import torch
 pytest.importorskip("bitsandbytes")
 
 from hf_wagle.evaluation.robustness import (  # noqa: E402
+    adapter_on_quantised_base,
     audit,
     quantised_linears,
     quantised_model,
@@ -72,6 +73,24 @@ def test_an_update_below_half_a_step_rounds_back_and_a_large_one_does_not(traine
     assert all(abs(report["recovery"][s]["recovery"]) < 0.2 for s in ("nf4", "int8"))
 
 
+def test_an_adapter_served_over_a_quantised_base_keeps_its_change_in_full_precision(trained, world):
+    model, tokenizer = trained
+    torch.manual_seed(0)
+    moved = _moved(model, lambda w: w + 1e-3 * torch.randn_like(w))
+    served = adapter_on_quantised_base(model, moved)
+    name = quantised_linears(model)[0]
+    o, u = model.get_submodule(name).weight, moved.get_submodule(name).weight
+    assert torch.equal(served.get_submodule(name).weight, quantised_weight(o, "nf4") + (u - o))
+    same = adapter_on_quantised_base(model, model)
+    assert all(torch.equal(p, q) for p, q in zip(same.parameters(), quantised_model(model, "nf4").parameters()))
+    # asked in other words: rows whose paraphrase is the question itself recover nothing
+    forget = world["forget"].select(range(6))
+    forget = forget.add_column("paraphrased_question", forget["question"])
+    report = audit(model, moved, tokenizer, forget, schemes=(), relearn_steps=0, adapter=True)
+    assert report["recovery"]["paraphrase"]["recovery"] == pytest.approx(0.0, abs=1e-9)
+    assert "nf4_adapter" in report["recovery"]
+
+
 def test_recovery_arithmetic():
     r = recovery([1.0, 0.8, 0.6], [0.0, 0.2, 0.1], [0.5, 0.5, 0.35])
     assert r["recovery"] == pytest.approx((1.35 / 3 - 0.3 / 3) / (2.4 / 3 - 0.3 / 3))
@@ -117,7 +136,7 @@ def test_audit_command_appends_to_the_record_and_the_card(trained, world, tmp_pa
                  str(tmp_path / "forget.jsonl"), "--relearn-steps", "1", "--by", "auditor",
                  "--out", str(tmp_path / "audit.json")]) == 0
     out = capsys.readouterr().out
-    assert "recovery after nf4" in out and "recovery after relearn" in out
+    assert "recovery after nf4" in out and "recovery after relearn" in out and "recovery after nf4_adapter" in out
     record = json.loads((tmp_path / "run" / "unlearning_record.json").read_text())
     entry = record["audits"][-1]
     assert entry["kind"] == "robustness" and entry["by"] == "auditor" and "nf4" in entry["recovery"]

@@ -8,9 +8,10 @@ from .plugins import register_command
 
 @register_command("audit")
 class Audit(Command):
-    """Does the forgetting last? Score a saved run (adapter, merged, or full model) against its base after 4-bit NF4
-    and 8-bit quantisation as bitsandbytes stores the weights, and after relearning on half of the forget rows (and,
-    with --retain, on retain rows: the control), as a recovery fraction with a 95% interval
+    """Does the forgetting last? Score a saved run (adapter or full model) against its base after 4-bit NF4 and 8-bit
+    quantisation as bitsandbytes stores the weights (an adapter also unmerged over an NF4 base), after relearning on
+    half of the forget rows (and, with --retain, on retain rows: the control), in the other prompt format and, where
+    the data has `paraphrased_question`, rephrased; each as a recovery fraction with a 95% interval
     (`hf_wagle.evaluation.robustness`). The result is appended to the run's unlearning_record.json as a dated audit
     (its sealed entries untouched) and to its card."""
 
@@ -56,8 +57,9 @@ class Audit(Command):
         record = read_record(folder)
         template = args.prompt_template or ((record or {}).get("settings") or {}).get("prompt_template")
         original, unlearned, tokenizer = _models(folder, args.base)
+        adapter = (folder / "adapter_config.json").exists() and "nf4" in schemes
         report = audit(original, unlearned, tokenizer, forget, retain, schemes, args.relearn_steps, args.relearn_lr,
-                       args.batch_size, template)
+                       args.batch_size, template, adapter=adapter)
         text = format_audit(report)
         print(text)
         if args.out:

@@ -8,8 +8,13 @@ Interventions, each applied to the unlearned model (merged, when it is an adapte
   quantised with bitsandbytes' own functions and dequantised again: the stored values exactly (tested against
   transformers' own loading), computed in float32 (an int8 layer also rounds its inputs, which this leaves out). The
   original model is quantised the same way, so the comparison is deployment against deployment.
+* `nf4_adapter` (`adapter=True`): the QLoRA way of serving an adapter, the base's linear weights in NF4 and the
+  adapter's change on top in full precision, `Q(o) + (u - o)`, against `Q(o)`.
 * `relearn`: `steps` AdamW steps of answer-only fine-tuning on one half of the forget rows (the attacker's), scored
   on the other half; `relearn_retain`: the same steps on retain rows, the control (benign fine-tuning).
+* `prompt`: the other prompt format (the tokenizer's chat template when the run used a plain template, the default
+  plain template when it used the chat one); `paraphrase`: the forget rows' `paraphrased_question` column in place of
+  `question`, when the data has it.
 
 Recovery of a score `s` (mean over the scored rows), for an intervention `I`:
 
@@ -67,6 +72,18 @@ def quantised_model(model, scheme: str):
     with torch.no_grad():
         for name in quantised_linears(out):
             modules[name].weight.copy_(quantised_weight(modules[name].weight, scheme))
+    return out
+
+
+def adapter_on_quantised_base(original, unlearned, scheme: str = "nf4"):
+    """A copy of `unlearned` whose quantised linear weights are `Q(o) + (u - o)`: the base rounded, the change kept
+    in full precision (an unmerged adapter over a quantised base computes exactly this sum)."""
+    out = copy.deepcopy(unlearned)
+    before = dict(original.named_parameters())
+    with torch.no_grad():
+        for name in quantised_linears(out):
+            w, o = out.get_submodule(name).weight, before[f"{name}.weight"]
+            w.copy_(quantised_weight(o, scheme) + (w - o))
     return out
 
 
@@ -158,14 +175,15 @@ def _probabilities(model, tokenizer, data, prompt_template, batch_size) -> list[
 
 
 def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, relearn_steps: int | None = None,
-          relearn_lr: float = 2e-5, batch_size: int = 8, prompt_template: str | None = None, seed: int = 0) -> dict:
+          relearn_lr: float = 2e-5, batch_size: int = 8, prompt_template: str | None = None, seed: int = 0,
+          adapter: bool = False) -> dict:
     """The interventions of the module docstring on `unlearned` (a plain model: merge an adapter first) against
     `original`, scored by the answer probability of the forget rows (the relearning ones on the held-back half).
 
     `relearn_steps=None` is one pass over the attacker's half (its rows / `batch_size`, at least one step); 0 skips
-    relearning. Returns `{"scores": {model: mean forget probability}, "recovery": {intervention: {...}},
-    "survival": update_survival(...)}`; with `retain`, also each model's mean retain probability under
-    `"retain_scores"`."""
+    relearning. `adapter`: the run is an adapter, so also audit it unmerged over an NF4 base. Returns `{"scores":
+    {model: mean forget probability}, "recovery": {intervention: {...}}, "survival": update_survival(...)}`; with
+    `retain`, also each model's mean retain probability under `"retain_scores"`."""
     from ..options import DEFAULT_PROMPT_TEMPLATE
 
     template = prompt_template or DEFAULT_PROMPT_TEMPLATE
@@ -193,6 +211,24 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
         if retain is not None:
             report["retain_scores"][scheme] = mean(score(q_u, retain))
         del q_o, q_u
+    if adapter:
+        q_o = quantised_model(original, "nf4")
+        after_o = score(q_o, forget)
+        after_u = score(adapter_on_quantised_base(original, unlearned, "nf4"), forget)
+        report["scores"]["nf4_adapter"] = mean(after_u)
+        report["recovery"]["nf4_adapter"] = recovery(after_o, base_u, after_u)
+        del q_o
+    other = _other_template(tokenizer, template)
+    if other is not None:
+        after_o, after_u = _probabilities(original, tokenizer, forget, other, batch_size), \
+            _probabilities(unlearned, tokenizer, forget, other, batch_size)
+        report["scores"].update(original_prompt=mean(after_o), prompt=mean(after_u))
+        report["recovery"]["prompt"] = {**recovery(after_o, base_u, after_u), "template": other}
+    if "paraphrased_question" in forget.column_names:
+        rephrased = forget.remove_columns("question").rename_column("paraphrased_question", "question")
+        after_o, after_u = score(original, rephrased), score(unlearned, rephrased)
+        report["scores"].update(original_paraphrase=mean(after_o), paraphrase=mean(after_u))
+        report["recovery"]["paraphrase"] = recovery(after_o, base_u, after_u)
 
     if relearn_steps != 0:
         held = forget.select(range(0, len(forget), 2))       # scored
@@ -208,6 +244,16 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
                                         "rows_trained": len(data), "rows_scored": len(held)}
             del relearned
     return report
+
+
+def _other_template(tokenizer, template: str) -> str | None:
+    """The prompt format the run did not use: chat for a plain template (when the tokenizer has one), else plain."""
+    from ..data import CHAT
+    from ..options import DEFAULT_PROMPT_TEMPLATE
+
+    if template == CHAT:
+        return DEFAULT_PROMPT_TEMPLATE
+    return CHAT if getattr(tokenizer, "chat_template", None) else None
 
 
 def format_audit(report: dict) -> str:
