@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("bitsandbytes")
 
-from hf_wagle.evaluation.robustness import (  # noqa: E402
+from hf_wagle.experiments.robustness import (  # noqa: E402
     adapter_on_quantised_base,
     audit,
     quantised_linears,

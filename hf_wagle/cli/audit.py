@@ -12,7 +12,7 @@ class Audit(Command):
     quantisation as bitsandbytes stores the weights (an adapter also unmerged over an NF4 base), after relearning on
     half of the forget rows (and, with --retain, on retain rows: the control), in the other prompt format and, where
     the data has `paraphrased_question`, rephrased; each as a recovery fraction with a 95% interval
-    (`hf_wagle.evaluation.robustness`). The result is appended to the run's unlearning_record.json as a dated audit
+    (`hf_wagle.experiments.robustness`). The result is appended to the run's unlearning_record.json as a dated audit
     (its sealed entries untouched) and to its card."""
 
     help = "robustness audit of a saved run: quantisation (NF4, INT8) and relearning, as recovery fractions"
@@ -38,7 +38,7 @@ class Audit(Command):
         import json
         from pathlib import Path
 
-        from ..evaluation.robustness import SCHEMES, audit, format_audit
+        from ..experiments.robustness import SCHEMES, audit, format_audit
         from ..hub.names import public_name
         from ..record import append_audit, read_record
 

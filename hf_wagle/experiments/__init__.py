@@ -4,5 +4,7 @@
 `WagleTrainer`) and measure what each run did.
 
 Modules: `compare` (`compare_masks`: unlearn the same model and data through several masks and seeds, and compare the
-utility each keeps at matched forgetting; the library side of `hf-wagle compare-masks`).
+utility each keeps at matched forgetting; the library side of `hf-wagle compare-masks`), and `robustness` (`audit`:
+whether a run's forgetting survives quantisation, relearning and another prompt format; the library side of
+`hf-wagle audit`).
 """

@@ -169,7 +169,7 @@ def recovery(original: list[float], unlearned: list[float], after: list[float]) 
 
 
 def _probabilities(model, tokenizer, data, prompt_template, batch_size) -> list[float]:
-    from .answers import answer_metrics
+    from ..evaluation.answers import answer_metrics
 
     return answer_metrics(model, tokenizer, data, prompt_template, batch_size)["probability"]
 
