@@ -86,8 +86,9 @@ def test_compare_masks_command_on_the_world(trained, world, tmp_path, capsys):
             str(tmp_path / "neighbour.jsonl"), "--out", str(tmp_path / "cmp"), "--seeds", "2", "--max_steps", "12",
             "--learning_rate", "2e-3", "--objective", "grad_diff", "--use_peft", "false", "--keep", "true",
             "--per_device_train_batch_size", "8"]
-    assert main(argv + ["--methods", "dense,random,wagle"]) == 0
+    assert main(argv + ["--methods", "dense,random,wagle", "--survival", "true"]) == 0
     out = capsys.readouterr().out
+    assert "NF4 survival" in out
     assert "heldout: 36 of the 180 retain rows" in out and "TRAINS ON" in out and "forget answered" in out
     assert "highest held-out utility at the target" in out or "no verdict" in out
     result = json.loads((tmp_path / "cmp" / "compare_masks.json").read_text())
@@ -99,6 +100,7 @@ def test_compare_masks_command_on_the_world(trained, world, tmp_path, capsys):
         m = run["matched"]
         assert m is not None and {"forget_answered", "heldout_rouge", "retain_probability"} <= set(m)
         assert m["utility"] == pytest.approx((m["heldout_probability"] + m["neighbour_probability"]) / 2)
+        assert 0 < m["nf4_survival"] <= 1 and 0 < m["int8_survival"] <= 1
         assert [p["step"] for p in run["curve"]] == list(range(len(run["curve"])))  # every step recorded
         if run["method"] != "dense":
             assert run["changeable"] == round(0.5 * run["total"])

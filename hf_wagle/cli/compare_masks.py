@@ -37,6 +37,9 @@ class CompareArguments:
         "action": "extend", "metavar": "NAME=FILE", "help": "another QA set never trained on that counts as utility"})
     keep: bool = field(default=False, metadata={"help": "save each run's model at its matched point, with its "
                                                         "record, under OUT/runs/"})
+    survival: bool = field(default=False, metadata={
+        "help": "also report, at each matched point, the share of changed weights whose NF4 / INT8 value still "
+                "differs from the base's (a predictor of forgetting that survives quantisation; needs bitsandbytes)"})
     calibrate_steps: int | None = field(default=None, metadata={
         "help": "first pick the learning rate with which the first spec reaches the target in about N steps (short "
                 "probes), then compare with it over up to 2N steps"})
@@ -120,7 +123,7 @@ def run_comparison(args, methods=None, progress=print) -> dict:
 
     result = compare_masks(script.model_name_or_path, tokenizer, forget, retain, methods=specs, seeds=compare.seeds,
                            steps=steps, training=recipe, keep=str(Path(compare.out) / "runs") if compare.keep else None,
-                           progress=progress, **common)
+                           survival=compare.survival, progress=progress, **common)
     result["calibration"] = calibration
     result["model"] = Path(script.model_name_or_path.rstrip("/")).name
     return result

@@ -109,6 +109,7 @@ UNITS = {
     "retain": "the retain rows the run trains on: not held-out utility",
     "forget_quality": "TOFU forget quality: KS-test p-value against the retain model's truth ratios",
     "step": "optimizer steps; a matched point's step is fractional (a partial last step)",
+    "survival": "share of the changed weights whose NF4 / INT8 value still differs from the base's (--survival)",
     "summary": "each averaged number is {mean, ci95_half_width (Student t over seeds), n}; null where undefined",
 }
 DEFAULT_SPECS = f"{DENSE},random,magnitude,wagle"
@@ -212,6 +213,16 @@ class MatchedPointCallback(TrainerCallback):
                 "within_tolerance": abs(best_v - self.target) <= tol, **self.full(model)}
 
 
+def _survival(base, trained) -> dict:
+    """`{"nf4_survival", "int8_survival"}` of a run's model against its base (an adapter merged into a copy)."""
+    from peft import PeftModel
+
+    from .robustness import update_survival
+
+    merged = copy.deepcopy(trained).merge_and_unload() if isinstance(trained, PeftModel) else trained
+    return {f"{scheme}_survival": entry["fraction"] for scheme, entry in update_survival(base, merged).items()}
+
+
 def _head(dataset, n):
     return dataset if n is None or len(dataset) <= n else dataset.select(range(n))
 
@@ -221,7 +232,8 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, se
                   heldout=None, neighbour=None, utility: dict | None = None, retain_holdout: float | None = None,
                   eval_every: int = 1, eval_limit: int | None = None, answers: bool = True, peft_config=None,
                   training: dict | None = None, keep: str | None = None, prompt_template: str | None = None,
-                  retain_model_truth_ratios=None, on_run_end=None, progress=print) -> dict:
+                  retain_model_truth_ratios=None, on_run_end=None, survival: bool = False,
+                  progress=print) -> dict:
     """Unlearn `model` through each mask spec of `methods` (see `parse_specs`/`spec_options`; `"dense"` is no mask)
     for `seeds` seeds (each seed sets the data order, pairing, random masks and the LoRA initialisation), find each
     run's matched point and summarise (module docstring).
@@ -233,8 +245,10 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, se
     parameters. `training` holds `WagleConfig` keys (learning_rate, mask_ratio, objective, max_length, ...); the
     defaults are `WagleConfig`'s, as for `hf-wagle unlearn`. `keep` saves each run's model at its matched point (or
     at the end) under `keep/<spec>-seed<k>/` with its record. `on_run_end(model) -> dict` scores each kept model
-    further (into the run's `final`). Returns `{"settings", "units", "sets", "base", "runs", "summary"}` (numbers and
-    set descriptions only, no data text)."""
+    further (into the run's `final`). `survival` adds, at each matched point, the share of the changed weights whose
+    NF4 and INT8 values still differ from the base's (`hf_wagle.experiments.robustness.update_survival`; needs
+    bitsandbytes): how much of the forgetting a quantised deployment could keep. Returns `{"settings", "units",
+    "sets", "base", "runs", "summary"}` (numbers and set descriptions only, no data text)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -320,6 +334,8 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, se
                 trainer.remove_callback(PrinterCallback)  # the curve and the table report the run
                 trainer.train()
                 final = on_run_end(trainer.model) if on_run_end is not None else None
+                if survival and tracker.matched is not None:
+                    tracker.matched.update(_survival(fresh_model(), trainer.model))
                 if keep:
                     trainer.results = {"before": base, "after": tracker.matched or tracker.curve[-1],
                                        "sets": describe_sets(full_sets, heldout_source), "targets": None}
@@ -408,7 +424,8 @@ def format_comparison(result: dict) -> str:
     s = result["settings"]
     t = s["training"]
     columns = [("step", "step"), ("utility", "utility")] + [(f"{k}_probability", k) for k in s["utility_sets"]] + [
-        ("forget_answered", "forget answered"), ("retain_probability", "retain (trained on)")]
+        ("forget_answered", "forget answered"), ("retain_probability", "retain (trained on)"),
+        ("nf4_survival", "NF4 survival"), ("int8_survival", "INT8 survival")]
     columns = [(k, label) for k, label in columns if any(f"matched_{k}" in e for e in result["summary"].values())]
     lines = [f"objective {t.get('objective', 'npo')}, lr {t.get('learning_rate', 'default')}, up to {s['steps']} "
              f"steps, {s['seeds']} seeds; matched point: {s['target_metric']} = {s['forget_target']:g} x its start "
