@@ -98,30 +98,30 @@ def read_tensors(directory: Path, stem: str):
             raise ValueError(f"cannot verify: {directory / file} is missing, truncated or corrupt ({e})") from None
 
 
-def tensors_in_name_order(directory: Path, stem: str):
-    """`(name, tensor)` of the weight files a loader reads, sorted by name, one tensor in memory at a time."""
-    from safetensors import safe_open
+def _handles(directory: Path, stem: str) -> dict:
+    """Tensor name -> open safetensors handle, over the weight files a loader reads (headers only, no tensor read)."""
+    from safetensors import SafetensorError, safe_open
 
     where = {}
     for file in weight_files(directory, stem):
-        handle = safe_open(str(directory / file), framework="pt")
+        try:
+            handle = safe_open(str(directory / file), framework="pt")
+        except (OSError, SafetensorError) as e:
+            raise ValueError(f"cannot verify: {directory / file} is missing, truncated or corrupt ({e})") from None
         where.update(dict.fromkeys(handle.keys(), handle))
+    return where
+
+
+def tensors_in_name_order(directory: Path, stem: str):
+    """`(name, tensor)` of the weight files a loader reads, sorted by name, one tensor in memory at a time."""
+    where = _handles(directory, stem)
     for name in sorted(where):
         yield name, where[name].get_tensor(name)
 
 
 def tensor_names(directory: Path, stem: str) -> set[str]:
     """The names of the tensors `read_tensors` yields, from the files' headers alone."""
-    from safetensors import SafetensorError, safe_open
-
-    names = set()
-    for file in weight_files(directory, stem):
-        try:
-            with safe_open(str(directory / file), framework="pt") as f:
-                names.update(f.keys())
-        except (OSError, SafetensorError) as e:
-            raise ValueError(f"cannot verify: {directory / file} is missing, truncated or corrupt ({e})") from None
-    return names
+    return set(_handles(directory, stem))
 
 
 def read_adapter_config(directory: Path) -> dict:
