@@ -109,6 +109,8 @@ def test_relearning_trains_on_one_half_and_scores_the_other(trained, world):
         entry = report["recovery"][name]
         assert entry["steps"] == 2 and entry["rows_scored"] == 4 and entry["recovery"] is None  # nothing forgotten
     assert report["rows"] == 8 and set(report["retain_scores"]) == {"original", "unlearned"}
+    assert set(report["answered"]) == {"original", "unlearned", "unlearned_held_back", "relearn", "relearn_retain"}
+    assert report["answered"]["original"] == report["answered"]["unlearned"] > 0.5  # the world model knows them
     assert report["scores"]["relearn"] != report["scores"]["unlearned"]
 
 

@@ -176,14 +176,17 @@ def _probabilities(model, tokenizer, data, prompt_template, batch_size) -> list[
 
 def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, relearn_steps: int | None = None,
           relearn_lr: float = 2e-5, batch_size: int = 8, prompt_template: str | None = None, seed: int = 0,
-          adapter: bool = False) -> dict:
+          adapter: bool = False, answers: bool = True) -> dict:
     """The interventions of the module docstring on `unlearned` (a plain model: merge an adapter first) against
     `original`, scored by the answer probability of the forget rows (the relearning ones on the held-back half).
 
     `relearn_steps=None` is one pass over the attacker's half (its rows / `batch_size`, at least one step); 0 skips
     relearning. `adapter`: the run is an adapter, so also audit it unmerged over an NF4 base. Returns `{"scores":
     {model: mean forget probability}, "recovery": {intervention: {...}}, "survival": update_survival(...)}`; with
-    `retain`, also each model's mean retain probability under `"retain_scores"`."""
+    `retain`, also each model's mean retain probability under `"retain_scores"`; with `answers`, `"answered"`: the
+    share of scored rows each model still answers (greedy generation; the relearned models and
+    `unlearned_held_back` on the held-back half)."""
+    from ..evaluation.measure import measure
     from ..options import DEFAULT_PROMPT_TEMPLATE
 
     template = prompt_template or DEFAULT_PROMPT_TEMPLATE
@@ -196,9 +199,17 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
     def mean(values):
         return sum(values) / len(values)
 
-    report = {"scores": {}, "recovery": {}, "retain_scores": None,
+    def answered(name, model, data, tmpl=None):
+        """The share of `data` whose greedy answer still contains the answer (`measure`'s `answered`)."""
+        if answers:
+            report["answered"][name] = measure(model, tokenizer, {"forget": data}, tmpl or template,
+                                               answers={"forget"}, batch_size=batch_size)["forget_answered"]
+
+    report = {"scores": {}, "recovery": {}, "retain_scores": None, "answered": {} if answers else None,
               "survival": update_survival(original, unlearned, schemes), "rows": len(forget)}
     base_o, base_u = score(original, forget), score(unlearned, forget)
+    answered("original", original, forget)
+    answered("unlearned", unlearned, forget)
     report["scores"].update(original=mean(base_o), unlearned=mean(base_u))
     if retain is not None:
         report["retain_scores"] = {"original": mean(score(original, retain)),
@@ -208,13 +219,16 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
         after_o, after_u = score(q_o, forget), score(q_u, forget)
         report["scores"][f"original_{scheme}"], report["scores"][scheme] = mean(after_o), mean(after_u)
         report["recovery"][scheme] = recovery(after_o, base_u, after_u)
+        answered(scheme, q_u, forget)
         if retain is not None:
             report["retain_scores"][scheme] = mean(score(q_u, retain))
         del q_o, q_u
     if adapter:
         q_o = quantised_model(original, "nf4")
         after_o = score(q_o, forget)
-        after_u = score(adapter_on_quantised_base(original, unlearned, "nf4"), forget)
+        served = adapter_on_quantised_base(original, unlearned, "nf4")
+        after_u = score(served, forget)
+        answered("nf4_adapter", served, forget)
         report["scores"]["nf4_adapter"] = mean(after_u)
         report["recovery"]["nf4_adapter"] = recovery(after_o, base_u, after_u)
         del q_o
@@ -224,21 +238,25 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
             _probabilities(unlearned, tokenizer, forget, other, batch_size)
         report["scores"].update(original_prompt=mean(after_o), prompt=mean(after_u))
         report["recovery"]["prompt"] = {**recovery(after_o, base_u, after_u), "template": other}
+        answered("prompt", unlearned, forget, other)
     if "paraphrased_question" in forget.column_names:
         rephrased = forget.remove_columns("question").rename_column("paraphrased_question", "question")
         after_o, after_u = score(original, rephrased), score(unlearned, rephrased)
         report["scores"].update(original_paraphrase=mean(after_o), paraphrase=mean(after_u))
         report["recovery"]["paraphrase"] = recovery(after_o, base_u, after_u)
+        answered("paraphrase", unlearned, rephrased)
 
     if relearn_steps != 0:
         held = forget.select(range(0, len(forget), 2))       # scored
         attack = forget.select(range(1, len(forget), 2))     # trained on
         steps = relearn_steps or max(1, math.ceil(len(attack) / batch_size))
         o_held, u_held = score(original, held), score(unlearned, held)
+        answered("unlearned_held_back", unlearned, held)
         runs = {"relearn": attack} if retain is None else {"relearn": attack, "relearn_retain": retain}
         for name, data in runs.items():
             relearned = relearned_model(unlearned, tokenizer, data, steps, relearn_lr, batch_size, template, seed)
             after = score(relearned, held)
+            answered(name, relearned, held)
             report["scores"][name] = mean(after)
             report["recovery"][name] = {**recovery(o_held, u_held, after), "steps": steps, "learning_rate": relearn_lr,
                                         "rows_trained": len(data), "rows_scored": len(held)}
@@ -268,6 +286,9 @@ def format_audit(report: dict) -> str:
         if s["fraction"] is not None:
             lines.append(f"  {scheme}: {s['surviving']} of {s['changed']} changed weights keep a changed quantised "
                          f"value ({s['fraction']:.3g}); ||Q(u) - Q(o)|| / ||u - o|| = {s['norm_fraction']:.3g}")
+    if report.get("answered"):
+        lines.append("share of questions still answered: " + ", ".join(f"{k} {v:.3g}"
+                                                                       for k, v in report["answered"].items()))
     if report.get("retain_scores"):
         lines.append("retain answer probability: " + ", ".join(f"{k} {v:.4g}"
                                                               for k, v in report["retain_scores"].items()))
