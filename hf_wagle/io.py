@@ -5,6 +5,7 @@ Pure Python at import (no torch), so the format registry built on it stays cheap
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -14,6 +15,23 @@ from pathlib import Path
 
 ADAPTER_STEM = "adapter_model"  # PEFT's weight file, `adapter_model.safetensors`
 MODEL_STEM = "model"            # a full model's, `model.safetensors` or shards listed in `model.safetensors.index.json`
+MASK_FILE = "wagle_mask.safetensors"
+RECORD_FILE = "unlearning_record.json"
+RESULTS_FILE = "unlearn_results.json"  # what `hf-wagle unlearn` writes beside a save
+
+# What a saved run's folder holds that belongs to that run, and may be published: weights, configs, tokenizer, mask,
+# record, card. Anything else (training_args.bin, references, checkpoints, a user's files) is not published, and a
+# later save into the folder keeps it.
+PUBLISHED = ("README.md", "adapter_config.json", "adapter_model.safetensors", "config.json", "generation_config.json",
+             "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors", MASK_FILE,
+             "mask_stats.json", "mask_heatmap.png", "export_report.json", "tokenizer.json", "tokenizer_config.json",
+             "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "tokenizer.model", "vocab.json",
+             "merges.txt", RECORD_FILE)
+
+
+def of_a_run(name: str) -> bool:
+    """Whether a file name is one a save (or `hf-wagle unlearn`) writes for its run (`PUBLISHED`, `RESULTS_FILE`)."""
+    return name == RESULTS_FILE or any(fnmatch.fnmatchcase(name, pattern) for pattern in PUBLISHED)
 
 
 class NotConfined(ValueError):
@@ -27,11 +45,11 @@ class NotConfined(ValueError):
 def staged_directory(final):
     """Yield a temporary folder beside `final`; once the block finishes, publish it as `final` in one rename.
 
-    The folders `final` holds that this save does not write (`checkpoint-*`, logs) are first moved into the staging
-    folder; its files are not (they belong to the earlier save: a mask, card or record). Then `final` is renamed
-    aside, the staging folder renamed to `final`, and the old folder removed. A failure inside the block leaves
-    `final` as it was; at no point does `final` hold files of two saves (an adapter of one run beside the mask or
-    card of another)."""
+    What `final` holds that this save does not write is first moved into the staging folder (checkpoints, logs,
+    `trainer_state.json`, a user's files), except the files of an earlier save (`of_a_run`: a mask, card, record,
+    weights, configs). Then `final` is renamed aside, the staging folder renamed to `final`, and the old folder
+    removed. A failure inside the block leaves `final` as it was; at no point does `final` hold files of two saves
+    (an adapter of one run beside the mask or card of another)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.saving-", dir=final.parent))
@@ -42,7 +60,7 @@ def staged_directory(final):
         yield staging
         if final.is_dir():
             for path in final.iterdir():
-                if path.is_dir() and not path.is_symlink() and not (staging / path.name).exists():
+                if not (staging / path.name).exists() and (path.is_dir() or not of_a_run(path.name)):
                     os.replace(path, staging / path.name)
             previous = Path(tempfile.mkdtemp(prefix=f".{final.name}.previous-", dir=final.parent))
             os.replace(final, previous / final.name)

@@ -27,9 +27,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .io import MASK_FILE
 from .modeling import base_named_parameters
 
-MASK_FILE = "wagle_mask.safetensors"
 _MAX_INDEX_BYTES = 1 << 20
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
 _LAYER = re.compile(r"\.(\d+)\.")

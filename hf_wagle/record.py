@@ -24,9 +24,9 @@ import platform
 import time
 from pathlib import Path
 
+from .io import RECORD_FILE
 from .version import __version__
 
-RECORD_FILE = "unlearning_record.json"
 RECORD_VERSION = 1
 _WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors")
 

@@ -159,12 +159,15 @@ def test_save_model_is_all_or_nothing(model, tokenizer, world, tmp_path, monkeyp
     assert verify(out)["confined"]
     # a dense run saved over it: no file of the masked save is left beside its adapter; folders (checkpoints) stay
     (out / "checkpoint-1").mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "unlearn_results.json").write_text("{}")
     dense = WagleTrainer(model=model, args=small_args(tmp_path, objective="grad_diff", max_steps=1, mask_method=None),
                          forget_dataset=world["forget"], retain_dataset=world["retain"], processing_class=tokenizer,
                          peft_config=LoraConfig(r=4, target_modules="all-linear"))
     dense.train()
     dense.save_model(str(out))
-    assert not (out / MASK_FILE).exists() and (out / "checkpoint-1").is_dir()
+    assert not (out / MASK_FILE).exists() and (out / "checkpoint-1").is_dir() and (out / "notes.txt").exists()
+    assert not (out / "unlearn_results.json").exists()  # the earlier run's
     assert json.loads((out / RECORD_FILE).read_text())["masked"] is False
 
 

@@ -50,6 +50,8 @@ class Audit(Command):
         unknown = [s for s in schemes if s not in SCHEMES]
         if unknown:
             raise ValueError(f"--schemes {args.schemes}: unknown {unknown}; choose from {', '.join(SCHEMES)}")
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
         if args.relearn_steps is not None and args.relearn_steps < 0:
             raise ValueError(f"--relearn-steps must be >= 0, got {args.relearn_steps}")
         forget = load_data(args.forget, "forget")
@@ -66,12 +68,14 @@ class Audit(Command):
             Path(args.out).write_text(json.dumps(report, indent=2))
         if record is not None:
             entry = append_audit(folder, {"kind": "robustness", "by": args.by, "base_model": public_name(args.base),
-                                          "forget_rows": len(forget), **report})
+                                          **report})
             card = folder / "README.md"
             if card.exists():
                 card.write_text(card.read_text().rstrip("\n") + f"\n\n## Robustness audit ({entry['when']})\n\n"
                                 + "```\n" + text + "\n```\n")
             print(f"appended audit {entry['digest'][:12]}... to {folder / 'unlearning_record.json'}")
+        else:
+            print(f"{folder} holds no unlearning_record.json: the audit is stored nowhere but --out")
         return 0
 
 
@@ -79,14 +83,15 @@ def _models(folder, base):
     """`(original, unlearned, tokenizer)`: the base, and the run's model (an adapter merged into a copy of it)."""
     import copy
 
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    original = AutoModelForCausalLM.from_pretrained(base).eval()
+    original = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()  # the change kept exactly
     tokenizer = AutoTokenizer.from_pretrained(base)
     if (folder / "adapter_config.json").exists():
         from peft import PeftModel
 
         unlearned = PeftModel.from_pretrained(copy.deepcopy(original), str(folder)).merge_and_unload()
     else:
-        unlearned = AutoModelForCausalLM.from_pretrained(folder)
+        unlearned = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     return original, unlearned.eval(), tokenizer

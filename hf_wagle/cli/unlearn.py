@@ -82,6 +82,7 @@ class Unlearn(Command):
 
         from ..evaluation.targets import explain
         from ..hub import public_name, write_model_card
+        from ..io import RESULTS_FILE
         from ..mask import WeightMask
         from ..record import update_record, verdict_of
         from ..trainer import WagleTrainer
@@ -127,7 +128,7 @@ class Unlearn(Command):
                    "steps": trainer.state.global_step, "processes": trainer.args.world_size, "engine": engine,
                    "changeable": trainer.enforced_mask.num_selected, "total": trainer.enforced_mask.num_total,
                    "evaluation": results}
-        (out / "unlearn_results.json").write_text(json.dumps(summary, indent=2))
+        (out / RESULTS_FILE).write_text(json.dumps(summary, indent=2))
         confinement = (f"confined to its mask: {'yes' if report['confined'] else 'NO'}" if masked else
                        "dense run: no mask, nothing confines the change")
         print(f"unlearned {script.model_name_or_path} in {summary['steps']} steps; {summary['changeable']} of "

@@ -30,10 +30,11 @@ def check_lora_config(peft_config, masked: bool) -> None:
         raise ValueError("LoraConfig(bias=...) / lora_bias=True train biases that shift every output feature, outside "
                          "any mask; use bias='none' and lora_bias=False")
     init = peft_config.init_lora_weights
-    if init not in (True, False, "gaussian") or getattr(peft_config, "loftq_config", None):
+    if init not in (True, "gaussian") or getattr(peft_config, "loftq_config", None):
         raise ValueError(
-            f"init_lora_weights={init!r} moves part of each base weight into the adapter (or quantises it), so the "
-            "base model is no longer untouched and the mask cannot hold; use init_lora_weights=True or 'gaussian'"
+            f"init_lora_weights={init!r} moves part of each base weight into the adapter, quantises it, or (False) "
+            "starts the adapter as a random change, so the model does not start as the base and the mask cannot "
+            "hold; use init_lora_weights=True or 'gaussian'"
         )
     if getattr(peft_config, "trainable_token_indices", None):
         raise ValueError("trainable_token_indices trains embedding rows outside LoRA's factors; leave it unset")

@@ -124,6 +124,10 @@ def lm_eval_scores(model, tokenizer=None, tasks=LM_EVAL_TASKS, adapter: str | No
     tasks = [tasks] if isinstance(tasks, (str, dict)) else list(tasks)
     if not tasks:
         raise ValueError("give at least one lm-eval task")
+    paths = [include_path] if isinstance(include_path, (str, os.PathLike)) else list(include_path or [])
+    missing = [str(p) for p in paths if not os.path.isdir(p)]
+    if missing:
+        raise FileNotFoundError(f"include_path {missing[0]} is not a folder of lm-eval task YAML files")
     if isinstance(model, str):
         kwargs = {"pretrained": model, "batch_size": batch_size}
         if adapter is not None:
@@ -137,10 +141,6 @@ def lm_eval_scores(model, tokenizer=None, tasks=LM_EVAL_TASKS, adapter: str | No
         if tokenizer is None:
             raise ValueError("an in-memory model needs its tokenizer")
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    paths = [include_path] if isinstance(include_path, (str, os.PathLike)) else list(include_path or [])
-    missing = [str(p) for p in paths if not os.path.isdir(p)]
-    if missing:
-        raise FileNotFoundError(f"include_path {missing[0]} is not a folder of lm-eval task YAML files")
     manager = TaskManager(include_path=[str(p) for p in paths] or None)
     try:
         output = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, task_manager=manager,

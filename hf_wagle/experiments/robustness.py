@@ -82,7 +82,8 @@ def adapter_on_quantised_base(original, unlearned, scheme: str = "nf4"):
     before = dict(original.named_parameters())
     with torch.no_grad():
         for name in quantised_linears(out):
-            w, o = out.get_submodule(name).weight, before[f"{name}.weight"]
+            w = out.get_submodule(name).weight
+            o = before[f"{name}.weight"].to(w.device)
             w.copy_(quantised_weight(o, scheme) + (w - o))
     return out
 
@@ -99,7 +100,7 @@ def update_survival(original, unlearned, schemes=SCHEMES) -> dict:
         change_sq = kept_sq = 0.0
         for name in quantised_linears(unlearned):
             u = unlearned.get_submodule(name).weight
-            o = before[f"{name}.weight"]
+            o = before[f"{name}.weight"].to(u.device)
             moved = u != o
             n = int(moved.sum())
             if not n:
@@ -117,22 +118,22 @@ def update_survival(original, unlearned, schemes=SCHEMES) -> dict:
 
 def relearned_model(model, tokenizer, data, steps: int, learning_rate: float, batch_size: int = 8,
                     prompt_template: str | None = None, seed: int = 0):
-    """A copy of `model` after `steps` AdamW steps (no weight decay, every weight trainable) of the answer-only NLL on
-    `data`, batches taken in order and cycled."""
+    """A float32 copy of `model` after `steps` AdamW steps (no weight decay, every weight trainable) of the
+    answer-only NLL on `data`, batches taken in order and cycled."""
     from ..data import collate, pad_id, tokenize_dataset
     from ..losses import sequence_nll
     from ..options import DEFAULT_PROMPT_TEMPLATE
 
     torch.manual_seed(seed)
-    out = copy.deepcopy(model).train()
+    out = copy.deepcopy(model).float().train()  # in bf16 most small updates would round away: a weaker attack
     for p in out.parameters():  # every weight: what someone holding the merged model can fine-tune
         p.requires_grad_(True)
     examples = tokenize_dataset(data, tokenizer, prompt_template or DEFAULT_PROMPT_TEMPLATE, None)
     optimizer = torch.optim.AdamW(out.parameters(), lr=learning_rate, weight_decay=0.0)
     device = next(out.parameters()).device
+    n = len(examples)
     for step in range(steps):
-        start = (step * batch_size) % len(examples)
-        chunk = (examples + examples)[start:start + min(batch_size, len(examples))]
+        chunk = [examples[(step * batch_size + i) % n] for i in range(min(batch_size, n))]
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id(tokenizer)).items()}
         loss = sequence_nll(out, batch).per_example_mean.mean()
         optimizer.zero_grad()
@@ -192,6 +193,8 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
     template = prompt_template or DEFAULT_PROMPT_TEMPLATE
     if len(forget) < 2:
         raise ValueError("the robustness audit needs at least 2 forget rows (relearning holds half of them back)")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
     def score(model, data):
         return _probabilities(model, tokenizer, data, template, batch_size)
@@ -214,9 +217,11 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
     if retain is not None:
         report["retain_scores"] = {"original": mean(score(original, retain)),
                                    "unlearned": mean(score(unlearned, retain))}
+    quantised_original = {}  # per scheme, the original's scores once quantised
     for scheme in schemes:
         q_o, q_u = quantised_model(original, scheme), quantised_model(unlearned, scheme)
-        after_o, after_u = score(q_o, forget), score(q_u, forget)
+        after_o = quantised_original[scheme] = score(q_o, forget)
+        after_u = score(q_u, forget)
         report["scores"][f"original_{scheme}"], report["scores"][scheme] = mean(after_o), mean(after_u)
         report["recovery"][scheme] = recovery(after_o, base_u, after_u)
         answered(scheme, q_u, forget)
@@ -224,14 +229,14 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
             report["retain_scores"][scheme] = mean(score(q_u, retain))
         del q_o, q_u
     if adapter:
-        q_o = quantised_model(original, "nf4")
-        after_o = score(q_o, forget)
+        if "nf4" not in quantised_original:
+            quantised_original["nf4"] = score(quantised_model(original, "nf4"), forget)
+        after_o = quantised_original["nf4"]
         served = adapter_on_quantised_base(original, unlearned, "nf4")
         after_u = score(served, forget)
         answered("nf4_adapter", served, forget)
         report["scores"]["nf4_adapter"] = mean(after_u)
         report["recovery"]["nf4_adapter"] = recovery(after_o, base_u, after_u)
-        del q_o
     other = _other_template(tokenizer, template)
     if other is not None:
         after_o, after_u = _probabilities(original, tokenizer, forget, other, batch_size), \

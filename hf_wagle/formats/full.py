@@ -30,6 +30,8 @@ class FullModelFormat(AdapterFormat):
         for name, b in read_tensors(base_dir, self.stem):
             seen.add(name)
             if name not in trained:
+                if mask.resolve(name) != name and mask.resolve(name) in trained:
+                    continue  # a tied alias the base stores twice: transformers ties it to the saved tensor
                 problems.append(f"{name}: missing from the folder; transformers would initialise it at random")
                 continue
             t = trained[name]
@@ -54,14 +56,15 @@ _CONFIG_NEUTRAL = {"_name_or_path", "transformers_version", "torch_dtype", "dtyp
 
 
 def config_problems(directory: Path, base_dir: Path) -> list[str]:
-    """`config.json` against the base's: any other key that differs changes the model transformers builds (a norm
-    epsilon, the rope base, the number of layers), outside any mask."""
-    import json
+    """`config.json` against the base's, both as transformers reads them (`AutoConfig(...).to_dict()`, so a config
+    that `save_pretrained` rewrote in a newer layout compares equal): any other key that differs changes the model
+    transformers builds (a norm epsilon, the rope base, the number of layers), outside any mask."""
+    from transformers import AutoConfig
 
     def read(folder):
         try:
-            return json.loads((Path(folder) / "config.json").read_text())
-        except (OSError, ValueError):
+            return AutoConfig.from_pretrained(str(folder)).to_dict()
+        except (OSError, ValueError, KeyError, TypeError):
             return None
 
     mine, theirs = read(directory), read(base_dir)

@@ -11,21 +11,13 @@ from pathlib import Path
 
 from transformers.utils import logging
 
-from ..io import NotConfined
+from ..io import PUBLISHED, NotConfined
 from ..mask import MASK_FILE, WeightMask
-from ..record import RECORD_FILE, check_record, read_record, unmet_targets
+from ..record import check_record, read_record, unmet_targets
 from ..verify import verify
 from .names import public_name
 
 logger = logging.get_logger(__name__)
-
-# What a published repository may hold; anything else in the folder (training_args.bin, references, checkpoints,
-# stray files) stays local. Links are never followed.
-PUBLISHED = ("README.md", "adapter_config.json", "adapter_model.safetensors", "config.json", "generation_config.json",
-             "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors", MASK_FILE,
-             "mask_stats.json", "mask_heatmap.png", "export_report.json", "tokenizer.json", "tokenizer_config.json",
-             "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "tokenizer.model", "vocab.json",
-             "merges.txt", RECORD_FILE)
 
 
 def stage_for_hub(folder, staging) -> list[str]:
