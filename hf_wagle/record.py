@@ -171,6 +171,17 @@ def run_record(trainer, folder=None) -> dict:
     return record
 
 
+def base_matches(record: dict | None, model) -> bool | None:
+    """Whether `model`'s weights (PEFT-free names, as loaded) have the digest the record names for the run's base;
+    None when the record holds none."""
+    from .modeling import base_named_parameters
+
+    recorded = ((record or {}).get("base_model") or {}).get("weights_sha256")
+    if not recorded:
+        return None
+    return tensors_digest(base_named_parameters(model)) == recorded
+
+
 def verdict_of(report: dict | None) -> dict | None:
     """The part of a `verify` report a record keeps."""
     if report is None:

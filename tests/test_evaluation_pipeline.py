@@ -163,6 +163,7 @@ def test_cli_evaluate_offline_end_to_end(trained, world, tmp_path, capsys):
     record = read_record(adapter_dir)
     audit = record["audits"][0]
     assert audit["by"] == "audit team" and audit["record_digest"] == sealed["digest"] == record["digest"]
+    assert audit["base_matches_record"] is True  # the folder holds the base the run started from
     assert audit["summary"]["after"] == result["runs"]["after"]["summary"] and not check_record(adapter_dir)
     record["audits"][0]["by"] = "someone else"
     (adapter_dir / "unlearning_record.json").write_text(json.dumps(record))

@@ -50,7 +50,7 @@ class Evaluate(Command):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from ..evaluation.benchmarks import plot_forget_vs_utility, run_benchmark
-        from ..record import RECORD_FILE, append_audit
+        from ..record import RECORD_FILE, append_audit, base_matches, read_record
 
         retain_trs = None
         if args.retain_results:
@@ -71,6 +71,10 @@ class Evaluate(Command):
                       utility_data=args.utility_data, limit=args.limit, batch_size=args.batch_size,
                       max_new_tokens=args.max_new_tokens, prompt_template=args.prompt_template,
                       mcq_style=args.mcq_style)
+        same_base = base_matches(read_record(args.adapter), model) if args.adapter else None
+        if same_base is False:
+            print(f"WARNING {args.model} is not the base the adapter's run started from (its weights differ from the "
+                  "digest in the adapter's record): these scores do not describe the model that run measured")
         runs = {"before": run_benchmark(args.benchmark, model, tokenizer, **kwargs).to_dict()}
         if args.adapter:
             from peft import PeftModel
@@ -87,7 +91,7 @@ class Evaluate(Command):
 
             entry = append_audit(args.adapter, {
                 "by": args.audit_by, "benchmark": args.benchmark, "data": public_name(args.data) if args.data else None,
-                "limit": args.limit, "base_model": public_name(args.model),
+                "limit": args.limit, "base_model": public_name(args.model), "base_matches_record": same_base,
                 "summary": {name: r["summary"] for name, r in runs.items()}})
             print(f"appended audit {entry['digest'][:12]}... to {Path(args.adapter, RECORD_FILE)}")
         png = Path(args.plot) if args.plot else out.with_suffix(".png")
