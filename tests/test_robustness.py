@@ -145,3 +145,12 @@ def test_audit_command_appends_to_the_record_and_the_card(trained, world, tmp_pa
     assert json.loads((tmp_path / "audit.json").read_text())["recovery"] == entry["recovery"]
     assert "## Robustness audit" in (tmp_path / "run" / "README.md").read_text()
     assert main(["verify", str(tmp_path / "run")]) == 0  # the appended audit leaves the sealed record intact
+    # limits: met, broken (an intervention that was not run cannot be shown to hold), refused before work
+    quick = ["audit", str(tmp_path / "run"), "--base", str(tmp_path / "base"), "--forget",
+             str(tmp_path / "forget.jsonl"), "--schemes", "nf4", "--relearn-steps", "0"]
+    assert main(quick + ["--max-recovery", "nf4=1e9"]) == 0
+    assert main(quick + ["--max-recovery", "nf4=1e9,paraphrase=0.5"]) == 3
+    assert "BROKEN: paraphrase: not run" in capsys.readouterr().out
+    audits = len(json.loads((tmp_path / "run" / "unlearning_record.json").read_text())["audits"])
+    assert main(quick + ["--max-recovery", "forgetting=0.5"]) == 2
+    assert len(json.loads((tmp_path / "run" / "unlearning_record.json").read_text())["audits"]) == audits

@@ -13,7 +13,8 @@ class Audit(Command):
     half of the forget rows (and, with --retain, on retain rows: the control), in the other prompt format and, where
     the data has `paraphrased_question`, rephrased; each as a recovery fraction with a 95% interval
     (`hf_wagle.experiments.robustness`). The result is appended to the run's unlearning_record.json as a dated audit
-    (its sealed entries untouched) and to its card."""
+    (its sealed entries untouched) and to its card. `--max-recovery` states limits the audit must meet (exit status
+    3 when one is broken, as `unlearn` does for unmet targets)."""
 
     help = "robustness audit of a saved run: quantisation (NF4, INT8) and relearning, as recovery fractions"
 
@@ -31,6 +32,9 @@ class Audit(Command):
         parser.add_argument("--batch-size", type=int, default=8, help="rows per batch, scoring and relearning")
         parser.add_argument("--prompt-template", help="QA prompt with {question} (default: the run's, from its "
                                                       "record, else 'Question: {question}\\nAnswer:')")
+        parser.add_argument("--max-recovery", metavar="NAME=VALUE,...",
+                            help="limits the audit must meet, e.g. relearn=0.3,nf4=0.1 (of nf4, int8, nf4_adapter, "
+                                 "relearn, relearn_retain, prompt, paraphrase); exit status 3 when one is broken")
         parser.add_argument("--by", metavar="NAME", help="who ran the audit, stored with it")
         parser.add_argument("--out", help="also write the report to this JSON file")
 
@@ -38,7 +42,7 @@ class Audit(Command):
         import json
         from pathlib import Path
 
-        from ..experiments.robustness import SCHEMES, audit, format_audit
+        from ..experiments.robustness import SCHEMES, audit, exceeded, format_audit, parse_limits
         from ..hub.names import public_name
         from ..record import append_audit, read_record
 
@@ -50,6 +54,7 @@ class Audit(Command):
         unknown = [s for s in schemes if s not in SCHEMES]
         if unknown:
             raise ValueError(f"--schemes {args.schemes}: unknown {unknown}; choose from {', '.join(SCHEMES)}")
+        limits = parse_limits(args.max_recovery)
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
         if args.relearn_steps is not None and args.relearn_steps < 0:
@@ -62,6 +67,8 @@ class Audit(Command):
         adapter = (folder / "adapter_config.json").exists() and "nf4" in schemes
         report = audit(original, unlearned, tokenizer, forget, retain, schemes, args.relearn_steps, args.relearn_lr,
                        args.batch_size, template, adapter=adapter)
+        if limits:
+            report["limits"] = {"max_recovery": limits, "broken": exceeded(report, limits)}
         text = format_audit(report)
         print(text)
         if args.out:
@@ -76,7 +83,7 @@ class Audit(Command):
             print(f"appended audit {entry['digest'][:12]}... to {folder / 'unlearning_record.json'}")
         else:
             print(f"{folder} holds no unlearning_record.json: the audit is stored nowhere but --out")
-        return 0
+        return 3 if limits and report["limits"]["broken"] else 0
 
 
 def _models(folder, base):

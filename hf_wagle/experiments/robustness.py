@@ -38,6 +38,38 @@ import math
 import torch
 
 SCHEMES = ("nf4", "int8")
+INTERVENTIONS = (*SCHEMES, "nf4_adapter", "relearn", "relearn_retain", "prompt", "paraphrase")
+
+
+def parse_limits(text: str | None) -> dict[str, float]:
+    """`"relearn=0.3,nf4=0.1"` -> `{"relearn": 0.3, "nf4": 0.1}`: the largest recovery each intervention may show."""
+    limits = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in INTERVENTIONS:
+            raise ValueError(f"recovery limit {item.strip()!r}: expected NAME=VALUE with NAME one of "
+                             f"{', '.join(INTERVENTIONS)}")
+        try:
+            limits[name] = float(value)
+        except ValueError:
+            raise ValueError(f"recovery limit {item.strip()!r}: {value!r} is not a number") from None
+    return limits
+
+
+def exceeded(report: dict, limits: dict[str, float]) -> list[str]:
+    """The limits a report breaks: an intervention that was run and whose recovery (point estimate) is above its
+    limit, or a limited intervention the audit did not run (it cannot be shown to hold)."""
+    out = []
+    for name, limit in limits.items():
+        entry = report["recovery"].get(name)
+        if entry is None:
+            out.append(f"{name}: not run, so recovery <= {limit:g} is not shown")
+        elif entry["recovery"] is not None and entry["recovery"] > limit:
+            out.append(f"{name}: recovery {entry['recovery']:.3g} > {limit:g}")
+    return out
 
 
 def quantised_weight(weight: torch.Tensor, scheme: str) -> torch.Tensor:
@@ -294,6 +326,9 @@ def format_audit(report: dict) -> str:
     if report.get("answered"):
         lines.append("share of questions still answered: " + ", ".join(f"{k} {v:.3g}"
                                                                        for k, v in report["answered"].items()))
+    if report.get("limits"):
+        broken = report["limits"]["broken"]
+        lines.append("recovery limits: " + ("all met" if not broken else "BROKEN: " + "; ".join(broken)))
     if report.get("retain_scores"):
         lines.append("retain answer probability: " + ", ".join(f"{k} {v:.4g}"
                                                               for k, v in report["retain_scores"].items()))
