@@ -171,15 +171,14 @@ def run_record(trainer, folder=None) -> dict:
     return record
 
 
-def base_matches(record: dict | None, model) -> bool | None:
-    """Whether `model`'s weights (PEFT-free names, as loaded) have the digest the record names for the run's base;
-    None when the record holds none."""
-    from .modeling import base_named_parameters
-
+def base_matches(record: dict | None, named_tensors, in_name_order: bool = False) -> bool | None:
+    """Whether a base's `(name, tensor)` pairs (PEFT-free names: a loaded model's `base_named_parameters`, or a
+    checkpoint's tensors) have the digest the record names for the run's base (`tensors_digest`; a base loaded in
+    another dtype than the run's also differs). None when the record holds none."""
     recorded = ((record or {}).get("base_model") or {}).get("weights_sha256")
     if not recorded:
         return None
-    return tensors_digest(base_named_parameters(model)) == recorded
+    return tensors_digest(named_tensors, in_name_order) == recorded
 
 
 def verdict_of(report: dict | None) -> dict | None:

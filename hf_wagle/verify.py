@@ -7,7 +7,7 @@ from pathlib import Path
 from .formats import format_of
 from .io import MODEL_STEM, local_or_download, tensor_names, tensors_in_name_order
 from .mask import WeightMask
-from .record import check_record, read_record
+from .record import base_matches, check_record, read_record
 
 
 def verify(directory, base=None) -> dict:
@@ -43,22 +43,23 @@ def verify(directory, base=None) -> dict:
         if outside:
             problems.append(f"{name}: {outside} weights change outside the mask")
     record = read_record(directory)
-    base_matches = None
+    same_base = None
     if base is not None:
-        problems += foreign_mask_names(mask, base)
-        base_matches = base_matches_record(record, base)
+        base_dir = local_or_download(base)
+        problems += foreign_mask_names(mask, base_dir)
+        same_base = base_matches(record, tensors_in_name_order(base_dir, MODEL_STEM), in_name_order=True)
     return {"directory": str(directory), "kind": fmt.name, "confined": not problems, "tensors_checked": checked,
             "changed_inside_mask": inside_total, "changed_outside_mask": outside_total,
             "mask_ratio": mask.ratio, "mask_metadata": mask.metadata, "problems": problems,
             "record": None if record is None else {"digest": record.get("digest"),
                                                    "problems": check_record(directory, record)},
-            "base_matches_record": base_matches}
+            "base_matches_record": same_base}
 
 
-def foreign_mask_names(mask: WeightMask, base) -> list[str]:
+def foreign_mask_names(mask: WeightMask, base_dir) -> list[str]:
     """A problem when the mask names tensors the base checkpoint does not hold (under the name or a tied alias): the
     mask was made for another model, so its ratio and coverage say nothing about this one."""
-    held = tensor_names(local_or_download(base), MODEL_STEM)
+    held = tensor_names(Path(base_dir), MODEL_STEM)
     aliases: dict[str, set[str]] = {}
     for alias, name in mask.metadata.get("tied", {}).items():
         aliases.setdefault(name, set()).add(alias)
@@ -68,15 +69,3 @@ def foreign_mask_names(mask: WeightMask, base) -> list[str]:
     return [f"the mask names {len(foreign)} tensor(s) the base model does not have (first: {foreign[0]}); it was "
             "made for another model"]
 
-
-def base_matches_record(record: dict | None, base) -> bool | None:
-    """Whether the weights of `base` have the digest the record names for the run's base
-    (`hf_wagle.record.tensors_digest` over the checkpoint's tensors, as the run computed it over the loaded
-    parameters; a base loaded in another dtype than its files' also differs). None when there is nothing to compare."""
-    from .record import tensors_digest
-
-    recorded = ((record or {}).get("base_model") or {}).get("weights_sha256")
-    if not recorded:
-        return None
-    folder = local_or_download(base)
-    return tensors_digest(tensors_in_name_order(folder, MODEL_STEM), in_name_order=True) == recorded

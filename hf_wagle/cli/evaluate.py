@@ -50,6 +50,7 @@ class Evaluate(Command):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from ..evaluation.benchmarks import plot_forget_vs_utility, run_benchmark
+        from ..modeling import base_named_parameters
         from ..record import RECORD_FILE, append_audit, base_matches, read_record
 
         retain_trs = None
@@ -71,7 +72,7 @@ class Evaluate(Command):
                       utility_data=args.utility_data, limit=args.limit, batch_size=args.batch_size,
                       max_new_tokens=args.max_new_tokens, prompt_template=args.prompt_template,
                       mcq_style=args.mcq_style)
-        same_base = base_matches(read_record(args.adapter), model) if args.adapter else None
+        same_base = base_matches(read_record(args.adapter), base_named_parameters(model)) if args.adapter else None
         if same_base is False:
             print(f"WARNING {args.model} is not the base the adapter's run started from (its weights differ from the "
                   "digest in the adapter's record): these scores do not describe the model that run measured")

@@ -228,8 +228,8 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
-    def score(model, data):
-        return _probabilities(model, tokenizer, data, template, batch_size)
+    def score(model, data, tmpl=None):
+        return _probabilities(model, tokenizer, data, tmpl or template, batch_size)
 
     def mean(values):
         return sum(values) / len(values)
@@ -271,8 +271,7 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
         report["recovery"]["nf4_adapter"] = recovery(after_o, base_u, after_u)
     other = _other_template(tokenizer, template)
     if other is not None:
-        after_o, after_u = _probabilities(original, tokenizer, forget, other, batch_size), \
-            _probabilities(unlearned, tokenizer, forget, other, batch_size)
+        after_o, after_u = score(original, forget, other), score(unlearned, forget, other)
         report["scores"].update(original_prompt=mean(after_o), prompt=mean(after_u))
         report["recovery"]["prompt"] = {**recovery(after_o, base_u, after_u), "template": other}
         answered("prompt", unlearned, forget, other)
