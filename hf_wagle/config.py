@@ -82,6 +82,9 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
     stop_at_targets: bool = field(default=True, metadata={
         "help": "Stop training at the first evaluation where every target holds (else run to max_steps and keep the "
                 "best evaluation that meets them)."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Save into an output_dir that holds a model no earlier save there wrote (a save keeps those files; "
+                "without this the run is refused before any work)."})
     retain_holdout: float = field(default=0.2, metadata={
         "help": "Fraction of the retain rows kept out of training (seeded by `seed`) as the `heldout` set, when the "
                 "run evaluates (targets or do_eval) and no heldout set is given; 0: none."})

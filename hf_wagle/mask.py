@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .io import MASK_FILE
+from .io import MASK_FILE, regular_file
 from .modeling import base_named_parameters
 
 _MAX_INDEX_BYTES = 1 << 20
@@ -225,6 +225,7 @@ class WeightMask:
         path = path / MASK_FILE if path.is_dir() else path
         if not path.exists():
             raise FileNotFoundError(f"no {MASK_FILE} at {path.parent}; save a mask there with `WeightMask.save`")
+        regular_file(path)
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}

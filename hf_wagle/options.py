@@ -116,3 +116,17 @@ def build_options(options_cls, values: dict, what: str):
         except ValueError:
             raise ValueError(f"{what}: {f.name} must be a number, got {value!r}") from None
     return options_cls(**values)
+
+
+def public_name(name) -> str | None:
+    """A model reference fit to publish: a Hub id (`name` or `org/name`) stays; a snapshot in the Hub cache
+    (`.../models--org--name/snapshots/<revision>`) becomes its id; any other local path (absolute,
+    relative with `.`/`..`/`~`, more than one `/`, or existing here) becomes None."""
+    if not isinstance(name, str) or not name:
+        return None
+    cached = re.search(r"(?:^|[/\\])models--([^/\\]+)[/\\]snapshots[/\\][^/\\]+[/\\]?$", name)
+    if cached:  # the cache spells `org/name` as `models--org--name` (a Hub name never holds "--")
+        return cached[1].replace("--", "/")
+    if is_local_path(name) or os.path.exists(name):
+        return None
+    return name

@@ -5,30 +5,46 @@ What it holds: the package versions; the base model's public name and a digest o
 set as tokenised (forget, retain as trained on, and the evaluation sets) with its row count; the settings (objective
 and its arguments, mask settings, optimiser, seed, prompt template); the mask actually enforced (its checksum,
 counts); the targets and whether they were met; every score before and after; the `verify` verdict; the digest of
-every weight file and of the mask file it sits beside; start and end times; later audits, appended.
+every file a loader reads (weights, the mask, adapter or model config, generation config, tokenizer and chat template
+files, `export_report.json`); start and end times; later audits, appended.
 
 Digests are SHA-256. A tensor file's digest covers, for every tensor in name order, its name, dtype, shape and bytes
 (not the file's bytes: safetensors headers may order metadata differently for equal tensors). A data set's digest
-covers the token ids and labels of every example in order. The record's own `digest` is the SHA-256 of its canonical
-JSON (sorted keys, no spaces) without the `digest` and `audits` keys; the card shows it, so a copy can be compared
-with what was published. Later audits (`hf-wagle evaluate --audit-by NAME`) are appended to `audits`, each with its
-own digest and the record digest it refers to, so appending one never invalidates the original entries. Torch-free at
-import.
+covers the token ids and labels of every example in order. A JSON file's digest is that of its canonical JSON (sorted
+keys, no spaces), with the base model's name in `adapter_config.json` / `config.json` as it is published
+(`hf_wagle.hub.names.public_name`), so the copy `push` uploads has the digest of the saved one; any other file's is
+the SHA-256 of its bytes. The record's own `digest` is the SHA-256 of its canonical JSON without the `digest` and
+`audits` keys; the card shows it, so a copy can be compared with what was published. Later audits (`hf-wagle
+evaluate --audit-by NAME`, `hf-wagle audit`) are appended to `audits` as a chain: each holds its own digest, the
+record digest it refers to and the digest of the audit before it, so appending one never invalidates the original
+entries, and removing or reordering one in the middle breaks the chain.
+
+What a self-computed seal proves, and what not: it detects any edit made without recomputing the digests (a
+changed config, a swapped tokenizer id, an edited score). Anyone can recompute SHA-256, so a folder rewritten
+wholesale (new weights, mask and record, all re-sealed), or with its last audits removed, passes; a signature over
+the folder (`hf-wagle sign`, `hf_wagle.signing`) is what rules that out. Torch-free at import.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import time
 from pathlib import Path
 
-from .io import RECORD_FILE
+from .io import RECORD_FILE, read_json, read_text, regular_file
 from .version import __version__
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 _WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors")
+# every other file a loader (PEFT, transformers, a tokenizer) or the export's card reads: sealed by the record
+SEALED_FILES = ("adapter_config.json", "config.json", "generation_config.json", "model.safetensors.index.json",
+                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                "chat_template.jinja", "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt",
+                "export_report.json")
+_PUBLISHED_NAME_KEYS = {"adapter_config.json": "base_model_name_or_path", "config.json": "_name_or_path"}
 
 
 def tensors_digest(named_tensors, in_name_order: bool = False) -> str:
@@ -49,24 +65,47 @@ def _raw_bytes(t) -> bytes:
 
 
 def file_digest(path) -> str:
-    """The digest of a safetensors file's tensors (module docstring); a `WeightMask` file by its own checksum, which
-    covers its bits, index and metadata."""
+    """The digest of a file (module docstring): a safetensors file's tensors; a `WeightMask` file by its own
+    checksum, which covers its bits, index and metadata; a JSON file's canonical JSON (`json:`); any other file's
+    bytes (`bytes:`)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
+    path = Path(path)
+    if path.suffix == ".json":
+        value = read_json(path)
+        key = _PUBLISHED_NAME_KEYS.get(path.name)
+        if isinstance(value, dict) and key in value:
+            from .options import public_name
+
+            value = {**value, key: public_name(value[key])}
+        return "json:" + _canonical_digest(value)
+    if path.suffix != ".safetensors":
+        return "bytes:" + hashlib.sha256(read_text(path).encode()).hexdigest() if path.suffix in (".jinja", ".txt") \
+            else "bytes:" + _bytes_digest(path)
+    with safe_open(str(regular_file(path)), framework="pt") as f:
         meta = f.metadata() or {}
         if "wagle.sha256" in meta:
             return "mask:" + meta["wagle.sha256"]
         return tensors_digest((k, f.get_tensor(k)) for k in f.keys())
 
 
+def _bytes_digest(path) -> str:
+    path = regular_file(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def artifact_files(folder) -> list[Path]:
-    """The weight files and the mask of a saved folder (shards of a sharded model included)."""
+    """What a record seals in a saved folder: the weight files (shards included), the mask and `SEALED_FILES`, where
+    present (links included: a loader follows them; anything that is not a regular file is refused when read)."""
     from .mask import MASK_FILE
 
     folder = Path(folder)
-    files = [folder / n for n in (*_WEIGHT_FILES, MASK_FILE) if (folder / n).is_file()]
-    return files + sorted(p for p in folder.glob("model-*-of-*.safetensors") if p.is_file())
+    files = [folder / n for n in (*_WEIGHT_FILES, MASK_FILE, *SEALED_FILES) if (folder / n).exists()]
+    return files + sorted(p for p in folder.glob("model-*-of-*.safetensors") if p.exists())
 
 
 def artifact_digests(folder) -> dict[str, str]:
@@ -99,11 +138,18 @@ def record_digest(record: dict) -> str:
 
 def append_audit(folder, entry: dict) -> dict:
     """Append a later audit to the record in `folder` without touching the sealed entries: `entry` gets `when`, the
-    record's digest it refers to, and its own `digest` (SHA-256 of the rest of it)."""
+    record's digest it refers to, the digest of the audit before it (`previous_digest`, None for the first) and its
+    own `digest` (SHA-256 of the rest of it). A record whose seal or chain is already broken is refused: an audit
+    must not vouch for a folder it cannot tie to its run."""
     record = read_record(folder)
     if record is None:
         raise ValueError(f"{folder} holds no {RECORD_FILE} to append an audit to")
-    entry = {**entry, "when": _now(), "record_digest": record.get("digest")}
+    broken = [p for p in seal_problems(record)]
+    if broken:
+        raise ValueError(f"refusing to append an audit to {folder}: {broken[0]}")
+    audits = record.get("audits") or []
+    entry = {**entry, "when": _now(), "record_digest": record.get("digest"),
+             "previous_digest": audits[-1]["digest"] if audits else None}
     entry["digest"] = _canonical_digest(entry)
     record.setdefault("audits", []).append(entry)
     path = Path(folder, RECORD_FILE)
@@ -143,7 +189,7 @@ def settings_of(trainer) -> dict:
 
 def run_record(trainer, folder=None) -> dict:
     """The record of a `WagleTrainer` run whose files were just written to `folder` (None: no files yet)."""
-    from .hub.names import public_name
+    from .options import public_name
 
     results = trainer.results or {}
     enforced = trainer.enforced_mask
@@ -221,15 +267,63 @@ def update_record(folder, **fields) -> dict | None:
 def read_record(folder) -> dict | None:
     """The record in `folder`, or None when there is none; an unreadable one is a ValueError."""
     path = Path(folder, RECORD_FILE)
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
-    try:
-        record = json.loads(path.read_text())
-    except ValueError as e:
-        raise ValueError(f"{path} is not readable JSON ({e})") from None
+    record = read_json(path)
     if not isinstance(record, dict):
-        raise ValueError(f"{path} does not hold a record (a JSON object)")
+        raise ValueError(f"cannot verify: {path} does not hold a record (a JSON object)")
+    malformed = record_shape_problems(record)
+    if malformed:
+        raise ValueError(f"cannot verify: {path} is malformed: {malformed[0]}")
     return record
+
+
+def _is(value, *types) -> bool:
+    return any(value is None if t is None else isinstance(value, t) and not (t is int and isinstance(value, bool))
+               for t in types)
+
+
+def record_shape_problems(record: dict) -> list[str]:
+    """Fields of a record that do not have the shape its readers rely on (one line each): a record written by hand or
+    edited can hold anything, and a reader must say so rather than fail inside."""
+    out = []
+
+    def want(ok: bool, what: str):
+        if not ok:
+            out.append(what)
+
+    want(_is(record.get("digest"), str, None), "digest is not a string")
+    want(_is(record.get("artifacts"), dict, None) and all(isinstance(k, str) and isinstance(v, str) for k, v in
+                                                          (record.get("artifacts") or {}).items()),
+         "artifacts is not a mapping of file names to digests")
+    audits = record.get("audits")
+    want(_is(audits, list, None) and all(isinstance(a, dict) for a in audits or []), "audits is not a list of objects")
+    want(_is(record.get("masked"), bool, None), "masked is not true or false")
+    mask = record.get("mask")
+    want(_is(mask, dict, None) and all(_is((mask or {}).get(k), int, None) for k in ("selected", "total")),
+         "mask is not an object with integer selected and total counts")
+    base = record.get("base_model")
+    want(_is(base, dict, None) and all(_is((base or {}).get(k), str, None) for k in ("name", "weights_sha256")),
+         "base_model is not an object with a name and weights_sha256")
+    for key in ("settings", "evaluation", "verification", "export", "versions"):
+        want(_is(record.get(key), dict, None), f"{key} is not an object")
+    data = record.get("data")
+    want(_is(data, dict, None), "data is not an object")
+    for split, entry in (data or {}).items() if isinstance(data, dict) else ():
+        want(isinstance(entry, dict) and _is(entry.get("rows"), int) and _is(entry.get("sha256"), str),
+             f"data.{split} is not an object with rows and sha256")
+        held = entry.get("held_out") if isinstance(entry, dict) else None
+        want(_is(held, None) or isinstance(held, dict) and _is(held.get("fraction"), float, int)
+             and _is(held.get("seed"), int), f"data.{split}.held_out is not an object with fraction and seed")
+    targets = record.get("targets")
+    want(_is(targets, dict, None), "targets is not an object")
+    if isinstance(targets, dict):
+        want(targets.get("met") in (True, False, None), "targets.met is not true, false or null")
+        per = targets.get("per_target", [])
+        want(isinstance(per, list) and all(isinstance(r, dict) and isinstance(r.get("target"), str)
+                                           and isinstance(r.get("holds"), bool) for r in per),
+             "targets.per_target is not a list of objects with a target and whether it holds")
+    return out
 
 
 def check_record(folder, record: dict | None = None) -> list[str]:
@@ -238,13 +332,8 @@ def check_record(folder, record: dict | None = None) -> list[str]:
     record = read_record(folder) if record is None else record
     if record is None:
         return []
-    problems = []
-    if record.get("digest") != record_digest(record):
-        problems.append(f"{RECORD_FILE}: its digest does not match its content (edited after it was sealed)")
-    for i, audit in enumerate(record.get("audits") or []):
-        body = {k: v for k, v in audit.items() if k != "digest"}
-        if not isinstance(audit, dict) or audit.get("digest") != _canonical_digest(body):
-            problems.append(f"{RECORD_FILE}: audit {i} does not match its digest (edited after it was appended)")
+    problems = seal_problems(record)
+    problems += mask_count_problems(folder, record)
     named = record.get("artifacts") or {}
     actual = artifact_digests(folder)
     for name in sorted(set(named) | set(actual)):
@@ -255,6 +344,49 @@ def check_record(folder, record: dict | None = None) -> list[str]:
         elif named[name] != actual[name]:
             problems.append(f"{name}: its tensors differ from those the record names")
     return problems
+
+
+def seal_problems(record: dict) -> list[str]:
+    """The record's own digest, and its chain of audits: each must match its digest, name the record's digest and
+    the digest of the audit before it."""
+    problems = []
+    if record.get("digest") != record_digest(record):
+        problems.append(f"{RECORD_FILE}: its digest does not match its content (edited after it was sealed)")
+    previous = None
+    for i, audit in enumerate(record.get("audits") or []):
+        body = {k: v for k, v in audit.items() if k != "digest"}
+        if audit.get("digest") != _canonical_digest(body):
+            problems.append(f"{RECORD_FILE}: audit {i} does not match its digest (edited after it was appended)")
+        if audit.get("record_digest") != record.get("digest"):
+            problems.append(f"{RECORD_FILE}: audit {i} names record digest {str(audit.get('record_digest'))[:12]}..., "
+                            "not this record's: it was made for another run or another version of it")
+        if audit.get("previous_digest") != previous:
+            problems.append(f"{RECORD_FILE}: audit {i} does not follow the audit before it (one was removed, added "
+                            "or reordered)")
+        previous = audit.get("digest")
+    return problems
+
+
+def mask_count_problems(folder, record: dict) -> list[str]:
+    """The shipped mask's counts against those the record names for the run's mask."""
+    from .mask import MASK_FILE, WeightMask
+
+    named = record.get("mask")
+    if not named or not Path(folder, MASK_FILE).exists():
+        return []
+    mask = WeightMask.load(folder)
+    if (named.get("selected"), named.get("total")) != (mask.num_selected, mask.num_total):
+        return [f"{MASK_FILE}: selects {mask.num_selected} of {mask.num_total} weights; the record's run mask "
+                f"selects {named.get('selected')} of {named.get('total')}"]
+    return []
+
+
+def audit_chain(record: dict | None) -> list[dict]:
+    """What each appended audit says, one entry per audit in order: kind, by, when, and whether it is chained."""
+    if not record:
+        return []
+    return [{"kind": a.get("kind"), "by": a.get("by"), "when": a.get("when"), "digest": a.get("digest")}
+            for a in record.get("audits") or []]
 
 
 def check_data(folder, split: str, path) -> str | None:

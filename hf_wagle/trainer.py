@@ -20,6 +20,7 @@ How the mask is enforced, exactly:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import defaultdict
@@ -36,7 +37,7 @@ from .data import ForgetRetainPairs, PairCollator, check_fits_model, collate, pa
 from .evaluation.measure import split_holdout
 from .export import check_export_options, export_adapter
 from .hub import write_export_card, write_model_card
-from .io import staged_directory
+from .io import check_destination, check_output_folder, output_lock, staged_directory
 from .losses import SequenceNLL, sequence_nll
 from .mask import WeightMask
 from .masking.compute import compute_mask
@@ -78,6 +79,11 @@ class WagleTrainer(Trainer):
             args = WagleConfig(output_dir="wagle_output")
         if not isinstance(args, WagleConfig):
             raise TypeError(f"args must be a WagleConfig, got {type(args).__name__}")
+        if args.should_save:  # a save replaces its folder: never the base's, never beside someone's model
+            check_destination(args.output_dir, {"the base model": getattr(getattr(model, "config", None),
+                                                                          "_name_or_path", None)})
+            check_output_folder(args.output_dir, args.overwrite_output_dir)
+        self._output_lock = None
         if "train_dataset" in kwargs:
             raise TypeError("WagleTrainer takes `forget_dataset` and `retain_dataset` instead of `train_dataset`")
         if kwargs.get("eval_dataset") is not None:
@@ -211,6 +217,12 @@ class WagleTrainer(Trainer):
             self._frozen = {n: t for n, t in self._frozen.items() if n in trainable}
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """`Trainer.train` after `prepare_unlearning`. The process that saves first takes `output_dir`'s save lock
+        (`hf_wagle.io.output_lock`) and holds it until `save_model` has written `output_dir` (or the process ends):
+        a second run into the same folder is refused before it trains."""
+        if self.args.should_save and self._output_lock is None:
+            self._output_lock = contextlib.ExitStack()
+            self._output_lock.enter_context(output_lock(self.args.output_dir))
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
         self.prepare_unlearning(resume_from_checkpoint)
@@ -373,8 +385,13 @@ class WagleTrainer(Trainer):
         if _internal_call or not self.args.should_save:
             super().save_model(output_dir, _internal_call)
         else:
-            with staged_directory(output_dir or self.args.output_dir) as staging:
+            target = output_dir or self.args.output_dir
+            check_destination(target, {"the base model": self.provenance.get("base_name")})
+            with staged_directory(target) as staging:
                 super().save_model(str(staging), _internal_call)
+            if self._output_lock is not None and os.path.abspath(target) == os.path.abspath(self.args.output_dir):
+                self._output_lock.close()
+                self._output_lock = None
         if _internal_call and self._reference is not None and self.args.should_save:
             from safetensors.torch import save_file
 
@@ -399,6 +416,8 @@ class WagleTrainer(Trainer):
             raise ValueError("export_adapter runs in one process: save_model(dir), then `hf-wagle export dir --base "
                              "MODEL --out OUT`")
         base = base if base is not None else self.model.name_or_path
+        check_destination(output_dir, {"this run's output folder": self.args.output_dir,
+                                       "the base model": base if isinstance(base, (str, os.PathLike)) else None})
         if not base:
             raise ValueError("the model was not loaded from a folder or Hub id; pass base= (the model before training)")
         dtype = next(self.model.parameters()).dtype

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .formats import format_of
-from .io import MODEL_STEM, local_or_download, tensor_names, tensors_in_name_order
+from .io import MODEL_STEM, local_or_download, read_adapter_config, tensor_names, tensors_in_name_order
 from .mask import WeightMask
-from .record import base_matches, check_record, read_record
+from .options import public_name
+from .record import audit_chain, base_matches, check_record, read_record
 
 
 def verify(directory, base=None) -> dict:
@@ -44,16 +45,38 @@ def verify(directory, base=None) -> dict:
             problems.append(f"{name}: {outside} weights change outside the mask")
     record = read_record(directory)
     same_base = None
+    record_problems = [] if record is None else check_record(directory, record) + named_base_problems(directory,
+                                                                                                       record)
     if base is not None:
         base_dir = local_or_download(base)
         problems += foreign_mask_names(mask, base_dir)
         same_base = base_matches(record, tensors_in_name_order(base_dir, MODEL_STEM), in_name_order=True)
+        if same_base is False:
+            record_problems.append(f"{base} is not the base the record's run started from (its weights differ from "
+                                   "the recorded digest): base plus this change is not the model the run measured")
     return {"directory": str(directory), "kind": fmt.name, "confined": not problems, "tensors_checked": checked,
             "changed_inside_mask": inside_total, "changed_outside_mask": outside_total,
             "mask_ratio": mask.ratio, "mask_metadata": mask.metadata, "problems": problems,
-            "record": None if record is None else {"digest": record.get("digest"),
-                                                   "problems": check_record(directory, record)},
+            "record": None if record is None else {"digest": record.get("digest"), "problems": record_problems,
+                                                   "audits": audit_chain(record)},
             "base_matches_record": same_base}
+
+
+def named_base_problems(directory: Path, record: dict) -> list[str]:
+    """The base an adapter's config makes loaders fetch (`base_model_name_or_path`, `revision`, as published) must
+    be the base the record names: `AutoPeftModelForCausalLM` loads whatever the config names."""
+    if not (directory / "adapter_config.json").exists():
+        return []
+    config = read_adapter_config(directory)
+    named = (record.get("base_model") or {}).get("name")
+    problems = []
+    if public_name(config.get("base_model_name_or_path")) != named:
+        problems.append(f"adapter_config.json names base {public_name(config.get('base_model_name_or_path'))!r}, "
+                        f"the record's run started from {named!r}: a loader following the config loads another base")
+    if config.get("revision") not in (None, (record.get("base_model") or {}).get("revision")):
+        problems.append(f"adapter_config.json pins revision {config.get('revision')!r}, which the record does not "
+                        "name: a loader would fetch that revision of the base")
+    return problems
 
 
 def foreign_mask_names(mask: WeightMask, base_dir) -> list[str]:

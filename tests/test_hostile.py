@@ -147,5 +147,6 @@ def test_verify_says_whether_the_base_is_the_one_the_run_started_from(saved, tmp
         next(other.parameters())[0, 0] += 1.0
     other.save_pretrained(tmp_path / "other")
     assert verify(out, base=str(tmp_path / "other"))["base_matches_record"] is False
-    assert main(["verify", str(out), "--base", str(tmp_path / "other")]) == 0  # still confined: a warning
+    # confined to its mask, but base plus change is not the model the run measured: a mismatch with the record
+    assert main(["verify", str(out), "--base", str(tmp_path / "other")]) == 1
     assert "is not the base the record's run started from" in capsys.readouterr().out

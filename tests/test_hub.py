@@ -75,14 +75,13 @@ def test_push_uploads_an_allow_list_without_local_paths_or_links(saved_adapter, 
     (out / "notes.txt").write_text("private")
     secret = tmp_path / "secret.json"
     secret.write_text("{}")
-    (out / "tokenizer.json").unlink()
-    (out / "tokenizer.json").symlink_to(secret)  # a published name, but a link out of the folder
+    (out / "mask_heatmap.png").symlink_to(secret)  # a published name, but a link out of the folder
     config = json.loads((out / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = str(tmp_path / "local_base")
     (out / "adapter_config.json").write_text(json.dumps(config))
     api = RecordingApi()
     push_to_hub(out, "org/unlearned", api=api)
-    assert "notes.txt" not in api.uploaded and "tokenizer.json" not in api.uploaded
+    assert "notes.txt" not in api.uploaded and "mask_heatmap.png" not in api.uploaded
     assert "training_args.bin" not in api.uploaded
     assert json.loads(api.uploaded["adapter_config.json"])["base_model_name_or_path"] is None
     assert check_record_of(api.uploaded) == []  # what was uploaded still matches its record

@@ -33,7 +33,9 @@ def test_the_record_names_data_settings_scores_and_files_without_text(lora_run, 
     assert record["data"]["forget"]["rows"] == 20 and record["data"]["retain"]["rows"] == 144
     assert record["data"]["retain"]["held_out"] == {"fraction": 0.2, "seed": 0}
     assert record["data"]["heldout"]["rows"] == 36 and len(record["base_model"]["weights_sha256"]) == 64
-    assert set(record["artifacts"]) == {"adapter_model.safetensors", "wagle_mask.safetensors"}
+    # every file a loader reads: weights, mask, adapter config, tokenizer
+    assert set(record["artifacts"]) == {"adapter_model.safetensors", "wagle_mask.safetensors", "adapter_config.json",
+                                        "tokenizer.json", "tokenizer_config.json"}
     assert record["settings"]["objective"] == "grad_diff" and record["settings"]["mask"]["method"] == "random"
     assert record["evaluation"]["before"]["forget_probability"] > record["evaluation"]["after"]["forget_probability"]
     assert {"torch", "transformers", "peft", "hf_wagle"} <= set(record["versions"])
@@ -98,8 +100,9 @@ def test_a_full_parameter_run_and_its_export_carry_a_checked_record(model, token
     trainer.train()
     trainer.save_model()
     record = read_record(tmp_path / "out")
-    assert set(record["artifacts"]) == {"model.safetensors", "wagle_mask.safetensors"} and not check_record(
-        tmp_path / "out")
+    assert set(record["artifacts"]) == {"model.safetensors", "wagle_mask.safetensors", "config.json",
+                                        "generation_config.json", "tokenizer.json", "tokenizer_config.json"}
+    assert not check_record(tmp_path / "out")
     base = tmp_path / "base"
     from hf_wagle.world import pretrained_world_model
 

@@ -17,7 +17,7 @@ import sys
 
 # isort: off
 # the built-in commands register themselves on import, in the order `hf-wagle --help` lists them
-from . import demo, unlearn, attribute, compare_masks, plan, evaluate, export, verify, audit, push  # noqa: F401
+from . import demo, unlearn, attribute, compare_masks, plan, evaluate, export, verify, audit, sign, push  # noqa: F401
 # isort: on
 from .common import Command, DefaultsShown, add_plugins_argument
 from .plugins import COMMANDS, load_command_line_plugins, load_plugins, register_command

@@ -40,6 +40,7 @@ class Export(Command):
         from ..export import check_export_options, export_adapter
         from ..formats import get_format
         from ..hub import write_export_card
+        from ..io import check_destination, check_output_folder
         from ..mask import WeightMask
         from ..record import read_record
         from ..verify import verify
@@ -51,6 +52,8 @@ class Export(Command):
                              "LoRA run is already an adapter)")
         mask = WeightMask.load(run_dir)
         check_model(args.base, "--base")
+        check_destination(args.out, {"the run being exported": run_dir, "the base model": args.base})
+        check_output_folder(args.out, how=None)
         try:
             scales = [float(x) for x in args.scales.split(",")] if args.scales else None
         except ValueError:

@@ -22,12 +22,21 @@ class Push(Command):
                                  "the Hub")
         parser.add_argument("--allow-unmet-targets", action="store_true",
                             help="publish a run whose record says it did not meet its targets")
+        parser.add_argument("--sign", metavar="KEY", help="sign the staged copy it uploads with this elliptic-curve "
+                                                         "private key (PEM); the signature (model.sig) is uploaded")
+        parser.add_argument("--require-signature", action="store_true",
+                            help="refuse a folder that does not carry a valid signature by --public-key")
+        parser.add_argument("--public-key", "--public_key", metavar="PEM",
+                            help="the signer's public key, for --require-signature")
 
     def run(self, args) -> int:
         from ..hub import push_to_hub
 
+        if args.require_signature and not args.public_key:
+            raise ValueError("--require-signature needs the signer's --public-key")
         info = push_to_hub(args.directory, args.repo_id, private=args.private or None, base=args.base,
-                           dry_run=args.dry_run, allow_unmet_targets=args.allow_unmet_targets)
+                           dry_run=args.dry_run, allow_unmet_targets=args.allow_unmet_targets, sign_key=args.sign,
+                           require_signature=args.public_key if args.require_signature else None)
         if args.dry_run:
             print(f"{args.directory} passed its checks; would upload to {args.repo_id}: "
                   f"{', '.join(info['files'])}")

@@ -21,6 +21,12 @@ class Verify(Command):
         parser.add_argument("--forget", metavar="FILE", help="check that this is the forget data the record names")
         parser.add_argument("--retain", metavar="FILE", help="check that this is the retain data the record names "
                                                              "(the rows it held out are held out again)")
+        parser.add_argument("--signature", help="check the folder's signature (default DIR/model.sig when "
+                                                "--public-key or --certificate-chain is given)")
+        parser.add_argument("--public-key", "--public_key", metavar="PEM",
+                            help="the signer's public key: the folder must carry a valid signature by it")
+        parser.add_argument("--certificate-chain", "--certificate_chain", nargs="+", metavar="PEM",
+                            help="certificate chain the signature's certificate must lead to")
 
     def run(self, args) -> int:
         import json
@@ -28,6 +34,12 @@ class Verify(Command):
         from ..record import check_data
         from ..verify import verify
 
+        signed = None
+        if args.signature or args.public_key or args.certificate_chain:
+            from ..signing import verify_signature
+
+            signed = verify_signature(args.directory, args.signature, public_key=args.public_key,
+                                      certificate_chain=args.certificate_chain)
         report = verify(args.directory, base=args.base)
         record = report["record"]
         data_problems = [problem for split in ("forget", "retain") if getattr(args, split)
@@ -46,9 +58,6 @@ class Verify(Command):
             for problem in report["problems"]:
                 print(f"  FAIL {escape(problem)}")
             print("confined to its mask: " + ("yes" if report["confined"] else "NO"))
-            if report["base_matches_record"] is False:
-                print(f"  WARNING {args.base} is not the base the record's run started from (its weights differ from "
-                      "the recorded digest): scores measured on that run do not describe this base plus the change")
             if record is not None:
                 for problem in record["problems"]:
                     print(f"  FAIL {escape(problem)}")
@@ -56,4 +65,12 @@ class Verify(Command):
                 print(f"unlearning_record.json digest {record['digest']}: "
                       + ("matches this folder" + (f" and the {checked} data" if checked else "") if consistent
                          else "does NOT match"))
+                for i, audit in enumerate(record["audits"]):
+                    print(f"  audit {i}: {escape(str(audit['kind']))} by {escape(str(audit['by']))}, {audit['when']}")
+                if record["audits"] and consistent:
+                    print(f"  {len(record['audits'])} audit(s), chained to this record and to each other")
+            print(f"signature {signed}: valid; every published file is as signed" if signed else
+                  "not signature-checked: the record's digests are self-computed, so they detect edits but not a "
+                  "folder rewritten and re-sealed, nor audits removed from the end; pass --public-key to check a "
+                  "signature (hf-wagle sign)")
         return 0 if report["confined"] and consistent else 1

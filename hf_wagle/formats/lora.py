@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from .adapter_config import adapter_config_problems
+from .peft_load import peft_deltas
 from .registry import AdapterFormat, Built, change_phrase, register_format
 
 # adapter_config.json: settings that never move base weights, and the value every other setting must keep
@@ -75,27 +76,21 @@ class LoraFormat(AdapterFormat):
     needs, scaled_keys = ("rank",), ("lora_B.weight",)
 
     def changes(self, directory, mask, base, problems):
+        """The change of each module PEFT wraps, computed by PEFT (`peft_deltas`: scaling, rslora, rank and alpha
+        patterns, target modules as it reads them); a `modules_to_save` copy is a change unless the mask selects all
+        of its weight."""
         import torch
 
-        problems += lora_config_problems(directory)
-        factors: dict[str, dict[str, torch.Tensor]] = {}
-        for key, t in self.keyed(directory, problems):
-            parts = key.split(".")
-            factor = next((x for x in ("lora_A", "lora_B") if x in parts), None)
-            if factor is not None and parts[-1] == "weight":
-                module = self.module(".".join(parts[:parts.index(factor)]))
-                factors.setdefault(module, {})[factor] = t.float()
-            elif factor is not None:
-                problems.append(f"{key}: a LoRA {parts[-1]} changes every output feature, outside any mask")
-            else:
-                name = self.module(key).replace(".modules_to_save", "")
-                if name not in mask or not bool(mask[name].all()):
-                    problems.append(f"{key}: a full trained tensor that the mask does not cover")
-        for module, ab in factors.items():
-            if set(ab) != {"lora_A", "lora_B"}:
-                raise ValueError(f"cannot verify {directory}: {module} has {sorted(ab)} but not both LoRA factors")
-            name = f"{module}.weight"
-            delta = ab["lora_B"] @ ab["lora_A"]
+        config_problems = lora_config_problems(directory)
+        if config_problems:  # PEFT would apply more than a B @ A change: refused without computing one
+            problems += config_problems
+            return
+        for name, delta in peft_deltas(directory, mask, self.keyed(directory, problems), problems, self.key_prefix):
+            if delta is None:
+                module = self.module(name).replace(".modules_to_save", "")
+                if module not in mask or not bool(mask[module].all()):
+                    problems.append(f"{name}: a full trained tensor that the mask does not cover")
+                continue
             if name in mask and tuple(delta.shape) != tuple(mask.shape(name)):
                 raise ValueError(f"cannot verify {directory}: {name} changes a {tuple(delta.shape)} weight but the "
                                  f"mask has shape {tuple(mask.shape(name))}; the mask does not fit this adapter")
@@ -106,13 +101,11 @@ class LoraFormat(AdapterFormat):
             raise ValueError(f"format='lora' needs a rank (an int >= 1), got {rank!r}")
 
     def build(self, changes, mask, rank=None):
-        """`alpha = r`, so `B @ A` is the change; the mask shipped is the row x column hull the change touches, and
-        the report counts the adapter's changed weights outside the run's own mask (`outside_run_mask`: entries
-        where `B @ A != 0` and the run's mask is 0)."""
-        import torch
+        """`alpha = r`, so `B @ A` is the change. The mask shipped is the run's own, so `verify` judges the export
+        against it; the report counts the adapter's changed weights outside it (`outside_run_mask`: entries where
+        `B @ A != 0` and the run's mask is 0; the SVD spreads the change over the row x column hull it touches,
+        `hull_weights`), which `verify` then reports as not confined."""
         from peft import LoraConfig
-
-        from ..mask import WeightMask
 
         layout, layers, overall = truncated_svd(changes, rank)
         config = LoraConfig(r=rank, lora_alpha=rank, target_modules=[n.removesuffix(".weight") for n in changes],
@@ -121,17 +114,14 @@ class LoraFormat(AdapterFormat):
         for name, (B, A, _, _) in layout.items():
             prefix = self.key_prefix + name.removesuffix(".weight")
             tensors[f"{prefix}.lora_A.weight"], tensors[f"{prefix}.lora_B.weight"] = A, B
-        hull = {name: torch.zeros(mask.shape(name), dtype=torch.bool) for name in mask.names()}
-        outside = 0
+        hull, outside = 0, 0
         for name, (B, A, rows, cols) in layout.items():
-            hull[name] = rows[:, None] & cols[None, :]
+            hull += int(rows.sum()) * int(cols.sum())
             outside += int(((B @ A) != 0).logical_and_(~mask[name]).sum())
-        shipped = WeightMask(hull, {**mask.metadata, "enforced_by": "lora_svd_export"})
         report = {"layers": layers, "rank": rank, "exact": False, "relative_error": overall,
                   "max_relative_error": max(v["relative_error"] for v in layers.values()),
-                  "hull_weights": shipped.num_selected, "run_mask_weights": mask.num_selected,
-                  "outside_run_mask": outside}
-        return Built(config, tensors, shipped, report)
+                  "hull_weights": hull, "run_mask_weights": mask.num_selected, "outside_run_mask": outside}
+        return Built(config, tensors, mask, report)
 
     def describe(self, report):
         r = report["rank"]
@@ -149,6 +139,8 @@ def _hull_phrase(report: dict) -> str:
     """What the shipped row x column mask means against the run's own mask."""
     if "outside_run_mask" not in report:
         return ""
-    return (f"The mask it ships (and is verified against) is the row x column hull of the change, "
-            f"{report['hull_weights']} weights against the run's {report['run_mask_weights']}; "
-            f"{report['outside_run_mask']} weights it changes lie outside the run's own mask.")
+    verdict = ("so it is confined to the run's mask" if not report["outside_run_mask"] else
+               "so `hf-wagle verify` reports it as not confined; export format='shira' for an exact, confined one")
+    return (f"It ships the run's mask ({report['run_mask_weights']} weights) and is verified against it; the SVD "
+            f"touches the row x column hull of the change ({report['hull_weights']} weights), and "
+            f"{report['outside_run_mask']} weights it changes lie outside the run's mask, {verdict}.")

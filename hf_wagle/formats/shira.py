@@ -7,6 +7,7 @@ Audited through its non-zero entries; exported from a full-parameter run exactly
 from __future__ import annotations
 
 from .adapter_config import adapter_config_problems
+from .peft_load import peft_deltas
 from .registry import AdapterFormat, Built, change_phrase, register_format
 
 # adapter_config.json of a SHiRA adapter: settings that never move base weights (the initial values and the random
@@ -93,33 +94,31 @@ class ShiraFormat(AdapterFormat):
     scaled_keys = ("shira_weight",)
 
     def changes(self, directory, mask, base, problems):
+        """The change of each module PEFT wraps, computed by PEFT (`peft_deltas`), after checking that each layer's
+        indices fit its weight and its values (PEFT would fail on them later, or add repeated ones up)."""
         import torch
 
         problems += adapter_config_problems(directory, "SHIRA", _SHIRA_NEUTRAL, _SHIRA_WHY)
-        parts: dict[str, dict[str, torch.Tensor]] = {}
-        for key, t in self.keyed(directory, problems):
-            module, _, field = self.module(key).rpartition(".shira_")
-            if not module:
-                problems.append(f"{key}: a trained tensor that is not part of a SHiRA layer")
+        keyed = list(self.keyed(directory, problems))
+        for key, index in keyed:
+            if not key.endswith(".shira_indices"):
                 continue
-            parts.setdefault(module, {})[field.split(".")[0]] = t
-        for module, wi in parts.items():
-            name = f"{module}.weight"
-            if set(wi) != {"weight", "indices"} or name not in mask:
-                raise ValueError(f"cannot verify {directory}: {module} has {sorted(wi)} (needs SHiRA weight and "
-                                 "indices) or its weight is not in the mask")
-            values, index = wi["weight"].float(), wi["indices"].long()
-            out_f, in_f = mask.shape(name)
-            if index.dim() != 2 or index.shape != (2, values.numel()) or (index < 0).any() \
-                    or (index[0] >= out_f).any() or (index[1] >= in_f).any():
-                raise ValueError(f"cannot verify {directory}: {module}'s SHiRA indices do not fit its "
-                                 f"{out_f} x {in_f} weight or its {values.numel()} values")
-            flat = index[0] * in_f + index[1]
+            module = self.module(key).removesuffix(".shira_indices")
+            values = dict(keyed).get(f"{self.key_prefix}{module}.shira_weight")
+            shape = mask.shape(f"{module}.weight") if f"{module}.weight" in mask else None
+            index = index.long()
+            if values is None or shape is None or index.dim() != 2 or index.shape != (2, values.numel()) \
+                    or (index < 0).any() or (index[0] >= shape[0]).any() or (index[1] >= shape[1]).any():
+                raise ValueError(f"cannot verify {directory}: {module}'s SHiRA indices do not fit its weight in the "
+                                 "mask or its values")
+            flat = index[0] * shape[1] + index[1]
             if flat.unique().numel() != flat.numel():
-                problems.append(f"{name}: SHiRA indices repeat, so values add up at the same weight")
-            changed = torch.zeros(out_f * in_f, dtype=torch.bool)
-            changed[flat[values != 0]] = True
-            yield name, changed.view(out_f, in_f), bool(torch.isfinite(values).all())
+                problems.append(f"{module}.weight: SHiRA indices repeat, so values add up at the same weight")
+        for name, delta in peft_deltas(directory, mask, keyed, problems, self.key_prefix):
+            if delta is None:
+                problems.append(f"{name}: a full trained tensor in a SHiRA adapter")
+                continue
+            yield name, delta != 0, bool(torch.isfinite(delta).all())
 
     def build(self, changes, mask, rank=None):
         """Loaded or merged with PEFT, `base + sparse(indices, values)` equals the trained weights bit for bit

@@ -1,0 +1,335 @@
+"""The seal, the signature and the saves, tried as a hostile user would: every folder below is one a user could be
+handed, and verify, push and the savers must refuse it in one line with the status that means what went wrong
+(1: a change or a mismatch with the record, 2: cannot be checked)."""
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from peft import LoraConfig
+from safetensors.torch import load_file
+
+from hf_wagle import WagleTrainer, WeightMask
+from hf_wagle.cli import main
+from hf_wagle.io import output_lock
+from hf_wagle.record import append_audit, read_record, record_digest
+from hf_wagle.verify import verify
+
+from support import small_args
+
+
+@pytest.fixture(scope="module")
+def runs(trained, world, tmp_path_factory):
+    """A masked LoRA run, a masked full-parameter run and its SHiRA export, with the base they started from."""
+    tmp = tmp_path_factory.mktemp("seal")
+    model, tokenizer = trained
+    model.save_pretrained(tmp / "base")
+    tokenizer.save_pretrained(tmp / "base")
+    for name, peft in (("lora", LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")), ("full", None)):
+        args = small_args(tmp / name, objective="grad_diff", mask_method="random", max_steps=2, learning_rate=5e-3)
+        trainer = WagleTrainer(model=copy.deepcopy(model), args=args, forget_dataset=world["forget"],
+                               retain_dataset=world["retain"], processing_class=tokenizer, peft_config=peft)
+        trainer.train()
+        trainer.save_model(str(tmp / name / "saved"))
+    assert main(["export", str(tmp / "full" / "saved"), "--base", str(tmp / "base"), "--out", str(tmp / "shira")]) == 0
+    return tmp
+
+
+def _copy(runs, tmp_path, kind):
+    src = runs / kind if kind == "shira" else runs / kind / "saved"
+    out = tmp_path / kind
+    shutil.copytree(src, out)
+    return out
+
+
+def _edit_json(path, **changes):
+    value = json.loads(path.read_text())
+    value.update(changes)
+    path.write_text(json.dumps(value))
+
+
+def _reseal(folder):
+    """What a forger does: recompute every digest the record holds, so the self-computed seal matches again."""
+    from hf_wagle.record import artifact_digests, save_record
+
+    record = read_record(folder)
+    save_record(folder, {**record, "artifacts": artifact_digests(folder)})
+
+
+@pytest.mark.parametrize("changes", [{"lora_alpha": 0}, {"lora_alpha": -16}, {"use_rslora": True},
+                                     {"alpha_pattern": {"q_proj": 64}},
+                                     {"target_modules": ["q_proj", "v_proj"]}])
+def test_adapter_config_edits_are_caught_and_change_what_peft_loads(runs, tmp_path, changes, capsys):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = _copy(runs, tmp_path, "lora")
+    batch = {"input_ids": torch.tensor([[2, 5, 9, 11, 7, 3]])}
+
+    def logits(folder):
+        base = AutoModelForCausalLM.from_pretrained(runs / "base")
+        with torch.no_grad():
+            return PeftModel.from_pretrained(base, folder).eval()(**batch).logits
+
+    before = logits(out)
+    _edit_json(out / "adapter_config.json", **changes)
+    assert not torch.equal(before, logits(out))  # stock PEFT loads another model from the edited folder
+    assert main(["verify", str(out)]) == 1
+    assert "adapter_config.json: its tensors differ" in capsys.readouterr().out
+    assert main(["push", str(out), "org/x", "--dry-run"]) == 1
+
+
+def test_verify_computes_the_change_with_peft(runs, tmp_path):
+    """rslora and a rank/alpha pattern: the change verify counts is the one PEFT merges, weight for weight."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from hf_wagle.formats.peft_load import peft_deltas
+    from hf_wagle.formats.registry import get_format
+
+    out = _copy(runs, tmp_path, "lora")
+    _edit_json(out / "adapter_config.json", use_rslora=True, alpha_pattern={"v_proj": 3})
+    base = AutoModelForCausalLM.from_pretrained(runs / "base")
+    start = {n: p.detach().clone() for n, p in base.named_parameters()}
+    merged = dict(PeftModel.from_pretrained(base, out).merge_and_unload().named_parameters())
+    fmt, problems = get_format("lora"), []
+    deltas = dict(peft_deltas(out, WeightMask.load(out), fmt.keyed(out, problems), problems, fmt.key_prefix))
+    assert len(deltas) == 28 and not problems
+    for name, delta in deltas.items():
+        assert torch.allclose(merged[name].detach() - start[name], delta, atol=1e-6)
+
+
+@pytest.mark.parametrize("changes", [{"base_model_name_or_path": "evil-org/poisoned-base"},
+                                     {"revision": "refs/pr/1"}])
+def test_the_base_a_config_names_must_be_the_records(runs, tmp_path, changes, capsys):
+    out = _copy(runs, tmp_path, "lora")
+    _edit_json(out / "adapter_config.json", **changes)
+    _reseal(out)  # even with the file digests recomputed
+    assert main(["verify", str(out)]) == 1
+    assert "loader" in capsys.readouterr().out
+    assert main(["verify", str(out), "--base", "/no/such/base"]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_a_shira_config_that_starts_modules_at_random_is_a_change_outside_the_mask(runs, tmp_path):
+    """`init_weights: false` and a targeted module the file holds no tensors for: stock PEFT starts it at random."""
+    from peft import PeftModel
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    out = _copy(runs, tmp_path, "shira")
+    module = "model.layers.0.self_attn.q_proj"
+    weights = {k: v for k, v in load_file(out / "adapter_model.safetensors").items() if f".{module}." not in k}
+    save_file(weights, str(out / "adapter_model.safetensors"))
+    _edit_json(out / "adapter_config.json", init_weights=False)
+    report = verify(out)
+    assert not report["confined"] and report["changed_outside_mask"] > 0
+    base = AutoModelForCausalLM.from_pretrained(runs / "base")
+    start = base.get_submodule(module).weight.detach().clone()
+    merged = PeftModel.from_pretrained(base, out).merge_and_unload()
+    changed = merged.get_submodule(module).weight != start  # what stock PEFT loads: random values, unsaved
+    assert (changed & ~WeightMask.load(out)[f"{module}.weight"]).any()
+
+
+def test_a_tokenizer_with_two_ids_swapped_does_not_match_the_record(runs, tmp_path, capsys):
+    out = _copy(runs, tmp_path, "lora")
+    tok = json.loads((out / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    a, b = list(vocab)[10:12]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (out / "tokenizer.json").write_text(json.dumps(tok))
+    assert main(["verify", str(out)]) == 1
+    assert "tokenizer.json: its tensors differ" in capsys.readouterr().out
+
+
+def test_audits_are_chained_to_the_record_and_to_each_other(runs, tmp_path, capsys):
+    out = _copy(runs, tmp_path, "lora")
+    first = append_audit(out, {"kind": "robustness", "by": "alice"})
+    append_audit(out, {"kind": "evaluation", "by": "bob"})
+    assert main(["verify", str(out)]) == 0 and "2 audit(s), chained" in capsys.readouterr().out
+    record = read_record(out)
+    assert record["audits"][1]["previous_digest"] == first["digest"]
+    # an unfavourable audit deleted from the middle of the chain
+    removed = {**record, "audits": record["audits"][1:]}
+    (out / "unlearning_record.json").write_text(json.dumps(removed))
+    assert main(["verify", str(out)]) == 1
+    # a forged "independent" audit, self-consistent, for another record
+    from hf_wagle.record import _canonical_digest
+
+    forged = {"kind": "robustness", "by": "independent", "record_digest": "0" * 64,
+              "previous_digest": record["audits"][-1]["digest"]}
+    forged["digest"] = _canonical_digest(forged)
+    (out / "unlearning_record.json").write_text(json.dumps({**record, "audits": [*record["audits"], forged]}))
+    assert main(["verify", str(out)]) == 1
+    assert "another run" in capsys.readouterr().out
+
+
+def test_a_resealed_folder_passes_the_seal_but_not_the_counts_nor_a_signature(runs, tmp_path, capsys):
+    pytest.importorskip("model_signing")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    (tmp_path / "pub.pem").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    out = _copy(runs, tmp_path, "lora")
+    assert main(["sign", str(out), "--key", str(tmp_path / "key.pem")]) == 0
+    assert main(["verify", str(out), "--public-key", str(tmp_path / "pub.pem")]) == 0
+    assert "valid; every published file is as signed" in capsys.readouterr().out
+    # an all-ones mask with the record re-sealed: the seal matches, the record's counts do not
+    mask = WeightMask.load(out)
+    WeightMask({n: torch.ones(mask.shape(n), dtype=torch.bool) for n in mask.names()}, mask.metadata).save(out)
+    _reseal(out)
+    assert main(["verify", str(out)]) == 1
+    assert "the record's run mask selects" in capsys.readouterr().out
+    # counts forged too: only the signature tells
+    record = read_record(out)
+    record["mask"].update(selected=mask.num_total, total=mask.num_total)
+    from hf_wagle.record import save_record
+
+    save_record(out, record)
+    assert main(["verify", str(out)]) == 0  # a self-computed seal cannot prove more; the output says so
+    assert "not signature-checked" in capsys.readouterr().out
+    assert main(["verify", str(out), "--public-key", str(tmp_path / "pub.pem")]) == 1
+    # the last audit removed: invisible to the chain, visible to the signature
+    out = _copy(runs, tmp_path / "second", "lora")
+    append_audit(out, {"kind": "robustness", "by": "alice"})
+    assert main(["sign", str(out), "--key", str(tmp_path / "key.pem")]) == 0
+    record = read_record(out)
+    (out / "unlearning_record.json").write_text(json.dumps({**record, "audits": []}))
+    assert main(["verify", str(out)]) == 0
+    assert main(["verify", str(out), "--public-key", str(tmp_path / "pub.pem")]) == 1
+    # push: --sign signs the staged copy and uploads the signature; --require-signature refuses an unsigned one
+    out = _copy(runs, tmp_path / "third", "lora")
+    assert main(["push", str(out), "org/x", "--dry-run", "--require-signature", "--public-key",
+                 str(tmp_path / "pub.pem")]) == 2
+    assert "not signed" in capsys.readouterr().err
+    assert main(["push", str(out), "org/x", "--dry-run", "--sign", str(tmp_path / "key.pem")]) == 0
+    assert "model.sig" in capsys.readouterr().out
+
+
+def test_files_that_are_not_regular_are_refused_without_hanging(runs, tmp_path, capsys):
+    out = _copy(runs, tmp_path, "lora")
+    (out / "unlearning_record.json").unlink()
+    os.mkfifo(out / "unlearning_record.json")
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(code=main(["verify", str(out)])), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert result.get("code") == 2 and "not a regular file" in capsys.readouterr().err
+    (out / "unlearning_record.json").unlink()
+    (out / "unlearning_record.json").symlink_to("/dev/zero")
+    assert main(["verify", str(out)]) == 2
+    (out / "unlearning_record.json").unlink()
+    shutil.copy(runs / "lora" / "saved" / "unlearning_record.json", out)
+    (out / "wagle_mask.safetensors").unlink()
+    os.mkfifo(out / "wagle_mask.safetensors")
+    assert main(["verify", str(out)]) == 2
+    assert main(["push", str(out), "org/x", "--dry-run"]) == 2
+
+
+@pytest.mark.parametrize("field,value", [("audits", [1]), ("targets", "x"),
+                                         ("targets", {"met": False, "per_target": [{}]}),
+                                         ("data", {"retain": {"rows": 1, "sha256": "x", "held_out": {"seed": 0}}}),
+                                         ("mask", {"selected": "many"})])
+def test_malformed_record_fields_are_one_line_and_status_2(runs, tmp_path, capsys, field, value):
+    out = _copy(runs, tmp_path, "lora")
+    record = read_record(out)
+    record[field] = value
+    record["digest"] = record_digest(record)
+    (out / "unlearning_record.json").write_text(json.dumps(record))
+    for argv in (["verify", str(out)], ["push", str(out), "org/x", "--dry-run"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "malformed" in err and err.count("\n") == 1
+
+
+def test_push_checks_the_card(runs, tmp_path, capsys):
+    out = _copy(runs, tmp_path, "lora")
+    card = (out / "README.md").read_text()
+    (out / "README.md").write_text(card.replace(read_record(out)["digest"], "0" * 64))
+    assert main(["push", str(out), "org/x", "--dry-run"]) == 1
+    assert "does not name the record's digest" in capsys.readouterr().err
+    (out / "README.md").unlink()
+    (out / "README.md").mkdir()
+    assert main(["push", str(out), "org/x", "--dry-run"]) == 2
+
+
+def test_export_never_writes_over_the_run_or_the_base(runs, tmp_path, capsys):
+    run, base = runs / "full" / "saved", runs / "base"
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    for out in (run, base, run / "inside", run.parent):
+        assert main(["export", str(run), "--base", str(base), "--out", str(out)]) == 2
+        assert "saving there would replace it" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+    assert (base / "model.safetensors").exists() and (base / "config.json").exists()
+
+
+def test_a_save_keeps_what_it_does_not_write_and_refuses_someone_elses_model(trained, world, tmp_path):
+    model, tokenizer = trained
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, text in (("README.md", "# mine"), ("config.json", "{}"), ("vocab.json", "{}")):
+        (out / name).write_text(text)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
+
+    def trainer(**kw):
+        args = small_args(tmp_path, objective="grad_diff", mask_method="random", max_steps=1, **kw)
+        return WagleTrainer(model=copy.deepcopy(model), args=args, forget_dataset=world["forget"],
+                            retain_dataset=world["retain"], processing_class=tokenizer, peft_config=lora)
+
+    with pytest.raises(ValueError, match="holds a model that no earlier save there wrote"):
+        trainer()
+    run = trainer(overwrite_output_dir=True)
+    run.train()
+    run.save_model()
+    assert json.loads((out / "config.json").read_text()) == {} and (out / "vocab.json").exists()
+    assert (out / "adapter_model.safetensors").exists()
+    # a second run while another process holds the folder fails before it trains
+    second = trainer(overwrite_output_dir=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom hf_wagle.io import output_lock\n"
+                               f"with output_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(120)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match="another save into"):
+            second.train()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert second.state.global_step == 0
+    with output_lock(out):  # free again once the holder is gone
+        pass
+    # the base model's own folder is never an output folder
+    with pytest.raises(ValueError, match="saving there would replace it"):
+        WagleTrainer(model=copy.deepcopy(model), args=small_args(tmp_path, output_dir=model.config._name_or_path),
+                     forget_dataset=world["forget"], retain_dataset=world["retain"], processing_class=tokenizer)
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_last_save(runs, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from hf_wagle.export import EXPORT_REPORT
+
+    out = tmp_path / "exported"
+    argv = ["export", str(runs / "full" / "saved"), "--base", str(runs / "base"), "--out", str(out)]
+    assert main(argv) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    import hf_wagle.mask
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(hf_wagle.mask, "save_file", full)
+    assert main(argv + ["--format", "lora", "--rank", "2"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the loaders' progress bars
+    assert last.startswith("hf-wagle export: error:") and "no space left" in last
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and EXPORT_REPORT in before
