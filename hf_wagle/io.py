@@ -151,8 +151,8 @@ _HELD: dict[str, list] = {}  # lock path -> [open file, depth]: a process re-ent
 @contextmanager
 def output_lock(folder):
     """Hold an exclusive lock on saving into `folder` (a `.NAME.lock` file beside it, `fcntl.flock`, released and
-    removed when the block ends; released when the process dies): a second save into the same folder, from this or another process, fails at
-    once with a clear error instead of losing files. Re-entrant within a process."""
+    removed when the block ends; released when the process dies): a second save into the same folder, from this
+    or another process, fails at once with a clear error instead of losing files. Re-entrant within a process."""
     folder = Path(folder).expanduser().resolve()
     folder.parent.mkdir(parents=True, exist_ok=True)
     key = str(folder.parent / f".{folder.name}.lock")

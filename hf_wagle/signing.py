@@ -41,10 +41,10 @@ def sign_folder(folder, private_key, *, password: str | None = None, certificate
     signing certificate and its `certificate_chain`). The signature goes to `signature` (default
     `folder/model.sig`); returns its path."""
     hashing, signing, _ = _library()
-    folder = Path(folder)
+    folder = Path(folder).resolve()  # the library compares ignored paths with the files it finds, absolutely
     if not folder.is_dir():
         raise ValueError(f"cannot sign {folder}: not a folder")
-    signature = Path(signature) if signature is not None else folder / SIGNATURE_FILE
+    signature = Path(signature).resolve() if signature is not None else folder / SIGNATURE_FILE
     config = signing.Config()
     if certificate is not None:
         config = config.use_certificate_signer(private_key=private_key, signing_certificate=certificate,
@@ -61,8 +61,8 @@ def verify_signature(folder, signature=None, *, public_key=None, certificate_cha
     or the signature is not by that key; ValueError (exit 2) when there is no signature or no key to check it with.
     Returns the signature's path."""
     hashing, _, verifying = _library()
-    folder = Path(folder)
-    signature = Path(signature) if signature is not None else folder / SIGNATURE_FILE
+    folder = Path(folder).resolve()
+    signature = Path(signature).resolve() if signature is not None else folder / SIGNATURE_FILE
     if not signature.is_file():
         raise ValueError(f"{folder} is not signed (no {signature}); sign it with `hf-wagle sign {folder} --key KEY`")
     if (public_key is None) == (certificate_chain is None):

@@ -110,7 +110,8 @@ def test_a_full_parameter_run_and_its_export_carry_a_checked_record(model, token
     trainer.export_adapter(str(tmp_path / "exported"), format="shira", base=str(base))
     exported = read_record(tmp_path / "exported")
     assert exported["export"]["format"] == "shira" and exported["settings"] == record["settings"]
-    assert set(exported["artifacts"]) == {"adapter_model.safetensors", "wagle_mask.safetensors"}
+    assert set(exported["artifacts"]) == {"adapter_model.safetensors", "wagle_mask.safetensors",
+                                          "adapter_config.json", "export_report.json"}
     assert not check_record(tmp_path / "exported")
     card = (tmp_path / "exported" / "README.md").read_text()
     assert "## The run" in card and exported["digest"] in card and "grad_diff" in card

@@ -333,3 +333,17 @@ def test_a_full_disk_is_one_line_and_leaves_the_last_save(runs, tmp_path, monkey
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the loaders' progress bars
     assert last.startswith("hf-wagle export: error:") and "no space left" in last
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before and EXPORT_REPORT in before
+
+
+def test_plan_names_no_winner_that_one_seed_cannot_separate():
+    from hf_wagle.cli.plan import choose
+
+    def result(ci):
+        runs = [{"method": m, "seed": 0, "matched": {"within_tolerance": True}, "curve": [{"step": 4}]}
+                for m in ("grin:ratio=0.5", "random:ratio=0.5")]
+        summary = {m: {"matched_utility": {"mean": u, "ci95_half_width": ci}, "changeable_fraction": 0.5,
+                       "matched_step": {"mean": 3}} for m, u in (("grin:ratio=0.5", 0.8), ("random:ratio=0.5", 0.7))}
+        return {"base": {}, "runs": runs, "summary": summary}
+
+    assert choose(result(None), [])[0] is None  # one seed: no interval, no winner
+    assert choose(result(0.01), [])[0] == "grin:ratio=0.5"  # separated by its interval

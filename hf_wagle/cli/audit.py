@@ -63,6 +63,9 @@ class Audit(Command):
         retain = load_data(args.retain, "retain") if args.retain else None
         record = read_record(folder)
         template = args.prompt_template or ((record or {}).get("settings") or {}).get("prompt_template")
+        warnings = _audit_warnings(record, args.base, forget, retain)
+        for warning in warnings:
+            print(f"WARNING {warning}")
         original, unlearned, tokenizer = _models(folder, args.base)
         adapter = (folder / "adapter_config.json").exists() and "nf4" in schemes
         report = audit(original, unlearned, tokenizer, forget, retain, schemes, args.relearn_steps, args.relearn_lr,
@@ -75,7 +78,7 @@ class Audit(Command):
             Path(args.out).write_text(json.dumps(report, indent=2))
         if record is not None:
             entry = append_audit(folder, {"kind": "robustness", "by": args.by, "base_model": public_name(args.base),
-                                          **report})
+                                          "warnings": warnings, **report})
             card = folder / "README.md"
             if card.exists():
                 card.write_text(card.read_text().rstrip("\n") + f"\n\n## Robustness audit ({entry['when']})\n\n"
@@ -84,6 +87,28 @@ class Audit(Command):
         else:
             print(f"{folder} holds no unlearning_record.json: the audit is stored nowhere but --out")
         return 3 if limits and report["limits"]["broken"] else 0
+
+
+def _audit_warnings(record, base, forget, retain) -> list[str]:
+    """What makes this audit's numbers describe something other than the run: a base whose weights are not the ones
+    the record's run started from, retain rows that are forget rows (the control then relearns the forget set)."""
+    from ..io import MODEL_STEM, local_or_download, tensors_in_name_order
+    from ..record import base_matches
+
+    out = []
+    if record is not None and base_matches(record, tensors_in_name_order(local_or_download(base), MODEL_STEM),
+                                           in_name_order=True) is False:
+        out.append(f"{base} is not the base the record's run started from (its weights differ from the recorded "
+                   "digest): the recovery measured here is of another model plus this change")
+    if retain is not None:
+        def rows(data):
+            return {tuple(sorted((k, str(v)) for k, v in row.items())) for row in data}
+
+        shared = len(rows(forget) & rows(retain))
+        if shared:
+            out.append(f"{shared} retain rows are also forget rows: the retain control relearns forget data, and "
+                       "retain scores include forgotten facts")
+    return out
 
 
 def _models(folder, base):

@@ -34,7 +34,8 @@ def plan_specs(methods: str, ratios: str) -> list[str]:
 def choose(result: dict, targets: list) -> tuple[str | None, list[dict]]:
     """Per spec, whether every target holds at its matched point on every seed (and at the whole step after it);
     the chosen spec: of those that do, the ones whose mean held-out utility lies within the best one's 95% interval,
-    and of these the one that lets the fewest weights change."""
+    and of these the one that lets the fewest weights change. None when none is feasible, or when several are and
+    one seed gives no interval to tell their utilities apart (the comparison names no winner then either)."""
     from ..evaluation.targets import check
 
     base, rows = result["base"], []
@@ -58,6 +59,8 @@ def choose(result: dict, targets: list) -> tuple[str | None, list[dict]]:
                      "step": (entry.get("matched_step") or {}).get("mean")})
     feasible = [r for r in rows if r["feasible"]]
     if not feasible:
+        return None, rows
+    if len(feasible) > 1 and any(r["utility_ci95"] is None for r in feasible):
         return None, rows
     best = max(feasible, key=lambda r: r["utility"])
     floor = best["utility"] - (best["utility_ci95"] or 0.0)
@@ -123,6 +126,10 @@ class Plan(Command):
         for r in rows:
             print(f"  {r['spec']:<28} {'meets the targets' if r['feasible'] else 'fails: ' + '; '.join(r['problems'])}"
                   f"; {100 * r['changeable_fraction']:.1f}% of weights may change")
+        if chosen is None and sum(r["feasible"] for r in rows) > 1:
+            print("several settings meet every target, but one seed gives no interval to tell their held-out utility "
+                  "apart: no setting is chosen; run again with --seeds 2 or more")
+            return 3
         if chosen is None:
             print("no tried setting meets every target at its matched point: loosen the targets, try other ratios or "
                   "methods, or change the recipe (learning rate, objective)")
