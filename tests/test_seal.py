@@ -347,3 +347,19 @@ def test_plan_names_no_winner_that_one_seed_cannot_separate():
 
     assert choose(result(None), [])[0] is None  # one seed: no interval, no winner
     assert choose(result(0.01), [])[0] == "grin:ratio=0.5"  # separated by its interval
+
+
+def test_audit_warns_about_another_base_and_retain_rows_that_are_forget_rows(runs, world, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from hf_wagle.cli.audit import _audit_warnings
+
+    record = read_record(runs / "lora" / "saved")
+    forget, retain = world["forget"], world["retain"]
+    assert _audit_warnings(record, str(runs / "base"), forget, retain) == []
+    other = AutoModelForCausalLM.from_pretrained(runs / "base")
+    with torch.no_grad():
+        next(other.parameters())[0, 0] += 1.0
+    other.save_pretrained(tmp_path / "other")
+    warned = _audit_warnings(record, str(tmp_path / "other"), forget, forget)
+    assert len(warned) == 2 and "not the base" in warned[0] and f"{len(forget)} retain rows" in warned[1]
