@@ -97,8 +97,9 @@ def export_adapter(trained, base_model, mask: WeightMask, output_dir, format: st
     holding `s x` the change (a staged roll-out: deploy the gentlest that forgets enough; the exactness figures hold
     for scale 1 only); the default is one adapter at scale 1 in `output_dir` (`export_folders`). `base_model` is
     wrapped by PEFT while writing and unwrapped afterwards. `record` is the run's `unlearning_record.json`: each
-    export carries it, with an `export` entry (format, scale, fidelity, the run record's digest) and the export's own
-    file digests, sealed again (the card reads it). Returns the report (with `folders`, the folders written).
+    export carries it (without the run's audits, which are chained to the run's folder), with an `export` entry
+    (format, scale, fidelity, the run record's digest) and the export's own file digests, sealed again (the card
+    reads it). Returns the report (with `folders`, the folders written).
     Nothing is written when a check fails."""
     if write_card is None:  # the usual card; a caller may pass its own writer
         from .hub import write_export_card as write_card
@@ -129,7 +130,7 @@ def export_adapter(trained, base_model, mask: WeightMask, output_dir, format: st
                 built.mask.save(folder)
                 (folder / EXPORT_REPORT).write_text(json.dumps(scaled, indent=2))
                 if record is not None:
-                    save_record(folder, {**record, "artifacts": artifact_digests(folder), "export": {
+                    save_record(folder, {**record, "artifacts": artifact_digests(folder), "audits": [], "export": {
                         "format": format, "scale": scale, "fidelity": fmt.fidelity(scaled),
                         "run_record_digest": record.get("digest")}})
                 write_card(folder, scaled, base_name, mask.metadata.get("method"))

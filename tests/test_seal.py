@@ -363,3 +363,11 @@ def test_audit_warns_about_another_base_and_retain_rows_that_are_forget_rows(run
     other.save_pretrained(tmp_path / "other")
     warned = _audit_warnings(record, str(tmp_path / "other"), forget, forget)
     assert len(warned) == 2 and "not the base" in warned[0] and f"{len(forget)} retain rows" in warned[1]
+
+
+def test_an_audited_run_exports_to_a_folder_that_verifies(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs / "full" / "saved", run)
+    append_audit(run, {"kind": "robustness", "by": "alice"})
+    assert main(["export", str(run), "--base", str(runs / "base"), "--out", str(tmp_path / "out")]) == 0
+    assert read_record(tmp_path / "out")["audits"] == [] and main(["verify", str(tmp_path / "out")]) == 0
