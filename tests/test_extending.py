@@ -155,4 +155,6 @@ def test_a_format(run_page, tmp_path):
         ns = run_page("formats.md")
     finally:
         FORMATS.pop("exact_lora", None)
-    assert "confined to its mask: yes" in ns["stdout"][-1]
+    out = ns["stdout"][-1]
+    assert "relative error of the change 0 " in out and "exported: confined to its mask: NO" in out
+    assert "verify: exit 1" in out
