@@ -323,6 +323,9 @@ def record_shape_problems(record: dict) -> list[str]:
         want(isinstance(per, list) and all(isinstance(r, dict) and isinstance(r.get("target"), str)
                                            and isinstance(r.get("holds"), bool) for r in per),
              "targets.per_target is not a list of objects with a target and whether it holds")
+        empty = targets.get("vacuous", [])
+        want(isinstance(empty, list) and all(isinstance(v, str) for v in empty), "targets.vacuous is not a list of "
+                                                                                 "texts")
     return out
 
 
@@ -429,4 +432,6 @@ def unmet_targets(record: dict | None) -> str | None:
     if targets.get("met") is None:
         return f"the run's targets {targets.get('targets')} were never evaluated to the end"
     missed = [r["target"] for r in targets.get("per_target", []) if not r["holds"]]
+    if not missed and targets.get("vacuous"):
+        return f"the run's targets cannot fail ({'; '.join(targets['vacuous'])})"
     return f"the run did not meet its targets ({', '.join(missed)})"

@@ -72,6 +72,7 @@ def test_a_target_crossed_inside_the_first_step_is_warned_about_and_matched_by_a
     assert again["forget_probability"] == pytest.approx(matched["forget_probability"], rel=1e-3)
 
 
+@pytest.mark.slow  # trains 6 runs
 def test_compare_masks_command_on_the_world(trained, world, tmp_path, capsys):
     from hf_wagle.cli import main
 
@@ -117,6 +118,7 @@ def test_compare_masks_command_on_the_world(trained, world, tmp_path, capsys):
     assert "options are key=value" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # trains 2 settings x their matched-point searches, then the planned run
 def test_plan_writes_a_config_that_meets_its_targets(trained, world, tmp_path, capsys):
     """`plan` tries masks and ratios against the config's targets; its YAML, run as written, meets them."""
     import yaml

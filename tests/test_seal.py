@@ -273,6 +273,7 @@ def test_export_never_writes_over_the_run_or_the_base(runs, tmp_path, capsys):
     assert (base / "model.safetensors").exists() and (base / "config.json").exists()
 
 
+@pytest.mark.slow  # starts another process to hold the lock
 def test_a_save_keeps_what_it_does_not_write_and_refuses_someone_elses_model(trained, world, tmp_path):
     model, tokenizer = trained
     out = tmp_path / "out"

@@ -32,13 +32,17 @@ def plan_specs(methods: str, ratios: str) -> list[str]:
 
 
 def choose(result: dict, targets: list) -> tuple[str | None, list[dict]]:
-    """Per spec, whether every target holds at its matched point on every seed (and at the whole step after it);
+    """Per spec, whether every target holds at its matched point on every seed (and at the whole step after it; the
+    target the trials were matched on is taken as met at the matched point, which lies within the comparison's
+    tolerance of it by construction, and must hold strictly at the step after);
     the chosen spec: of those that do, the ones whose mean held-out utility lies within the best one's 95% interval,
     and of these the one that lets the fewest weights change. None when none is feasible, or when several are and
     one seed gives no interval to tell their utilities apart (the comparison names no winner then either)."""
     from ..evaluation.targets import check
 
     base, rows = result["base"], []
+    settings = result.get("settings", {})
+    matched_on = (settings.get("target_metric"), settings.get("forget_target"))
     for spec, entry in result["summary"].items():
         mine = [r for r in result["runs"] if r["method"] == spec]
         problems = []
@@ -50,6 +54,8 @@ def choose(result: dict, targets: list) -> tuple[str | None, list[dict]]:
             after = run["curve"][-1]
             for t in targets:
                 for where, point in (("matched point", m), (f"step {after['step']}", after)):
+                    if where == "matched point" and (t.metric, t.value) == matched_on and t.relative:
+                        continue
                     if t.metric in point and not check([t], point, base)[0]["holds"]:
                         problems.append(f"seed {run['seed']}: {t} fails at the {where} ({point[t.metric]:.4g})")
         utility = entry.get("matched_utility") or {}

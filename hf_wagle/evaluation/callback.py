@@ -130,6 +130,9 @@ class WagleEvalCallback(TrainerCallback):
             raise ValueError("WagleEvalCallback needs a tokenizer: pass `tokenizer=` or give the trainer one")
         metrics = self.evaluate(model, tokenizer, args, full=not self.history)
         self.history.append({"step": state.global_step, **metrics})
+        if self.targets and len(self.history) == 1 and state.is_world_process_zero:
+            for why in target_rules.vacuous(self.targets, metrics):
+                logger.warning(f"target {why}")
         rank = self._rank(metrics)
         if self.at_start and len(self.history) == 1:
             rank = None  # the start is the reference, never the model kept

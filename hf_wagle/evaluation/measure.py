@@ -14,8 +14,11 @@ Per set `s`, the metrics `s_<measure>`:
 
 * `probability`  mean over rows of `exp(-(1/n) sum_t nll_t)` over the answer tokens and EOS, teacher forced;
 * `answered`     fraction of rows whose greedy answer contains the key: `answer_key` where the set has that column,
-                 else the whole `answer`; both lower-cased, punctuation removed, whitespace collapsed, matched as
-                 whole words;
+                 else the key derived from the row (`derive_key`: what the answer adds to its question, e.g. "J. K.
+                 Rowling" of "Harry Potter was written by J. K. Rowling."); both lower-cased, punctuation removed,
+                 whitespace collapsed, matched as whole words. Answers are generated for the longest reference
+                 answer's length plus `ANSWER_SLACK` tokens (at most 160), so an answer that opens with a few words
+                 of preamble is still read to its end;
 * `rouge`        mean ROUGE-L recall of the greedy answer against `answer` (TOFU's generation metric).
 
 and, with `truth_ratio=True`, for sets with `paraphrased_answer` and `perturbed_answer`:
@@ -41,6 +44,56 @@ ANSWER_MEASURES = (ANSWERED, ROUGE)
 def normalise(text: str) -> str:
     """Lower case, punctuation to spaces, whitespace collapsed: the form `answered` compares."""
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+# words that carry no fact: never a key on their own, trimmed from a derived key's ends
+_FUNCTION_WORDS = frozenset(
+    "a an the is are was were be been being am of in on at to for from by with as and or but it its this that these "
+    "those he she they his her their them him we our you your i my me there here which who whom whose what when where "
+    "why how has have had do does did not no yes also than then so such one called named known".split())
+
+
+def derive_key(question: str, answer: str) -> str:
+    """The part of `answer` that carries the fact: the longest run of its (normalised) words that do not occur in
+    `question`, function words trimmed from both ends, and, when the run holds a name or a number (a capitalised
+    word that does not open the answer, or one with a digit), trimmed further to start and end with one; the whole
+    answer when it has three words or fewer, or when no word is new.
+
+        derive_key("Who wrote Harry Potter?", "Harry Potter was written by J. K. Rowling.") == "j k rowling"
+        derive_key("What is the chemical symbol for xenon?", "The chemical symbol for xenon is Xe.") == "xe"
+    """
+    cased = re.sub(r"[^\w\s]", " ", answer).split()
+    words = [w.lower() for w in cased]
+    if len(words) <= 3:
+        return " ".join(words)
+    asked = set(normalise(question).split())
+    runs, start = [], None
+    for i, word in enumerate(words + [None]):
+        if word is not None and word not in asked:
+            start = i if start is None else start
+            continue
+        if start is not None:
+            lo, hi = start, i
+            while lo < hi and words[lo] in _FUNCTION_WORDS:
+                lo += 1
+            while hi > lo and words[hi - 1] in _FUNCTION_WORDS:
+                hi -= 1
+            runs.append((lo, hi))
+            start = None
+    if not runs or max(hi - lo for lo, hi in runs) == 0:
+        return " ".join(words)
+    lo, hi = max(runs, key=lambda r: r[1] - r[0])
+    salient = [i for i in range(lo, hi) if any(c.isdigit() for c in cased[i]) or (i > 0 and cased[i][0].isupper())]
+    if salient:
+        lo, hi = salient[0], salient[-1] + 1
+    return " ".join(words[lo:hi])
+
+
+def answer_keys(data) -> list[str]:
+    """The key `answered` looks for in each row: its `answer_key`, else `derive_key(question, answer)`."""
+    if "answer_key" in data.column_names:
+        return list(data["answer_key"])
+    return [derive_key(q, a) for q, a in zip(data["question"], data["answer"])]
 
 
 def contains_answer(generated: str, key: str) -> bool:
@@ -77,9 +130,12 @@ def check_sets(sets: dict) -> None:
                              f"it has {sorted(columns)}")
 
 
+ANSWER_SLACK = 24  # generated tokens beyond the longest reference answer: room for a model's usual preamble
+
+
 def _max_new_tokens(tokenizer, answers: list[str]) -> int:
     longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
-    return min(longest + 8, 128)
+    return min(longest + ANSWER_SLACK, 160)
 
 
 def has_truth_ratio(data) -> bool:
@@ -127,7 +183,7 @@ def local_sums(model, tokenizer, sets: dict, prompt_template: str, answers: bool
                 prompts = [prompt_ids(tokenizer, prompt_template, q) for q in rows["question"]]
                 texts = greedy_generate(model, tokenizer, prompts, _max_new_tokens(tokenizer, data["answer"]),
                                         batch_size, synced=synced)
-            keys = rows["answer_key"] if "answer_key" in rows.column_names else rows["answer"]
+            keys = answer_keys(rows)
             sums[f"{name}_{ANSWERED}"] = float(sum(contains_answer(t, k) for t, k in zip(texts, keys)))
             sums[f"{name}_{ROUGE}"] = sum(rouge_l(rows["answer"], texts)["recall"]) if texts else 0.0
     return sums
@@ -164,5 +220,6 @@ def describe_sets(sets: dict, heldout_source: str | None = None) -> dict[str, st
         what = {"forget": "the forget data", "retain": "retain rows the run TRAINS ON (not held-out utility)",
                 "heldout": heldout_source or "held-out rows, never trained on",
                 "neighbour": "neighbour facts near the forget topic, never trained on"}.get(name, "never trained on")
-        out[name] = f"{what}; {len(data)} rows"
+        keyed = "" if "answer_key" in data.column_names else "; `answered` keys derived from the answers"
+        out[name] = f"{what}; {len(data)} rows{keyed}"
     return out

@@ -15,6 +15,11 @@ A target is the text `<metric> <= <value>` or `<metric> >= <value>`, where `<met
 Of several evaluations, the one kept is, among those where every target holds, the one with the highest mean of
 `metric / start` over the `>=` targets (the most utility kept; the earliest when there are none); when no evaluation
 meets every target, the one closest to doing so: the smallest sum of shortfalls, each divided by its bound.
+
+A target that cannot fail measures nothing (`vacuous`): a `<=` target that already holds before training, a `>=`
+target whose bound is 0, or an `answered` target whose set the model answers in fewer than `ANSWERED_FLOOR` of its
+rows at the start (forgetting, or keeping, what it never said is not measured). A run with one is never reported as
+having met its targets; `explain` says which and why.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import math
 import re
 from dataclasses import dataclass
 
-from .measure import ANSWER_MEASURES, MEASURES
+from .measure import ANSWER_MEASURES, ANSWERED, MEASURES
+
+ANSWERED_FLOOR = 0.5  # below this share answered at the start, an `answered` target measures too little
 
 _TARGET = re.compile(r"^\s*([a-z][a-z0-9]*)_([a-z]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*(x?)\s*$")
 
@@ -105,6 +112,24 @@ def check(targets: list[Target], metrics: dict, start: dict) -> list[dict]:
     return out
 
 
+def vacuous(targets: list[Target], start: dict) -> list[str]:
+    """Why each target that cannot fail is vacuous (module docstring), one line each; empty when none is."""
+    out = []
+    for t in targets:
+        s = start[t.metric]
+        bound = t.bound(s)
+        if not t.floor and s <= bound:
+            out.append(f"{t} already holds before training ({t.metric} starts at {s:.4g}, bound {bound:.4g}): it "
+                       "cannot fail, so it measures nothing")
+        elif t.floor and bound <= 0:
+            out.append(f"{t} holds whatever happens (its bound is {bound:.4g})")
+        elif t.measure == ANSWERED and s < ANSWERED_FLOOR:
+            out.append(f"{t}: the model answers only {s:.2g} of the {t.set} questions at the start (fewer than "
+                       f"{ANSWERED_FLOOR:g}), so `answered` says little about them; give an answer_key column naming "
+                       "the fact, or questions the model answers")
+    return out
+
+
 def rank_key(targets: list[Target], metrics: dict, start: dict) -> tuple:
     """Sort key of one evaluation, larger = better (module docstring)."""
     rows = check(targets, metrics, start)
@@ -126,13 +151,18 @@ def report(targets: list[Target], history: list[dict], chosen_step: int | None) 
         closest = min(history[1:] or history, key=lambda h: (t.shortfall(h[t.metric], start[t.metric]), h["step"]))
         per_target.append({**row, "start": start[t.metric], "closest_step": closest["step"],
                            "closest_shortfall": t.shortfall(closest[t.metric], start[t.metric])})
-    met = all(r["holds"] for r in rows)
+    empty = vacuous(targets, start)
+    met = all(r["holds"] for r in rows) and not empty
     return {"targets": [str(t) for t in targets], "met": met, "step": chosen["step"], "evaluations": len(history),
-            "per_target": per_target}
+            "per_target": per_target, "vacuous": empty}
 
 
 def explain(result: dict) -> str:
     """One or more lines saying whether the targets were met, and if not which, by how much and where closest."""
+    empty = [f"  VACUOUS {why}" for why in result.get("vacuous") or []]
+    if empty and all(r["holds"] for r in result["per_target"]):
+        return "\n".join([f"targets NOT met: all hold at step {result['step']}, but {len(empty)} cannot fail:",
+                          *empty])
     if result["met"]:
         return (f"targets met at step {result['step']}: "
                 + "; ".join(f"{r['target']} ({r['value']:.4g} vs bound {r['bound']:.4g})"
@@ -144,4 +174,4 @@ def explain(result: dict) -> str:
         lines.append(f"  {r['target']}: {r['value']:.4g} against bound {r['bound']:.4g} (start {r['start']:.4g}), "
                      f"short by {r['shortfall']:.4g}; closest at step {r['closest_step']} (short by "
                      f"{r['closest_shortfall']:.4g})")
-    return "\n".join(lines)
+    return "\n".join(lines + empty)
