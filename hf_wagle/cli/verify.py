@@ -69,6 +69,9 @@ class Verify(Command):
                     print(f"  audit {i}: {escape(str(audit['kind']))} by {escape(str(audit['by']))}, {audit['when']}")
                 if record["audits"] and consistent:
                     print(f"  {len(record['audits'])} audit(s), chained to this record and to each other")
+            if record is None:
+                print("no unlearning_record.json: nothing ties this folder to a run (its base, data, settings and "
+                      "files are unchecked)")
             print(f"signature {signed}: valid; every published file is as signed" if signed else
                   "not signature-checked: the record's digests are self-computed, so they detect edits but not a "
                   "folder rewritten and re-sealed, nor audits removed from the end; pass --public-key to check a "
