@@ -350,6 +350,27 @@ def test_plan_names_no_winner_that_one_seed_cannot_separate():
     assert choose(result(0.01), [])[0] == "grin:ratio=0.5"  # separated by its interval
 
 
+def test_plan_takes_the_target_it_matched_on_as_met_at_the_matched_point():
+    """Matched within the comparison's tolerance (0.25 against a strict bound of 0.2475): not a failure of the very
+    target it was matched on; the whole step after must still meet it strictly."""
+    from hf_wagle.cli.plan import choose
+    from hf_wagle.evaluation.targets import parse_targets
+
+    targets = parse_targets(["forget_answered <= 0.275x", "heldout_answered >= 0.5x"])
+
+    def result(after):
+        run = {"method": "grin", "seed": 0, "curve": [{"step": 3, "forget_answered": after, "heldout_answered": 0.8}],
+               "matched": {"within_tolerance": True, "forget_answered": 0.25, "heldout_answered": 0.8}}
+        return {"base": {"forget_answered": 0.9, "heldout_answered": 0.9}, "runs": [run],
+                "settings": {"target_metric": "forget_answered", "forget_target": 0.275},
+                "summary": {"grin": {"matched_utility": {"mean": 0.8, "ci95_half_width": None},
+                                     "changeable_fraction": 0.5, "matched_step": {"mean": 2.5}}}}
+
+    assert choose(result(0.2), targets)[0] == "grin"
+    chosen, rows = choose(result(0.3), targets)  # the step after misses it: infeasible
+    assert chosen is None and "step 3" in rows[0]["problems"][0]
+
+
 def test_audit_warns_about_another_base_and_retain_rows_that_are_forget_rows(runs, world, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -54,7 +54,7 @@ def peft_config_of(directory: Path):
     raw = read_adapter_config(directory)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error")
+            warnings.simplefilter("error", UserWarning)  # PEFT warns, then drops, what it does not read
             return PeftConfig.from_peft_type(**raw)
     except (TypeError, ValueError, KeyError, UserWarning) as e:
         raise ValueError(f"cannot verify {directory}: PEFT cannot read its adapter_config.json as written "
@@ -116,7 +116,7 @@ def peft_deltas(directory: Path, mask, keyed, problems: list[str], key_prefix: s
                 raise ValueError(f"cannot verify {directory}: PEFT cannot load {name}'s saved tensors under "
                                  f"adapter_config.json ({str(e).splitlines()[-1].strip()})") from None
         else:
-            layer = _initialised(config, name, mask.shape(f"{name}.weight"))
+            layer = _initialised(config, name, mask.shape(mask.resolve(f"{name}.weight")))
         try:
             with torch.no_grad():
                 delta = layer.get_delta_weight(_ADAPTER)
