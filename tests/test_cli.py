@@ -1,5 +1,6 @@
 """The command line starts without the model stack: `--help` and `--version` import neither torch nor transformers."""
 
+import os
 import subprocess
 import sys
 
@@ -206,3 +207,12 @@ def test_hub_dataset_names_load_with_config_and_split(monkeypatch):
     monkeypatch.undo()
     with pytest.raises(ValueError, match=r"--forget_file org/absent \(config 'c', split 'test'\): cannot load it"):
         load_data("org/absent", "forget_file", "c", "test")
+
+
+@pytest.mark.slow  # starts another process
+def test_importing_peft_through_hf_wagle_prints_no_kernel_lookup_noise():
+    """bitsandbytes' optional kernel lookup (on CPUs with AVX512-BF16, as here) is not the user's business."""
+    proc = subprocess.run([sys.executable, "-c", "import hf_wagle, peft, bitsandbytes"], capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == 0 and "gemm_4bit_forward" not in proc.stderr
+    assert "publisher trust" not in proc.stderr
