@@ -252,6 +252,16 @@ def test_malformed_record_fields_are_one_line_and_status_2(runs, tmp_path, capsy
         assert "malformed" in err and err.count("\n") == 1
 
 
+def test_push_refuses_a_folder_without_its_record(runs, tmp_path, capsys):
+    out = _copy(runs, tmp_path, "lora")
+    (out / "unlearning_record.json").unlink()
+    _edit_json(out / "adapter_config.json", lora_alpha=64)  # nothing left to compare it with
+    assert main(["verify", str(out)]) == 0 and "nothing ties this folder to a run" in capsys.readouterr().out
+    assert main(["push", str(out), "org/x", "--dry-run"]) == 2
+    assert "no unlearning_record.json" in capsys.readouterr().err
+    assert main(["push", str(out), "org/x", "--dry-run", "--allow-no-record"]) == 0
+
+
 def test_push_checks_the_card(runs, tmp_path, capsys):
     out = _copy(runs, tmp_path, "lora")
     card = (out / "README.md").read_text()

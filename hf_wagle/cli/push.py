@@ -22,6 +22,9 @@ class Push(Command):
                                  "the Hub")
         parser.add_argument("--allow-unmet-targets", action="store_true",
                             help="publish a run whose record says it did not meet its targets")
+        parser.add_argument("--allow-no-record", action="store_true",
+                            help="publish a folder that holds no unlearning_record.json (nothing then ties it to a "
+                                 "run)")
         parser.add_argument("--sign", metavar="KEY", help="sign the staged copy it uploads with this elliptic-curve "
                                                          "private key (PEM); the signature (model.sig) is uploaded")
         parser.add_argument("--require-signature", action="store_true",
@@ -36,7 +39,8 @@ class Push(Command):
             raise ValueError("--require-signature needs the signer's --public-key")
         info = push_to_hub(args.directory, args.repo_id, private=args.private or None, base=args.base,
                            dry_run=args.dry_run, allow_unmet_targets=args.allow_unmet_targets, sign_key=args.sign,
-                           require_signature=args.public_key if args.require_signature else None)
+                           require_signature=args.public_key if args.require_signature else None,
+                           allow_no_record=args.allow_no_record)
         if args.dry_run:
             print(f"{args.directory} passed its checks; would upload to {args.repo_id}: "
                   f"{', '.join(info['files'])}")

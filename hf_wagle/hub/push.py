@@ -56,7 +56,8 @@ def stage_for_hub(folder, staging) -> list[str]:
 
 def push_to_hub(folder, repo_id: str, *, private: bool | None = None, token: str | None = None,
                 commit_message: str = "Upload unlearned adapter (hf_wagle)", base=None, api=None,
-                dry_run: bool = False, allow_unmet_targets: bool = False, sign_key=None, require_signature=None):
+                dry_run: bool = False, allow_unmet_targets: bool = False, sign_key=None, require_signature=None,
+                allow_no_record: bool = False):
     """Upload a folder written by `WagleTrainer.save_model` to the Hub (card included).
 
     Only the files in `PUBLISHED` are staged, never through a link, and local paths are removed from the configs and
@@ -67,7 +68,8 @@ def push_to_hub(folder, repo_id: str, *, private: bool | None = None, token: str
     result is `{"files": [...], "left_out": [...]}`. A run whose record (`unlearning_record.json`) says it did not
     meet its targets is refused unless `allow_unmet_targets`; a dense run (its record says no mask) is published
     without a confinement audit, as it claims none. The card (README.md) must name the record's digest (it was
-    written for this run).
+    written for this run). A folder without a record is refused unless `allow_no_record`: nothing would tie what is
+    published to a run (its adapter config, tokenizer and base are unchecked).
 
     Signatures (`hf_wagle.signing`): `require_signature=PUBLIC_KEY` refuses a folder whose staged copy, exactly the
     bytes uploaded, does not carry a valid signature by that key (a config that names a local base path is
@@ -77,6 +79,10 @@ def push_to_hub(folder, repo_id: str, *, private: bool | None = None, token: str
     from huggingface_hub import HfApi
 
     record = read_record(folder)
+    if record is None and not allow_no_record:
+        raise ValueError(f"refusing to publish {folder}: it holds no unlearning_record.json, so nothing ties it to a "
+                         "run (its adapter config, tokenizer and base are unchecked); save it with "
+                         "WagleTrainer.save_model, or publish it anyway with --allow-no-record")
     unmet = unmet_targets(record)
     if unmet and not allow_unmet_targets:
         raise ValueError(f"refusing to publish {folder}: {unmet}; publish anyway with --allow-unmet-targets "
