@@ -34,7 +34,7 @@ import platform
 import time
 from pathlib import Path
 
-from .io import RECORD_FILE, read_json, read_text, regular_file
+from .io import RECORD_FILE, read_json, regular_file
 from .version import __version__
 
 RECORD_VERSION = 2
@@ -80,8 +80,7 @@ def file_digest(path) -> str:
             value = {**value, key: public_name(value[key])}
         return "json:" + _canonical_digest(value)
     if path.suffix != ".safetensors":
-        return "bytes:" + hashlib.sha256(read_text(path).encode()).hexdigest() if path.suffix in (".jinja", ".txt") \
-            else "bytes:" + _bytes_digest(path)
+        return "bytes:" + _bytes_digest(path)
     with safe_open(str(regular_file(path)), framework="pt") as f:
         meta = f.metadata() or {}
         if "wagle.sha256" in meta:
@@ -144,7 +143,7 @@ def append_audit(folder, entry: dict) -> dict:
     record = read_record(folder)
     if record is None:
         raise ValueError(f"{folder} holds no {RECORD_FILE} to append an audit to")
-    broken = [p for p in seal_problems(record)]
+    broken = seal_problems(record)
     if broken:
         raise ValueError(f"refusing to append an audit to {folder}: {broken[0]}")
     audits = record.get("audits") or []
@@ -345,7 +344,7 @@ def check_record(folder, record: dict | None = None) -> list[str]:
         elif name not in named:
             problems.append(f"{name}: present but not named by the record")
         elif named[name] != actual[name]:
-            problems.append(f"{name}: its tensors differ from those the record names")
+            problems.append(f"{name}: its content differs from what the record names")
     return problems
 
 

@@ -75,7 +75,7 @@ def test_verify_fails_on_every_edited_part_and_names_it(lora_run, tmp_path, caps
     original_weights = (lora_run / "adapter_model.safetensors").read_bytes()
     save_file(weights, str(lora_run / "adapter_model.safetensors"))
     assert main(["verify", folder]) == 1
-    assert "adapter_model.safetensors: its tensors differ from those the record names" in capsys.readouterr().out
+    assert "adapter_model.safetensors: its content differs from what the record names" in capsys.readouterr().out
     (lora_run / "adapter_model.safetensors").write_bytes(original_weights)
 
     # another mask in its place
@@ -85,7 +85,7 @@ def test_verify_fails_on_every_edited_part_and_names_it(lora_run, tmp_path, caps
     mask.metadata["method"] = "wagle"
     mask.save(lora_run)
     assert main(["verify", folder]) == 1
-    assert "wagle_mask.safetensors: its tensors differ" in capsys.readouterr().out
+    assert "wagle_mask.safetensors: its content differs" in capsys.readouterr().out
     from hf_wagle.hub import push_to_hub
 
     with pytest.raises(ValueError, match="does not match its record"):

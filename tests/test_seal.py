@@ -80,7 +80,7 @@ def test_adapter_config_edits_are_caught_and_change_what_peft_loads(runs, tmp_pa
     _edit_json(out / "adapter_config.json", **changes)
     assert not torch.equal(before, logits(out))  # stock PEFT loads another model from the edited folder
     assert main(["verify", str(out)]) == 1
-    assert "adapter_config.json: its tensors differ" in capsys.readouterr().out
+    assert "adapter_config.json: its content differs" in capsys.readouterr().out
     assert main(["push", str(out), "org/x", "--dry-run"]) == 1
 
 
@@ -144,7 +144,7 @@ def test_a_tokenizer_with_two_ids_swapped_does_not_match_the_record(runs, tmp_pa
     vocab[a], vocab[b] = vocab[b], vocab[a]
     (out / "tokenizer.json").write_text(json.dumps(tok))
     assert main(["verify", str(out)]) == 1
-    assert "tokenizer.json: its tensors differ" in capsys.readouterr().out
+    assert "tokenizer.json: its content differs" in capsys.readouterr().out
 
 
 def test_audits_are_chained_to_the_record_and_to_each_other(runs, tmp_path, capsys):
