@@ -217,7 +217,7 @@ class WagleTrainer(Trainer):
             self._frozen = {n: t for n, t in self._frozen.items() if n in trainable}
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        """`Trainer.train` after `prepare_unlearning`. The process that saves first takes `output_dir`'s save lock
+        """`Trainer.train` after `prepare_unlearning`. The process that saves (rank 0) takes `output_dir`'s save lock
         (`hf_wagle.io.output_lock`) and holds it until `save_model` has written `output_dir` (or the process ends):
         a second run into the same folder is refused before it trains."""
         if self.args.should_save and self._output_lock is None:
