@@ -13,7 +13,7 @@ import torch
 from .formats import export_formats, get_format
 from .io import staged_directory
 from .mask import WeightMask
-from .modeling import base_named_parameters, tied_aliases
+from .modeling import base_named_parameters, peft_wrapping, tied_aliases
 from .record import artifact_digests, save_record
 
 EXPORT_REPORT = "export_report.json"
@@ -115,7 +115,8 @@ def export_adapter(trained, base_model, mask: WeightMask, output_dir, format: st
     report["dropped"] = dropped
     report["dropped_weights"] = sum(d["changed"] for d in dropped.values())
     base_name = base_name or getattr(base_model, "name_or_path", None)
-    peft_model = get_peft_model(base_model, built.config)
+    with peft_wrapping():
+        peft_model = get_peft_model(base_model, built.config)
     try:
         with staged_directory(output_dir) as staging:
             for scale, final in zip(scales or [1.0], export_folders(output_dir, scales)):

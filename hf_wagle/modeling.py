@@ -102,6 +102,18 @@ def broadcast_from_main(tensor: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
+def peft_wrapping():
+    """Around wrapping a model with PEFT: `PeftModel` reads `model.is_gradient_checkpointing`, which transformers 5
+    deprecates with a FutureWarning on every wrap; that one warning is silenced inside the block only (a user's own
+    use of the attribute keeps it)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
+@contextlib.contextmanager
 def adapter_disabled(model):
     """The base model's outputs for a `PeftModel`; a no-op context for a plain model.
 

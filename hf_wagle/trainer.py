@@ -43,7 +43,7 @@ from .mask import WeightMask
 from .masking.compute import compute_mask
 from .masking.noise import add_mask_noise
 from .masking.selection import check_selects_something
-from .modeling import adapter_disabled, base_named_parameters, local_tensor
+from .modeling import adapter_disabled, base_named_parameters, local_tensor, peft_wrapping
 from .objectives import get_objective
 from .options import MASK_SAFE_OPTIMIZERS
 from .record import data_entry, examples_digest, run_record, tensors_digest, write_record
@@ -120,7 +120,8 @@ class WagleTrainer(Trainer):
             if args.mask_noise_std > 0:
                 raise ValueError("mask_noise_std > 0 adds noise to base weights, which an adapter cannot carry; "
                                  "train full parameters (no peft_config) or set mask_noise_std=0")
-            model = get_peft_model(model, peft_config)
+            with peft_wrapping():
+                model = get_peft_model(model, peft_config)
         self.confinement = confinement_for(model)
         self.confinement.check(model)  # refuses what a mask cannot confine, before any work
         if mask is not None:

@@ -216,3 +216,28 @@ def test_importing_peft_through_hf_wagle_prints_no_kernel_lookup_noise():
                           text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert proc.returncode == 0 and "gemm_4bit_forward" not in proc.stderr
     assert "publisher trust" not in proc.stderr
+
+
+def test_wrapping_with_peft_does_not_raise_the_gradient_checkpointing_deprecation(trained, world, tmp_path):
+    """PEFT reads `is_gradient_checkpointing` when it wraps a model; transformers 5 deprecates it. Not the user's
+    business around hf_wagle's own wraps (their own use of the attribute still warns)."""
+    import copy
+    import warnings
+
+    from peft import LoraConfig
+
+    from hf_wagle import WagleTrainer
+
+    from support import small_args
+
+    model, tokenizer = trained
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        WagleTrainer(model=copy.deepcopy(model), args=small_args(tmp_path), forget_dataset=world["forget"],
+                     retain_dataset=world["retain"], processing_class=tokenizer,
+                     peft_config=LoraConfig(r=4, target_modules="all-linear"))
+        with warnings.catch_warnings(record=True) as own:
+            warnings.simplefilter("always")
+            model.is_gradient_checkpointing  # noqa: B018 - the user's own use
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+    assert [w for w in own if "is_gradient_checkpointing" in str(w.message)]

@@ -123,7 +123,10 @@ def _models(folder, base):
     if (folder / "adapter_config.json").exists():
         from peft import PeftModel
 
-        unlearned = PeftModel.from_pretrained(copy.deepcopy(original), str(folder)).merge_and_unload()
+        from ..modeling import peft_wrapping
+
+        with peft_wrapping():
+            unlearned = PeftModel.from_pretrained(copy.deepcopy(original), str(folder)).merge_and_unload()
     else:
         unlearned = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     return original, unlearned.eval(), tokenizer

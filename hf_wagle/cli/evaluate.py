@@ -50,7 +50,7 @@ class Evaluate(Command):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from ..evaluation.benchmarks import plot_forget_vs_utility, run_benchmark
-        from ..modeling import base_named_parameters
+        from ..modeling import base_named_parameters, peft_wrapping
         from ..record import RECORD_FILE, append_audit, base_matches, read_record
 
         retain_trs = None
@@ -80,8 +80,9 @@ class Evaluate(Command):
         if args.adapter:
             from peft import PeftModel
 
-            runs["after"] = run_benchmark(args.benchmark, PeftModel.from_pretrained(model, args.adapter), tokenizer,
-                                          **kwargs).to_dict()
+            with peft_wrapping():
+                adapted = PeftModel.from_pretrained(model, args.adapter)
+            runs["after"] = run_benchmark(args.benchmark, adapted, tokenizer, **kwargs).to_dict()
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         result = {"benchmark": args.benchmark, "model": args.model, "adapter": args.adapter, "data": args.data,
