@@ -175,8 +175,8 @@ class WagleTrainer(Trainer):
                 forget_dataset, retain_dataset, eval_steps=args.target_eval_steps if args.targets else 10 ** 9,
                 eval_datasets=eval_sets, targets=args.targets, stop_at_targets=args.stop_at_targets,
                 answers=True if args.do_eval else None, truth_ratio=False, restore_best=bool(args.targets),
-                batch_size=args.per_device_eval_batch_size, at_start=True,
-                heldout_source=heldout_source).attach(self)
+                batch_size=args.per_device_eval_batch_size, at_start=True, heldout_source=heldout_source,
+                collapse_threshold=args.collapse_threshold if objective.uses_retain else None).attach(self)
 
     # -- set-up when training starts ------------------------------------------------------------------------
 

@@ -47,3 +47,34 @@ def test_targets_that_cannot_fail_are_never_met():
     assert "answers only" in vacuous([Target.parse("heldout_answered >= 0.8x")], {"heldout_answered": 0.2})[0]
     assert "holds whatever happens" in vacuous([Target.parse("neighbour_probability >= 0.8x")],
                                                {"neighbour_probability": 0.0})[0]
+
+
+def test_an_evaluation_inside_a_retain_collapse_is_never_kept_nor_a_stop():
+    """Scripted evaluations: the targets hold at step 4, where retain probability fell below a third of its start;
+    the run neither stops nor keeps it; at step 6 it has recovered and meets them."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from hf_wagle.evaluation.callback import WagleEvalCallback
+
+    qa = Dataset.from_list([{"question": "q?", "answer": "a"}])
+    script = iter([{"forget_probability": 0.9, "retain_probability": 0.6},
+                   {"forget_probability": 0.1, "retain_probability": 0.15},
+                   {"forget_probability": 0.1, "retain_probability": 0.5}])
+
+    class Scripted(WagleEvalCallback):
+        def evaluate(self, model, tokenizer, args, full=True):
+            metrics = dict(next(script))
+            metrics["gap"] = metrics["retain_probability"] - metrics["forget_probability"]
+            return metrics
+
+    callback = Scripted(qa, qa, eval_steps=2, targets=["forget_probability <= 0.2x"], truth_ratio=False,
+                        collapse_threshold=3.0, restore_best=False, tokenizer=object())
+    model = SimpleNamespace(named_parameters=lambda: [])
+    for step in (0, 4, 6):
+        control = SimpleNamespace(should_training_stop=False, should_log=False)
+        state = SimpleNamespace(global_step=step, is_world_process_zero=True, log_history=[])
+        callback._record(SimpleNamespace(), state, control, model, None)
+        assert control.should_training_stop == (step == 6)
+    assert callback.collapsed_steps == [4] and callback.best_step == 6

@@ -15,6 +15,10 @@ kept in CPU memory (each rank its own shards) and, with `restore_best`, put back
 **With targets** (`hf_wagle.evaluation.targets`) training stops at the first evaluation where every target holds
 (`stop_at_targets`), and the evaluation kept is the best that meets them, or, when none does, the closest one;
 `report` then says which, and for a missed target by how much and at which step it came closest.
+
+**Retain collapse.** With `collapse_threshold` t, an evaluation whose `retain_probability` is below `1/t` of its
+start is inside a retain collapse: it is never kept as the best, training does not stop there, and a report whose
+kept step is one is not met (`report["collapsed_steps"]`).
 """
 
 from __future__ import annotations
@@ -52,13 +56,15 @@ class WagleEvalCallback(TrainerCallback):
         truth_ratio: score truth ratios where a set has the columns.
         at_start: also evaluate when training begins (default: with targets, their reference).
         heldout_source: what the `heldout` set is, for `results()` (default: a set never trained on).
+        collapse_threshold: see "Retain collapse" in the module docstring (None: off).
     """
 
     def __init__(self, forget_dataset, retain_dataset, eval_steps: int = 50, criterion="gap",
                  greater_is_better: bool | None = None, restore_best: bool = True, tokenizer=None,
                  prompt_template: str | None = None, batch_size: int = 32, eval_datasets: dict | None = None,
                  targets=None, stop_at_targets: bool = True, answers: bool | None = None, truth_ratio: bool = True,
-                 at_start: bool | None = None, heldout_source: str | None = None):
+                 at_start: bool | None = None, heldout_source: str | None = None,
+                 collapse_threshold: float | None = None):
         self.splits = {"forget": forget_dataset, "retain": retain_dataset, **(eval_datasets or {})}
         check_sets(self.splits)
         if eval_steps < 1:
@@ -88,6 +94,7 @@ class WagleEvalCallback(TrainerCallback):
         self.report: dict | None = None  # with targets: `hf_wagle.evaluation.targets.report`, once training ended
         self._best_state: dict[str, torch.Tensor] | None = None
         self._trainer = None
+        self.collapse_threshold, self.collapsed_steps = collapse_threshold, []
 
     def metric_names(self) -> list[str]:
         names = []
@@ -115,6 +122,12 @@ class WagleEvalCallback(TrainerCallback):
         metrics["gap"] = metrics["retain_probability"] - metrics["forget_probability"]
         return metrics
 
+    def _collapsed(self, metrics: dict) -> bool:
+        """Whether `retain_probability` is below `1 / collapse_threshold` of its value at the first evaluation."""
+        if self.collapse_threshold is None or len(self.history) < 2:
+            return False
+        return metrics["retain_probability"] < self.history[0]["retain_probability"] / self.collapse_threshold
+
     def _rank(self, metrics: dict) -> tuple:
         """Larger is better."""
         if self.targets:
@@ -134,8 +147,14 @@ class WagleEvalCallback(TrainerCallback):
             for why in target_rules.vacuous(self.targets, metrics):
                 logger.warning(f"target {why}")
         rank = self._rank(metrics)
-        if self.at_start and len(self.history) == 1:
-            rank = None  # the start is the reference, never the model kept
+        collapsed = self._collapsed(metrics)
+        if collapsed:
+            self.collapsed_steps.append(state.global_step)
+            logger.warning(f"step {state.global_step}: retain_probability {metrics['retain_probability']:.4g} is "
+                           f"below 1/{self.collapse_threshold:g} of its start: inside a retain collapse, this "
+                           "evaluation is not kept and training does not stop here")
+        if (self.at_start and len(self.history) == 1) or collapsed:
+            rank = None  # the start is the reference, never the model kept; a collapsed model never either
         if rank is not None and (self.best_value is None or rank > self.best_value):
             self.best_value, self.best_step, self.best_metrics = rank, state.global_step, metrics
             self._best_state = {n: local_tensor(p).detach().to("cpu", copy=True) for n, p in model.named_parameters()
@@ -146,7 +165,7 @@ class WagleEvalCallback(TrainerCallback):
         if self.targets and state.global_step > 0:
             held = target_rules.check(self.targets, metrics, self.history[0])
             logs[PREFIX + "targets_met"] = float(all(r["holds"] for r in held))
-            if all(r["holds"] for r in held) and self.stop_at_targets:
+            if all(r["holds"] for r in held) and self.stop_at_targets and not collapsed:
                 control.should_training_stop = True
         if self._trainer is not None:
             should_log = control.should_log  # Trainer.log clears it: keep this step's regular loss log
@@ -171,6 +190,9 @@ class WagleEvalCallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.targets and self.history:
             self.report = target_rules.report(self.targets, self.history, self.best_step)
+            self.report["collapsed_steps"] = list(self.collapsed_steps)
+            if self.report["step"] in self.collapsed_steps:
+                self.report["met"] = False
             (logger.warning if not self.report["met"] else logger.info)(target_rules.explain(self.report))
         restore = self.restore_best and self._best_state is not None and self.best_step != state.global_step
         if restore:

@@ -160,9 +160,12 @@ def report(targets: list[Target], history: list[dict], chosen_step: int | None) 
 def explain(result: dict) -> str:
     """One or more lines saying whether the targets were met, and if not which, by how much and where closest."""
     empty = [f"  VACUOUS {why}" for why in result.get("vacuous") or []]
+    if result["step"] in (result.get("collapsed_steps") or []):
+        empty.append(f"  COLLAPSED step {result['step']} is inside a retain collapse (retain probability below its "
+                     "floor), the only evaluations near the targets were; lower the learning rate or raise "
+                     "retain_weight")
     if empty and all(r["holds"] for r in result["per_target"]):
-        return "\n".join([f"targets NOT met: all hold at step {result['step']}, but {len(empty)} cannot fail:",
-                          *empty])
+        return "\n".join([f"targets NOT met: all hold at step {result['step']}, but:", *empty])
     if result["met"]:
         return (f"targets met at step {result['step']}: "
                 + "; ".join(f"{r['target']} ({r['value']:.4g} vs bound {r['bound']:.4g})"
