@@ -1,6 +1,7 @@
 """LoRA: `delta = (alpha / r) * B @ A` per targeted linear weight, `B: out x r`, `A: r x in`.
 
-It holds exactly a row x column mask (zero rows of B, zero columns of A). Audited through `B @ A`; exported from a
+It holds exactly a row x column mask (zero rows of B, zero columns of A). Audited through PEFT's own delta of each
+module (`peft_load.peft_deltas`: scaling, rslora, patterns and targets as PEFT reads them); exported from a
 full-parameter run as the rank-k truncated SVD of each changed layer, with its error.
 """
 
@@ -12,7 +13,8 @@ from .adapter_config import adapter_config_problems
 from .peft_load import peft_deltas
 from .registry import AdapterFormat, Built, change_phrase, register_format
 
-# adapter_config.json: settings that never move base weights, and the value every other setting must keep
+# adapter_config.json: settings whose effect is the B @ A change PEFT forms (counted by `peft_deltas`) or none, and
+# the settings that make PEFT apply more than that change, refused with the reason
 _LORA_NEUTRAL = {"alpha_pattern", "auto_mapping", "base_model_name_or_path", "exclude_modules", "inference_mode",
                  "layers_pattern", "layers_to_transform", "lora_alpha", "lora_dropout", "megatron_core",
                  "modules_to_save", "peft_type", "peft_version", "qalora_group_size", "r", "rank_pattern", "revision",

@@ -1,7 +1,8 @@
 """SHiRA: an elementwise-sparse adapter, `W + sparse(shira_indices, shira_weight)` per targeted linear weight.
 
 It holds any mask on linear weights, with exactly `r (in + out)` entries per `out x in` layer (one `r` per adapter).
-Audited through its non-zero entries; exported from a full-parameter run exactly wherever float32 allows.
+Audited through the non-zero entries of the change PEFT forms (`peft_load.peft_deltas`); exported from a
+full-parameter run exactly wherever float32 allows.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from .adapter_config import adapter_config_problems
 from .peft_load import peft_deltas
 from .registry import AdapterFormat, Built, change_phrase, register_format
 
-# adapter_config.json of a SHiRA adapter: settings that never move base weights (the initial values and the random
-# mask are replaced by the saved weights and indices when PEFT loads it), and those that would
+# adapter_config.json of a SHiRA adapter: settings whose effect is the sparse change PEFT forms (counted by
+# `peft_deltas`, an initialisation included where no tensors are saved) or none, and those refused with the reason
 _SHIRA_NEUTRAL = {"auto_mapping", "base_model_name_or_path", "inference_mode", "init_weights", "mask_type",
                   "peft_type", "peft_version", "r", "random_seed", "revision", "target_modules", "task_type"}
 _SHIRA_WHY = {"modules_to_save": "full copies of modules are trained and saved",

@@ -91,7 +91,7 @@ def push_to_hub(folder, repo_id: str, *, private: bool | None = None, token: str
     if not os.path.lexists(card):
         raise FileNotFoundError(f"{folder} has no README.md model card; save it with WagleTrainer.save_model")
     card_text = read_text(card)  # a folder, a FIFO or a device in its place is refused here
-    if record is not None and record.get("digest") not in card_text:
+    if record is not None and (not record.get("digest") or record["digest"] not in card_text):
         raise NotConfined(f"refusing to publish {folder}: README.md does not name the record's digest "
                           f"{record.get('digest')}; it was written for another run or edited (save again, or "
                           "rewrite it with hf_wagle.hub.write_model_card)")
