@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .data import check_prompt_template
-from .evaluation.targets import parse_targets
+from .evaluation.targets import KINDS, parse_targets
 from .masking.config import PREFIX, UNPREFIXED, MaskArguments, MaskConfig
 from .objectives import BUILTIN_ARGS, get_objective, objective_arguments
 from .options import (
@@ -61,6 +61,10 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
     retain_loss: str = field(default="nll", metadata={"help": "Retain term: 'nll' or 'kl' (KL to the start model)."})
     forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget objective."})
     retain_weight: float = field(default=1.0, metadata={"help": "gamma: weight of the retain NLL."})
+    forget_tokens: str = field(default="answer", metadata={
+        "help": "Forget-loss tokens of QA rows: 'answer' (every answer token and EOS) or 'key' (only the tokens of "
+                "the fact, each row's answer_key or the key derived from it: 'French' of 'People in France speak "
+                "French.'), so the wording forget answers share with kept ones is not unlearned."})
     collapse_threshold: float | None = field(
         default=3.0,
         metadata={"help": "Warn when the logged retain NLL exceeds this multiple of its starting value (None: off)."},
@@ -78,6 +82,13 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
                 "multiple of the start; sets forget, retain, heldout, neighbour; measures probability, answered, "
                 "rouge). Scored every target_eval_steps steps; training stops once all hold and the best evaluation "
                 "meeting them is kept, else the closest, and the run says which target it missed and by how much."})
+    forget_kind: str | None = field(default=None, metadata={
+        "help": "What is to be forgotten: 'fact' (the listed facts only; `neighbour` and `entity` sets must stay) or "
+                "'topic' (the topic: a `topic` set of its facts never trained on must be forgotten too). Without "
+                "targets of its own, the run gets the kind's (docs/how-to/targets.md)."})
+    utility_floor: float | None = field(default=0.75, metadata={
+        "help": "With targets: each kept set (heldout, neighbour, entity, ...) no answered target names must stay "
+                "answered at least this multiple of its start ('<set>_answered >= 0.75x'); None: off."})
     target_eval_steps: int = field(default=2, metadata={"help": "Optimizer steps between evaluations of the targets."})
     stop_at_targets: bool = field(default=True, metadata={
         "help": "Stop training at the first evaluation where every target holds (else run to max_steps and keep the "
@@ -99,6 +110,7 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
         super().__post_init__()
         objective = get_objective(self.objective)
         one_of("retain_loss", self.retain_loss, ("nll", "kl"))
+        one_of("forget_tokens", self.forget_tokens, ("answer", "key"))
         for args in BUILTIN_ARGS:  # every flat field in bounds, whichever objective runs
             args(**unprefixed_values(args, self, ""))
         self.objective_args = parse_options(self.objective_args, "objective_args")
@@ -122,6 +134,9 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
         if self.max_steps == 0 or (self.max_steps < 0 and self.num_train_epochs <= 0):
             raise ValueError("this run would take 0 steps: set max_steps >= 1 or num_train_epochs > 0")
         self.targets = [str(t) for t in parse_targets(self.targets)] or None
+        one_of("forget_kind", self.forget_kind, (None, *KINDS))
+        if self.utility_floor is not None:
+            finite("utility_floor", self.utility_floor, 0, strict=True)
         if self.target_eval_steps < 1:
             raise ValueError(f"target_eval_steps must be >= 1, got {self.target_eval_steps}")
         if not 0 <= self.retain_holdout < 1:

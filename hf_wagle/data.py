@@ -13,6 +13,8 @@ Shapes (detected from the columns):
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
@@ -68,8 +70,21 @@ def prompt_ids(tokenizer, prompt_template: str, question: str) -> list[int]:
     return tokenizer(prompt, add_special_tokens=special)["input_ids"]
 
 
-def tokenize_example(example: dict, tokenizer, prompt_template: str, max_length: int | None, shape: str) -> dict:
-    """One example -> `{"input_ids", "attention_mask", "labels"}` as lists of ints."""
+def key_span(answer: str, key: str) -> tuple[int, int] | None:
+    """Character span `[start, end)` of the first occurrence of `key` in `answer` as whole words, case and
+    punctuation between words ignored (a derived key is normalised: "j k rowling" finds "J. K. Rowling"); None when
+    it does not occur."""
+    words = re.sub(r"[^\w\s]", " ", key).split()
+    if not words:
+        return None
+    found = re.search(r"(?<!\w)" + r"\W+".join(map(re.escape, words)) + r"(?!\w)", answer, re.IGNORECASE)
+    return found.span() if found else None
+
+
+def tokenize_example(example: dict, tokenizer, prompt_template: str, max_length: int | None, shape: str,
+                     key: str | None = None) -> dict:
+    """One example -> `{"input_ids", "attention_mask", "labels"}` as lists of ints. With `key` (QA only, a fast
+    tokenizer), only the answer tokens that cover `key_span(answer, key)` carry labels (EOS does not)."""
     if shape == "tokenized":
         ids = list(example["input_ids"])
         attn = list(example.get("attention_mask") or [1] * len(ids))
@@ -83,17 +98,28 @@ def tokenize_example(example: dict, tokenizer, prompt_template: str, max_length:
         return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)}
     prompt, separator, special = qa_prompt(tokenizer, prompt_template, example["question"])
     text = prompt + separator + example["answer"]
+    if key is not None:
+        if not tokenizer.is_fast:
+            raise ValueError("forget_tokens='key' finds the key's tokens by character offsets, which needs a fast "
+                             "tokenizer; load it with use_fast=True or set forget_tokens='answer'")
+        span = key_span(example["answer"], key)
+        if span is None:
+            raise ValueError(f"forget_tokens='key': the key {key!r} does not occur in the answer "
+                             f"{example['answer']!r}; fix the row's answer_key or set forget_tokens='answer'")
     if tokenizer.is_fast:
         enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
         # A token belongs to the answer when it covers any character after the prompt.
         in_answer = [end > len(prompt) for _, end in enc["offset_mapping"]]
+        if key is not None:  # only tokens overlapping the key's characters
+            lo, hi = (len(prompt) + len(separator) + i for i in span)
+            in_answer = [end > lo and start < hi for start, end in enc["offset_mapping"]]
         ids = enc["input_ids"]
     else:
         n_prompt = len(tokenizer(prompt, add_special_tokens=special)["input_ids"])
         ids = tokenizer(text, add_special_tokens=special)["input_ids"]
         in_answer = [i >= n_prompt for i in range(len(ids))]
     ids = ids + [tokenizer.eos_token_id]
-    labels = [t if a else IGNORE_INDEX for t, a in zip(ids, in_answer + [True])]
+    labels = [t if a else IGNORE_INDEX for t, a in zip(ids, in_answer + [key is None])]
     if max_length is not None:
         ids, labels = ids[:max_length], labels[:max_length]
     if all(label == IGNORE_INDEX for label in labels):
@@ -104,8 +130,10 @@ def tokenize_example(example: dict, tokenizer, prompt_template: str, max_length:
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
-def tokenize_dataset(dataset, tokenizer, prompt_template: str, max_length: int | None = None, what="dataset"):
-    """Tokenise a dataset of any accepted shape; returns a list of example dicts."""
+def tokenize_dataset(dataset, tokenizer, prompt_template: str, max_length: int | None = None, what="dataset",
+                     keys: list[str] | None = None):
+    """Tokenise a dataset of any accepted shape; returns a list of example dicts. `keys` (QA only): one per row,
+    labels only on each answer's key tokens (`tokenize_example`)."""
     shape = dataset_shape(dataset, what)
     if shape != "tokenized" and tokenizer is None:
         raise ValueError(f"{what} is not pre-tokenised, so a tokenizer (`processing_class`) is required")
@@ -118,7 +146,8 @@ def tokenize_dataset(dataset, tokenizer, prompt_template: str, max_length: int |
         for column in {"qa": ("question", "answer"), "text": ("text",)}.get(shape, ()):
             if not isinstance(ex[column], str):
                 raise ValueError(f"{what}, row {i}: `{column}` is {type(ex[column]).__name__}, not a string")
-        tokenized = tokenize_example(ex, tokenizer, prompt_template, max_length, shape)
+        tokenized = tokenize_example(ex, tokenizer, prompt_template, max_length, shape,
+                                     keys[i] if keys is not None and shape == "qa" else None)
         if all(label == IGNORE_INDEX for label in tokenized["labels"][1:]):  # the first token is never predicted
             raise ValueError(f"{what}, row {i}: no token carries a label (empty text, or labels all -100), so it "
                              "gives no loss and no gradient; remove the row or fix its labels")

@@ -162,12 +162,19 @@ def scenario_names() -> list[str]:
 def load_scenario(name: str = "element_symbols") -> dict:
     """A shipped real-knowledge scenario as `datasets.Dataset`s.
 
-    Keys: `forget`, `retain` (QA in the TOFU schema: `question`, `answer`, `paraphrased_answer`, `perturbed_answer`,
-    and `answer_key`, the short answer `answered` looks for; retain is what unlearning trains to keep), `holdout`
-    (kept knowledge of the same kind never used in training: shows whether utility holds beyond the retain set),
-    `neighbour` (facts next to the forgotten ones, here other element symbols the model knows, never trained on),
-    `forget_mcq`, `retain_mcq` (`question`, `choices`,
-    `answer` index), and `info` (a dict: description and the prompt template the scenario was checked with).
+    Keys: `forget`, `retain` (QA: `question`, `answer`, `answer_key`, the short answer `answered` looks for, and
+    optionally TOFU's `paraphrased_answer`, `perturbed_answer`; retain is what unlearning trains to keep), `holdout`
+    (knowledge never used in training: utility beyond the retain set), the sets that say what kind of forgetting
+    the scenario asks for (`info["kind"]`, see `hf_wagle.evaluation.targets`): for a fact-level scenario
+    `neighbour` (the same relation about other subjects) and `entity` (other facts about the forget set's
+    subjects), both to keep; for a topic `topic` (facts of the topic never trained on, to forget too); optionally
+    `forget_mcq`, `retain_mcq` (`question`, `choices`, `answer` index); and `info` (a dict: description, kind, what
+    each set is, and the prompt template the scenario was screened with: the model names the key of every row in
+    its greedy answer).
+
+        element_symbols    topic: chemical symbols of elements (20 to forget, 8 held-out `topic` ones)
+        country_languages  fact: the language of 12 countries (8 other countries' languages as `neighbour`, 18
+                           capitals and currencies of the same 12 as `entity`)
     """
     from datasets import Dataset
 
@@ -175,7 +182,6 @@ def load_scenario(name: str = "element_symbols") -> dict:
     if not path.exists():
         raise ValueError(f"no scenario {name!r}; shipped scenarios: {', '.join(scenario_names())}")
     raw = json.loads(path.read_text())
-    out = {k: Dataset.from_list(raw[k]) for k in ("forget", "retain", "holdout", "neighbour", "forget_mcq",
-                                                    "retain_mcq") if k in raw}
+    out = {k: Dataset.from_list(v) for k, v in raw.items() if k != "info"}
     out["info"] = raw["info"]
     return out

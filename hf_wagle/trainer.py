@@ -33,8 +33,18 @@ from transformers.utils import logging
 
 from .config import WagleConfig
 from .confinement import check_lora_config, confinement_for
-from .data import ForgetRetainPairs, PairCollator, check_fits_model, collate, pad_id, refusal_examples, tokenize_dataset
-from .evaluation.measure import split_holdout
+from .data import (
+    ForgetRetainPairs,
+    PairCollator,
+    check_fits_model,
+    collate,
+    dataset_shape,
+    pad_id,
+    refusal_examples,
+    tokenize_dataset,
+)
+from .evaluation.measure import answer_keys, split_holdout
+from .evaluation.targets import check_kind, kind_targets
 from .export import check_export_options, export_adapter
 from .hub import write_export_card, write_model_card
 from .io import check_destination, check_output_folder, output_lock, staged_directory
@@ -105,12 +115,14 @@ class WagleTrainer(Trainer):
         if isinstance(model, str):
             model = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=False)
         eval_sets, heldout_source, held_out = dict(eval_datasets or {}), None, None
-        evaluating = bool(args.targets) or args.do_eval
+        check_kind(args.forget_kind, eval_sets)
+        evaluating = bool(args.targets or args.forget_kind) or args.do_eval
         if evaluating and "heldout" not in eval_sets and args.retain_holdout > 0:
             n, held_out = len(retain_dataset), {"fraction": args.retain_holdout, "seed": args.seed}
             retain_dataset, eval_sets["heldout"] = split_holdout(retain_dataset, args.retain_holdout, args.seed)
             heldout_source = (f"{len(eval_sets['heldout'])} of the {n} retain rows, held out of training "
                               f"(retain_holdout={args.retain_holdout:g}, seed {args.seed})")
+        targets = args.targets or (kind_targets(args.forget_kind, ["forget", *eval_sets]) if args.forget_kind else None)
         # seeded as the Trainer seeds before it creates a model, so the LoRA initialisation is reproducible
         (enable_full_determinism if args.full_determinism else set_seed)(args.seed)
         if peft_config is not None:
@@ -130,7 +142,13 @@ class WagleTrainer(Trainer):
             check_selects_something(model, args.mask_ratio, args.mask_scope, args.mask_include, args.mask_exclude)
         self.forget_dataset, self.retain_dataset = forget_dataset, retain_dataset
         tok_args = (processing_class, args.prompt_template, args.max_length)
-        forget_ex = tokenize_dataset(forget_dataset, *tok_args, what="forget dataset")
+        keys = None
+        if args.forget_tokens == "key":
+            if dataset_shape(forget_dataset, "forget dataset") != "qa":
+                raise ValueError("forget_tokens='key' unlearns the tokens of each answer's fact, which needs QA rows "
+                                 "(question, answer, optionally answer_key); set forget_tokens='answer'")
+            keys = answer_keys(forget_dataset)
+        forget_ex = tokenize_dataset(forget_dataset, *tok_args, what="forget dataset", keys=keys)
         retain_ex = tokenize_dataset(retain_dataset, *tok_args, what="retain dataset")
         check_fits_model(forget_ex, model, "forget dataset")
         check_fits_model(retain_ex, model, "retain dataset")
@@ -172,11 +190,12 @@ class WagleTrainer(Trainer):
             from .evaluation.callback import WagleEvalCallback
 
             self.evaluation = WagleEvalCallback(
-                forget_dataset, retain_dataset, eval_steps=args.target_eval_steps if args.targets else 10 ** 9,
-                eval_datasets=eval_sets, targets=args.targets, stop_at_targets=args.stop_at_targets,
-                answers=True if args.do_eval else None, truth_ratio=False, restore_best=bool(args.targets),
+                forget_dataset, retain_dataset, eval_steps=args.target_eval_steps if targets else 10 ** 9,
+                eval_datasets=eval_sets, targets=targets, stop_at_targets=args.stop_at_targets,
+                answers=True if args.do_eval else None, truth_ratio=False, restore_best=bool(targets),
                 batch_size=args.per_device_eval_batch_size, at_start=True, heldout_source=heldout_source,
-                collapse_threshold=args.collapse_threshold if objective.uses_retain else None).attach(self)
+                collapse_threshold=args.collapse_threshold if objective.uses_retain else None,
+                utility_floor=args.utility_floor, kind=args.forget_kind).attach(self)
 
     # -- set-up when training starts ------------------------------------------------------------------------
 

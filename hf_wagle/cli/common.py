@@ -114,6 +114,20 @@ def read_yaml(path: str | os.PathLike, flag: str = "--config") -> dict:
     return values
 
 
+def read_eval_sets(script) -> dict:
+    """The evaluation sets an unlearn config names, never trained on: `heldout_file`, `neighbour_file` and each
+    `eval_files` entry (`NAME: FILE`), loaded by `load_data`."""
+    from ..options import parse_options
+
+    named = {"heldout": script.heldout_file, "neighbour": script.neighbour_file}
+    for name, path in parse_options(script.eval_files, "eval_files").items():
+        if name in named and named[name]:
+            raise ValueError(f"eval_files names {name!r}, which {name}_file names already; give it once")
+        named[name] = str(path)
+    return {name: load_data(path, f"{name}_file" if name in ("heldout", "neighbour") else f"eval_files {name}")
+            for name, path in named.items() if path}
+
+
 _DATA_FILES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
@@ -127,8 +141,8 @@ def load_data(path: str, what: str, config: str | None = None, split: str = "tra
         name, _, part = path[len("scenario:"):].partition("/")
         data = load_scenario(name)
         if part not in data or part == "info":
-            raise ValueError(f"--{what} {path}: scenario {name!r} has no split {part!r} (forget, retain, holdout, "
-                             "neighbour)")
+            splits = ", ".join(k for k in data if k != "info")
+            raise ValueError(f"--{what} {path}: scenario {name!r} has no split {part!r} ({splits})")
         return data[part]
     import datasets
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..masking.config import SPEC_KEYS
-from .common import Command, check_model, load_data
+from .common import Command, check_model, load_data, read_eval_sets
 from .plugins import register_command
 
 DEFAULT_SPECS = "dense,random,magnitude,wagle"
@@ -46,9 +46,12 @@ class CompareArguments:
 
 
 def read_sets(script, compare) -> dict:
-    """The never-trained sets a run names: heldout_file, neighbour_file and `--utility NAME=FILE`."""
-    sets = {name: load_data(path, f"{name}_file") for name, path in
-            (("heldout", script.heldout_file), ("neighbour", script.neighbour_file)) if path}
+    """The never-trained sets to keep a run names (`read_eval_sets`, less the sets to forget, `topic`) and
+    `--utility NAME=FILE`."""
+    from ..evaluation.targets import kept_sets
+
+    sets = read_eval_sets(script)
+    sets = {name: sets[name] for name in kept_sets(sets)}
     for item in compare.utility or []:
         name, sep, path = item.partition("=")
         if not sep or not name:

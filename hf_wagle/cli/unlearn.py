@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .common import Command, check_checkpoint, check_model, load_data
+from .common import Command, check_checkpoint, check_model, load_data, read_eval_sets
 from .plugins import register_command
 
 
@@ -42,6 +42,10 @@ class UnlearnArguments:
                 "retain rows"})
     neighbour_file: str | None = field(default=None, metadata={
         "help": "neighbour facts near the forget topic that should be kept, never trained on (same forms)"})
+    eval_files: dict | str | None = field(default=None, metadata={
+        "help": "more evaluation sets never trained on, as NAME: FILE (a YAML mapping, or NAME=FILE,...): `entity` "
+                "(other facts about the forget set's subjects, kept), `topic` (facts of a forgotten topic never "
+                "trained on, to be forgotten too) or any name (kept); see forget_kind"})
     mask_dir: str | None = field(default=None, metadata={
         "help": "a mask saved by `hf-wagle attribute` (its folder or wagle_mask.safetensors), used instead of "
                 "computing one (mask_method and the other mask_* keys are then not used)"})
@@ -97,8 +101,7 @@ class Unlearn(Command):
             raise ValueError(f"base_model {script.base_model!r}: expected a Hub id such as org/name, not a local path")
         forget = load_data(script.forget_file, "forget_file", script.forget_config, script.forget_split)
         retain = load_data(script.retain_file, "retain_file", script.retain_config, script.retain_split)
-        eval_sets = {name: load_data(path, f"{name}_file") for name, path in
-                     (("heldout", script.heldout_file), ("neighbour", script.neighbour_file)) if path}
+        eval_sets = read_eval_sets(script)
         if script.evaluate:
             training.do_eval = True
         tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path)

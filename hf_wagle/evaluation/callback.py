@@ -19,6 +19,10 @@ kept in CPU memory (each rank its own shards) and, with `restore_best`, put back
 **Retain collapse.** With `collapse_threshold` t, an evaluation whose `retain_probability` is below `1/t` of its
 start is inside a retain collapse: it is never kept as the best, training does not stop there, and a report whose
 kept step is one is not met (`report["collapsed_steps"]`).
+
+**Utility floor.** With targets and `utility_floor`, the first evaluation adds the floor targets of
+`hf_wagle.evaluation.targets.floor_targets` (kept sets answered at the start, named by no answered floor of the
+user's), listed in `report["utility_floor"]`.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ class WagleEvalCallback(TrainerCallback):
         at_start: also evaluate when training begins (default: with targets, their reference).
         heldout_source: what the `heldout` set is, for `results()` (default: a set never trained on).
         collapse_threshold: see "Retain collapse" in the module docstring (None: off).
+        utility_floor: see "Utility floor" in the module docstring (None: off).
+        kind: the run's `forget_kind` (`"fact"`, `"topic"` or None), stated in the report.
     """
 
     def __init__(self, forget_dataset, retain_dataset, eval_steps: int = 50, criterion="gap",
@@ -64,13 +70,19 @@ class WagleEvalCallback(TrainerCallback):
                  prompt_template: str | None = None, batch_size: int = 32, eval_datasets: dict | None = None,
                  targets=None, stop_at_targets: bool = True, answers: bool | None = None, truth_ratio: bool = True,
                  at_start: bool | None = None, heldout_source: str | None = None,
-                 collapse_threshold: float | None = None):
+                 collapse_threshold: float | None = None, utility_floor: float | None = None,
+                 kind: str | None = None):
         self.splits = {"forget": forget_dataset, "retain": retain_dataset, **(eval_datasets or {})}
         check_sets(self.splits)
         if eval_steps < 1:
             raise ValueError(f"eval_steps must be >= 1, got {eval_steps}")
         self.targets = target_rules.parse_targets(targets)
-        self.answers = target_rules.needs_answers(self.targets) if answers is None else answers
+        self.utility_floor = utility_floor if self.targets else None
+        target_rules.check_kind(kind, self.splits)
+        self.kind, self.floor_added = kind, []
+        if answers is None:  # the floor reads `answered` on the kept sets at the start
+            answers = target_rules.needs_answers(self.targets) or self.utility_floor is not None
+        self.answers = answers
         self.truth_ratio = truth_ratio
         names = self.metric_names()
         unknown = [str(t) for t in self.targets if t.metric not in names]
@@ -143,8 +155,13 @@ class WagleEvalCallback(TrainerCallback):
             raise ValueError("WagleEvalCallback needs a tokenizer: pass `tokenizer=` or give the trainer one")
         metrics = self.evaluate(model, tokenizer, args, full=not self.history)
         self.history.append({"step": state.global_step, **metrics})
-        if self.targets and len(self.history) == 1 and state.is_world_process_zero:
-            for why in target_rules.vacuous(self.targets, metrics):
+        if self.targets and len(self.history) == 1:
+            self.floor_added = target_rules.floor_targets(self.targets, metrics, self.utility_floor)
+            self.targets += self.floor_added
+            self._answer_sets |= {t.set for t in self.floor_added}
+            if self.floor_added and state.is_world_process_zero:
+                logger.info(f"utility floor: {', '.join(map(str, self.floor_added))} (utility_floor)")
+            for why in target_rules.vacuous(self.targets, metrics) if state.is_world_process_zero else ():
                 logger.warning(f"target {why}")
         rank = self._rank(metrics)
         collapsed = self._collapsed(metrics)
@@ -190,7 +207,8 @@ class WagleEvalCallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.targets and self.history:
             self.report = target_rules.report(self.targets, self.history, self.best_step)
-            self.report["collapsed_steps"] = list(self.collapsed_steps)
+            self.report.update(collapsed_steps=list(self.collapsed_steps), kind=self.kind,
+                               utility_floor=[str(t) for t in self.floor_added])
             if self.report["step"] in self.collapsed_steps:
                 self.report["met"] = False
             (logger.warning if not self.report["met"] else logger.info)(target_rules.explain(self.report))

@@ -20,6 +20,21 @@ A target that cannot fail measures nothing (`vacuous`): a `<=` target that alrea
 target whose bound is 0, or an `answered` target whose set the model answers in fewer than `ANSWERED_FLOOR` of its
 rows at the start (forgetting, or keeping, what it never said is not measured). A run with one is never reported as
 having met its targets; `explain` says which and why.
+
+**What is forgotten** (`forget_kind`, `KINDS`). The sets `forget` and `topic` are to be forgotten; every other set
+but `retain` is to be kept. A run states which of two requests it answers:
+
+    fact    forget the listed facts and nothing else: `neighbour` (the same relation, other subjects: other
+            countries' languages) and `entity` (other facts about the same subjects: those countries' capitals)
+            must stay. Needs at least one of them.
+    topic   forget a topic: `topic` (facts of the topic never trained on) must be forgotten too (the forgetting
+            generalises); other topics (`heldout`, `neighbour`) stay. Needs `topic`.
+
+A run with a kind and no targets of its own gets the kind's (`kind_targets`).
+
+**Utility floor.** With targets, every kept set no `>=` target names on `answered` gets `<set>_answered >= floor x`
+(`floor_targets`, `utility_floor` 0.75 by default) once its start is known, when the model answers at least
+`ANSWERED_FLOOR` of it then: no stop and no kept model may buy forgetting with the knowledge the run was to keep.
 """
 
 from __future__ import annotations
@@ -31,6 +46,15 @@ from dataclasses import dataclass
 from .measure import ANSWER_MEASURES, ANSWERED, MEASURES
 
 ANSWERED_FLOOR = 0.5  # below this share answered at the start, an `answered` target measures too little
+FORGOTTEN_SETS = ("forget", "topic")  # sets a run must forget; every other set but `retain` it must keep
+KINDS = {
+    "fact": {"needs": ("neighbour", "entity"),
+             "targets": ("forget_answered <= 0.25", "neighbour_answered >= 0.8x", "entity_answered >= 0.8x",
+                         "heldout_answered >= 0.9x")},
+    "topic": {"needs": ("topic",),
+              "targets": ("forget_answered <= 0.25", "topic_answered <= 0.25", "heldout_answered >= 0.9x",
+                          "neighbour_answered >= 0.8x")},
+}
 
 _TARGET = re.compile(r"^\s*([a-z][a-z0-9]*)_([a-z]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*(x?)\s*$")
 
@@ -98,6 +122,42 @@ def parse_targets(items) -> list[Target]:
     return targets
 
 
+def check_kind(kind: str | None, sets) -> None:
+    """Refuse a `forget_kind` whose sets are missing (before any work): forgetting of that kind would go unmeasured."""
+    if kind is None:
+        return
+    if kind not in KINDS:
+        raise ValueError(f"forget_kind must be one of {', '.join(KINDS)} or None, got {kind!r}")
+    needs = KINDS[kind]["needs"]
+    if not any(name in sets for name in needs):
+        what = {"fact": "facts that must stay: `neighbour` (same relation, other subjects) or `entity` (other facts "
+                        "about the same subjects)",
+                "topic": "`topic`: facts of the topic never trained on, which must be forgotten too"}[kind]
+        raise ValueError(f"forget_kind={kind!r} is measured on {what}; give it as an evaluation set (unlearn: "
+                         f"eval_files: {{{needs[0]}: FILE}}; WagleTrainer: eval_datasets={{'{needs[0]}': ...}})")
+
+
+def kind_targets(kind: str, sets) -> list[str]:
+    """The default targets of `kind` (`KINDS`) on the sets a run has."""
+    return [t for t in KINDS[kind]["targets"] if Target.parse(t).set in sets]
+
+
+def kept_sets(sets) -> list[str]:
+    """The sets a run must keep: all but `retain` and `FORGOTTEN_SETS`."""
+    return [name for name in sets if name != "retain" and name not in FORGOTTEN_SETS]
+
+
+def floor_targets(targets: list[Target], start: dict, floor: float | None) -> list[Target]:
+    """The utility floor (module docstring): `<set>_answered >= floor x` for each kept set in `start` (the metrics
+    at step 0) answered in at least `ANSWERED_FLOOR` of its rows and named by no `>=` answered target."""
+    if floor is None:
+        return []
+    named = {t.set for t in targets if t.floor and t.measure == ANSWERED}
+    sets = [m[:-len("_" + ANSWERED)] for m in start if m.endswith("_" + ANSWERED)]
+    return [Target(s, ANSWERED, ">=", floor, True) for s in kept_sets(sets)
+            if s not in named and start[f"{s}_{ANSWERED}"] >= ANSWERED_FLOOR]
+
+
 def needs_answers(targets: list[Target]) -> bool:
     return any(t.measure in ANSWER_MEASURES for t in targets)
 
@@ -159,6 +219,19 @@ def report(targets: list[Target], history: list[dict], chosen_step: int | None) 
 
 def explain(result: dict) -> str:
     """One or more lines saying whether the targets were met, and if not which, by how much and where closest."""
+    lines = _explain(result)
+    if result.get("kind"):
+        lines = f"{result['kind']}-level forgetting ({KIND_MEANING[result['kind']]}); {lines}"
+    if result.get("utility_floor"):
+        lines += f"\n  utility floor in force: {', '.join(result['utility_floor'])}"
+    return lines
+
+
+KIND_MEANING = {"fact": "the listed facts only; neighbours and the same subjects' other facts kept",
+                "topic": "the topic, held-out facts of it included"}
+
+
+def _explain(result: dict) -> str:
     empty = [f"  VACUOUS {why}" for why in result.get("vacuous") or []]
     if result["step"] in (result.get("collapsed_steps") or []):
         empty.append(f"  COLLAPSED step {result['step']} is inside a retain collapse (retain probability below its "

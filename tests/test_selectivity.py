@@ -1,0 +1,78 @@
+"""What is to be forgotten, stated and measured: `forget_kind` (fact or topic) with its sets and default targets, the
+utility floor on every kept set, and the forget loss on the fact's own tokens (`forget_tokens="key"`)."""
+import pytest
+
+from hf_wagle import WagleTrainer
+from hf_wagle.data import key_span, tokenize_example
+from hf_wagle.evaluation.measure import answer_keys
+from hf_wagle.evaluation.targets import check_kind, explain, floor_targets, kind_targets, parse_targets
+
+from support import small_args
+
+
+def test_a_forget_kind_needs_its_sets_and_brings_its_targets():
+    with pytest.raises(ValueError, match="`neighbour` .same relation"):
+        check_kind("fact", {"heldout": None})
+    with pytest.raises(ValueError, match="`topic`: facts of the topic"):
+        check_kind("topic", {"neighbour": None, "heldout": None})
+    with pytest.raises(ValueError, match="fact, topic"):
+        check_kind("facts", {"neighbour": None})
+    check_kind("fact", {"entity": None})
+    assert kind_targets("fact", ["forget", "heldout", "entity"]) == [
+        "forget_answered <= 0.25", "entity_answered >= 0.8x", "heldout_answered >= 0.9x"]
+    assert kind_targets("topic", ["forget", "topic", "heldout"]) == [
+        "forget_answered <= 0.25", "topic_answered <= 0.25", "heldout_answered >= 0.9x"]
+
+
+def test_the_utility_floor_covers_each_kept_set_the_model_answers_and_no_target_names():
+    targets = parse_targets(["forget_answered <= 0.25", "heldout_answered >= 0.9x", "entity_probability >= 0.5x"])
+    start = {"forget_answered": 1.0, "retain_answered": 1.0, "topic_answered": 1.0, "heldout_answered": 1.0,
+             "neighbour_answered": 0.9, "entity_answered": 0.8, "other_answered": 0.3, "heldout_probability": 0.5}
+    # heldout is named; forget, topic (forgotten) and retain (trained on) are not kept; `other` starts below 0.5
+    assert [str(t) for t in floor_targets(targets, start, 0.75)] == ["neighbour_answered >= 0.75x",
+                                                                    "entity_answered >= 0.75x"]
+    assert floor_targets(targets, start, None) == []
+
+
+def test_forget_tokens_key_labels_only_the_fact(tokenizer, world):
+    assert key_span("Harry Potter was written by J. K. Rowling.", "j k rowling") == (28, 41)
+    assert key_span("People in France speak French.", "French") == (23, 29)  # whole words: not "France"
+    assert key_span("People in France speak French.", "German") is None
+    row, template = world["forget"][0], "Question: {question}\nAnswer:"
+    key = answer_keys(world["forget"].select([0]))[0]
+    whole = tokenize_example(row, tokenizer, template, None, "qa")
+    only = tokenize_example(row, tokenizer, template, None, "qa", key=key)
+    assert only["input_ids"] == whole["input_ids"]
+    labelled = [t for t in only["labels"] if t != -100]
+    assert tokenizer.decode(labelled).lower() == key and len(labelled) < sum(t != -100 for t in whole["labels"])
+    with pytest.raises(ValueError, match="does not occur in the answer"):
+        tokenize_example(row, tokenizer, template, None, "qa", key="nowhere")
+
+
+def test_a_fact_level_run_gets_its_targets_and_the_floor_and_says_so(model, tokenizer, world, tmp_path):
+    sets = {"entity": world["retain"].select(range(8)), "other": world["retain"].select(range(8, 16))}
+    with pytest.raises(ValueError, match="forget_kind='fact' is measured on"):
+        WagleTrainer(model=model, args=small_args(tmp_path, forget_kind="fact"), forget_dataset=world["forget"],
+                     retain_dataset=world["retain"].select(range(16, 180)), processing_class=tokenizer,
+                     eval_datasets={"other": sets["other"]})
+    args = small_args(tmp_path, forget_kind="fact", max_steps=2, target_eval_steps=2, mask_method="random",
+                      forget_tokens="key", objective="grad_diff")
+    trainer = WagleTrainer(model=model, args=args, forget_dataset=world["forget"],
+                           retain_dataset=world["retain"].select(range(16, 180)), processing_class=tokenizer,
+                           eval_datasets=sets)
+    assert [str(t) for t in trainer.evaluation.targets] == ["forget_answered <= 0.25", "entity_answered >= 0.8x",
+                                                            "heldout_answered >= 0.9x"]
+    # the forget loss reads the key tokens only
+    assert all(sum(t != -100 for t in ex["labels"]) <= 3 for ex in trainer.train_dataset.forget)
+    trainer.train()
+    report = trainer.results["targets"]
+    assert report["kind"] == "fact" and report["utility_floor"] == ["other_answered >= 0.75x"]
+    assert "other_answered >= 0.75x" in [r["target"] for r in report["per_target"]]
+    text = explain(report)
+    assert text.startswith("fact-level forgetting") and "utility floor in force: other_answered >= 0.75x" in text
+    trainer.save_model()
+    import json
+
+    record = json.loads((tmp_path / "out" / "unlearning_record.json").read_text())
+    assert record["settings"]["forget_kind"] == "fact" and record["targets"]["kind"] == "fact"
+    assert "fact-level forgetting" in (tmp_path / "out" / "README.md").read_text()
