@@ -216,12 +216,14 @@ def cli_reference() -> str:
     out = ["## `hf-wagle`", "", "```text", parser.format_help().rstrip(), "```", ""]
     for name, cls in COMMANDS.items():
         command = cls()
-        help_text = (command_parser(command) if command.parses_dataclasses else sub.choices[name]).format_help()
+        command_line = command_parser(command) if command.parses_dataclasses else sub.choices[name]
+        command_line.hidden = []  # every option, as --help-all prints them
+        help_text = command_line.format_help()
         out += [f"## `hf-wagle {name}`", "", _cell(command.help.replace("%%", "%")), ""]
         if help_text.count("\n") > 120:
             block = "\n".join("    " + line if line else "" for line in ["```text", *help_text.rstrip().split("\n"),
                                                                          "```"])
-            out += [f'??? note "`hf-wagle {name} --help`: every key, `TrainingArguments` fields included '
+            out += [f'??? note "`hf-wagle {name} --help-all`: every key, `TrainingArguments` fields included '
                     f'({help_text.count(chr(10))} lines)"', "", block, ""]
         else:
             out += ["```text", help_text.rstrip(), "```", ""]

@@ -241,3 +241,63 @@ def test_wrapping_with_peft_does_not_raise_the_gradient_checkpointing_deprecatio
             model.is_gradient_checkpointing  # noqa: B018 - the user's own use
     assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
     assert [w for w in own if "is_gradient_checkpointing" in str(w.message)]
+
+
+def _command_parsers():
+    import argparse
+
+    from hf_wagle.cli import COMMANDS, build_parser
+    from hf_wagle.cli.parser import command_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, cls in COMMANDS.items():
+        command = cls()
+        yield name, command_parser(command) if command.parses_dataclasses else sub.choices[name]
+
+
+def test_one_vocabulary_across_commands():
+    """A name means one thing in every command; a thing the unlearn config names (the model, the data, the mask) is
+    taken under its canonical name and its short ones, each with `_` or `-`, wherever a command takes it."""
+    from hf_wagle.cli.common import VOCABULARY, concept_of, spellings
+
+    meaning, seen = {}, set()
+    for command, parser in _command_parsers():
+        for action in parser._actions:
+            if not action.option_strings or action.dest in ("help", "help_all") or not action.help:
+                continue
+            concept = concept_of(action)
+            names = [o[2:] for o in action.option_strings if o.startswith("--")]
+            if concept is not None:
+                seen.add(concept)
+                names += [concept, *VOCABULARY[concept]]
+            for name in names:
+                for option in spellings(name):
+                    assert parser._option_string_actions.get(option) is action, (command, option, action.dest)
+                meaning.setdefault(name.replace("-", "_"), {}).setdefault(concept or action.dest, set()).add(command)
+    clashes = {name: uses for name, uses in meaning.items() if len(uses) > 1}
+    assert not clashes, clashes
+    assert seen == set(VOCABULARY)  # every entry is used by some command
+    assert {"unlearn", "attribute", "audit", "verify", "export", "evaluate"} <= meaning["model"][
+        "model_name_or_path"]
+
+
+def test_help_starts_with_the_commands_own_options(capsys):
+    """`--help` of every command shows its own options first and within its first screen; the TrainingArguments
+    fields of the commands that read the unlearn config are left to `--help-all`."""
+    from hf_wagle.cli import COMMANDS, main
+
+    for name in COMMANDS:
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        text = capsys.readouterr().out
+        options = text[text.index("\n\n", text.index("usage:")):]
+        first = [line.split()[0] for line in options.splitlines() if line.startswith("  -")][1:4]  # after -h
+        assert first, name
+        if name in ("unlearn", "compare-masks", "plan"):
+            assert "--gradient_checkpointing" not in text and "--help-all" in text
+            own = {"unlearn": "--model_name_or_path", "compare-masks": "--out", "plan": "--ratios"}[name]
+            assert own in first, (name, first)
+            with pytest.raises(SystemExit):
+                main([name, "--help-all"])
+            assert "--gradient_checkpointing" in capsys.readouterr().out
+        assert text.count("\n") < 200, (name, text.count("\n"))

@@ -19,7 +19,7 @@ import sys
 # the built-in commands register themselves on import, in the order `hf-wagle --help` lists them
 from . import demo, unlearn, attribute, compare_masks, plan, evaluate, export, verify, audit, sign, push  # noqa: F401
 # isort: on
-from .common import Command, DefaultsShown, add_plugins_argument
+from .common import Command, DefaultsShown, add_plugins_argument, apply_vocabulary
 from .plugins import COMMANDS, load_command_line_plugins, load_plugins, register_command
 
 __all__ = ["COMMANDS", "Command", "WagleParser", "build_parser", "load_plugins", "main", "register_command"]
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="hf-wagle", description="WAGLE unlearning for Hugging Face models")
     parser.add_argument("--version", action="version", version=f"hf-wagle {__version__}")
-    with_defaults = functools.partial(argparse.ArgumentParser, formatter_class=DefaultsShown)
+    with_defaults = functools.partial(argparse.ArgumentParser, formatter_class=DefaultsShown, allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=with_defaults)
     for name, cls in COMMANDS.items():
         command = cls()
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_arguments(p)
         if "plugins" not in {a.dest for a in p._actions}:
             add_plugins_argument(p)
+        apply_vocabulary(p)
         p.set_defaults(_hf_wagle_run=command.run)  # a name no option uses
     return parser
 

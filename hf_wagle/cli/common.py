@@ -58,6 +58,46 @@ class DefaultsShown(argparse.HelpFormatter):
         return text
 
 
+# One vocabulary: the names of `hf-wagle unlearn`'s config are canonical; every command that takes the same thing
+# accepts them and the short names beside them, each written with `_` or `-`.
+VOCABULARY = {
+    "model_name_or_path": ("model", "base"),  # the model before unlearning
+    "forget_file": ("forget",),
+    "retain_file": ("retain",),
+    "mask_method": ("method",),
+    "mask_ratio": ("ratio",),
+}
+
+
+def spellings(name: str) -> list[str]:
+    """`--a_b` and `--a-b` of a name."""
+    return list(dict.fromkeys(f"--{name.replace(c, d)}" for c, d in (("-", "_"), ("_", "-"))))
+
+
+def concept_of(action) -> str | None:
+    """The `VOCABULARY` entry an option is one of (by any of its names), or None."""
+    names = {o.lstrip("-").replace("-", "_") for o in action.option_strings}
+    found = [canonical for canonical, short in VOCABULARY.items() if names & {canonical, *short}]
+    return found[0] if len(found) == 1 else None
+
+
+def apply_vocabulary(parser: argparse.ArgumentParser) -> None:
+    """Give every option of `parser` both spellings of each of its names and, for a `VOCABULARY` thing, every name
+    of it; a name another option of the parser holds is left to that option (the vocabulary test finds it)."""
+    for action in list(parser._actions):
+        if not action.option_strings or action.dest == "help":
+            continue
+        concept = concept_of(action)
+        names = [o.lstrip("-") for o in action.option_strings if o.startswith("--")]
+        if concept is not None:
+            names += [concept, *VOCABULARY[concept]]
+        for name in names:
+            for option in spellings(name):
+                if option not in parser._option_string_actions:
+                    action.option_strings.append(option)
+                    parser._option_string_actions[option] = action
+
+
 PLUGINS_HELP = ("import these first: module names or paths to .py files that register mask methods, objectives, "
                 "formats, benchmarks or commands; repeatable (installed packages' `hf_wagle.plugins` entry points "
                 "load always)")

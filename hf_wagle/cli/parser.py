@@ -23,7 +23,7 @@ import sys
 
 from transformers import HfArgumentParser
 
-from .common import DefaultsShown, add_plugins_argument, read_yaml, scan_config_and_plugins
+from .common import DefaultsShown, add_plugins_argument, apply_vocabulary, read_yaml, scan_config_and_plugins
 from .plugins import load_plugins
 
 _OWN = ("config", "plugins")  # the parser's options, not the dataclasses'
@@ -35,6 +35,7 @@ class WagleParser(HfArgumentParser):
 
     def __init__(self, dataclass_types=(), *, config: bool = True, plugins: bool = True, **kwargs):
         kwargs.setdefault("formatter_class", DefaultsShown)
+        kwargs.setdefault("allow_abbrev", False)  # exact names only: `--base` never silently means `--base_model`
         super().__init__(dataclass_types, **kwargs)
         self.reads_config = config
         if config:
@@ -44,6 +45,22 @@ class WagleParser(HfArgumentParser):
         if plugins and "plugins" not in {a.dest for a in self._actions}:
             add_plugins_argument(self)
         self.loads_plugins = plugins
+
+    hidden: list = []  # options `--help` leaves to `--help-all` (`arrange_help`)
+
+    def format_help(self) -> str:
+        if not self.hidden:
+            return super().format_help()
+        saved = [(a, a.help) for a in self.hidden]
+        for action in self.hidden:
+            action.help = argparse.SUPPRESS
+        try:
+            text = super().format_help()
+        finally:
+            for action, help_ in saved:
+                action.help = help_
+        return text.rstrip("\n") + (f"\n\n{len(saved)} more options (unlearning, TrainingArguments): "
+                                     f"{self.prog} --help-all\n")
 
     def _scan(self, args: list[str]) -> argparse.Namespace:
         """`--config` and `--plugins` ahead of the full parse (also `--config=file`)."""
@@ -122,12 +139,75 @@ class WagleParser(HfArgumentParser):
         return (*outputs, namespace) if vars(namespace) else tuple(outputs)
 
 
+# the run options people change most: shown by `--help` of a command that reads the unlearn config
+COMMON_RUN_OPTIONS = ("config", "model_name_or_path", "forget_file", "retain_file", "output_dir", "objective",
+                      "mask_method", "mask_ratio", "learning_rate", "max_steps", "per_device_train_batch_size",
+                      "use_peft", "forget_kind", "targets", "eval_files", "seed")
+
+
+class _HelpAll(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=None, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.hidden = []
+        parser.print_help()
+        parser.exit()
+
+
+def arrange_help(parser: WagleParser, own: tuple, run: tuple, common_first: bool = False) -> None:
+    """Order `parser`'s help for a person: the command's own options (fields of the dataclasses `own`, and the
+    options it adds), then `COMMON_RUN_OPTIONS` (with `common_first`, the other way round), then the other unlearning options (fields of `run` that are not
+    `TrainingArguments`'), then every `TrainingArguments` field. `--help` shows the first two groups and says how
+    many more `--help-all` shows."""
+    from transformers import TrainingArguments
+
+    own_names = {f.name for d in own for f in dataclasses.fields(d)}
+    trainer_names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    run_names = {f.name for d in run for f in dataclasses.fields(d)}
+    parser.add_argument("--help-all", "--help_all", action=_HelpAll, help="show every option, TrainingArguments' too")
+    groups = {key: parser.add_argument_group(title) for key, title in (
+        ("own", f"{parser.prog} options"), ("common", "run options people change most (all: --help-all)"),
+        ("more", "more unlearning options"), ("trainer", "TrainingArguments options (the Trainer's own)"))}
+    parser.hidden = []
+    for group in list(parser._action_groups):
+        if group in groups.values():
+            continue
+        for action in list(group._group_actions):
+            if not action.option_strings or action.dest == "help":
+                continue
+            if action.dest in COMMON_RUN_OPTIONS:
+                key = "common"
+            elif action.dest in own_names or action.dest not in run_names:
+                key = "own"
+            else:
+                key = "trainer" if action.dest in trainer_names else "more"
+            group._group_actions.remove(action)
+            groups[key]._group_actions.append(action)
+            if key in ("more", "trainer"):
+                parser.hidden.append(action)
+    rank = {f.name: i for i, d in enumerate(reversed(own)) for f in dataclasses.fields(d)}  # the latest first
+    groups["own"]._group_actions.sort(key=lambda a: rank.get(a.dest, len(own)))
+    first = ["common", "own"] if common_first else ["own", "common"]
+    order = [g for g in parser._action_groups if g not in groups.values()] + [groups[k] for k in first] + [
+        groups["more"], groups["trainer"]]
+    parser._action_groups[:] = order
+
+
 def command_parser(command) -> WagleParser:
     """The parser of a `Command` whose options are dataclasses (`command.arguments()`), with the options its
     `add_arguments` adds."""
     parser = WagleParser(tuple(command.arguments().values()), prog=f"hf-wagle {command.name}",
                          description=command.description())
     command.add_arguments(parser)
+    apply_vocabulary(parser)
+    from ..config import WagleConfig
+
+    types = tuple(command.arguments().values())
+    if WagleConfig in types:  # a command that reads the unlearn config: its own options first
+        run = tuple(t for t in types if t is WagleConfig or t.__name__ == "UnlearnArguments")
+        own = tuple(t for t in types if t not in run)
+        arrange_help(parser, own or run[:1], run, common_first=not own)  # unlearn: the run options are its own
     return parser
 
 
