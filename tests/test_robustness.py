@@ -100,6 +100,23 @@ def test_recovery_arithmetic():
         recovery([1.0], [0.0, 0.1], [0.5])
 
 
+def test_the_default_relearning_attack_trains_for_epochs_and_progress_estimates_the_rest():
+    from hf_wagle.experiments import Progress, duration
+    from hf_wagle.experiments.robustness import relearn_steps_for
+
+    assert relearn_steps_for(10, 8) == 10  # 3 epochs of 2 batches, raised to the 10-step floor
+    assert relearn_steps_for(80, 16) == 15  # WMDP's attack: 80 rows, 3 epochs, batch 16
+    assert relearn_steps_for(80, 16, 0) == 0 and relearn_steps_for(80, 16, 4) == 4
+    lines = []
+    progress = Progress(4, lines.append)
+    progress.start -= 20  # 20 s spent on the first unit: 60 s left for three more
+    progress.step("first")
+    assert lines == ["[1/4] first (20 s elapsed, about 60 s left)"]
+    progress.step("second")
+    assert lines[1] == "[2/4] second (20 s elapsed, about 20 s left)"
+    assert duration(150) == "2.5 min" and duration(7200) == "2.0 h"
+
+
 def test_relearning_trains_on_one_half_and_scores_the_other(trained, world):
     model, tokenizer = trained
     forget = world["forget"].select(range(8))
@@ -139,6 +156,10 @@ def test_audit_command_appends_to_the_record_and_the_card(trained, world, tmp_pa
                  "--out", str(tmp_path / "audit.json")]) == 0
     out = capsys.readouterr().out
     assert "recovery after nf4" in out and "recovery after relearn" in out and "recovery after nf4_adapter" in out
+    assert "(1 steps at lr 0.0001 on 5 rows, scored on 5 others)" in out  # the attack, stated
+    stages = [line for line in out.splitlines() if line.startswith("[")]  # base, nf4, int8, adapter, prompt?, relearn
+    assert stages[0].startswith(f"[1/{len(stages)}] the base and the unlearned model scored (")
+    assert stages[-1].startswith(f"[{len(stages)}/{len(stages)}] relearn: 1 steps") and stages[-1].endswith("done)")
     record = json.loads((tmp_path / "run" / "unlearning_record.json").read_text())
     entry = record["audits"][-1]
     assert entry["kind"] == "robustness" and entry["by"] == "auditor" and "nf4" in entry["recovery"]

@@ -19,6 +19,8 @@ class Audit(Command):
     help = "robustness audit of a saved run: quantisation (NF4, INT8) and relearning, as recovery fractions"
 
     def add_arguments(self, parser) -> None:
+        from ..experiments import RELEARN_EPOCHS, RELEARN_LR, RELEARN_MIN_STEPS
+
         parser.add_argument("directory", help="folder written by WagleTrainer.save_model (adapter or full model)")
         parser.add_argument("--base", required=True, help="the model before unlearning (folder or Hub id)")
         parser.add_argument("--forget", required=True, metavar="FILE",
@@ -27,8 +29,10 @@ class Audit(Command):
         parser.add_argument("--schemes", default="nf4,int8", help="quantisation schemes to apply (nf4, int8; "
                                                                   "empty: none)")
         parser.add_argument("--relearn-steps", type=int, default=None,
-                            help="AdamW steps of relearning (default: one pass over the attacker's half; 0: none)")
-        parser.add_argument("--relearn-lr", type=float, default=2e-5, help="relearning learning rate")
+                            help=f"AdamW steps of relearning (default: {RELEARN_EPOCHS} epochs over the attacker's "
+                                 f"half, at least {RELEARN_MIN_STEPS} steps, as published attacks train for epochs; "
+                                 "0: none)")
+        parser.add_argument("--relearn-lr", type=float, default=RELEARN_LR, help="relearning learning rate")
         parser.add_argument("--batch-size", type=int, default=8, help="rows per batch, scoring and relearning")
         parser.add_argument("--prompt-template", help="QA prompt with {question} (default: the run's, from its "
                                                       "record, else 'Question: {question}\\nAnswer:')")
@@ -69,7 +73,7 @@ class Audit(Command):
         original, unlearned, tokenizer = _models(folder, args.base)
         adapter = (folder / "adapter_config.json").exists() and "nf4" in schemes
         report = audit(original, unlearned, tokenizer, forget, retain, schemes, args.relearn_steps, args.relearn_lr,
-                       args.batch_size, template, adapter=adapter)
+                       args.batch_size, template, adapter=adapter, progress=print)
         if limits:
             report["limits"] = {"max_recovery": limits, "broken": exceeded(report, limits)}
         text = format_audit(report)

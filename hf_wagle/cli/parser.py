@@ -157,9 +157,9 @@ class _HelpAll(argparse.Action):
 
 def arrange_help(parser: WagleParser, own: tuple, run: tuple, common_first: bool = False) -> None:
     """Order `parser`'s help for a person: the command's own options (fields of the dataclasses `own`, and the
-    options it adds), then `COMMON_RUN_OPTIONS` (with `common_first`, the other way round), then the other unlearning options (fields of `run` that are not
-    `TrainingArguments`'), then every `TrainingArguments` field. `--help` shows the first two groups and says how
-    many more `--help-all` shows."""
+    options it adds), then `COMMON_RUN_OPTIONS` (with `common_first`, the other way round), then the other
+    unlearning options (fields of `run` that are not `TrainingArguments`'), then every `TrainingArguments` field.
+    `--help` shows the first two groups and says how many more `--help-all` shows."""
     from transformers import TrainingArguments
 
     own_names = {f.name for d in own for f in dataclasses.fields(d)}

@@ -39,6 +39,7 @@ from transformers import PrinterCallback, TrainerCallback
 from ..evaluation.measure import describe_sets, measure, split_holdout
 from ..masking.config import SPEC_KEYS, MaskConfig
 from ..options import DEFAULT_PROMPT_TEMPLATE
+from . import Progress
 
 DENSE = "dense"
 
@@ -321,6 +322,7 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, se
     del base_model
     target = forget_target * base[target_metric]
     runs = []
+    planned = Progress(seeds * len(specs), progress)
     for seed in range(seeds):
         for spec in specs:
             args = WagleConfig(**{**recipe, "seed": seed, "retain_holdout": 0.0, **options[spec]})
@@ -349,7 +351,7 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, se
             runs.append(run)
             if progress:
                 m = run["matched"]
-                progress(f"{spec} seed {seed}: {target_metric} {base[target_metric]:.3g} -> "
+                planned.step(f"{spec} seed {seed}: {target_metric} {base[target_metric]:.3g} -> "
                          f"{tracker.curve[-1][target_metric]:.3g}; "
                          + (f"matched at step {m['step']:.2f} ({target_metric} {m[target_metric]:.3g}), utility "
                             f"{m['utility']:.3g}" if m else f"target {target:.3g} not reached in {steps} steps"))

@@ -37,6 +37,8 @@ import math
 
 import torch
 
+from . import RELEARN_EPOCHS, RELEARN_LR, RELEARN_MIN_STEPS, Progress
+
 SCHEMES = ("nf4", "int8")
 INTERVENTIONS = (*SCHEMES, "nf4_adapter", "relearn", "relearn_retain", "prompt", "paraphrase")
 
@@ -207,14 +209,24 @@ def _probabilities(model, tokenizer, data, prompt_template, batch_size) -> list[
     return answer_metrics(model, tokenizer, data, prompt_template, batch_size)["probability"]
 
 
+
+
+def relearn_steps_for(rows: int, batch_size: int, steps: int | None = None) -> int:
+    """`steps` when given, else `max(RELEARN_MIN_STEPS, RELEARN_EPOCHS * ceil(rows / batch_size))`."""
+    if steps is not None:
+        return steps
+    return max(RELEARN_MIN_STEPS, RELEARN_EPOCHS * math.ceil(rows / batch_size))
+
+
 def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, relearn_steps: int | None = None,
-          relearn_lr: float = 2e-5, batch_size: int = 8, prompt_template: str | None = None, seed: int = 0,
-          adapter: bool = False, answers: bool = True) -> dict:
+          relearn_lr: float = RELEARN_LR, batch_size: int = 8, prompt_template: str | None = None, seed: int = 0,
+          adapter: bool = False, answers: bool = True, progress=None) -> dict:
     """The interventions of the module docstring on `unlearned` (a plain model: merge an adapter first) against
     `original`, scored by the answer probability of the forget rows (the relearning ones on the held-back half).
 
-    `relearn_steps=None` is one pass over the attacker's half (its rows / `batch_size`, at least one step); 0 skips
-    relearning. `adapter`: the run is an adapter, so also audit it unmerged over an NF4 base. Returns `{"scores":
+    `relearn_steps=None` is `relearn_steps_for(len(attacker's half), batch_size)` (see `RELEARN_EPOCHS`); 0 skips
+    relearning. `progress`: a function of one line, told each stage as it ends (`hf_wagle.experiments.Progress`).
+    `adapter`: the run is an adapter, so also audit it unmerged over an NF4 base. Returns `{"scores":
     {model: mean forget probability}, "recovery": {intervention: {...}}, "survival": update_survival(...)}`; with
     `retain`, also each model's mean retain probability under `"retain_scores"`; with `answers`, `"answered"`: the
     share of scored rows each model still answers (greedy generation; the relearned models and
@@ -240,6 +252,10 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
             report["answered"][name] = measure(model, tokenizer, {"forget": data}, tmpl or template,
                                                answers={"forget"}, batch_size=batch_size)["forget_answered"]
 
+    other = _other_template(tokenizer, template)
+    paraphrased = "paraphrased_question" in forget.column_names
+    stages = Progress(1 + len(schemes) + adapter + (other is not None) + paraphrased
+                      + (relearn_steps != 0) * (1 + (retain is not None)), progress)
     report = {"scores": {}, "recovery": {}, "retain_scores": None, "answered": {} if answers else None,
               "survival": update_survival(original, unlearned, schemes), "rows": len(forget)}
     base_o, base_u = score(original, forget), score(unlearned, forget)
@@ -249,6 +265,7 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
     if retain is not None:
         report["retain_scores"] = {"original": mean(score(original, retain)),
                                    "unlearned": mean(score(unlearned, retain))}
+    stages.step("the base and the unlearned model scored")
     quantised_original = {}  # per scheme, the original's scores once quantised
     for scheme in schemes:
         q_o, q_u = quantised_model(original, scheme), quantised_model(unlearned, scheme)
@@ -260,6 +277,7 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
         if retain is not None:
             report["retain_scores"][scheme] = mean(score(q_u, retain))
         del q_o, q_u
+        stages.step(f"{scheme} quantisation")
     if adapter:
         if "nf4" not in quantised_original:
             quantised_original["nf4"] = score(quantised_model(original, "nf4"), forget)
@@ -269,23 +287,25 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
         answered("nf4_adapter", served, forget)
         report["scores"]["nf4_adapter"] = mean(after_u)
         report["recovery"]["nf4_adapter"] = recovery(after_o, base_u, after_u)
-    other = _other_template(tokenizer, template)
+        stages.step("the adapter over an NF4 base")
     if other is not None:
         after_o, after_u = score(original, forget, other), score(unlearned, forget, other)
         report["scores"].update(original_prompt=mean(after_o), prompt=mean(after_u))
         report["recovery"]["prompt"] = {**recovery(after_o, base_u, after_u), "template": other}
         answered("prompt", unlearned, forget, other)
-    if "paraphrased_question" in forget.column_names:
+        stages.step("the other prompt format")
+    if paraphrased:
         rephrased = forget.remove_columns("question").rename_column("paraphrased_question", "question")
         after_o, after_u = score(original, rephrased), score(unlearned, rephrased)
         report["scores"].update(original_paraphrase=mean(after_o), paraphrase=mean(after_u))
         report["recovery"]["paraphrase"] = recovery(after_o, base_u, after_u)
         answered("paraphrase", unlearned, rephrased)
+        stages.step("paraphrased questions")
 
     if relearn_steps != 0:
         held = forget.select(range(0, len(forget), 2))       # scored
         attack = forget.select(range(1, len(forget), 2))     # trained on
-        steps = relearn_steps or max(1, math.ceil(len(attack) / batch_size))
+        steps = relearn_steps_for(len(attack), batch_size, relearn_steps)
         o_held, u_held = score(original, held), score(unlearned, held)
         answered("unlearned_held_back", unlearned, held)
         runs = {"relearn": attack} if retain is None else {"relearn": attack, "relearn_retain": retain}
@@ -297,6 +317,7 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
             report["recovery"][name] = {**recovery(o_held, u_held, after), "steps": steps, "learning_rate": relearn_lr,
                                         "rows_trained": len(data), "rows_scored": len(held)}
             del relearned
+            stages.step(f"{name}: {steps} steps at lr {relearn_lr:g} on {len(data)} rows")
     return report
 
 
@@ -317,7 +338,9 @@ def format_audit(report: dict) -> str:
     for name, r in report["recovery"].items():
         ci = f" (95% CI {r['ci95'][0]:.3g} to {r['ci95'][1]:.3g})" if r.get("ci95") else ""
         value = "undefined (unlearning changed nothing)" if r["recovery"] is None else f"{r['recovery']:.3g}"
-        lines.append(f"  recovery after {name}: {value}{ci}")
+        how = (f" ({r['steps']} steps at lr {r['learning_rate']:g} on {r['rows_trained']} rows, scored on "
+               f"{r['rows_scored']} others)") if "steps" in r else ""
+        lines.append(f"  recovery after {name}: {value}{ci}{how}")
     for scheme, s in report["survival"].items():
         if s["fraction"] is not None:
             lines.append(f"  {scheme}: {s['surviving']} of {s['changed']} changed weights keep a changed quantised "
