@@ -149,8 +149,8 @@ def test_plan_writes_a_config_that_meets_its_targets(trained, world, tmp_path, c
 
 
 def test_compare_masks_on_the_real_model_with_masked_lora(smollm2, tmp_path, capsys):
-    """SmolLM2 and the element-symbols scenario, as examples/unlearn_smollm2.yaml configures it: held-out and
-    neighbour utility, answers at the matched point (a random mask at the example's learning rate halves the forget
+    """SmolLM2 and the element-symbols scenario, as examples/unlearn_smollm2.yaml configures it: held-out utility
+    (its `topic` set is to be forgotten, so it is no utility), answers at the matched point (a random mask at the example's learning rate halves the forget
     probability inside the second step)."""
     from hf_wagle.cli import main
 
@@ -159,12 +159,11 @@ def test_compare_masks_on_the_real_model_with_masked_lora(smollm2, tmp_path, cap
             "--out", str(tmp_path / "cmp")]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "neighbour: neighbour facts near the forget topic" in out
     assert "matched at step 1." in out and "first recorded interval" not in out
+    assert "[1/1] random:ratio=0.5 seed 0: forget_probability" in out and "done)" in out  # progress
     result = json.loads((tmp_path / "cmp" / "compare_masks.json").read_text())
-    assert result["settings"]["utility_sets"] == ["heldout", "neighbour"]
-    assert result["settings"]["rows_available"]["neighbour"] == 8
+    assert result["settings"]["utility_sets"] == ["heldout"]
     base = result["base"]
-    assert base["neighbour_answered"] == 1.0 and base["forget_answered"] > 0.5  # facts the model knows
+    assert base["heldout_answered"] > 0.9 and base["forget_answered"] > 0.5  # facts the model knows
     for run in result["runs"]:
         assert run["matched"] and run["matched"]["forget_answered"] <= base["forget_answered"]

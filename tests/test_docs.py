@@ -88,3 +88,17 @@ def test_site_builds_offline_in_strict_mode(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "site" / "results" / "world_wagle_heatmap.png").exists()
     assert "hf-wagle unlearn" in (tmp_path / "site" / "reference" / "cli" / "index.html").read_text()
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "examples").glob("*.yaml")
+                                         if "\nuse_cpu: true" in p.read_text()), ids=lambda p: p.name)
+def test_every_example_config_is_one_hf_wagle_unlearn_reads(path):
+    """The CPU examples (the GPU ones run in tests/test_cli.py on SmolLM2)."""
+    import yaml
+
+    from hf_wagle.cli.parser import command_parser
+    from hf_wagle.cli.plugins import COMMANDS
+
+    values = yaml.safe_load(path.read_text())
+    script, training = command_parser(COMMANDS["unlearn"]()).parse_mapping(values, source=path.name)
+    assert script.forget_file and training.output_dir

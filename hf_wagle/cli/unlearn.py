@@ -130,7 +130,8 @@ class Unlearn(Command):
         summary = {"output_dir": str(out), "confined": report["confined"] if masked else None,
                    "steps": trainer.state.global_step, "processes": trainer.args.world_size, "engine": engine,
                    "changeable": trainer.enforced_mask.num_selected, "total": trainer.enforced_mask.num_total,
-                   "evaluation": results}
+                   "evaluation": results,
+                   "history": trainer.evaluation.history if trainer.evaluation is not None else None}
         (out / RESULTS_FILE).write_text(json.dumps(summary, indent=2))
         confinement = (f"confined to its mask: {'yes' if report['confined'] else 'NO'}" if masked else
                        "dense run: no mask, nothing confines the change")

@@ -1,0 +1,109 @@
+"""Is only what was asked forgotten? SmolLM2-135M-Instruct on the shipped fact-level scenario, per recipe.
+
+Each recipe is `hf-wagle unlearn` with examples/unlearn_country_languages.yaml (the language of 12 countries to forget;
+`neighbour`: 8 other countries' languages, `entity`: capitals and currencies of the 12, `heldout`: other knowledge)
+and the recipe's overrides, on every seed, evaluated every 2 steps to `max_steps` (`stop_at_targets: false`) with the
+fact-level targets (`forget_answered <= 0.25`, `neighbour_answered >= 0.8x`, `entity_answered >= 0.8x`,
+`heldout_answered >= 0.9x`). The kept evaluation is the best one meeting them, else the closest (as every run keeps).
+
+    python benchmarks/selectivity.py --out benchmarks/results/selectivity --seeds 3
+
+Writes `selectivity.json` (each run's evaluations and kept point) and `selectivity.png` (every evaluation of every
+run: forget answered against neighbour answered, the kept points marked), and prints a Markdown table: per recipe,
+the kept point's answered shares, mean and 95% interval over seeds, and on how many seeds every target held.
+"""
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from hf_wagle.cli import main as hf_wagle
+from hf_wagle.experiments.compare import ci95
+from hf_wagle.real_model import smollm2_path
+
+CONFIG = Path(__file__).resolve().parents[1] / "examples" / "unlearn_country_languages.yaml"
+RECIPES = {  # name: overrides of the example config (its own recipe is "key, lr 3e-4")
+    "answer tokens, lr 1e-3": ["--forget_tokens", "answer", "--learning_rate", "1e-3"],
+    "answer tokens, lr 3e-4": ["--forget_tokens", "answer"],
+    "key tokens, lr 3e-4": [],
+    "key tokens, lr 3e-4, dense": ["--mask_method", "none"],
+}
+SETS = ("forget", "neighbour", "entity", "heldout")
+
+
+def run(work: Path, seeds: int, recipes: list[str]) -> dict:
+    model = str(smollm2_path())
+    out = {}
+    for recipe in recipes:
+        for seed in range(seeds):
+            folder = work / f"{recipe.replace(' ', '_').replace(',', '')}_seed{seed}"
+            status = hf_wagle(["unlearn", "--config", str(CONFIG), "--model_name_or_path", model, "--output_dir",
+                               str(folder), "--seed", str(seed), "--stop_at_targets", "false", *RECIPES[recipe]])
+            results = json.loads((folder / "unlearn_results.json").read_text())
+            targets = results["evaluation"]["targets"]
+            kept = next(h for h in results["history"] if h["step"] == targets["step"])
+            out[f"{recipe} seed {seed}"] = {"recipe": recipe, "seed": seed, "met": status == 0 and targets["met"],
+                                            "kept": kept, "history": results["history"]}
+    return out
+
+
+def table(results: dict, recipes: list[str]) -> str:
+    rows = ["| recipe | targets met | kept step | " + " | ".join(f"{s} answered" for s in SETS) + " |",
+            "|---|---|---|" + "---|" * len(SETS)]
+    for recipe in recipes:
+        runs = [r for r in results.values() if r["recipe"] == recipe]
+        cells = []
+        for s in SETS:
+            mean, half = ci95([r["kept"][f"{s}_answered"] for r in runs])
+            cells.append(f"{mean:.2f} +- {half:.2f}" if half == half else f"{mean:.2f}")
+        steps = ", ".join(str(r["kept"]["step"]) for r in runs)
+        rows.append(f"| {recipe} | {sum(r['met'] for r in runs)} of {len(runs)} | {steps} | " + " | ".join(cells)
+                    + " |")
+    start = next(iter(results.values()))["history"][0]
+    rows.append("| before unlearning | | 0 | " + " | ".join(f"{start[f'{s}_answered']:.2f}" for s in SETS) + " |")
+    return "\n".join(rows)
+
+
+def plot(results: dict, recipes: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, recipe in enumerate(recipes):
+        color = f"C{i}"
+        for r in (r for r in results.values() if r["recipe"] == recipe):
+            points = [(h["forget_answered"], h["neighbour_answered"]) for h in r["history"][1:]]
+            ax.scatter(*zip(*points), s=12, alpha=0.35, color=color)
+            ax.scatter(r["kept"]["forget_answered"], r["kept"]["neighbour_answered"], s=60, marker="*", color=color,
+                       label=recipe if r["seed"] == 0 else None)
+    ax.axvline(0.25, ls="--", color="grey")
+    ax.axhline(0.8, ls="--", color="grey")
+    ax.set_xlabel("forget answered (lower is better)")
+    ax.set_ylabel("neighbour answered (higher is better)")
+    ax.set_title("country_languages on SmolLM2-135M: every evaluation; stars: kept")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--recipes", default=";".join(RECIPES), help="names of RECIPES, separated by ';'")
+    args = parser.parse_args()
+    recipes = [r.strip() for r in args.recipes.split(";") if r.strip()]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="hf_wagle_selectivity_") as work:  # the adapters are not kept
+        results = run(Path(work), args.seeds, recipes)
+    (out / "selectivity.json").write_text(json.dumps(results, indent=2))
+    plot(results, recipes, out / "selectivity.png")
+    print(table(results, recipes))
+
+
+if __name__ == "__main__":
+    main()
