@@ -137,9 +137,13 @@ def test_plan_writes_a_config_that_meets_its_targets(trained, world, tmp_path, c
               "targets": ["forget_probability <= 0.3x", "heldout_probability >= 0.6x"]}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
     assert main(["plan", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "plan"), "--seeds", "1",
-                 "--methods", "random", "--ratios", "0.1,0.5"]) == 0
+                 "--methods", "random", "--ratios", "0.1,0.5", "--learning_rates", "1e-3,1e-4"]) == 0
     out = capsys.readouterr().out
-    assert "chosen: random:ratio=0.5" in out and "random:ratio=0.1             fails" in out
+    assert "chosen: random:ratio=0.5 at lr 0.001" in out and "random:ratio=0.1             lr 0.001    fails" in out
+    candidates = json.loads((tmp_path / "plan" / "plan.json").read_text())["candidates"]
+    assert [(c["spec"], c["learning_rate"]) for c in candidates] == [
+        ("random:ratio=0.1", 1e-3), ("random:ratio=0.5", 1e-3), ("random:ratio=0.1", 1e-4), ("random:ratio=0.5", 1e-4)]
+    assert (tmp_path / "plan" / "lr_0.0001" / "compare_masks.json").exists()
     planned = yaml.safe_load((tmp_path / "plan" / "plan.yaml").read_text())
     assert planned["mask_method"] == "random" and planned["mask_ratio"] == 0.5 and planned["targets"] == config[
         "targets"]

@@ -25,6 +25,8 @@ class CompareArguments:
                                                     "LoRA init)"})
     forget_target: float = field(default=0.5, metadata={
         "help": "matched point: target_metric at this fraction of its value before unlearning"})
+    forget_bound: float | None = field(default=None, metadata={
+        "help": "matched point at this absolute value of target_metric instead (e.g. 0.25 of forget_answered)"})
     target_metric: str = field(default="forget_probability", metadata={
         "help": "forget_probability, forget_answered or forget_rouge"})
     tolerance: float = field(default=0.1, metadata={
@@ -106,7 +108,8 @@ def run_comparison(args, methods=None, progress=print) -> dict:
     for key in ("targets", "target_eval_steps", "stop_at_targets", "retain_holdout", "mask_method", "mask_options"):
         recipe.pop(key, None)
     steps = training.max_steps if training.max_steps > 0 else 20
-    common = dict(forget_target=compare.forget_target, target_metric=compare.target_metric,
+    common = dict(forget_target=compare.forget_target, forget_bound=compare.forget_bound,
+                  target_metric=compare.target_metric,
                   tolerance=compare.tolerance, heldout=sets.pop("heldout", None), neighbour=sets.pop("neighbour", None),
                   utility=sets or None, retain_holdout=training.retain_holdout, eval_every=compare.eval_every,
                   eval_limit=compare.eval_limit, peft_config=lora_config(script))

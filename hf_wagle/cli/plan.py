@@ -15,6 +15,8 @@ class PlanArguments:
     """The grid `hf-wagle plan` tries."""
 
     ratios: str = field(default="0.1,0.5", metadata={"help": "comma-separated mask ratios tried for every method"})
+    learning_rates: str | None = field(default=None, metadata={
+        "help": "comma-separated learning rates, each tried with every method and ratio (default: the config's)"})
 
 
 def plan_specs(methods: str, ratios: str) -> list[str]:
@@ -42,7 +44,8 @@ def choose(result: dict, targets: list) -> tuple[str | None, list[dict]]:
 
     base, rows = result["base"], []
     settings = result.get("settings", {})
-    matched_on = (settings.get("target_metric"), settings.get("forget_target"))
+    matched_on = {(settings.get("target_metric"), settings.get("forget_target"), True),
+                  (settings.get("target_metric"), settings.get("forget_bound"), False)}
     for spec, entry in result["summary"].items():
         mine = [r for r in result["runs"] if r["method"] == spec]
         problems = []
@@ -54,7 +57,7 @@ def choose(result: dict, targets: list) -> tuple[str | None, list[dict]]:
             after = run["curve"][-1]
             for t in targets:
                 for where, point in (("matched point", m), (f"step {after['step']}", after)):
-                    if where == "matched point" and (t.metric, t.value) == matched_on and t.relative:
+                    if where == "matched point" and (t.metric, t.value, t.relative) in matched_on:
                         continue
                     if t.metric in point and not check([t], point, base)[0]["holds"]:
                         problems.append(f"seed {run['seed']}: {t} fails at the {where} ({point[t.metric]:.4g})")
@@ -63,15 +66,23 @@ def choose(result: dict, targets: list) -> tuple[str | None, list[dict]]:
                      "utility": utility.get("mean"), "utility_ci95": utility.get("ci95_half_width"),
                      "changeable_fraction": entry["changeable_fraction"],
                      "step": (entry.get("matched_step") or {}).get("mean")})
+    chosen = pick(rows)
+    return (chosen["spec"] if chosen else None), rows
+
+
+def pick(rows: list[dict]) -> dict | None:
+    """Of the feasible rows (`choose`), those whose mean held-out utility lies within the best one's 95% interval, and
+    of these the one that lets the fewest weights change; None when none is feasible, or when several are and one
+    gives no interval."""
     feasible = [r for r in rows if r["feasible"]]
     if not feasible:
-        return None, rows
+        return None
     if len(feasible) > 1 and any(r["utility_ci95"] is None for r in feasible):
-        return None, rows
+        return None
     best = max(feasible, key=lambda r: r["utility"])
     floor = best["utility"] - (best["utility_ci95"] or 0.0)
     level = [r for r in feasible if r["utility"] + (r["utility_ci95"] or 0.0) >= floor]
-    return min(level, key=lambda r: (r["changeable_fraction"], -r["utility"]))["spec"], rows
+    return min(level, key=lambda r: (r["changeable_fraction"], -r["utility"]))
 
 
 def plan_config(given: dict, spec: str, result: dict, step: float) -> dict:
@@ -95,9 +106,10 @@ def plan_config(given: dict, spec: str, result: dict, step: float) -> dict:
 
 @register_command("plan")
 class Plan(Command):
-    """Try every mask method of `--methods` at every ratio of `--ratios` (and dense) on your data with the recipe of
-    your unlearn config, find which meet the config's `targets` at their matched point, and write `plan.yaml`: the
-    config that meets them with the fewest weights changed among those keeping the most held-out utility."""
+    """Try every mask method of `--methods` at every ratio of `--ratios` (and dense), at each of `--learning_rates`,
+    on your data with the recipe of your unlearn config, find which meet the config's `targets` (or its
+    `forget_kind`'s) at their matched point (the config's forget target), and write `plan.yaml`: the config that
+    meets them with the fewest weights changed among those keeping the most held-out utility."""
 
     help = "try mask methods and ratios against an unlearn config's targets; write the config that meets them"
 
@@ -110,43 +122,64 @@ class Plan(Command):
 
         import yaml
 
-        from ..evaluation.targets import parse_targets
+        from ..evaluation.targets import kind_targets, parse_targets
         from ..experiments.compare import format_comparison
 
         targets = parse_targets(args.training.targets)
-        forget_targets = [t for t in targets if t.set == "forget" and not t.floor and t.relative]
+        if not targets and args.training.forget_kind:  # the kind's targets, on the sets the config names
+            from .common import read_eval_sets
+
+            sets = ["forget", "heldout", *read_eval_sets(args.script)]
+            targets = parse_targets(kind_targets(args.training.forget_kind, sets))
+        forget_targets = [t for t in targets if t.set == "forget" and not t.floor]
         if not forget_targets:
-            raise ValueError("plan needs the config's targets to include a relative forget target such as "
-                             "'forget_probability <= 0.2x' (the point the trials are matched at)")
+            raise ValueError("plan needs the config's targets (or forget_kind's) to include a forget target such as "
+                             "'forget_answered <= 0.25' or 'forget_probability <= 0.2x' (the point the trials are "
+                             "matched at)")
         check_out(args.compare.out)
-        first = forget_targets[0]
-        args.compare.target_metric, args.compare.forget_target = first.metric, first.value
+        first = sorted(forget_targets, key=lambda t: t.measure == "probability")[0]  # answers before probability
+        args.compare.target_metric = first.metric
+        if first.relative:
+            args.compare.forget_target = first.value
+        else:
+            args.compare.forget_bound = first.value
         specs = plan_specs(args.compare.methods, args.plan.ratios)
-        result = run_comparison(args, methods=specs)
-        png = write_comparison(result, args.compare.out)
-        chosen, rows = choose(result, targets)
-        out = Path(args.compare.out)
+        rates = [float(r) for r in (args.plan.learning_rates or "").split(",") if r.strip()]
+        out, rows, results, pngs = Path(args.compare.out), [], {}, {}
+        for rate in rates or [args.training.learning_rate]:
+            args.training.learning_rate = rate
+            if rates:
+                args.compare.out = str(out / f"lr_{rate:g}")
+                print(f"-- learning rate {rate:g}")
+            result = results[rate] = run_comparison(args, methods=specs)
+            pngs[rate] = write_comparison(result, args.compare.out)
+            print(format_comparison(result))
+            rows += [{**row, "learning_rate": rate} for row in choose(result, targets)[1]]
+        args.compare.out = str(out)
+        best = pick(rows)
+        chosen = best["spec"] if best else None
         (out / "plan.json").write_text(json.dumps({"targets": [str(t) for t in targets], "chosen": chosen,
+                                                   "learning_rate": best["learning_rate"] if best else None,
                                                    "candidates": rows}, indent=2))
-        print(format_comparison(result))
         for r in rows:
-            print(f"  {r['spec']:<28} {'meets the targets' if r['feasible'] else 'fails: ' + '; '.join(r['problems'])}"
+            print(f"  {r['spec']:<28} lr {r['learning_rate']:<8g} "
+                  f"{'meets the targets' if r['feasible'] else 'fails: ' + '; '.join(r['problems'])}"
                   f"; {100 * r['changeable_fraction']:.1f}% of weights may change")
         if chosen is None and sum(r["feasible"] for r in rows) > 1:
             print("several settings meet every target, but one seed gives no interval to tell their held-out utility "
                   "apart: no setting is chosen; run again with --seeds 2 or more")
             return 3
         if chosen is None:
-            print("no tried setting meets every target at its matched point: loosen the targets, try other ratios or "
-                  "methods, or change the recipe (learning rate, objective)")
+            print("no tried setting meets every target at its matched point: loosen the targets, try other ratios, "
+                  "methods or --learning_rates, or change the recipe (objective, forget_tokens, retain data)")
             return 3
+        result, png = results[best["learning_rate"]], pngs[best["learning_rate"]]
         given = {**given_values(args.script), **given_values(args.training)}
-        step = next(r["step"] for r in rows if r["spec"] == chosen)
-        config = {"output_dir": args.training.output_dir, **plan_config(given, chosen, result, step)}
+        config = {"output_dir": args.training.output_dir, **plan_config(given, chosen, result, best["step"])}
         header = (f"# written by hf-wagle plan: {chosen} met every target ({'; '.join(map(str, targets))}) at its "
                   f"matched point\n# on every seed, keeping the most held-out utility with the fewest weights "
                   f"changed; see compare_masks.json\n")
         (out / "plan.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False))
-        print(f"chosen: {chosen}; wrote {out / 'plan.yaml'} (run it: hf-wagle unlearn --config {out / 'plan.yaml'}), "
-              f"{out / 'plan.json'} and {png}")
+        print(f"chosen: {chosen} at lr {best['learning_rate']:g}; wrote {out / 'plan.yaml'} (run it: hf-wagle "
+              f"unlearn --config {out / 'plan.yaml'}), {out / 'plan.json'} and {png}")
         return 0

@@ -234,7 +234,7 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, se
                   eval_every: int = 1, eval_limit: int | None = None, answers: bool = True, peft_config=None,
                   training: dict | None = None, keep: str | None = None, prompt_template: str | None = None,
                   retain_model_truth_ratios=None, on_run_end=None, survival: bool = False,
-                  progress=print) -> dict:
+                  forget_bound: float | None = None, progress=print) -> dict:
     """Unlearn `model` through each mask spec of `methods` (see `parse_specs`/`spec_options`; `"dense"` is no mask)
     for `seeds` seeds (each seed sets the data order, pairing, random masks and the LoRA initialisation), find each
     run's matched point and summarise (module docstring).
@@ -248,7 +248,8 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, se
     at the end) under `keep/<spec>-seed<k>/` with its record. `on_run_end(model) -> dict` scores each kept model
     further (into the run's `final`). `survival` adds, at each matched point, the share of the changed weights whose
     NF4 and INT8 values still differ from the base's (`hf_wagle.experiments.robustness.update_survival`; needs
-    bitsandbytes): how much of the forgetting a quantised deployment could keep. Returns `{"settings", "units",
+    bitsandbytes): how much of the forgetting a quantised deployment could keep. `forget_bound` matches at that
+    absolute value of `target_metric` instead of `forget_target` times its start. Returns `{"settings", "units",
     "sets", "base", "runs", "summary"}` (numbers and set descriptions only, no data text)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -263,7 +264,7 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, se
         raise ValueError(f"methods lists a spec twice: {specs}")
     if seeds < 1 or steps < 1 or eval_every < 1:
         raise ValueError(f"seeds, steps and eval_every must be >= 1, got {seeds}, {steps}, {eval_every}")
-    if not 0 < forget_target < 1:
+    if forget_bound is None and not 0 < forget_target < 1:
         raise ValueError(f"forget_target is a fraction of the target metric's start in (0, 1), got {forget_target}")
     if not 0 < tolerance < 1:
         raise ValueError(f"tolerance is a fraction of the target in (0, 1), got {tolerance}")
@@ -320,7 +321,12 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, se
     base_model = fresh_model()
     base = full(base_model)  # scored once: every run starts from this model
     del base_model
-    target = forget_target * base[target_metric]
+    target = forget_target * base[target_metric] if forget_bound is None else forget_bound
+    if forget_bound is not None:
+        if not base[target_metric] > forget_bound:
+            raise ValueError(f"{target_metric} starts at {base[target_metric]:.4g}, already at or below "
+                             f"{forget_bound:g}: a target that holds before training cannot be matched")
+        forget_target = forget_bound / base[target_metric]
     runs = []
     planned = Progress(seeds * len(specs), progress)
     for seed in range(seeds):
@@ -358,7 +364,8 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, se
                 for w in tracker.warnings:
                     progress(f"  warning: {w}")
     settings = {"methods": specs, "seeds": seeds, "steps": steps, "eval_every": eval_every,
-                "forget_target": forget_target, "target_metric": target_metric, "target": target,
+                "forget_target": forget_target, "forget_bound": forget_bound, "target_metric": target_metric,
+                "target": target,
                 "tolerance": tolerance, "utility_sets": list(utility_sets), "eval_limit": eval_limit,
                 "rows_scored": {k: len(v) for k, v in full_sets.items()},
                 "rows_available": {"forget": len(forget), **{k: len(v) for k, v in sets.items()},
