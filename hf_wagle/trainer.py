@@ -43,7 +43,7 @@ from .data import (
     refusal_examples,
     tokenize_dataset,
 )
-from .evaluation.measure import answer_keys, split_holdout
+from .evaluation.measure import answer_keys, neighbourhood_share, split_holdout
 from .evaluation.targets import check_kind, kind_targets
 from .export import check_export_options, export_adapter
 from .hub import write_export_card, write_model_card
@@ -155,6 +155,12 @@ class WagleTrainer(Trainer):
         refusal_ex = refusal_examples(forget_dataset, processing_class, objective.refusals,
                                       *tok_args[1:], args.seed) if objective.needs_refusal else None
         check_disjoint(forget_ex, retain_ex)
+        qa = all(dataset_shape(d) == "qa" for d in (forget_dataset, retain_dataset))
+        if qa and neighbourhood_share(forget_dataset["question"], retain_dataset["question"]) == 0:
+            logger.warning("the retain questions share no word with the forget questions (no subject, no relation): "
+                           "they keep general ability but nothing next to what is forgotten, and NPO-style "
+                           "objectives then forget the relation for every subject; add retain rows from the forget "
+                           "set's neighbourhood (docs/how-to/targets.md)")
         pad = pad_id(processing_class)
         kwargs.setdefault("data_collator", PairCollator(pad))
         pairs = ForgetRetainPairs(forget_ex, retain_ex, args.seed, args.process_index, refusal_ex)

@@ -154,8 +154,8 @@ def test_plan_writes_a_config_that_meets_its_targets(trained, world, tmp_path, c
 
 def test_compare_masks_on_the_real_model_with_masked_lora(smollm2, tmp_path, capsys):
     """SmolLM2 and the element-symbols scenario, as examples/unlearn_smollm2.yaml configures it: held-out utility
-    (its `topic` set is to be forgotten, so it is no utility), answers at the matched point (a random mask at the example's learning rate halves the forget
-    probability inside the second step)."""
+    (its `topic` set is to be forgotten, so it is no utility), answers at the matched point (a random mask at the
+    example's learning rate halves the forget probability inside the second step)."""
     from hf_wagle.cli import main
 
     argv = ["compare-masks", "--config", "examples/unlearn_smollm2.yaml", "--model_name_or_path", str(smollm2[2]),

@@ -76,3 +76,22 @@ def test_a_fact_level_run_gets_its_targets_and_the_floor_and_says_so(model, toke
     record = json.loads((tmp_path / "out" / "unlearning_record.json").read_text())
     assert record["settings"]["forget_kind"] == "fact" and record["targets"]["kind"] == "fact"
     assert "fact-level forgetting" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_retain_data_from_outside_the_forget_neighbourhood_is_warned_about(model, tokenizer, world, tmp_path, caplog):
+    from datasets import Dataset
+
+    from hf_wagle.evaluation.measure import neighbourhood_share
+
+    assert neighbourhood_share(["What language is spoken in France?"], ["What is the capital of France?"]) == 1.0
+    assert neighbourhood_share(["What language is spoken in France?"], ["How many legs does a spider have?"]) == 0.0
+    far = Dataset.from_dict({"question": ["How many legs does a spider have?"] * 4, "answer": ["Eight legs."] * 4})
+    with caplog.at_level("WARNING"):
+        WagleTrainer(model=model, args=small_args(tmp_path), forget_dataset=world["forget"], retain_dataset=far,
+                     processing_class=tokenizer)
+    assert "share no word with the forget questions" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        WagleTrainer(model=model, args=small_args(tmp_path), forget_dataset=world["forget"],
+                     retain_dataset=world["retain"], processing_class=tokenizer)
+    assert "share no word" not in caplog.text

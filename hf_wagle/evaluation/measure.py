@@ -89,6 +89,18 @@ def derive_key(question: str, answer: str) -> str:
     return " ".join(words[lo:hi])
 
 
+def neighbourhood_share(forget_questions, retain_questions) -> float:
+    """The share of forget questions that have a content word (not a function word, `_FUNCTION_WORDS`) in common
+    with some retain question: 0 when the retain data is about nothing the forget data names (no subject, no
+    relation), so it keeps general ability but holds nothing next to what is forgotten."""
+    def words(question):
+        return set(normalise(question).split()) - _FUNCTION_WORDS
+
+    retained = set().union(*map(words, retain_questions))
+    forget = [words(q) for q in forget_questions]
+    return sum(bool(w & retained) for w in forget) / max(1, len(forget))
+
+
 def answer_keys(data) -> list[str]:
     """The key `answered` looks for in each row: its `answer_key`, else `derive_key(question, answer)`."""
     if "answer_key" in data.column_names:
