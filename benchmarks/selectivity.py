@@ -1,7 +1,7 @@
 """Is only what was asked forgotten? SmolLM2-135M-Instruct on the shipped fact-level scenario, per recipe.
 
-Each recipe is `hf-wagle unlearn` with examples/unlearn_country_languages.yaml (the language of 12 countries to forget;
-`neighbour`: 8 other countries' languages, `entity`: capitals and currencies of the 12, `heldout`: other knowledge)
+Each recipe is `hf-wagle unlearn` with examples/unlearn_country_languages.yaml (the language of 10 countries to forget;
+`neighbour`: 8 other countries' languages, `entity`: capitals and currencies of the 10, `heldout`: other knowledge)
 and the recipe's overrides, on every seed, evaluated every 2 steps to `max_steps` (`stop_at_targets: false`) with the
 fact-level targets (`forget_answered <= 0.25`, `neighbour_answered >= 0.8x`, `entity_answered >= 0.8x`,
 `heldout_answered >= 0.9x`). The kept evaluation is the best one meeting them, else the closest (as every run keeps).

@@ -173,8 +173,8 @@ def load_scenario(name: str = "element_symbols") -> dict:
     its greedy answer).
 
         element_symbols    topic: chemical symbols of elements (20 to forget, 8 held-out `topic` ones)
-        country_languages  fact: the language of 12 countries (8 other countries' languages as `neighbour`, 18
-                           capitals and currencies of the same 12 as `entity`)
+        country_languages  fact: the language of 10 countries (8 other countries' languages as `neighbour`, 15
+                           capitals and currencies of the same 10 as `entity`)
     """
     from datasets import Dataset
 
