@@ -79,9 +79,10 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
                                    metadata={"help": "Truncate tokenised QA/text examples."})
     targets: list[str] | None = field(default=None, metadata={
         "help": "What the run must reach, e.g. 'forget_probability <= 0.2x' 'heldout_probability >= 0.9x' (an x: a "
-                "multiple of the start; sets forget, retain, heldout, neighbour; measures probability, answered, "
-                "rouge). Scored every target_eval_steps steps; training stops once all hold and the best evaluation "
-                "meeting them is kept, else the closest, and the run says which target it missed and by how much."})
+                "multiple of the start; sets forget, retain, heldout, neighbour, entity, topic; measures probability, "
+                "answered, rouge). Scored every target_eval_steps steps; training stops once all hold and the best "
+                "evaluation meeting them is kept, else the closest, and the run says which target it missed and by how "
+                "much."})
     forget_kind: str | None = field(default=None, metadata={
         "help": "What is to be forgotten: 'fact' (the listed facts only; `neighbour` and `entity` sets must stay) or "
                 "'topic' (the topic: a `topic` set of its facts never trained on must be forgotten too). Without "

@@ -74,8 +74,9 @@ class WagleTrainer(Trainer):
         processing_class: the tokenizer (needed unless both datasets are pre-tokenised).
         mask: a precomputed `WeightMask`; if None and `args.mask_method` is set, it is computed when `train()` starts.
         peft_config: a `peft.LoraConfig`; the model is wrapped and the adapter confined to the mask.
-        eval_datasets: named QA sets never trained on (`{"heldout": ..., "neighbour": ...}`), scored with the forget
-            and retain data when the run evaluates (`args.targets` or `args.do_eval`). Without a `heldout` set,
+        eval_datasets: named QA sets never trained on (`{"heldout": ..., "neighbour": ..., "entity": ..., "topic":
+            ...}`, see `hf_wagle.evaluation.targets`), scored with the forget and retain data when the run evaluates
+            (`args.targets`, `args.forget_kind` or `args.do_eval`). Without a `heldout` set,
             `args.retain_holdout` of the retain rows are held out of training (attribution included) as one.
     """
 
