@@ -2,7 +2,7 @@
 
 Each recipe is `hf-wagle unlearn` with examples/unlearn_country_languages.yaml (the language of 10 countries to forget;
 `neighbour`: 8 other countries' languages, `entity`: capitals and currencies of the 10, `heldout`: other knowledge)
-and the recipe's overrides, on every seed, evaluated every 2 steps to `max_steps` (`stop_at_targets: false`) with the
+and the recipe's overrides, on every seed, evaluated every 3 steps for 18 steps (`stop_at_targets: false`) with the
 fact-level targets (`forget_answered <= 0.25`, `neighbour_answered >= 0.8x`, `entity_answered >= 0.8x`,
 `heldout_answered >= 0.9x`). The kept evaluation is the best one meeting them, else the closest (as every run keeps).
 
@@ -23,28 +23,33 @@ from hf_wagle.experiments.compare import ci95
 from hf_wagle.real_model import smollm2_path
 
 CONFIG = Path(__file__).resolve().parents[1] / "examples" / "unlearn_country_languages.yaml"
-RECIPES = {  # name: overrides of the example config (its own recipe is "key, lr 3e-4")
-    "answer tokens, lr 1e-3": ["--forget_tokens", "answer", "--learning_rate", "1e-3"],
-    "answer tokens, lr 3e-4": ["--forget_tokens", "answer"],
-    "key tokens, lr 3e-4": [],
-    "key tokens, lr 3e-4, dense": ["--mask_method", "none"],
+RECIPES = {  # name: overrides of the example config (whose own recipe is "grin, key tokens")
+    "grin, answer tokens": ["--forget_tokens", "answer"],
+    "grin, key tokens": [],
+    "grin, key tokens, KL retain x5": ["--retain_loss", "kl", "--retain_weight", "5"],
+    "wagle, key tokens": ["--mask_method", "wagle"],
+    "dense, key tokens": ["--mask_method", "none"],
 }
 SETS = ("forget", "neighbour", "entity", "heldout")
+STEPS = 18  # forgetting is complete well before on every recipe tried
 
 
-def run(work: Path, seeds: int, recipes: list[str]) -> dict:
+def run(work: Path, seeds: int, recipes: list[str], save) -> dict:
+    """Every recipe on seed 0, then on seed 1, ...; `save(results)` after each run."""
     model = str(smollm2_path())
     out = {}
-    for recipe in recipes:
-        for seed in range(seeds):
+    for seed in range(seeds):
+        for recipe in recipes:
             folder = work / f"{recipe.replace(' ', '_').replace(',', '')}_seed{seed}"
             status = hf_wagle(["unlearn", "--config", str(CONFIG), "--model_name_or_path", model, "--output_dir",
-                               str(folder), "--seed", str(seed), "--stop_at_targets", "false", *RECIPES[recipe]])
+                               str(folder), "--seed", str(seed), "--stop_at_targets", "false", "--max_steps",
+                               str(STEPS), *RECIPES[recipe]])
             results = json.loads((folder / "unlearn_results.json").read_text())
             targets = results["evaluation"]["targets"]
             kept = next(h for h in results["history"] if h["step"] == targets["step"])
             out[f"{recipe} seed {seed}"] = {"recipe": recipe, "seed": seed, "met": status == 0 and targets["met"],
                                             "kept": kept, "history": results["history"]}
+            save(out)
     return out
 
 
@@ -99,8 +104,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hf_wagle_selectivity_") as work:  # the adapters are not kept
-        results = run(Path(work), args.seeds, recipes)
-    (out / "selectivity.json").write_text(json.dumps(results, indent=2))
+        results = run(Path(work), args.seeds, recipes,
+                      lambda r: (out / "selectivity.json").write_text(json.dumps(r, indent=2)))
     plot(results, recipes, out / "selectivity.png")
     print(table(results, recipes))
 

@@ -279,6 +279,18 @@ def test_one_vocabulary_across_commands():
     assert seen == set(VOCABULARY)  # every entry is used by some command
     assert {"unlearn", "attribute", "audit", "verify", "export", "evaluate"} <= meaning["model"][
         "model_name_or_path"]
+    from hf_wagle.cli.parser import parse_command
+    from hf_wagle.cli.plugins import COMMANDS
+
+    a = parse_command(COMMANDS["attribute"](), ["--model_name_or_path", "m", "--out", "o", "--forget_file", "f",
+                                                 "--mask_method", "wagle", "--mask-ratio", "0.2"])
+    assert (a.script.model, a.script.forget, a.mask.method, a.mask.ratio) == ("m", "f", "wagle", 0.2)
+    u = parse_command(COMMANDS["unlearn"](), ["--model", "m", "--forget", "f", "--retain", "r", "--method", "random",
+                                             "--ratio", "0.3", "--output_dir", "o"])
+    assert (u.script.model_name_or_path, u.script.retain_file, u.training.mask_method, u.training.mask_ratio) == (
+        "m", "r", "random", 0.3)
+    with pytest.raises(ValueError, match="unrecognized arguments"):  # exact names: no abbreviation
+        parse_command(COMMANDS["unlearn"](), ["--model", "m", "--forget", "f", "--retain", "r", "--output_d", "o"])
 
 
 def test_help_starts_with_the_commands_own_options(capsys):
