@@ -269,7 +269,13 @@ class WagleTrainer(Trainer):
     def _install_mask(self) -> None:
         a = self.args
         if self.mask is None and a.mask_method is not None:
-            self.mask = compute_mask(self.model, self.forget_dataset, self.retain_dataset, self.processing_class,
+            forget = self.forget_dataset
+            if a.forget_tokens == "key":  # attribution's forget gradient from the same tokens the objective unlearns
+                from datasets import Dataset
+
+                forget = Dataset.from_list(self.train_dataset.forget).select_columns(
+                    ["input_ids", "attention_mask", "labels"])
+            self.mask = compute_mask(self.model, forget, self.retain_dataset, self.processing_class,
                                      a.mask_config, seed=a.seed, prompt_template=a.prompt_template,
                                      max_length=a.max_length, progress=not a.disable_tqdm)
         enforced, grad_masks = self.confinement.confine(self.model, self.mask)

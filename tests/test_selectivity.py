@@ -95,3 +95,16 @@ def test_retain_data_from_outside_the_forget_neighbourhood_is_warned_about(model
         WagleTrainer(model=model, args=small_args(tmp_path), forget_dataset=world["forget"],
                      retain_dataset=world["retain"], processing_class=tokenizer)
     assert "share no word" not in caplog.text
+
+
+def test_attribution_reads_the_tokens_the_objective_unlearns(trained, world, tmp_path):
+    import copy
+
+    masks = {}
+    for tokens in ("answer", "key"):
+        trainer = WagleTrainer(model=copy.deepcopy(trained[0]), processing_class=trained[1],
+                               args=small_args(tmp_path, mask_method="wagle", forget_tokens=tokens),
+                               forget_dataset=world["forget"], retain_dataset=world["retain"])
+        trainer.prepare_unlearning()
+        masks[tokens] = trainer.mask
+    assert masks["key"].num_selected == masks["answer"].num_selected and masks["key"] != masks["answer"]
