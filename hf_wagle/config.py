@@ -88,8 +88,9 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
                 "'topic' (the topic: a `topic` set of its facts never trained on must be forgotten too). Without "
                 "targets of its own, the run gets the kind's (docs/how-to/targets.md)."})
     utility_floor: float | None = field(default=0.75, metadata={
-        "help": "With targets: each kept set (heldout, neighbour, entity, ...) no answered target names must stay "
-                "answered at least this multiple of its start ('<set>_answered >= 0.75x'); None: off."})
+        "help": "With targets: each kept set (heldout, neighbour, entity, ...) that no '>=' answered target and no "
+                "'<=' target names must stay answered at least this multiple of its start ('<set>_answered >= "
+                "0.75x'), when the model answers it at the start; None: off."})
     target_eval_steps: int = field(default=2, metadata={"help": "Optimizer steps between evaluations of the targets."})
     stop_at_targets: bool = field(default=True, metadata={
         "help": "Stop training at the first evaluation where every target holds (else run to max_steps and keep the "
@@ -138,6 +139,8 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
         one_of("forget_kind", self.forget_kind, (None, *KINDS))
         if self.utility_floor is not None:
             finite("utility_floor", self.utility_floor, 0, strict=True)
+            if self.utility_floor > 1:
+                raise ValueError(f"utility_floor is a multiple of a set's start in (0, 1], got {self.utility_floor}")
         if self.target_eval_steps < 1:
             raise ValueError(f"target_eval_steps must be >= 1, got {self.target_eval_steps}")
         if not 0 <= self.retain_holdout < 1:

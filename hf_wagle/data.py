@@ -122,6 +122,9 @@ def tokenize_example(example: dict, tokenizer, prompt_template: str, max_length:
     labels = [t if a else IGNORE_INDEX for t, a in zip(ids, in_answer + [key is None])]
     if max_length is not None:
         ids, labels = ids[:max_length], labels[:max_length]
+    if key is not None and all(label == IGNORE_INDEX for label in labels):
+        raise ValueError(f"forget_tokens='key': max_length={max_length} cuts the answer before its key {key!r}; raise "
+                         "max_length or shorten the question")
     if all(label == IGNORE_INDEX for label in labels):
         raise ValueError(
             f"the prompt fills all {max_length} tokens of `max_length`, so no answer token is left to learn from; "

@@ -44,7 +44,7 @@ from .data import (
     tokenize_dataset,
 )
 from .evaluation.measure import answer_keys, neighbourhood_share, split_holdout
-from .evaluation.targets import check_kind, kind_targets
+from .evaluation.targets import check_kind, run_targets
 from .export import check_export_options, export_adapter
 from .hub import write_export_card, write_model_card
 from .io import check_destination, check_output_folder, output_lock, staged_directory
@@ -116,6 +116,9 @@ class WagleTrainer(Trainer):
         if isinstance(model, str):
             model = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=False)
         eval_sets, heldout_source, held_out = dict(eval_datasets or {}), None, None
+        if {"forget", "retain"} & set(eval_sets):
+            raise ValueError(f"eval_datasets names {sorted({'forget', 'retain'} & set(eval_sets))}: those are the "
+                             "forget and retain data themselves; give the evaluation sets other names")
         check_kind(args.forget_kind, eval_sets)
         evaluating = bool(args.targets or args.forget_kind) or args.do_eval
         if evaluating and "heldout" not in eval_sets and args.retain_holdout > 0:
@@ -123,7 +126,7 @@ class WagleTrainer(Trainer):
             retain_dataset, eval_sets["heldout"] = split_holdout(retain_dataset, args.retain_holdout, args.seed)
             heldout_source = (f"{len(eval_sets['heldout'])} of the {n} retain rows, held out of training "
                               f"(retain_holdout={args.retain_holdout:g}, seed {args.seed})")
-        targets = args.targets or (kind_targets(args.forget_kind, ["forget", *eval_sets]) if args.forget_kind else None)
+        targets = run_targets(args.targets, args.forget_kind, ["forget", *eval_sets]) or None
         # seeded as the Trainer seeds before it creates a model, so the LoRA initialisation is reproducible
         (enable_full_determinism if args.full_determinism else set_seed)(args.seed)
         if peft_config is not None:
@@ -139,6 +142,10 @@ class WagleTrainer(Trainer):
         self.confinement.check(model)  # refuses what a mask cannot confine, before any work
         if mask is not None:
             mask.check_model(model)
+            if args.forget_tokens == "key":
+                logger.warning("forget_tokens='key': the given mask was attributed on whatever tokens it was computed "
+                               "from (hf-wagle attribute reads whole answers); only a mask the trainer computes reads "
+                               "the key tokens the objective unlearns")
         elif args.mask_method is not None:
             check_selects_something(model, args.mask_ratio, args.mask_scope, args.mask_include, args.mask_exclude)
         self.forget_dataset, self.retain_dataset = forget_dataset, retain_dataset

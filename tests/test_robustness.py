@@ -156,10 +156,10 @@ def test_audit_command_appends_to_the_record_and_the_card(trained, world, tmp_pa
                  "--out", str(tmp_path / "audit.json")]) == 0
     out = capsys.readouterr().out
     assert "recovery after nf4" in out and "recovery after relearn" in out and "recovery after nf4_adapter" in out
-    assert "(1 steps at lr 0.0001 on 5 rows, scored on 5 others)" in out  # the attack, stated
+    assert "(1 step at lr 0.0001 on 5 rows, scored on 5 others)" in out  # the attack, stated
     stages = [line for line in out.splitlines() if line.startswith("[")]  # base, nf4, int8, adapter, prompt?, relearn
     assert stages[0].startswith(f"[1/{len(stages)}] the base and the unlearned model scored (")
-    assert stages[-1].startswith(f"[{len(stages)}/{len(stages)}] relearn: 1 steps") and stages[-1].endswith("done)")
+    assert stages[-1].startswith(f"[{len(stages)}/{len(stages)}] relearn: 1 step at") and stages[-1].endswith("done)")
     record = json.loads((tmp_path / "run" / "unlearning_record.json").read_text())
     entry = record["audits"][-1]
     assert entry["kind"] == "robustness" and entry["by"] == "auditor" and "nf4" in entry["recovery"]

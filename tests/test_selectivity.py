@@ -32,6 +32,9 @@ def test_the_utility_floor_covers_each_kept_set_the_model_answers_and_no_target_
     assert [str(t) for t in floor_targets(targets, start, 0.75)] == ["neighbour_answered >= 0.75x",
                                                                     "entity_answered >= 0.75x"]
     assert floor_targets(targets, start, None) == []
+    # a set the user forgets (a `<=` target on it) gets no floor that contradicts it
+    forgetting = parse_targets(["forget_answered <= 0.25", "neighbour_answered <= 0.25"])
+    assert "neighbour" not in {t.set for t in floor_targets(forgetting, start, 0.75)}
 
 
 def test_forget_tokens_key_labels_only_the_fact(tokenizer, world):
@@ -47,10 +50,21 @@ def test_forget_tokens_key_labels_only_the_fact(tokenizer, world):
     assert tokenizer.decode(labelled).lower() == key and len(labelled) < sum(t != -100 for t in whole["labels"])
     with pytest.raises(ValueError, match="does not occur in the answer"):
         tokenize_example(row, tokenizer, template, None, "qa", key="nowhere")
+    with pytest.raises(ValueError, match="cuts the answer before its key"):
+        tokenize_example(row, tokenizer, template, len(whole["input_ids"]) - 4, "qa", key=key)
+    from datasets import Dataset
+
+    blank = Dataset.from_dict({"question": ["Who wrote Hamlet?"] * 2,
+                               "answer": ["Hamlet was written by Shakespeare."] * 2, "answer_key": ["", "the Bard"]})
+    assert answer_keys(blank) == ["shakespeare", "the Bard"]  # an empty key is derived
 
 
 def test_a_fact_level_run_gets_its_targets_and_the_floor_and_says_so(model, tokenizer, world, tmp_path):
     sets = {"entity": world["retain"].select(range(8)), "other": world["retain"].select(range(8, 16))}
+    with pytest.raises(ValueError, match="those are the forget and retain data themselves"):
+        WagleTrainer(model=model, args=small_args(tmp_path), forget_dataset=world["forget"],
+                     retain_dataset=world["retain"], processing_class=tokenizer,
+                     eval_datasets={"retain": sets["other"]})
     with pytest.raises(ValueError, match="forget_kind='fact' is measured on"):
         WagleTrainer(model=model, args=small_args(tmp_path, forget_kind="fact"), forget_dataset=world["forget"],
                      retain_dataset=world["retain"].select(range(16, 180)), processing_class=tokenizer,

@@ -83,7 +83,11 @@ def concept_of(action) -> str | None:
 
 def apply_vocabulary(parser: argparse.ArgumentParser) -> None:
     """Give every option of `parser` both spellings of each of its names and, for a `VOCABULARY` thing, every name
-    of it; a name another option of the parser holds is left to that option (the vocabulary test finds it)."""
+    of it; a name another option of the parser holds is left to that option (the vocabulary test finds it), and a
+    short name that begins the name of exactly one other option (`--method` beside `--methods`, `--base` beside
+    `--base_model`: what it abbreviated before names were exact) is not added, so that it is refused instead of read
+    as something else than a user may mean."""
+    taken = [o for o in parser._option_string_actions if o.startswith("--")]
     for action in list(parser._actions):
         if not action.option_strings or action.dest == "help":
             continue
@@ -93,7 +97,9 @@ def apply_vocabulary(parser: argparse.ArgumentParser) -> None:
             names += [concept, *VOCABULARY[concept]]
         for name in names:
             for option in spellings(name):
-                if option not in parser._option_string_actions:
+                shadows = len({id(parser._option_string_actions[o]) for o in taken if o != option
+                                   and o.startswith(option) and parser._option_string_actions[o] is not action}) == 1
+                if option not in parser._option_string_actions and not shadows:
                     action.option_strings.append(option)
                     parser._option_string_actions[option] = action
 
@@ -161,6 +167,9 @@ def read_eval_sets(script) -> dict:
 
     named = {"heldout": script.heldout_file, "neighbour": script.neighbour_file}
     for name, path in parse_options(script.eval_files, "eval_files").items():
+        if name in ("forget", "retain"):
+            raise ValueError(f"eval_files names {name!r}, the {name} data itself (forget_file / retain_file); give "
+                             "evaluation sets other names")
         if name in named and named[name]:
             raise ValueError(f"eval_files names {name!r}, which {name}_file names already; give it once")
         named[name] = str(path)

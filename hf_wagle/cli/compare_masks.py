@@ -47,19 +47,20 @@ class CompareArguments:
                 "probes), then compare with it over up to 2N steps"})
 
 
-def read_sets(script, compare) -> dict:
-    """The never-trained sets to keep a run names (`read_eval_sets`, less the sets to forget, `topic`) and
-    `--utility NAME=FILE`."""
+def read_sets(script, compare) -> tuple[dict, dict]:
+    """`(kept, forgotten)`: the never-trained sets a run names (`read_eval_sets`) split into those to keep, with
+    `--utility NAME=FILE`, and those to forget with the forget data (`topic`)."""
     from ..evaluation.targets import kept_sets
 
-    sets = read_eval_sets(script)
-    sets = {name: sets[name] for name in kept_sets(sets)}
+    named = read_eval_sets(script)
+    sets = {name: named[name] for name in kept_sets(named)}
+    forgotten = {name: data for name, data in named.items() if name not in sets}
     for item in compare.utility or []:
         name, sep, path = item.partition("=")
         if not sep or not name:
             raise ValueError(f"--utility {item}: expected NAME=FILE")
         sets[name] = load_data(path, f"utility {name}")
-    return sets
+    return sets, forgotten
 
 
 _DERIVED = ("output_dir", "max_steps", "seed", "report_to", "accelerator_config", "debug", "disable_tqdm",
@@ -99,19 +100,21 @@ def run_comparison(args, methods=None, progress=print) -> dict:
         spec_options(spec)
     forget = load_data(script.forget_file, "forget_file", script.forget_config, script.forget_split)
     retain = load_data(script.retain_file, "retain_file", script.retain_config, script.retain_split)
-    sets = read_sets(script, compare)
+    sets, forgotten = read_sets(script, compare)
     tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     recipe = given_values(training)
     # compare-masks' own business, and what each spec sets for itself (its method and that method's options)
-    for key in ("targets", "target_eval_steps", "stop_at_targets", "retain_holdout", "mask_method", "mask_options"):
+    for key in ("targets", "target_eval_steps", "stop_at_targets", "retain_holdout", "mask_method", "mask_options",
+                "forget_kind", "utility_floor"):
         recipe.pop(key, None)
     steps = training.max_steps if training.max_steps > 0 else 20
     common = dict(forget_target=compare.forget_target, forget_bound=compare.forget_bound,
                   target_metric=compare.target_metric,
                   tolerance=compare.tolerance, heldout=sets.pop("heldout", None), neighbour=sets.pop("neighbour", None),
-                  utility=sets or None, retain_holdout=training.retain_holdout, eval_every=compare.eval_every,
+                  utility=sets or None, forgotten=forgotten or None, retain_holdout=training.retain_holdout,
+                  eval_every=compare.eval_every,
                   eval_limit=compare.eval_limit, peft_config=lora_config(script))
     calibration = None
     if compare.calibrate_steps:

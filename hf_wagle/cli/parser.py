@@ -37,6 +37,7 @@ class WagleParser(HfArgumentParser):
         kwargs.setdefault("formatter_class", DefaultsShown)
         kwargs.setdefault("allow_abbrev", False)  # exact names only: `--base` never silently means `--base_model`
         super().__init__(dataclass_types, **kwargs)
+        self.hidden: list = []  # options `--help` leaves to `--help-all` (`arrange_help`)
         self.reads_config = config
         if config:
             self.add_argument("--config", metavar="FILE.yaml",
@@ -45,8 +46,6 @@ class WagleParser(HfArgumentParser):
         if plugins and "plugins" not in {a.dest for a in self._actions}:
             add_plugins_argument(self)
         self.loads_plugins = plugins
-
-    hidden: list = []  # options `--help` leaves to `--help-all` (`arrange_help`)
 
     def format_help(self) -> str:
         if not self.hidden:

@@ -36,7 +36,8 @@ def plan_specs(methods: str, ratios: str) -> list[str]:
 def choose(result: dict, targets: list) -> tuple[str | None, list[dict]]:
     """Per spec, whether every target holds at its matched point on every seed (and at the whole step after it; the
     target the trials were matched on is taken as met at the matched point, which lies within the comparison's
-    tolerance of it by construction, and must hold strictly at the step after);
+    tolerance of it by construction, and must hold strictly at the step after; a target on a set the comparison did
+    not score fails);
     the chosen spec: of those that do, the ones whose mean held-out utility lies within the best one's 95% interval,
     and of these the one that lets the fewest weights change. None when none is feasible, or when several are and
     one seed gives no interval to tell their utilities apart (the comparison names no winner then either)."""
@@ -59,7 +60,11 @@ def choose(result: dict, targets: list) -> tuple[str | None, list[dict]]:
                 for where, point in (("matched point", m), (f"step {after['step']}", after)):
                     if where == "matched point" and (t.metric, t.value, t.relative) in matched_on:
                         continue
-                    if t.metric in point and not check([t], point, base)[0]["holds"]:
+                    if t.metric not in point or t.metric not in base:
+                        if where == "matched point":  # the step after scores fewer sets; the matched point all
+                            problems.append(f"seed {run['seed']}: {t} is not measured (no {t.set} set scored)")
+                        continue
+                    if not check([t], point, base)[0]["holds"]:
                         problems.append(f"seed {run['seed']}: {t} fails at the {where} ({point[t.metric]:.4g})")
         utility = entry.get("matched_utility") or {}
         rows.append({"spec": spec, "feasible": not problems, "problems": problems[:3],
@@ -122,15 +127,16 @@ class Plan(Command):
 
         import yaml
 
-        from ..evaluation.targets import kind_targets, parse_targets
+        from ..evaluation.targets import parse_targets, run_targets
         from ..experiments.compare import format_comparison
 
-        targets = parse_targets(args.training.targets)
-        if not targets and args.training.forget_kind:  # the kind's targets, on the sets the config names
-            from .common import read_eval_sets
+        if args.plan.learning_rates and args.compare.calibrate_steps:
+            raise ValueError("--learning_rates and --calibrate_steps both set the learning rate; give one")
+        from .common import read_eval_sets
 
-            sets = ["forget", "heldout", *read_eval_sets(args.script)]
-            targets = parse_targets(kind_targets(args.training.forget_kind, sets))
+        names = ["forget", *read_eval_sets(args.script)]
+        names += ["heldout"] if "heldout" not in names and args.training.retain_holdout > 0 else []
+        targets = parse_targets(run_targets(args.training.targets, args.training.forget_kind, names))
         forget_targets = [t for t in targets if t.set == "forget" and not t.floor]
         if not forget_targets:
             raise ValueError("plan needs the config's targets (or forget_kind's) to include a forget target such as "
@@ -146,11 +152,11 @@ class Plan(Command):
         specs = plan_specs(args.compare.methods, args.plan.ratios)
         rates = [float(r) for r in (args.plan.learning_rates or "").split(",") if r.strip()]
         out, rows, results, pngs = Path(args.compare.out), [], {}, {}
-        for rate in rates or [args.training.learning_rate]:
+        for i, rate in enumerate(rates or [args.training.learning_rate]):
             args.training.learning_rate = rate
             if rates:
                 args.compare.out = str(out / f"lr_{rate:g}")
-                print(f"-- learning rate {rate:g}")
+                print(f"-- learning rate {rate:g} ({i + 1} of {len(rates)}; the runs below count this rate's)")
             result = results[rate] = run_comparison(args, methods=specs)
             pngs[rate] = write_comparison(result, args.compare.out)
             print(format_comparison(result))
@@ -175,7 +181,8 @@ class Plan(Command):
             return 3
         result, png = results[best["learning_rate"]], pngs[best["learning_rate"]]
         given = {**given_values(args.script), **given_values(args.training)}
-        config = {"output_dir": args.training.output_dir, **plan_config(given, chosen, result, best["step"])}
+        config = {"output_dir": args.training.output_dir, **plan_config(given, chosen, result, best["step"]),
+                  "learning_rate": best["learning_rate"]}
         header = (f"# written by hf-wagle plan: {chosen} met every target ({'; '.join(map(str, targets))}) at its "
                   f"matched point\n# on every seed, keeping the most held-out utility with the fewest weights "
                   f"changed; see compare_masks.json\n")

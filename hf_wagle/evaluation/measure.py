@@ -102,10 +102,11 @@ def neighbourhood_share(forget_questions, retain_questions) -> float:
 
 
 def answer_keys(data) -> list[str]:
-    """The key `answered` looks for in each row: its `answer_key`, else `derive_key(question, answer)`."""
-    if "answer_key" in data.column_names:
-        return list(data["answer_key"])
-    return [derive_key(q, a) for q, a in zip(data["question"], data["answer"])]
+    """The key `answered` looks for in each row: its `answer_key`, else (no column, or an empty value)
+    `derive_key(question, answer)`."""
+    given = data["answer_key"] if "answer_key" in data.column_names else [None] * len(data)
+    return [k if isinstance(k, str) and k.strip() else derive_key(q, a)
+            for k, q, a in zip(given, data["question"], data["answer"])]
 
 
 def contains_answer(generated: str, key: str) -> bool:

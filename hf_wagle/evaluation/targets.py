@@ -32,7 +32,8 @@ but `retain` is to be kept. A run states which of two requests it answers:
 
 A run with a kind and no targets of its own gets the kind's (`kind_targets`).
 
-**Utility floor.** With targets, every kept set no `>=` target names on `answered` gets `<set>_answered >= floor x`
+**Utility floor.** With targets, every kept set that no `>=` answered target and no `<=` target names gets
+`<set>_answered >= floor x`
 (`floor_targets`, `utility_floor` 0.75 by default) once its start is known, when the model answers at least
 `ANSWERED_FLOOR` of it then: no stop and no kept model may buy forgetting with the knowledge the run was to keep.
 """
@@ -142,6 +143,14 @@ def kind_targets(kind: str, sets) -> list[str]:
     return [t for t in KINDS[kind]["targets"] if Target.parse(t).set in sets]
 
 
+def run_targets(targets, kind: str | None, sets) -> list[str]:
+    """A run's targets: its own (`targets`), else its `kind`'s on the sets it has (`check_kind` first)."""
+    check_kind(kind, sets)
+    if targets:
+        return [str(t) for t in parse_targets(targets)]
+    return kind_targets(kind, sets) if kind else []
+
+
 def kept_sets(sets) -> list[str]:
     """The sets a run must keep: all but `retain` and `FORGOTTEN_SETS`."""
     return [name for name in sets if name != "retain" and name not in FORGOTTEN_SETS]
@@ -149,10 +158,11 @@ def kept_sets(sets) -> list[str]:
 
 def floor_targets(targets: list[Target], start: dict, floor: float | None) -> list[Target]:
     """The utility floor (module docstring): `<set>_answered >= floor x` for each kept set in `start` (the metrics
-    at step 0) answered in at least `ANSWERED_FLOOR` of its rows and named by no `>=` answered target."""
+    at step 0) answered in at least `ANSWERED_FLOOR` of its rows, named by no `>=` answered target (the user's own
+    floor) and by no `<=` target (the user forgets it)."""
     if floor is None:
         return []
-    named = {t.set for t in targets if t.floor and t.measure == ANSWERED}
+    named = {t.set for t in targets if (t.floor and t.measure == ANSWERED) or not t.floor}
     sets = [m[:-len("_" + ANSWERED)] for m in start if m.endswith("_" + ANSWERED)]
     return [Target(s, ANSWERED, ">=", floor, True) for s in kept_sets(sets)
             if s not in named and start[f"{s}_{ANSWERED}"] >= ANSWERED_FLOOR]

@@ -234,7 +234,7 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, se
                   eval_every: int = 1, eval_limit: int | None = None, answers: bool = True, peft_config=None,
                   training: dict | None = None, keep: str | None = None, prompt_template: str | None = None,
                   retain_model_truth_ratios=None, on_run_end=None, survival: bool = False,
-                  forget_bound: float | None = None, progress=print) -> dict:
+                  forget_bound: float | None = None, forgotten: dict | None = None, progress=print) -> dict:
     """Unlearn `model` through each mask spec of `methods` (see `parse_specs`/`spec_options`; `"dense"` is no mask)
     for `seeds` seeds (each seed sets the data order, pairing, random masks and the LoRA initialisation), find each
     run's matched point and summarise (module docstring).
@@ -249,7 +249,9 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, se
     further (into the run's `final`). `survival` adds, at each matched point, the share of the changed weights whose
     NF4 and INT8 values still differ from the base's (`hf_wagle.experiments.robustness.update_survival`; needs
     bitsandbytes): how much of the forgetting a quantised deployment could keep. `forget_bound` matches at that
-    absolute value of `target_metric` instead of `forget_target` times its start. Returns `{"settings", "units",
+    absolute value of `target_metric` instead of `forget_target` times its start. `forgotten` holds named sets to be
+    forgotten with the forget data (a topic's held-out facts): scored with the others, never counted as utility.
+    Returns `{"settings", "units",
     "sets", "base", "runs", "summary"}` (numbers and set descriptions only, no data text)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -293,8 +295,9 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, se
                          "keep retain_holdout > 0")
     forget_eval = _head(forget, eval_limit)
     utility_sets = {k: _head(v, eval_limit) for k, v in sets.items()}
-    full_sets = {"forget": forget_eval, **utility_sets, "retain": _head(retain, eval_limit)}
-    cheap_sets = {"forget": forget_eval, **utility_sets}
+    forgotten_sets = {k: _head(v, eval_limit) for k, v in (forgotten or {}).items()}
+    full_sets = {"forget": forget_eval, **forgotten_sets, **utility_sets, "retain": _head(retain, eval_limit)}
+    cheap_sets = {"forget": forget_eval, **forgotten_sets, **utility_sets}
     metric_set = target_metric.split("_", 1)[1]
     answer_target = metric_set != "probability"
 

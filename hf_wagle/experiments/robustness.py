@@ -209,8 +209,6 @@ def _probabilities(model, tokenizer, data, prompt_template, batch_size) -> list[
     return answer_metrics(model, tokenizer, data, prompt_template, batch_size)["probability"]
 
 
-
-
 def relearn_steps_for(rows: int, batch_size: int, steps: int | None = None) -> int:
     """`steps` when given, else `max(RELEARN_MIN_STEPS, RELEARN_EPOCHS * ceil(rows / batch_size))`."""
     if steps is not None:
@@ -317,7 +315,7 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
             report["recovery"][name] = {**recovery(o_held, u_held, after), "steps": steps, "learning_rate": relearn_lr,
                                         "rows_trained": len(data), "rows_scored": len(held)}
             del relearned
-            stages.step(f"{name}: {steps} steps at lr {relearn_lr:g} on {len(data)} rows")
+            stages.step(f"{name}: {steps} step{'s' * (steps != 1)} at lr {relearn_lr:g} on {len(data)} rows")
     return report
 
 
@@ -338,8 +336,8 @@ def format_audit(report: dict) -> str:
     for name, r in report["recovery"].items():
         ci = f" (95% CI {r['ci95'][0]:.3g} to {r['ci95'][1]:.3g})" if r.get("ci95") else ""
         value = "undefined (unlearning changed nothing)" if r["recovery"] is None else f"{r['recovery']:.3g}"
-        how = (f" ({r['steps']} steps at lr {r['learning_rate']:g} on {r['rows_trained']} rows, scored on "
-               f"{r['rows_scored']} others)") if "steps" in r else ""
+        how = (f" ({r['steps']} step{'s' * (r['steps'] != 1)} at lr {r['learning_rate']:g} on {r['rows_trained']} "
+               f"rows, scored on {r['rows_scored']} others)") if "steps" in r else ""
         lines.append(f"  recovery after {name}: {value}{ci}{how}")
     for scheme, s in report["survival"].items():
         if s["fraction"] is not None:
