@@ -28,7 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .io import MASK_FILE, regular_file
-from .modeling import base_named_parameters
+from .modeling import base_named_parameters, logical_shape
 
 _MAX_INDEX_BYTES = 1 << 20
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
@@ -193,7 +193,7 @@ class WeightMask:
         Uses the stored `param_sha256` when present (also catches a different parameter order), else the names and
         shapes themselves. PEFT wrapping and adapter parameters are ignored.
         """
-        named = [(n, tuple(p.shape)) for n, p in base_named_parameters(model)]
+        named = [(n, logical_shape(p)) for n, p in base_named_parameters(model)]
         self.check_fits(dict(named))
         want = self.metadata.get("param_sha256")
         if want and want != parameter_fingerprint(named):

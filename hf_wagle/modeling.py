@@ -29,6 +29,23 @@ def base_named_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
     return [(name, p) for name, p in ((base_name(n), p) for n, p in _base(model).named_parameters()) if name]
 
 
+def logical_shape(p: torch.Tensor) -> tuple[int, ...]:
+    """The shape a weight has in the model's computation. A bitsandbytes 4-bit weight is stored packed (two values
+    per byte, `(rows * columns / 2, 1)`) and keeps its own shape in `quant_state.shape`; every other tensor is what it
+    looks like (8-bit weights keep theirs)."""
+    state = getattr(p, "quant_state", None)
+    return tuple(state.shape) if getattr(state, "shape", None) is not None else tuple(p.shape)
+
+
+def quantization_of(model) -> dict | None:
+    """The base model's bitsandbytes quantisation (`config.quantization_config` as a dict: `load_in_4bit`,
+    `bnb_4bit_quant_type`, ...), or None for a model in its full precision."""
+    config = getattr(getattr(_base(model), "config", None), "quantization_config", None)
+    if config is None:
+        return None
+    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
 def tied_aliases(model) -> dict[str, str]:
     """`{alias: name}` for parameters registered under several names (a tied input embedding and output head):
     `name` is the one `base_named_parameters` keeps, in the same PEFT-free spelling."""

@@ -198,7 +198,8 @@ def run_record(trainer, folder=None) -> dict:
         "record_version": RECORD_VERSION, "versions": versions(),
         "base_model": {"name": public_name(provenance.get("base_name")),
                        "weights_sha256": provenance.get("base_weights_sha256"),
-                       "source": provenance.get("base_source")},
+                       "source": provenance.get("base_source"),
+                       "quantization": provenance.get("base_quantization")},
         "data": provenance.get("data", {}), "settings": settings_of(trainer),
         "masked": trainer._masked,
         "mask": None if not trainer._masked else {

@@ -53,7 +53,7 @@ from .mask import WeightMask
 from .masking.compute import compute_mask
 from .masking.noise import add_mask_noise
 from .masking.selection import check_selects_something
-from .modeling import adapter_disabled, base_named_parameters, local_tensor, peft_wrapping
+from .modeling import adapter_disabled, base_named_parameters, local_tensor, peft_wrapping, quantization_of
 from .objectives import get_objective
 from .options import MASK_SAFE_OPTIMIZERS
 from .record import data_entry, examples_digest, run_record, tensors_digest, write_record
@@ -127,6 +127,11 @@ class WagleTrainer(Trainer):
             heldout_source = (f"{len(eval_sets['heldout'])} of the {n} retain rows, held out of training "
                               f"(retain_holdout={args.retain_holdout:g}, seed {args.seed})")
         targets = run_targets(args.targets, args.forget_kind, ["forget", *eval_sets]) or None
+        if mask is None and args.mask_method is not None and quantization_of(model) is not None:
+            raise ValueError("attribution needs a full-precision gradient of every weight, which a bitsandbytes-"
+                             "quantised base does not have: compute the mask on the unquantised model (hf-wagle "
+                             "attribute --model BASE ..., or compute_mask) and pass it (mask=, or mask_dir in the "
+                             "unlearn config)")
         # seeded as the Trainer seeds before it creates a model, so the LoRA initialisation is reproducible
         (enable_full_determinism if args.full_determinism else set_seed)(args.seed)
         if peft_config is not None:
@@ -232,7 +237,9 @@ class WagleTrainer(Trainer):
             return
         self._prepared, self._resuming = True, resume_from_checkpoint is not None
         self.provenance["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        if not self.is_fsdp_enabled and not self._resuming:  # the base as it was before any change (GRIN noise too)
+        quantized = quantization_of(self.model)
+        self.provenance["base_quantization"] = quantized
+        if not self.is_fsdp_enabled and not self._resuming and quantized is None:  # the base before any change
             self.provenance["base_weights_sha256"] = tensors_digest(base_named_parameters(self.model))
         self.objective.setup(self)
         if self.objective.needs_reference:

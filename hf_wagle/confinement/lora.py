@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..mask import WeightMask, project_rows_columns
-from ..modeling import base_named_parameters, tied_aliases
+from ..modeling import base_named_parameters, logical_shape, tied_aliases
 from .base import Confinement, enforced_metadata, register_confinement
 
 
@@ -81,12 +81,12 @@ def confine_lora(peft_model, element_mask: WeightMask | None) -> tuple[WeightMas
     enforced, grad_masks = {}, {}
     for name, p in base_named_parameters(peft_model):
         if name not in modules:
-            enforced[name] = torch.zeros(p.shape, dtype=torch.bool)
+            enforced[name] = torch.zeros(logical_shape(p), dtype=torch.bool)
             continue
         module = modules[name]
         trainable = any(module.lora_A[a].weight.requires_grad for a in module.active_adapters)
         if element_mask is None or not trainable:
-            enforced[name] = torch.full(p.shape, trainable, dtype=torch.bool)
+            enforced[name] = torch.full(logical_shape(p), trainable, dtype=torch.bool)
             continue
         rows, cols = project_rows_columns(element_mask[name])
         enforced[name] = rows[:, None] & cols[None, :]

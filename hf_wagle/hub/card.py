@@ -47,6 +47,13 @@ class RunCard:
     base_source: dict | None = None
 
 
+def quantization_name(config: dict) -> str:
+    """`4-bit nf4`, `8-bit`, ... of a `quantization_config` dict."""
+    if config.get("load_in_4bit"):
+        return f"4-bit {config.get('bnb_4bit_quant_type', 'fp4')}"
+    return "8-bit" if config.get("load_in_8bit") else str(config.get("quant_method", "quantised"))
+
+
 def base_source_note(base: str | None, source: dict | None) -> str:
     """A paragraph saying the base weights were not the named model's own (e.g. dequantised from a GGUF file),
     from the `hf_wagle_source` entry of the base's `config.json`; empty when there is none."""
@@ -150,6 +157,9 @@ def run_card(trainer) -> RunCard:
         config = model.peft_config[model.active_adapter]
         base = config.base_model_name_or_path or base
         adapter = f"LoRA r={config.r}, alpha={config.lora_alpha}, masked to rows x columns"
+        quantized = trainer.provenance.get("base_quantization")
+        if quantized:
+            adapter += f", trained over the base quantised by bitsandbytes ({quantization_name(quantized)})"
     # the mask the run used: computed from args, or given (e.g. `mask_dir`), whose own metadata then tells
     masked = trainer.mask is not None
     meta = trainer.mask.metadata if masked else {}
