@@ -23,12 +23,13 @@ from hf_wagle.experiments.compare import ci95
 from hf_wagle.real_model import smollm2_path
 
 CONFIG = Path(__file__).resolve().parents[1] / "examples" / "unlearn_country_languages.yaml"
-RECIPES = {  # name: overrides of the example config (whose own recipe is "grin, key tokens")
-    "grin, answer tokens": ["--forget_tokens", "answer"],
-    "grin, key tokens": [],
-    "grin, key tokens, KL retain x5": ["--retain_loss", "kl", "--retain_weight", "5"],
-    "wagle, key tokens": ["--mask_method", "wagle"],
-    "dense, key tokens": ["--mask_method", "none"],
+PLAIN = ["--retain_loss", "nll", "--retain_weight", "1"]
+RECIPES = {  # name: overrides of the example config (whose own recipe is the KL one)
+    "grin, answer tokens": ["--forget_tokens", "answer", *PLAIN],
+    "grin, key tokens": PLAIN,
+    "grin, key tokens, KL retain x5": [],
+    "wagle, key tokens": ["--mask_method", "wagle", *PLAIN],
+    "dense, key tokens": ["--mask_method", "none", *PLAIN],
 }
 SETS = ("forget", "neighbour", "entity", "heldout")
 STEPS = 18  # forgetting is complete well before on every recipe tried
