@@ -200,11 +200,9 @@ def command_parser(command) -> WagleParser:
                          description=command.description())
     command.add_arguments(parser)
     apply_vocabulary(parser)
-    from ..config import WagleConfig
-
     types = tuple(command.arguments().values())
-    if WagleConfig in types:  # a command that reads the unlearn config: its own options first
-        run = tuple(t for t in types if t is WagleConfig or t.__name__ == "UnlearnArguments")
+    if any(t.__name__ == "WagleConfig" for t in types):  # reads the unlearn config: its own options first
+        run = tuple(t for t in types if t.__name__ in ("WagleConfig", "UnlearnArguments"))
         own = tuple(t for t in types if t not in run)
         arrange_help(parser, own or run[:1], run, common_first=not own)  # unlearn: the run options are its own
     return parser

@@ -371,8 +371,8 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, se
                 "target": target,
                 "tolerance": tolerance, "utility_sets": list(utility_sets), "eval_limit": eval_limit,
                 "rows_scored": {k: len(v) for k, v in full_sets.items()},
-                "rows_available": {"forget": len(forget), **{k: len(v) for k, v in sets.items()},
-                                   "retain": len(retain)},
+                "rows_available": {"forget": len(forget), **{k: len(v) for k, v in (forgotten or {}).items()},
+                                   **{k: len(v) for k, v in sets.items()}, "retain": len(retain)},
                 "lora": None if peft_config is None else {"r": peft_config.r, "alpha": peft_config.lora_alpha},
                 "training": {k: v for k, v in recipe.items() if k not in ("output_dir", "disable_tqdm")}}
     return {"settings": settings, "units": UNITS, "sets": describe_sets(full_sets, heldout_source), "base": base,
