@@ -44,7 +44,7 @@ from .data import (
     tokenize_dataset,
 )
 from .evaluation.measure import answer_keys, neighbourhood_share, split_holdout
-from .evaluation.targets import check_kind, run_targets
+from .evaluation.targets import run_targets
 from .export import check_export_options, export_adapter
 from .hub import write_export_card, write_model_card
 from .io import check_destination, check_output_folder, output_lock, staged_directory
@@ -119,7 +119,6 @@ class WagleTrainer(Trainer):
         if {"forget", "retain"} & set(eval_sets):
             raise ValueError(f"eval_datasets names {sorted({'forget', 'retain'} & set(eval_sets))}: those are the "
                              "forget and retain data themselves; give the evaluation sets other names")
-        check_kind(args.forget_kind, eval_sets)
         evaluating = bool(args.targets or args.forget_kind) or args.do_eval
         if evaluating and "heldout" not in eval_sets and args.retain_holdout > 0:
             n, held_out = len(retain_dataset), {"fraction": args.retain_holdout, "seed": args.seed}
