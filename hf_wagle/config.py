@@ -25,6 +25,7 @@ from .options import (
     prefixed_fields,
     unprefixed_values,
 )
+from .perturbation import PERTURBATIONS
 
 
 def _objective_fields():
@@ -65,6 +66,14 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
         "help": "Forget-loss tokens of QA rows: 'answer' (every answer token and EOS) or 'key' (only the tokens of "
                 "the fact, each row's answer_key or the key derived from it: 'French' of 'People in France speak "
                 "French.'), so the wording forget answers share with kept ones is not unlearned."})
+    forget_perturbation: str | None = field(default=None, metadata={
+        "help": "Take the forget loss at perturbed weights, so the forgetting is harder to undo by relearning "
+                "(hf_wagle.perturbation): 'sam' (sharpness-aware, radius sam_rho; one extra forget pass per step) or "
+                "'smooth' (Gaussian, std smooth_sigma); None: off."})
+    sam_rho: float = field(default=0.01, metadata={
+        "help": "forget_perturbation='sam': L2 radius of the perturbation along the masked forget gradient."})
+    smooth_sigma: float = field(default=1e-3, metadata={
+        "help": "forget_perturbation='smooth': std of the Gaussian perturbation of each weight that may move."})
     collapse_threshold: float | None = field(
         default=3.0,
         metadata={"help": "Warn when the logged retain NLL exceeds this multiple of its starting value (None: off)."},
@@ -113,6 +122,9 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
         objective = get_objective(self.objective)
         one_of("retain_loss", self.retain_loss, ("nll", "kl"))
         one_of("forget_tokens", self.forget_tokens, ("answer", "key"))
+        one_of("forget_perturbation", self.forget_perturbation, (None, *PERTURBATIONS))
+        finite("sam_rho", self.sam_rho, 0, strict=True)
+        finite("smooth_sigma", self.smooth_sigma, 0, strict=True)
         for args in BUILTIN_ARGS:  # every flat field in bounds, whichever objective runs
             args(**unprefixed_values(args, self, ""))
         self.objective_args = parse_options(self.objective_args, "objective_args")

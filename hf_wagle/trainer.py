@@ -56,6 +56,7 @@ from .masking.selection import check_selects_something
 from .modeling import adapter_disabled, base_named_parameters, local_tensor, peft_wrapping, quantization_of
 from .objectives import get_objective
 from .options import MASK_SAFE_OPTIMIZERS
+from .perturbation import perturbed, sam_perturbation, smooth_perturbation
 from .record import data_entry, examples_digest, run_record, tensors_digest, write_record
 
 logger = logging.get_logger(__name__)
@@ -187,6 +188,8 @@ class WagleTrainer(Trainer):
         self._reference: dict[str, torch.Tensor] | None = None  # "<part>.nll_sum" / "<part>.n_tokens"
         self._frozen: dict[str, torch.Tensor] | None = None     # start values of trainable params (no PEFT)
         self._pad_id = pad
+        self._perturbation: dict[torch.Tensor, torch.Tensor] = {}  # eps of this step (`forget_perturbation`)
+        self._loss_part: str | None = None  # "forget" or "retain" while a perturbed step takes them apart
         self._metrics = defaultdict(list)
         self.results: dict | None = None  # {"before": {...}, "after": {...}} numbers the model card shows
         self.provenance = {"base_name": getattr(getattr(model, "config", None), "_name_or_path", None),
@@ -271,8 +274,56 @@ class WagleTrainer(Trainer):
             self.results = self.evaluation.results()
         return output
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The Trainer's micro-batches of one optimizer step; with `forget_perturbation`, also this step's
+        perturbation, from all of them (`hf_wagle.perturbation`)."""
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.args.forget_perturbation is not None and batches:
+            self._perturbation = self._step_perturbation(batches)
+        return batches, num_items
+
+    def _step_perturbation(self, batches: list[dict]) -> dict[torch.Tensor, torch.Tensor]:
+        masks = {p: self._grad_masks.get(p) for p in self.model.parameters() if p.requires_grad}
+        a = self.args
+        if a.forget_perturbation == "smooth":
+            return smooth_perturbation(masks, a.smooth_sigma, (a.seed * 1_000_003 + self.state.global_step) % 2 ** 62)
+        # sam: the forget term's gradient over every micro-batch of the step, each weighted as the step weights it,
+        # taken into .grad (which is empty between steps) under no_sync, so DDP reduces nothing, then handed back
+        held = {p: p.grad for p in masks}
+        for p in masks:
+            p.grad = None
+        self.model.train()
+        try:
+            with self.accelerator.no_sync(self.model_wrapped):
+                for inputs in batches:
+                    with self.compute_loss_context_manager():
+                        loss, _ = self.objective.forget_loss(self, self.model, self._prepare_inputs(inputs))
+                    (loss / len(batches)).backward()
+            grads = {p: p.grad if m is None else p.grad * m for p, m in masks.items() if p.grad is not None}
+        finally:
+            for p, g in held.items():
+                p.grad = g
+        if a.world_size > 1:  # the whole batch's direction, the same on every rank
+            import torch.distributed as dist
+
+            for g in grads.values():
+                dist.all_reduce(g)
+        return sam_perturbation(grads, a.sam_rho)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._perturbation:  # forget term at theta + eps (its own backward, unreduced), retain term at theta
+            self._loss_part = "forget"
+            try:
+                sync = self.accelerator.no_sync(model) if self.objective.uses_retain else contextlib.nullcontext()
+                with sync, perturbed(self._perturbation):
+                    loss = super().training_step(model, inputs, num_items_in_batch)
+                if self.objective.uses_retain:
+                    self._loss_part = "retain"
+                    loss = loss + super().training_step(model, inputs, num_items_in_batch)
+            finally:
+                self._loss_part = None
+        else:
+            loss = super().training_step(model, inputs, num_items_in_batch)
         with torch.no_grad():  # g *= mask, in place (this rank's shard of g and of the mask under FSDP2)
             for p, m in self._grad_masks.items():
                 if p.grad is not None:
@@ -390,10 +441,12 @@ class WagleTrainer(Trainer):
             self._signature_columns = ["forget", "retain", "refusal"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        forget_loss, logs = self.objective.forget_loss(self, model, inputs)
-        loss = self.args.forget_weight * forget_loss
-        logs["forget_loss"] = forget_loss.detach()
-        if self.objective.uses_retain:
+        loss, logs = 0.0, {}
+        if self._loss_part != "retain":
+            forget_loss, logs = self.objective.forget_loss(self, model, inputs)
+            loss = self.args.forget_weight * forget_loss
+            logs["forget_loss"] = forget_loss.detach()
+        if self.objective.uses_retain and self._loss_part != "forget":
             retain_loss, retain_logs = self.objective.retain_loss(self, model, inputs)
             loss = loss + self.args.retain_weight * retain_loss
             logs.update(retain_logs, retain_loss=retain_loss.detach())
@@ -579,6 +632,9 @@ def check_engine(args, peft_config, needs_reference_model: bool) -> None:
     refused by `WagleConfig` itself)."""
     if not (args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")):
         return
+    if args.forget_perturbation is not None:
+        raise NotImplementedError("forget_perturbation under FSDP is not supported (its extra forget pass would "
+                                  "reduce-scatter gradients mid-step); use DDP, or forget_perturbation=None")
     # TrainingArguments default to FSDP2; Accelerate's environment (accelerate launch) to FSDP1
     version = int((args.fsdp_config or {}).get("version", 2) if args.fsdp else os.environ.get("FSDP_VERSION", 1))
     if version != 2:

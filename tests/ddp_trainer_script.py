@@ -9,12 +9,14 @@ from hf_wagle import WagleConfig, WagleTrainer
 from hf_wagle.evaluation import WagleEvalCallback
 
 model_dir, out, objective = sys.argv[1], sys.argv[2], sys.argv[3]
+perturbation = sys.argv[4] if len(sys.argv) > 4 else None
 model = AutoModelForCausalLM.from_pretrained(model_dir)
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
 args = WagleConfig(output_dir=f"{out}/run", objective=objective, mask_method="wagle", mask_ratio=0.5, mu=1e-3,
                    learning_rate=1e-3, max_steps=3, per_device_train_batch_size=2, gradient_accumulation_steps=2,
                    weight_decay=0.1, max_grad_norm=0.5, use_cpu=True, ddp_backend="gloo", report_to="none",
-                   save_strategy="no", disable_tqdm=True, seed=0, dataloader_drop_last=True, logging_steps=1)
+                   save_strategy="no", disable_tqdm=True, seed=0, dataloader_drop_last=True, logging_steps=1,
+                   forget_perturbation=perturbation, sam_rho=0.05)
 forget, retain = load_from_disk(f"{out}/forget"), load_from_disk(f"{out}/retain")
 trainer = WagleTrainer(model=model, args=args, forget_dataset=forget, retain_dataset=retain,
                        processing_class=tokenizer)
@@ -26,6 +28,8 @@ rank = args.process_index
 torch.save({"params": {n: p.detach().clone() for n, p in trainer.model.named_parameters()},
             "mask": dict(trainer.enforced_mask.items()),
             "retain_draws": [trainer.train_dataset[i]["retain"]["input_ids"] for i in range(6)],
+            "eps": {n: trainer._perturbation[p].clone() for n, p in trainer.model.named_parameters()
+                    if p in trainer._perturbation},
             "eval_history": evaluation.history, "world": args.world_size,
             "logged": [h for h in trainer.state.log_history if "forget_loss" in h]}, f"{out}/trainer_rank{rank}.pt")
 # every rank is done with its collectives before any closes its connections

@@ -1,0 +1,117 @@
+"""`forget_perturbation`: the forget term at perturbed weights, exactly as `hf_wagle.perturbation` states it."""
+
+import copy
+
+import pytest
+import torch
+
+from hf_wagle import WagleConfig, WagleTrainer, compute_mask
+from hf_wagle.losses import sequence_nll
+from hf_wagle.perturbation import perturbed, sam_perturbation
+
+from support import small_args, snapshot
+
+
+class Recording(WagleTrainer):
+    """Keeps every micro-batch it trains on."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.seen.append(copy.deepcopy(inputs))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+def expected_step(model, masks, micro_batches, rho, lr):
+    """One SGD step of grad_diff as the module docstring defines it, computed independently:
+    g = sum_i grad(-NLL_f,i(theta)) / n (masked), eps = rho * g / ||g||,
+    theta' = theta - lr * mask * sum_i [grad(-NLL_f,i(theta + eps)) + grad(NLL_r,i(theta))] / n."""
+    params = dict(model.named_parameters())
+    n = len(micro_batches)
+
+    def grads(loss_of):
+        model.zero_grad()
+        for batch in micro_batches:
+            (loss_of(batch) / n).backward()
+        return {k: p.grad.clone() * masks[k] for k, p in params.items()}
+
+    g = grads(lambda b: -sequence_nll(model, b["forget"]).token_mean)
+    norm = torch.linalg.vector_norm(torch.stack([v.norm() for v in g.values()]))
+    eps = {k: rho * v / norm for k, v in g.items()} if rho else {}
+    with torch.no_grad():
+        for k, e in eps.items():
+            params[k].add_(e)
+    forget = grads(lambda b: -sequence_nll(model, b["forget"]).token_mean)
+    with torch.no_grad():
+        for k, e in eps.items():
+            params[k].sub_(e)
+    retain = grads(lambda b: sequence_nll(model, b["retain"]).token_mean)
+    return {k: (p - lr * (forget[k] + retain[k])).detach() for k, p in params.items()}
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.5])
+def test_sam_step_is_the_documented_formula_over_the_whole_accumulated_batch(model, tokenizer, world, tmp_path, rho):
+    """One SGD step (2 micro-batches accumulated) moves the weights by exactly the formula: the perturbation from the
+    whole step's forget gradient, the forget gradient taken at theta + eps, the retain gradient at theta. rho=0 is
+    the plain step through the same harness (no perturbation)."""
+    start = copy.deepcopy(model)
+    mask = compute_mask(model, world["forget"], world["retain"], tokenizer, method="random", ratio=0.5)
+    args = small_args(tmp_path, objective="grad_diff", optim="sgd", learning_rate=0.5, weight_decay=0.0,
+                      max_grad_norm=0.0, per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=1,
+                      forget_perturbation="sam" if rho else None, sam_rho=rho or 0.01)
+    trainer = Recording(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
+                        processing_class=tokenizer, mask=mask)
+    trainer.seen = []
+    trainer.train()
+    assert len(trainer.seen) == 2
+    want = expected_step(start, {k: v.float() for k, v in mask.items()}, trainer.seen, rho, lr=0.5)
+    plain = expected_step(copy.deepcopy(start), {k: v.float() for k, v in mask.items()}, trainer.seen, 0.0, lr=0.5)
+    moved = max(float((want[k] - plain[k]).abs().max()) for k in want)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), want[name], rtol=0, atol=2e-6)
+    if rho:  # the perturbation changes the step by far more than the tolerance
+        assert moved > 1e-3
+    else:
+        assert moved == 0
+
+
+@pytest.mark.parametrize("how", ["sam", "smooth"])
+def test_perturbed_runs_keep_off_mask_weights_bit_identical(model, tokenizer, world, tmp_path, how):
+    mask = compute_mask(model, world["forget"], world["retain"], tokenizer, method="random", ratio=0.3)
+    before = snapshot(model)
+    args = small_args(tmp_path, objective="npo", learning_rate=5e-3, weight_decay=0.1, max_grad_norm=1.0,
+                      gradient_accumulation_steps=2, max_steps=3, forget_perturbation=how, sam_rho=0.05,
+                      smooth_sigma=0.01)
+    trainer = WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
+                           processing_class=tokenizer, mask=mask)
+    trainer.train()
+    moved = 0
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach()[~mask[n]], before[n][~mask[n]]), f"{n} moved off-mask"
+        moved += int((p.detach()[mask[n]] != before[n][mask[n]]).sum())
+    assert moved > 0.9 * mask.num_selected
+    assert not trainer._perturbation or all(torch.equal(e[~mask[n]], torch.zeros_like(e[~mask[n]]))
+                                            for n, p in model.named_parameters()
+                                            for e in [trainer._perturbation.get(p)] if e is not None)
+
+
+def test_perturbed_block_restores_the_exact_bits():
+    p = torch.nn.Parameter(torch.tensor([0.1, -0.0, 3.0, 1e-8]))
+    bits = p.detach().clone()
+    eps = sam_perturbation({p: torch.tensor([1.0, 0.0, -2.0, 0.5])}, rho=0.3)
+    with perturbed(eps):
+        assert not torch.equal(p.detach(), bits)
+    assert torch.equal(p.detach().view(torch.int32), bits.view(torch.int32))  # -0.0 keeps its sign bit too
+    assert float(torch.linalg.vector_norm(eps[p])) == pytest.approx(0.3)
+    assert sam_perturbation({p: torch.zeros(4)}, rho=0.3) == {}
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(forget_perturbation="sharp"), "forget_perturbation must be one of"),
+    (dict(forget_perturbation="sam", sam_rho=0.0), "sam_rho must be a finite number > 0"),
+    (dict(forget_perturbation="smooth", smooth_sigma=float("nan")), "smooth_sigma must be a finite number > 0"),
+    (dict(forget_perturbation="sam", fsdp="full_shard"), "forget_perturbation under FSDP is not supported"),
+])
+def test_bad_perturbation_options_are_refused_before_any_work(model, tokenizer, world, tmp_path, bad, message):
+    with pytest.raises((ValueError, NotImplementedError), match=message):
+        args = WagleConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", **bad)
+        WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
+                     processing_class=tokenizer)
