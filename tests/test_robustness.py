@@ -1,6 +1,7 @@
 """Forgetting that lasts: quantisation as bitsandbytes stores weights, the survival predictor, recovery arithmetic,
 relearning, and the `hf-wagle audit` command."""
 import copy
+import math
 
 import pytest
 import torch
@@ -100,6 +101,32 @@ def test_recovery_arithmetic():
         recovery([1.0], [0.0, 0.1], [0.5])
 
 
+def test_distance_and_the_straight_path_from_the_base(trained, world):
+    from hf_wagle.experiments.robustness import INTERPOLATION, barrier, distance, interpolated_model
+
+    model, tokenizer = trained
+    moved = copy.deepcopy(model)
+    weight = moved.get_submodule("model.layers.0.mlp.down_proj").weight
+    with torch.no_grad():
+        weight[0, :4] += torch.tensor([3.0, 4.0, 0.0, 0.0])  # a change of L2 norm 5 in 2 weights
+    d = distance(model, moved)
+    assert d["l2"] == pytest.approx(5.0, rel=1e-6) and d["changed"] == 2
+    assert d["relative"] == pytest.approx(5.0 / math.sqrt(sum(float(p.double().pow(2).sum())
+                                                               for p in model.parameters())))
+    half = interpolated_model(model, moved, 0.5).get_submodule("model.layers.0.mlp.down_proj").weight
+    original = model.get_submodule("model.layers.0.mlp.down_proj").weight
+    torch.testing.assert_close(half[0, :2], original[0, :2] + torch.tensor([1.5, 2.0]))
+    assert torch.equal(half[1:], original[1:])
+    assert barrier([0.0, 2.0, 1.0, 1.0, 1.0]) == pytest.approx(1.75)  # at alpha 0.25: 2 - 0.25
+    assert barrier([0.0, 0.25, 0.5, 0.75, 1.0]) == pytest.approx(0.0)  # linear: no barrier
+    report = audit(model, moved, tokenizer, world["forget"].select(range(4)), retain=world["retain"].select(range(4)),
+                   schemes=(), relearn_steps=0, answers=False)
+    path = report["interpolation"]
+    assert path["alphas"] == list(INTERPOLATION) and len(path["forget_nll"]) == len(path["retain_nll"]) == 5
+    assert path["forget_barrier"] == pytest.approx(barrier(path["forget_nll"]))
+    assert report["distance"] == d
+
+
 def test_the_default_relearning_attack_trains_for_epochs_and_progress_estimates_the_rest():
     from hf_wagle.experiments import Progress, duration
     from hf_wagle.experiments.robustness import relearn_steps_for
@@ -157,6 +184,7 @@ def test_audit_command_appends_to_the_record_and_the_card(trained, world, tmp_pa
     out = capsys.readouterr().out
     assert "recovery after nf4" in out and "recovery after relearn" in out and "recovery after nf4_adapter" in out
     assert "(1 step at lr 0.0001 on 5 rows, scored on 5 others)" in out  # the attack, stated
+    assert "distance from the base: ||u - o|| = " in out and "forget answer NLL from base to unlearned" in out
     stages = [line for line in out.splitlines() if line.startswith("[")]  # base, nf4, int8, adapter, prompt?, relearn
     assert stages[0].startswith(f"[1/{len(stages)}] the base and the unlearned model scored (")
     assert stages[-1].startswith(f"[{len(stages)}/{len(stages)}] relearn: 1 step at") and stages[-1].endswith("done)")

@@ -24,6 +24,11 @@ Recovery of a score `s` (mean over the scored rows), for an intervention `I`:
 intervention brings nothing back; 1: the model knows as much as the original does. Its 95% interval is a percentile
 bootstrap over rows (`scipy.stats.bootstrap`, 2000 resamples).
 
+Beside the recoveries: `distance` (how far the weights moved: `||u - o||`) and the straight path from the original to
+the unlearned model (`interpolated_model`): the mean answer NLL of the forget (and retain) rows at `o + alpha (u - o)`
+for alpha 0, 0.25, 0.5, 0.75, 1, and its `barrier` above the straight line between the ends. Relearning resistance
+is reported to follow both (farther, and not linearly connected, is harder to undo).
+
 `update_survival` predicts the quantisation result from the weights alone: of the weights the unlearning changed,
 the fraction whose quantised value differs from the original's quantised value (an update smaller than half a
 quantisation step rounds back to the original code), and the norm of the quantised change over the norm of the
@@ -150,6 +155,44 @@ def update_survival(original, unlearned, schemes=SCHEMES) -> dict:
     return out
 
 
+@torch.no_grad()
+def distance(original, unlearned) -> dict:
+    """How far the unlearning moved the weights: `l2 = ||u - o||` over every parameter (float64), `relative =
+    l2 / ||o||`, and `changed`, the number of weights that differ. Relearning undoes small, close changes most
+    easily (the farther from the original, the more an attacker has to move)."""
+    before = dict(original.named_parameters())
+    sq = base_sq = 0.0
+    changed = 0
+    for name, u in unlearned.named_parameters():
+        o = before[name].to(u.device)
+        diff = u.double() - o.double()
+        sq += float(diff.pow(2).sum())
+        base_sq += float(o.double().pow(2).sum())
+        changed += int((u != o).sum())
+    return {"l2": math.sqrt(sq), "relative": math.sqrt(sq / base_sq) if base_sq else None, "changed": changed}
+
+
+INTERPOLATION = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@torch.no_grad()
+def interpolated_model(original, unlearned, alpha: float):
+    """A copy of `unlearned` whose weights are `o + alpha * (u - o)`: alpha 0 the original, 1 the unlearned."""
+    out = copy.deepcopy(unlearned)
+    before = dict(original.named_parameters())
+    for name, p in out.named_parameters():
+        o = before[name].to(p.device)
+        p.copy_(o + alpha * (p - o))
+    return out
+
+
+def barrier(values: list[float], alphas=INTERPOLATION) -> float:
+    """`max_alpha [L(alpha) - ((1 - alpha) L(0) + alpha L(1))]` over the path's points: how far the loss along the
+    straight line from the original to the unlearned model rises above the chord (0 or less: no barrier, the two
+    are linearly connected on this data)."""
+    return max(v - ((1 - a) * values[0] + a * values[-1]) for a, v in zip(alphas, values))
+
+
 def relearned_model(model, tokenizer, data, steps: int, learning_rate: float, batch_size: int = 8,
                     prompt_template: str | None = None, seed: int = 0):
     """A float32 copy of `model` after `steps` AdamW steps (no weight decay, every weight trainable) of the
@@ -252,10 +295,11 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
 
     other = _other_template(tokenizer, template)
     paraphrased = "paraphrased_question" in forget.column_names
-    stages = Progress(1 + len(schemes) + adapter + (other is not None) + paraphrased
+    stages = Progress(2 + len(schemes) + adapter + (other is not None) + paraphrased
                       + (relearn_steps != 0) * (1 + (retain is not None)), progress)
     report = {"scores": {}, "recovery": {}, "retain_scores": None, "answered": {} if answers else None,
-              "survival": update_survival(original, unlearned, schemes), "rows": len(forget)}
+              "survival": update_survival(original, unlearned, schemes), "distance": distance(original, unlearned),
+              "rows": len(forget)}
     base_o, base_u = score(original, forget), score(unlearned, forget)
     answered("original", original, forget)
     answered("unlearned", unlearned, forget)
@@ -264,6 +308,17 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
         report["retain_scores"] = {"original": mean(score(original, retain)),
                                    "unlearned": mean(score(unlearned, retain))}
     stages.step("the base and the unlearned model scored")
+    path = {"alphas": list(INTERPOLATION), "forget_nll": [], **({"retain_nll": []} if retain is not None else {})}
+    for alpha in INTERPOLATION:  # mean answer NLL = mean(-log probability) along the straight path
+        between = original if alpha == 0 else unlearned if alpha == 1 else interpolated_model(original, unlearned,
+                                                                                               alpha)
+        for name, data in (("forget", forget), ("retain", retain)):
+            if data is not None:
+                path[f"{name}_nll"].append(mean([-math.log(max(v, 1e-45)) for v in score(between, data)]))
+    path.update({f"{name}_barrier": barrier(path[f"{name}_nll"]) for name in ("forget", "retain")
+                 if f"{name}_nll" in path})
+    report["interpolation"] = path
+    stages.step("the straight path from the base to the unlearned model")
     quantised_original = {}  # per scheme, the original's scores once quantised
     for scheme in schemes:
         q_o, q_u = quantised_model(original, scheme), quantised_model(unlearned, scheme)
@@ -343,6 +398,18 @@ def format_audit(report: dict) -> str:
         if s["fraction"] is not None:
             lines.append(f"  {scheme}: {s['surviving']} of {s['changed']} changed weights keep a changed quantised "
                          f"value ({s['fraction']:.3g}); ||Q(u) - Q(o)|| / ||u - o|| = {s['norm_fraction']:.3g}")
+    if report.get("distance"):
+        d = report["distance"]
+        lines.append(f"distance from the base: ||u - o|| = {d['l2']:.4g} ({d['relative'] or 0:.3g} of ||o||), "
+                     f"{d['changed']} weights changed")
+    if report.get("interpolation"):
+        path = report["interpolation"]
+        for name in ("forget", "retain"):
+            if f"{name}_nll" in path:
+                alphas = ", ".join(f"{a:g}" for a in path["alphas"])
+                lines.append(f"{name} answer NLL from base to unlearned (alpha {alphas}): "
+                             + ", ".join(f"{v:.3g}" for v in path[f"{name}_nll"])
+                             + f"; barrier above the straight line {path[f'{name}_barrier']:.3g}")
     if report.get("answered"):
         lines.append("share of questions still answered: " + ", ".join(f"{k} {v:.3g}"
                                                                        for k, v in report["answered"].items()))

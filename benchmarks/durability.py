@@ -1,0 +1,94 @@
+"""Does the forgetting survive relearning, with and without a perturbed forget term? SmolLM2-135M-Instruct and the
+fact-level country_languages scenario.
+
+Each recipe runs `hf-wagle unlearn --config examples/unlearn_country_languages.yaml` (masked LoRA, NPO with key tokens
+and the KL retain term; the fact-level targets stop the run, so forgetting is matched by the targets) plus its own
+options, then `hf-wagle audit` with the default relearning attack (3 epochs over the attacker's half of the forget
+rows, at least 10 AdamW steps, lr 1e-4; scored on the other half) and the same attack on the neighbour facts (other
+countries' languages: related data that is not the forget set), no quantisation. Per run: the targets, the
+evaluation kept, the recovery fractions with their row-bootstrap intervals, the L2 distance from the base and the
+seconds the unlearning took (this one process, side by side: compare them as ratios).
+
+    python benchmarks/durability.py --out benchmarks/results/durability --seeds 0,1,2
+
+Writes `durability.json` and prints a Markdown table: mean over seeds and, in brackets, the range.
+"""
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from hf_wagle.cli import main as hf_wagle
+from hf_wagle.real_model import smollm2_path
+
+SCENARIO = "scenario:country_languages"
+RECIPES = {"npo": [],
+           "npo + sam 0.01": ["--forget_perturbation", "sam", "--sam_rho", "0.01"],
+           "npo + sam 0.1": ["--forget_perturbation", "sam", "--sam_rho", "0.1"],
+           "npo + smooth 0.01": ["--forget_perturbation", "smooth", "--smooth_sigma", "0.01"]}
+
+
+def run(work: Path, seeds: list[int], recipes: list[str]) -> dict:
+    model = str(smollm2_path())
+    config = Path(__file__).resolve().parents[1] / "examples" / "unlearn_country_languages.yaml"
+    results = {}
+    for recipe in recipes:
+        for seed in seeds:
+            folder = work / f"{recipe.replace(' ', '_')}_seed{seed}"
+            start = time.perf_counter()
+            status = hf_wagle(["unlearn", "--config", str(config), "--model_name_or_path", model, "--output_dir",
+                               str(folder), "--seed", str(seed), *RECIPES[recipe]])
+            seconds = time.perf_counter() - start
+            unlearned = json.loads((folder / "unlearn_results.json").read_text())
+            hf_wagle(["audit", str(folder), "--base", model, "--forget", f"{SCENARIO}/forget", "--retain",
+                      f"{SCENARIO}/neighbour", "--schemes", "", "--out", str(folder / "audit.json")])
+            audit = json.loads((folder / "audit.json").read_text())
+            results[f"{recipe} seed {seed}"] = {"recipe": recipe, "seed": seed, "targets_met": status == 0,
+                                                "steps": unlearned["steps"], "unlearn_seconds": seconds,
+                                                "after": unlearned["evaluation"]["after"], "audit": audit}
+    return results
+
+
+def cell(values) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    mean = sum(values) / len(values)
+    return f"{mean:.3g}" if len(values) == 1 else f"{mean:.3g} ({min(values):.3g} to {max(values):.3g})"
+
+
+def table(results: dict) -> str:
+    columns = {"targets met": lambda r: float(r["targets_met"]), "steps": lambda r: r["steps"],
+               "forget answered": lambda r: r["after"].get("forget_answered"),
+               "neighbour answered": lambda r: r["after"].get("neighbour_answered"),
+               "heldout answered": lambda r: r["after"].get("heldout_answered"),
+               "recovery: relearn forget": lambda r: r["audit"]["recovery"]["relearn"]["recovery"],
+               "recovery: relearn neighbours": lambda r: r["audit"]["recovery"]["relearn_retain"]["recovery"],
+               "L2 from base": lambda r: (r["audit"].get("distance") or {}).get("l2"),
+               "seconds": lambda r: r["unlearn_seconds"]}
+    rows = ["| recipe | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for recipe in dict.fromkeys(r["recipe"] for r in results.values()):
+        mine = [r for r in results.values() if r["recipe"] == recipe]
+        rows.append(f"| {recipe} | " + " | ".join(cell([f(r) for r in mine]) for f in columns.values()) + " |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results/durability")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
+    parser.add_argument("--add", action="store_true", help="keep the runs already in durability.json")
+    parser.add_argument("--work", help="folder for the runs' adapters (default: a temporary folder)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work or tempfile.mkdtemp(prefix="durability-"))
+    results = run(work, [int(s) for s in args.seeds.split(",")], [s.strip() for s in args.recipes.split(",")])
+    path = out / "durability.json"
+    if args.add and path.exists():  # runs of other seeds or recipes, measured before
+        results = {**json.loads(path.read_text()), **results}
+    path.write_text(json.dumps(results, indent=2))
+    print(table(results))
