@@ -17,6 +17,27 @@ def tiny(tokenizer):
     return LlamaForCausalLM(cfg)
 
 
+def test_every_mask_method_scores_a_tied_tensor_once(tokenizer, world):
+    """A tied input embedding and output head are one tensor: every built-in method scores it once, counts it once
+    and gives its two names one mask (SmolLM2's tied head: tests/test_real_model.py)."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg)
+    head, embed = "lm_head.weight", "model.embed_tokens.weight"
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    forget, retain = world["forget"].select(range(4)), world["retain"].select(range(4))
+    total = sum(p.numel() for p in model.parameters())  # the tied tensor counted once
+    for method in ("wagle", "snip", "gradient", "grin", "magnitude", "wanda", "random"):  # the built-ins
+        mask = compute_mask(model, forget, retain, tokenizer, method=method, ratio=0.4, batch_size=4,
+                            progress=False)
+        assert (mask.num_total, mask.num_selected) == (total, round(0.4 * total)), method
+        assert mask.metadata["tied"] == {head: embed} and head in mask and head not in mask.names()
+        assert torch.equal(mask[head], mask[embed]) and mask.count(head) == mask.count(embed)
+    assert f"{head} is tied to {embed}" in mask.format_stats()
+
+
 def direct_gradients(model, dataset, tokenizer):
     """Sum over examples of the gradient of each example's own token-mean loss, one example at a time."""
     total = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in model.named_parameters()}
