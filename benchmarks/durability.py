@@ -2,10 +2,10 @@
 fact-level country_languages scenario.
 
 Each recipe runs `hf-wagle unlearn --config examples/unlearn_country_languages.yaml` (masked LoRA, NPO with key tokens
-and the KL retain term; the fact-level targets stop the run, so forgetting is matched by the targets) plus its own
-options, then `hf-wagle audit` with the default relearning attack (3 epochs over the attacker's half of the forget
-rows, at least 10 AdamW steps, lr 1e-4; scored on the other half) and the same attack on the neighbour facts (other
-countries' languages: related data that is not the forget set), no quantisation. Per run: the targets, the
+and the KL retain term) for 12 steps, scored at steps 0, 6 and 12 (the fact-level targets keep the best of those),
+plus its own options, then `hf-wagle audit` with the default relearning attack (3 epochs over the attacker's half of
+the forget rows, at least 10 AdamW steps, lr 1e-4; scored on the other half) and the same attack on the neighbour
+facts (other countries' languages: related data that is not the forget set), no quantisation. Per run: the targets, the
 evaluation kept, the recovery fractions with their row-bootstrap intervals, the L2 distance from the base and the
 seconds the unlearning took (this one process, side by side: compare them as ratios).
 
@@ -24,10 +24,15 @@ from hf_wagle.cli import main as hf_wagle
 from hf_wagle.real_model import smollm2_path
 
 SCENARIO = "scenario:country_languages"
+# 12 steps, scored at 0, 6 and 12: the example's recipe forgets within them on every seed, and fewer evaluations
+# keep a run to a few minutes on 2 CPU cores
+STEPS = ["--max_steps", "12", "--target_eval_steps", "6"]
+# On this adapter at the start, the forget NLL at theta + eps falls by 2% for sam_rho 0.01 (the published value, for
+# full-parameter 7B runs), 18% for 0.1 and 43% for 1.0: the radius that matters is the model's and the adapter's own
 RECIPES = {"npo": [],
-           "npo + sam 0.01": ["--forget_perturbation", "sam", "--sam_rho", "0.01"],
            "npo + sam 0.1": ["--forget_perturbation", "sam", "--sam_rho", "0.1"],
-           "npo + smooth 0.01": ["--forget_perturbation", "smooth", "--smooth_sigma", "0.01"]}
+           "npo + sam 1": ["--forget_perturbation", "sam", "--sam_rho", "1.0"],
+           "npo + smooth 0.001": ["--forget_perturbation", "smooth", "--smooth_sigma", "0.001"]}
 
 
 def run(work: Path, seeds: list[int], recipes: list[str]) -> dict:
@@ -39,7 +44,7 @@ def run(work: Path, seeds: list[int], recipes: list[str]) -> dict:
             folder = work / f"{recipe.replace(' ', '_')}_seed{seed}"
             start = time.perf_counter()
             status = hf_wagle(["unlearn", "--config", str(config), "--model_name_or_path", model, "--output_dir",
-                               str(folder), "--seed", str(seed), *RECIPES[recipe]])
+                               str(folder), "--seed", str(seed), *STEPS, *RECIPES[recipe]])
             seconds = time.perf_counter() - start
             unlearned = json.loads((folder / "unlearn_results.json").read_text())
             hf_wagle(["audit", str(folder), "--base", model, "--forget", f"{SCENARIO}/forget", "--retain",

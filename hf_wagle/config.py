@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .data import check_prompt_template
-from .evaluation.targets import KINDS, parse_targets
+from .evaluation.targets import KINDS, parse_targets, recovery_limit
 from .masking.config import PREFIX, UNPREFIXED, MaskArguments, MaskConfig
 from .objectives import BUILTIN_ARGS, get_objective, objective_arguments
 from .options import (
@@ -91,7 +91,8 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
                 "multiple of the start; sets forget, retain, heldout, neighbour, entity, topic; measures probability, "
                 "answered, rouge). Scored every target_eval_steps steps; training stops once all hold and the best "
                 "evaluation meeting them is kept, else the closest, and the run says which target it missed and by how "
-                "much."})
+                "much. 'relearn_recovery <= 0.5' is checked once, after training: the audit's relearning attack "
+                "on the kept model may give back at most that share of what was forgotten."})
     forget_kind: str | None = field(default=None, metadata={
         "help": "What is to be forgotten: 'fact' (the listed facts only; `neighbour` and `entity` sets must stay) or "
                 "'topic' (the topic: a `topic` set of its facts never trained on must be forgotten too). Without "
@@ -147,7 +148,9 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
         check_prompt_template(self.prompt_template)
         if self.max_steps == 0 or (self.max_steps < 0 and self.num_train_epochs <= 0):
             raise ValueError("this run would take 0 steps: set max_steps >= 1 or num_train_epochs > 0")
-        self.targets = [str(t) for t in parse_targets(self.targets)] or None
+        limit = recovery_limit(self.targets)  # checked after training, not scored during it
+        self.targets = [str(t) for t in parse_targets(self.targets)] + (
+            [f"relearn_recovery <= {limit:g}"] if limit is not None else []) or None
         one_of("forget_kind", self.forget_kind, (None, *KINDS))
         if self.utility_floor is not None:
             finite("utility_floor", self.utility_floor, 0, strict=True)

@@ -44,7 +44,7 @@ from .data import (
     tokenize_dataset,
 )
 from .evaluation.measure import answer_keys, neighbourhood_share, split_holdout
-from .evaluation.targets import run_targets
+from .evaluation.targets import durability_row, recovery_limit, run_targets
 from .export import check_export_options, export_adapter
 from .hub import write_export_card, write_model_card
 from .io import check_destination, check_output_folder, output_lock, staged_directory
@@ -127,6 +127,11 @@ class WagleTrainer(Trainer):
             heldout_source = (f"{len(eval_sets['heldout'])} of the {n} retain rows, held out of training "
                               f"(retain_holdout={args.retain_holdout:g}, seed {args.seed})")
         targets = run_targets(args.targets, args.forget_kind, ["forget", *eval_sets]) or None
+        self.recovery_limit = recovery_limit(args.targets)
+        if self.recovery_limit is not None and quantization_of(model) is not None:
+            raise ValueError("a relearn_recovery target relearns a full-precision copy of the model, which a "
+                             "bitsandbytes-quantised base is not; save the run and audit it (hf-wagle audit "
+                             "--max-recovery relearn=...) against the unquantised base")
         if mask is None and args.mask_method is not None and quantization_of(model) is not None:
             raise ValueError("attribution needs a full-precision gradient of every weight, which a bitsandbytes-"
                              "quantised base does not have: compute the mask on the unquantised model (hf-wagle "
@@ -187,6 +192,7 @@ class WagleTrainer(Trainer):
         self._resuming = False
         self._reference: dict[str, torch.Tensor] | None = None  # "<part>.nll_sum" / "<part>.n_tokens"
         self._frozen: dict[str, torch.Tensor] | None = None     # start values of trainable params (no PEFT)
+        self._start_weights: dict[str, torch.Tensor] | None = None  # the same on the CPU, for relearn_recovery
         self._pad_id = pad
         self._perturbation: dict[torch.Tensor, torch.Tensor] = {}  # eps of this step (`forget_perturbation`)
         self._loss_part: str | None = None  # "forget" or "retain" while a perturbed step takes them apart
@@ -248,6 +254,9 @@ class WagleTrainer(Trainer):
             self._reference = self._load_reference(resume_from_checkpoint) or self._reference_logps()
         if self._needs_frozen_copy():
             self._frozen = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        if self.recovery_limit is not None and not self._is_peft():  # the start, for the relearning check
+            self._start_weights = {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters()
+                                   if p.requires_grad}
         if self.collapse_monitor in self.callback_handler.callbacks:
             self.collapse_monitor.baseline = self._retain_nll_now()
         if self.is_fsdp_enabled:
@@ -272,7 +281,50 @@ class WagleTrainer(Trainer):
         output = super().train(resume_from_checkpoint, *args, **kwargs)
         if self.evaluation is not None and self.evaluation.history:
             self.results = self.evaluation.results()
+        if self.recovery_limit is not None:
+            self._check_durability()
         return output
+
+    def _is_peft(self) -> bool:
+        from peft import PeftModel
+
+        return isinstance(self.model, PeftModel)
+
+    def _check_durability(self) -> None:
+        """The `relearn_recovery` target (`hf_wagle.evaluation.targets`): the audit's relearning attack on copies of
+        the start model and of the model kept, added to the targets' report. Every rank computes it (the same
+        numbers), so no rank waits on another."""
+        import copy
+
+        from .experiments.robustness import audit
+
+        if self._is_peft():
+            original = copy.deepcopy(self.model).unload()
+            unlearned = copy.deepcopy(self.model).merge_and_unload()
+        else:
+            unlearned = self.model
+            original = copy.deepcopy(self.model)
+            with torch.no_grad():
+                for name, p in original.named_parameters():
+                    if name in self._start_weights:
+                        p.copy_(self._start_weights[name])
+        was_training = self.model.training
+        try:
+            report = audit(original.eval(), unlearned.eval(), self.processing_class, self.forget_dataset, schemes=(),
+                           batch_size=self.args.per_device_eval_batch_size, prompt_template=self.args.prompt_template,
+                           seed=self.args.seed, answers=False, relearn_only=True)
+        finally:
+            self.model.train(was_training)
+        row = durability_row(self.recovery_limit, report)
+        self.results = dict(self.results or {})
+        targets = self.results.get("targets") or {"targets": [], "met": True, "step": self.state.global_step,
+                                                  "evaluations": 0, "per_target": [], "vacuous": []}
+        self.results["targets"] = {**targets, "targets": [*targets["targets"], row["target"]],
+                                   "met": targets["met"] and row["holds"],
+                                   "per_target": [*targets["per_target"], row]}
+        logger.warning(f"relearning check: {row['target']}: recovery "
+                       f"{'not measured' if row['value'] is None else format(row['value'], '.4g')}, "
+                       f"{'holds' if row['holds'] else 'BROKEN'}")
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The Trainer's micro-batches of one optimizer step; with `forget_perturbation`, also this step's
@@ -632,6 +684,9 @@ def check_engine(args, peft_config, needs_reference_model: bool) -> None:
     refused by `WagleConfig` itself)."""
     if not (args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")):
         return
+    if recovery_limit(args.targets) is not None:
+        raise NotImplementedError("a relearn_recovery target under FSDP is not supported (it relearns a whole copy "
+                                  "of the model); save the run and audit it: hf-wagle audit --max-recovery")
     if args.forget_perturbation is not None:
         raise NotImplementedError("forget_perturbation under FSDP is not supported (its extra forget pass would "
                                   "reduce-scatter gradients mid-step); use DDP, or forget_perturbation=None")

@@ -128,3 +128,57 @@ def test_masked_runs_are_reproducible_and_the_seed_matters(model, tokenizer, wor
     a, b, c = adapter(0), adapter(0), adapter(1)
     assert all(a[n].equal(b[n]) for n in a)
     assert not all(a[n].equal(c[n]) for n in a)
+
+
+def test_a_relearn_recovery_target_is_checked_once_on_the_kept_model(model, tokenizer, world, tmp_path):
+    """`relearn_recovery <= v` is not scored during training; after it, the audit's relearning attack on the start and
+    the kept model gives the same recovery as `audit` run by hand, and decides the verdict."""
+    import copy
+
+    from hf_wagle.evaluation.targets import explain, recovery_limit
+    from hf_wagle.experiments.robustness import audit
+
+    assert recovery_limit(["forget_probability <= 0.5x", "relearn_recovery <= 0.5"]) == 0.5
+    assert recovery_limit(["forget_probability <= 0.5x"]) is None
+    assert [str(t) for t in parse_targets(["relearn_recovery <= 0.5", "forget_rouge <= 0.5x"])] == [
+        "forget_rouge <= 0.5x"]
+    with pytest.raises(ValueError, match=">= 0"):
+        recovery_limit("relearn_recovery <= -1")
+
+    start = copy.deepcopy(model)
+    args = small_args(tmp_path, objective="grad_diff", max_steps=4, learning_rate=2e-3, mask_method="random",
+                      targets=["forget_probability <= 0.9x", "relearn_recovery <= 0"])
+    assert args.targets == ["forget_probability <= 0.9x", "relearn_recovery <= 0"]
+    trainer = WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
+                           processing_class=tokenizer)
+    assert [str(t) for t in trainer.evaluation.targets] == ["forget_probability <= 0.9x"]
+    trainer.train()
+    targets = trainer.results["targets"]
+    row = targets["per_target"][-1]
+    by_hand = audit(start, copy.deepcopy(trainer.model), tokenizer, world["forget"], schemes=(), answers=False,
+                    relearn_only=True, batch_size=args.per_device_eval_batch_size)["recovery"]["relearn"]
+    assert row["target"] == "relearn_recovery <= 0" and row["value"] == pytest.approx(by_hand["recovery"])
+    assert row["value"] > 0 and not row["holds"] and not targets["met"]
+    assert targets["per_target"][0]["holds"]  # what training scored held: the durability check alone failed
+    text = explain(targets)
+    assert "those scored during training hold" in text and "after relearning the kept model" in text
+    trainer.save_model()
+    record = json.loads((tmp_path / "out" / "unlearning_record.json").read_text())
+    assert not record["targets"]["met"] and record["targets"]["per_target"][-1]["value"] == row["value"]
+
+
+def test_a_lora_run_with_only_a_relearn_target_reports_it(trained, tokenizer, world, tmp_path):
+    import copy
+
+    from peft import LoraConfig
+
+    args = small_args(tmp_path, objective="npo", max_steps=2, learning_rate=5e-3, mask_method="random",
+                      targets=["relearn_recovery <= 100"])
+    trainer = WagleTrainer(model=copy.deepcopy(trained[0]), args=args, forget_dataset=world["forget"],
+                           retain_dataset=world["retain"], processing_class=tokenizer,
+                           peft_config=LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    trainer.train()
+    targets = trainer.results["targets"]
+    assert targets["targets"] == ["relearn_recovery <= 100"] and targets["met"]
+    assert targets["per_target"][0]["value"] is not None and targets["per_target"][0]["audit"]["steps"] >= 10
+    assert trainer.model.peft_config  # the adapter itself is untouched by the check

@@ -32,6 +32,11 @@ but `retain` is to be kept. A run states which of two requests it answers:
 
 A run with a kind and no targets of its own gets the kind's (`kind_targets`).
 
+**Durability.** `relearn_recovery <= v` is checked once, on the model the run keeps, after training: the relearning
+attack of `hf-wagle audit` (`hf_wagle.experiments.robustness`: fine-tuning on half of the forget rows, scored on the
+other half) must give back at most `v` of what the run removed. `recovery_limit` reads it; `parse_targets` leaves
+it out of the targets scored during training, and `durability_row` adds its verdict to the targets' report.
+
 **Utility floor.** With targets, every kept set that no `>=` answered target and no `<=` target names gets
 `<set>_answered >= floor x`
 (`floor_targets`, `utility_floor` 0.75 by default) once its start is known, when the model answers at least
@@ -111,13 +116,44 @@ class Target:
         return max(0.0, bound - value) if self.floor else max(0.0, value - bound)
 
 
-def parse_targets(items) -> list[Target]:
-    """Targets from a list of texts (or one text with targets separated by `;`); duplicates refused."""
+_RECOVERY = re.compile(r"^\s*relearn_recovery\s*<=\s*([-+0-9.eE]+)\s*$")
+
+
+def _items(items) -> list:
     if items is None:
         return []
-    if isinstance(items, str):
-        items = [t for t in items.split(";") if t.strip()]
-    targets = [Target.parse(t) for t in items]
+    return [t for t in items.split(";") if t.strip()] if isinstance(items, str) else list(items)
+
+
+def recovery_limit(items) -> float | None:
+    """`v` of a `relearn_recovery <= v` target among `items` (None when there is none)."""
+    for item in _items(items):
+        match = _RECOVERY.match(str(item)) if not isinstance(item, Target) else None
+        if match:
+            try:
+                value = float(match[1])
+            except ValueError:
+                raise ValueError(f"target {item!r}: {match[1]!r} is not a number") from None
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"target {item!r}: the value must be a finite number >= 0")
+            return value
+    return None
+
+
+def durability_row(limit: float, audit: dict) -> dict:
+    """The `relearn_recovery <= limit` row of a targets report from an audit report with a `relearn` recovery: it
+    holds when the recovery is measured (the run removed something) and at most `limit`."""
+    entry = audit["recovery"]["relearn"]
+    value = entry["recovery"]
+    return {"target": f"relearn_recovery <= {limit:g}", "bound": limit, "value": value,
+            "holds": value is not None and value <= limit,
+            "shortfall": None if value is None else max(0.0, value - limit), "audit": entry}
+
+
+def parse_targets(items) -> list[Target]:
+    """Targets from a list of texts (or one text with targets separated by `;`); duplicates refused. A
+    `relearn_recovery` target is not scored during training and is left out (`recovery_limit` reads it)."""
+    targets = [Target.parse(t) for t in _items(items) if isinstance(t, Target) or not _RECOVERY.match(str(t))]
     if len({str(t) for t in targets}) != len(targets):
         raise ValueError(f"targets lists one twice: {[str(t) for t in targets]}")
     return targets
@@ -146,8 +182,9 @@ def kind_targets(kind: str, sets) -> list[str]:
 def run_targets(targets, kind: str | None, sets) -> list[str]:
     """A run's targets: its own (`targets`), else its `kind`'s on the sets it has (`check_kind` first)."""
     check_kind(kind, sets)
-    if targets:
-        return [str(t) for t in parse_targets(targets)]
+    own = parse_targets(targets)
+    if own:
+        return [str(t) for t in own]
     return kind_targets(kind, sets) if kind else []
 
 
@@ -253,11 +290,20 @@ def _explain(result: dict) -> str:
         return (f"targets met at step {result['step']}: "
                 + "; ".join(f"{r['target']} ({r['value']:.4g} vs bound {r['bound']:.4g})"
                             for r in result["per_target"]))
-    missed = [r for r in result["per_target"] if not r["holds"]]
+    missed = [r for r in result["per_target"] if not r["holds"] and "audit" not in r]
     lines = [f"targets NOT met within the run ({result['evaluations']} evaluations); kept the closest evaluation, "
-             f"step {result['step']}:"]
+             f"step {result['step']}:" if missed else
+             f"targets NOT met: those scored during training hold at step {result['step']}, but the forgetting does "
+             "not last:"]
     for r in missed:
         lines.append(f"  {r['target']}: {r['value']:.4g} against bound {r['bound']:.4g} (start {r['start']:.4g}), "
                      f"short by {r['shortfall']:.4g}; closest at step {r['closest_step']} (short by "
                      f"{r['closest_shortfall']:.4g})")
+    for r in result["per_target"]:
+        if "audit" in r and not r["holds"]:
+            a = r["audit"]
+            value = "not measured (the run removed nothing)" if r["value"] is None else f"{r['value']:.4g}"
+            lines.append(f"  {r['target']}: {value} after relearning the kept model ({a['steps']} steps at lr "
+                         f"{a['learning_rate']:g} on {a['rows_trained']} forget rows, scored on {a['rows_scored']} "
+                         "others)")
     return "\n".join(lines + empty)

@@ -261,7 +261,7 @@ def relearn_steps_for(rows: int, batch_size: int, steps: int | None = None) -> i
 
 def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, relearn_steps: int | None = None,
           relearn_lr: float = RELEARN_LR, batch_size: int = 8, prompt_template: str | None = None, seed: int = 0,
-          adapter: bool = False, answers: bool = True, progress=None) -> dict:
+          adapter: bool = False, answers: bool = True, progress=None, relearn_only: bool = False) -> dict:
     """The interventions of the module docstring on `unlearned` (a plain model: merge an adapter first) against
     `original`, scored by the answer probability of the forget rows (the relearning ones on the held-back half).
 
@@ -271,7 +271,8 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
     {model: mean forget probability}, "recovery": {intervention: {...}}, "survival": update_survival(...)}`; with
     `retain`, also each model's mean retain probability under `"retain_scores"`; with `answers`, `"answered"`: the
     share of scored rows each model still answers (greedy generation; the relearned models and
-    `unlearned_held_back` on the held-back half)."""
+    `unlearned_held_back` on the held-back half). `relearn_only`: the relearning alone (with `schemes=()`), as a
+    run's `relearn_recovery` target checks it."""
     from ..evaluation.measure import measure
     from ..options import DEFAULT_PROMPT_TEMPLATE
 
@@ -293,9 +294,9 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
             report["answered"][name] = measure(model, tokenizer, {"forget": data}, tmpl or template,
                                                answers={"forget"}, batch_size=batch_size)["forget_answered"]
 
-    other = _other_template(tokenizer, template)
-    paraphrased = "paraphrased_question" in forget.column_names
-    stages = Progress(2 + len(schemes) + adapter + (other is not None) + paraphrased
+    other = None if relearn_only else _other_template(tokenizer, template)
+    paraphrased = not relearn_only and "paraphrased_question" in forget.column_names
+    stages = Progress(2 - relearn_only + len(schemes) + adapter + (other is not None) + paraphrased
                       + (relearn_steps != 0) * (1 + (retain is not None)), progress)
     report = {"scores": {}, "recovery": {}, "retain_scores": None, "answered": {} if answers else None,
               "survival": update_survival(original, unlearned, schemes), "distance": distance(original, unlearned),
@@ -309,16 +310,17 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
                                    "unlearned": mean(score(unlearned, retain))}
     stages.step("the base and the unlearned model scored")
     path = {"alphas": list(INTERPOLATION), "forget_nll": [], **({"retain_nll": []} if retain is not None else {})}
-    for alpha in INTERPOLATION:  # mean answer NLL = mean(-log probability) along the straight path
+    for alpha in () if relearn_only else INTERPOLATION:  # mean answer NLL = mean(-log probability) on the path
         between = original if alpha == 0 else unlearned if alpha == 1 else interpolated_model(original, unlearned,
                                                                                                alpha)
         for name, data in (("forget", forget), ("retain", retain)):
             if data is not None:
                 path[f"{name}_nll"].append(mean([-math.log(max(v, 1e-45)) for v in score(between, data)]))
-    path.update({f"{name}_barrier": barrier(path[f"{name}_nll"]) for name in ("forget", "retain")
-                 if f"{name}_nll" in path})
-    report["interpolation"] = path
-    stages.step("the straight path from the base to the unlearned model")
+    if not relearn_only:
+        path.update({f"{name}_barrier": barrier(path[f"{name}_nll"]) for name in ("forget", "retain")
+                     if f"{name}_nll" in path})
+        report["interpolation"] = path
+        stages.step("the straight path from the base to the unlearned model")
     quantised_original = {}  # per scheme, the original's scores once quantised
     for scheme in schemes:
         q_o, q_u = quantised_model(original, scheme), quantised_model(unlearned, scheme)
