@@ -11,6 +11,7 @@ its overhead is reported as a fraction of the dense step. Also: the mask's size 
 
     python benchmarks/step_cost.py                    # ~162M-parameter random-init Llama
     python benchmarks/step_cost.py --model smollm2    # the real SmolLM2-135M-Instruct (tied head, GQA)
+    python benchmarks/step_cost.py --model smollm2 --perturbation   # forget_perturbation's cost per step
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class StepTimes(TrainerCallback):
 
 
 def step_times(model, forget, retain, mask, lora: bool, steps: int, batch_size: int, use_cpu: bool = True,
-               bf16: bool = False) -> list[float]:
+               bf16: bool = False, perturbation: str | None = None) -> list[float]:
     """Per-step seconds of a GradDiff run on a copy of `model` (the first step, with its warm-up, left out)."""
     from peft import LoraConfig
 
@@ -62,7 +63,8 @@ def step_times(model, forget, retain, mask, lora: bool, steps: int, batch_size: 
         args = WagleConfig(output_dir=out, objective="grad_diff", max_steps=steps,
                            per_device_train_batch_size=batch_size,
                            learning_rate=1e-5, weight_decay=0.1, use_cpu=use_cpu, bf16=bf16, report_to="none",
-                           save_strategy="no", disable_tqdm=True, logging_strategy="no", mask_method=None)
+                           save_strategy="no", disable_tqdm=True, logging_strategy="no", mask_method=None,
+                           forget_perturbation=perturbation)
         trainer = WagleTrainer(model=copy.deepcopy(model), args=args, forget_dataset=forget, retain_dataset=retain,
                                mask=mask, callbacks=[timer],
                                peft_config=LoraConfig(r=16, target_modules="all-linear") if lora else None)
@@ -109,6 +111,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--perturbation", action="store_true",
+                    help="instead: masked steps with forget_perturbation None, sam and smooth, side by side")
     a = ap.parse_args()
     if a.model == "smollm2":
         from hf_wagle.real_model import load_smollm2
@@ -123,6 +127,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         bits = mask.save(d).stat().st_size * 8 / mask.num_total
     print(f"model: {n / 1e6:.1f}M parameters, {torch.get_num_threads()} threads; mask file {bits:.3f} bits per weight")
+    if a.perturbation:
+        return perturbation_cost(a, model, forget, retain, mask)
     times = {k: [] for k in ("full masked", "full dense", "lora masked", "lora dense")}
     for _ in range(a.repeats):
         for key in times:
@@ -146,6 +152,25 @@ def main() -> None:
     out = Path(a.out or Path(__file__).with_name("results") / f"step_cost_{a.model}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+def perturbation_cost(a, model, forget, retain, mask) -> None:
+    """Masked GradDiff steps without and with `forget_perturbation`, alternated within each round; the ratios of
+    median step times to the plain masked step."""
+    kinds = (None, "sam", "smooth")
+    times = {(lora, kind): [] for lora in (False, True) for kind in kinds}
+    for _ in range(a.repeats):
+        for lora, kind in times:
+            times[(lora, kind)] += step_times(model, forget, retain, mask, lora, a.steps, a.batch_size,
+                                              perturbation=kind)
+    med = {f"{'lora' if lora else 'full'} {kind or 'plain'}": statistics.median(v) for (lora, kind), v in times.items()}
+    ratios = {k: v / med[f"{k.split()[0]} plain"] for k, v in med.items()}
+    print("step time over the plain masked step: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
+    out = Path(a.out or Path(__file__).with_name("results") / f"perturbation_cost_{a.model}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"median_step_seconds": med, "over_plain": ratios, "settings": vars(a),
+                               "threads": torch.get_num_threads(), "torch": torch.__version__}, indent=2))
     print(f"wrote {out}")
 
 

@@ -148,12 +148,14 @@ def test_relearning_trains_on_one_half_and_scores_the_other(trained, world):
     model, tokenizer = trained
     forget = world["forget"].select(range(8))
     report = audit(model, model, tokenizer, forget, retain=world["retain"].select(range(8)), schemes=(),
-                   relearn_steps=2, relearn_lr=1e-3, batch_size=4)
-    for name in ("relearn", "relearn_retain"):
+                   relearn_steps=2, relearn_lr=1e-3, batch_size=4, related=world["retain"].select(range(8, 12)))
+    for name in ("relearn", "relearn_related", "relearn_retain"):
         entry = report["recovery"][name]
         assert entry["steps"] == 2 and entry["rows_scored"] == 4 and entry["recovery"] is None  # nothing forgotten
     assert report["rows"] == 8 and set(report["retain_scores"]) == {"original", "unlearned"}
-    assert set(report["answered"]) == {"original", "unlearned", "unlearned_held_back", "relearn", "relearn_retain"}
+    assert set(report["answered"]) == {"original", "unlearned", "unlearned_held_back", "relearn", "relearn_related",
+                                       "relearn_retain"}
+    assert report["recovery"]["relearn_related"]["rows_trained"] == 4
     assert report["answered"]["original"] == report["answered"]["unlearned"] > 0.5  # the world model knows them
     assert report["scores"]["relearn"] != report["scores"]["unlearned"]
 

@@ -10,11 +10,12 @@ from .plugins import register_command
 class Audit(Command):
     """Does the forgetting last? Score a saved run (adapter or full model) against its base after 4-bit NF4 and 8-bit
     quantisation as bitsandbytes stores the weights (an adapter also unmerged over an NF4 base), after relearning on
-    half of the forget rows (and, with --retain, on retain rows: the control), in the other prompt format and, where
-    the data has `paraphrased_question`, rephrased; each as a recovery fraction with a 95% interval
-    (`hf_wagle.experiments.robustness`). The result is appended to the run's unlearning_record.json as a dated audit
-    (its sealed entries untouched) and to its card. `--max-recovery` states limits the audit must meet (exit status
-    3 when one is broken, as `unlearn` does for unmet targets)."""
+    half of the forget rows (with --related, on related rows such as neighbour facts; with --retain, on retain rows:
+    the control), in the other prompt format and, where the data has `paraphrased_question`, rephrased; each as a
+    recovery fraction with a 95% interval (`hf_wagle.experiments.robustness`); with the distance from the base and
+    the straight path between them. The result is appended to the run's unlearning_record.json as a dated audit (its
+    sealed entries untouched) and to its card. `--max-recovery` states limits the audit must meet (exit status 3
+    when one is broken, as `unlearn` does for unmet targets)."""
 
     help = "robustness audit of a saved run: quantisation (NF4, INT8) and relearning, as recovery fractions"
 
@@ -26,6 +27,9 @@ class Audit(Command):
         parser.add_argument("--forget", required=True, metavar="FILE",
                             help="forget QA data (file, saved folder or scenario:NAME/forget)")
         parser.add_argument("--retain", metavar="FILE", help="retain QA data: retain scores and the relearning control")
+        parser.add_argument("--related", metavar="FILE",
+                            help="related QA data that is not forget data (neighbour facts, paraphrases): relearning "
+                                 "on it, scored on the forget rows (relearn_related)")
         parser.add_argument("--schemes", default="nf4,int8", help="quantisation schemes to apply (nf4, int8; "
                                                                   "empty: none)")
         parser.add_argument("--relearn-steps", type=int, default=None,
@@ -38,7 +42,8 @@ class Audit(Command):
                                                       "record, else 'Question: {question}\\nAnswer:')")
         parser.add_argument("--max-recovery", metavar="NAME=VALUE,...",
                             help="limits the audit must meet, e.g. relearn=0.3,nf4=0.1 (of nf4, int8, nf4_adapter, "
-                                 "relearn, relearn_retain, prompt, paraphrase); exit status 3 when one is broken")
+                                 "relearn, relearn_related, relearn_retain, prompt, paraphrase); exit status 3 "
+                                 "when one is broken")
         parser.add_argument("--by", metavar="NAME", help="who ran the audit, stored with it")
         parser.add_argument("--out", help="also write the report to this JSON file")
 
@@ -65,6 +70,7 @@ class Audit(Command):
             raise ValueError(f"--relearn-steps must be >= 0, got {args.relearn_steps}")
         forget = load_data(args.forget, "forget")
         retain = load_data(args.retain, "retain") if args.retain else None
+        related = load_data(args.related, "related") if args.related else None
         record = read_record(folder)
         template = args.prompt_template or ((record or {}).get("settings") or {}).get("prompt_template")
         warnings = _audit_warnings(record, args.base, forget, retain)
@@ -73,7 +79,7 @@ class Audit(Command):
         original, unlearned, tokenizer = _models(folder, args.base)
         adapter = (folder / "adapter_config.json").exists() and "nf4" in schemes
         report = audit(original, unlearned, tokenizer, forget, retain, schemes, args.relearn_steps, args.relearn_lr,
-                       args.batch_size, template, adapter=adapter, progress=print)
+                       args.batch_size, template, adapter=adapter, progress=print, related=related)
         if limits:
             report["limits"] = {"max_recovery": limits, "broken": exceeded(report, limits)}
         text = format_audit(report)

@@ -11,7 +11,9 @@ Interventions, each applied to the unlearned model (merged, when it is an adapte
 * `nf4_adapter` (`adapter=True`): the QLoRA way of serving an adapter, the base's linear weights in NF4 and the
   adapter's change on top in full precision, `Q(o) + (u - o)`, against `Q(o)`.
 * `relearn`: `steps` AdamW steps of answer-only fine-tuning on one half of the forget rows (the attacker's), scored
-  on the other half; `relearn_retain`: the same steps on retain rows, the control (benign fine-tuning).
+  on the other half; `relearn_related`: the same steps on related rows that are not forget rows (neighbour facts,
+  paraphrases: the "jogging" attack of Hu et al., ICLR 2025); `relearn_retain`: the same steps on retain rows, the
+  control (benign fine-tuning).
 * `prompt`: the other prompt format (the tokenizer's chat template when the run used a plain template, the default
   plain template when it used the chat one); `paraphrase`: the forget rows' `paraphrased_question` column in place of
   `question`, when the data has it.
@@ -45,7 +47,7 @@ import torch
 from . import RELEARN_EPOCHS, RELEARN_LR, RELEARN_MIN_STEPS, Progress
 
 SCHEMES = ("nf4", "int8")
-INTERVENTIONS = (*SCHEMES, "nf4_adapter", "relearn", "relearn_retain", "prompt", "paraphrase")
+INTERVENTIONS = (*SCHEMES, "nf4_adapter", "relearn", "relearn_related", "relearn_retain", "prompt", "paraphrase")
 
 
 def parse_limits(text: str | None) -> dict[str, float]:
@@ -261,7 +263,8 @@ def relearn_steps_for(rows: int, batch_size: int, steps: int | None = None) -> i
 
 def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, relearn_steps: int | None = None,
           relearn_lr: float = RELEARN_LR, batch_size: int = 8, prompt_template: str | None = None, seed: int = 0,
-          adapter: bool = False, answers: bool = True, progress=None, relearn_only: bool = False) -> dict:
+          adapter: bool = False, answers: bool = True, progress=None, relearn_only: bool = False,
+          related=None) -> dict:
     """The interventions of the module docstring on `unlearned` (a plain model: merge an adapter first) against
     `original`, scored by the answer probability of the forget rows (the relearning ones on the held-back half).
 
@@ -272,7 +275,7 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
     `retain`, also each model's mean retain probability under `"retain_scores"`; with `answers`, `"answered"`: the
     share of scored rows each model still answers (greedy generation; the relearned models and
     `unlearned_held_back` on the held-back half). `relearn_only`: the relearning alone (with `schemes=()`), as a
-    run's `relearn_recovery` target checks it."""
+    run's `relearn_recovery` target checks it. `related`: rows to relearn on for `relearn_related`."""
     from ..evaluation.measure import measure
     from ..options import DEFAULT_PROMPT_TEMPLATE
 
@@ -297,7 +300,7 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
     other = None if relearn_only else _other_template(tokenizer, template)
     paraphrased = not relearn_only and "paraphrased_question" in forget.column_names
     stages = Progress(2 - relearn_only + len(schemes) + adapter + (other is not None) + paraphrased
-                      + (relearn_steps != 0) * (1 + (retain is not None)), progress)
+                      + (relearn_steps != 0) * (1 + (retain is not None) + (related is not None)), progress)
     report = {"scores": {}, "recovery": {}, "retain_scores": None, "answered": {} if answers else None,
               "survival": update_survival(original, unlearned, schemes), "distance": distance(original, unlearned),
               "rows": len(forget)}
@@ -363,7 +366,8 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
         steps = relearn_steps_for(len(attack), batch_size, relearn_steps)
         o_held, u_held = score(original, held), score(unlearned, held)
         answered("unlearned_held_back", unlearned, held)
-        runs = {"relearn": attack} if retain is None else {"relearn": attack, "relearn_retain": retain}
+        runs = {"relearn": attack, "relearn_related": related, "relearn_retain": retain}
+        runs = {name: data for name, data in runs.items() if data is not None}
         for name, data in runs.items():
             relearned = relearned_model(unlearned, tokenizer, data, steps, relearn_lr, batch_size, template, seed)
             after = score(relearned, held)
