@@ -71,6 +71,9 @@ def table(results: dict) -> str:
                "heldout answered": lambda r: r["after"].get("heldout_answered"),
                "recovery: relearn forget": lambda r: r["audit"]["recovery"]["relearn"]["recovery"],
                "recovery: relearn neighbours": lambda r: r["audit"]["recovery"]["relearn_retain"]["recovery"],
+               "held-back answered": lambda r: r["audit"]["answered"]["unlearned_held_back"],
+               "answered after relearn forget": lambda r: r["audit"]["answered"]["relearn"],
+               "answered after relearn neighbours": lambda r: r["audit"]["answered"]["relearn_retain"],
                "L2 from base": lambda r: (r["audit"].get("distance") or {}).get("l2"),
                "seconds": lambda r: r["unlearn_seconds"]}
     rows = ["| recipe | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
@@ -87,8 +90,11 @@ if __name__ == "__main__":
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
     parser.add_argument("--add", action="store_true", help="keep the runs already in durability.json")
     parser.add_argument("--work", help="folder for the runs' adapters (default: a temporary folder)")
+    parser.add_argument("--table", action="store_true", help="only print the table of the runs in --out")
     args = parser.parse_args()
     out = Path(args.out)
+    if args.table:
+        raise SystemExit(print(table(json.loads((out / "durability.json").read_text()))))
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work or tempfile.mkdtemp(prefix="durability-"))
     results = run(work, [int(s) for s in args.seeds.split(",")], [s.strip() for s in args.recipes.split(",")])

@@ -28,6 +28,8 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported, which reads it once
+if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers share the cores: one torch thread each, before torch
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # is imported (and in the processes a test starts)
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import re  # noqa: E402
