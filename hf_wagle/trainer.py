@@ -16,6 +16,10 @@ How the mask is enforced, exactly:
   before each optimizer step, as `p *= where(mask, 1 - lr * wd, 1)` (the same rounding as AdamW's own decay);
 * off-mask gradients are zero from the first step, so the moments of Adam-family optimizers stay zero there and
   their update is exactly 0: off-mask weights stay bit-identical.
+
+With `forget_perturbation` (`hf_wagle.perturbation`) each micro-batch takes two backward passes, the forget term at
+`theta + eps` (under `no_sync`) and then the retain term at `theta`; `eps` is zero off the mask and is undone by
+copy before the retain pass, so the guarantees above hold unchanged.
 """
 
 from __future__ import annotations
@@ -459,9 +463,7 @@ class WagleTrainer(Trainer):
         return logp
 
     def _needs_frozen_copy(self) -> bool:
-        from peft import PeftModel
-
-        return self.objective.needs_reference_model and not isinstance(self.model, PeftModel)
+        return self.objective.needs_reference_model and not self._is_peft()
 
     @torch.no_grad()
     def reference_forward(self, batch: dict, **kwargs):
