@@ -5,11 +5,14 @@ Each recipe runs `hf-wagle unlearn --config examples/unlearn_country_languages.y
 and the KL retain term) for 12 steps, scored at steps 0, 6 and 12 (the fact-level targets keep the best of those),
 plus its own options, then `hf-wagle audit` with the default relearning attack (3 epochs over the attacker's half of
 the forget rows, at least 10 AdamW steps, lr 1e-4; scored on the other half) and the same attack on the neighbour
-facts (other countries' languages: related data that is not the forget set), no quantisation. Per run: the targets, the
+facts (other countries' languages: related data that is not the forget set; given as the audit's `--retain`, so
+reported as `relearn_retain`), no quantisation. Per run: the targets, the
 evaluation kept, the recovery fractions with their row-bootstrap intervals, the L2 distance from the base and the
-seconds the unlearning took (this one process, side by side: compare them as ratios).
+seconds the unlearning took (in the JSON only: on a shared machine they are not a cost; `benchmarks/step_cost.py
+--perturbation` measures that).
 
-    python benchmarks/durability.py --out benchmarks/results/durability --seeds 0,1,2
+    python benchmarks/durability.py --out benchmarks/results/durability --seeds 0
+    python benchmarks/durability.py --out benchmarks/results/durability --seeds 1,2 --recipes "npo,npo + sam 0.1" --add
 
 Writes `durability.json` and prints a Markdown table: mean over seeds and, in brackets, the range.
 """
@@ -74,8 +77,7 @@ def table(results: dict) -> str:
                "held-back answered": lambda r: r["audit"]["answered"]["unlearned_held_back"],
                "answered after relearn forget": lambda r: r["audit"]["answered"]["relearn"],
                "answered after relearn neighbours": lambda r: r["audit"]["answered"]["relearn_retain"],
-               "L2 from base": lambda r: (r["audit"].get("distance") or {}).get("l2"),
-               "seconds": lambda r: r["unlearn_seconds"]}
+               "L2 from base": lambda r: (r["audit"].get("distance") or {}).get("l2")}
     rows = ["| recipe | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for recipe in dict.fromkeys(r["recipe"] for r in results.values()):
         mine = [r for r in results.values() if r["recipe"] == recipe]
