@@ -127,7 +127,7 @@ class Plan(Command):
 
         import yaml
 
-        from ..evaluation.targets import parse_targets, run_targets
+        from ..evaluation.targets import parse_targets, recovery_limit, run_targets
         from ..experiments.compare import format_comparison
 
         if args.plan.learning_rates and args.compare.calibrate_steps:
@@ -137,6 +137,9 @@ class Plan(Command):
         names = ["forget", *read_eval_sets(args.script)]
         names += ["heldout"] if "heldout" not in names and args.training.retain_holdout > 0 else []
         targets = parse_targets(run_targets(args.training.targets, args.training.forget_kind, names))
+        if recovery_limit(args.training.targets) is not None:
+            print("note: plan does not rank the trials on relearn_recovery (each would need a relearning attack); "
+                  "the config it writes keeps the target, so the run checks it")
         forget_targets = [t for t in targets if t.set == "forget" and not t.floor]
         if not forget_targets:
             raise ValueError("plan needs the config's targets (or forget_kind's) to include a forget target such as "
