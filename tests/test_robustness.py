@@ -134,6 +134,10 @@ def test_the_default_relearning_attack_trains_for_epochs_and_progress_estimates_
     assert relearn_steps_for(10, 8) == 10  # 3 epochs of 2 batches, raised to the 10-step floor
     assert relearn_steps_for(80, 16) == 15  # WMDP's attack: 80 rows, 3 epochs, batch 16
     assert relearn_steps_for(80, 16, 0) == 0 and relearn_steps_for(80, 16, 4) == 4
+    from hf_wagle.experiments import RELEARN_PROTOCOLS
+
+    assert relearn_steps_for(80, 16, protocol="wmdp") == 15 and RELEARN_PROTOCOLS["wmdp"].batch_size == 16
+    assert relearn_steps_for(5, 8, protocol="muse") == 100 and RELEARN_PROTOCOLS["muse"].learning_rate == 1e-5
     lines = []
     progress = Progress(4, lines.append)
     progress.start -= 20  # 20 s spent on the first unit: 60 s left for three more
@@ -156,6 +160,9 @@ def test_relearning_trains_on_one_half_and_scores_the_other(trained, world):
     assert set(report["answered"]) == {"original", "unlearned", "unlearned_held_back", "relearn", "relearn_related",
                                        "relearn_retain"}
     assert report["recovery"]["relearn_related"]["rows_trained"] == 4
+    wmdp = audit(model, model, tokenizer, forget, schemes=(), relearn_steps=1, answers=False, relearn_only=True,
+                 protocol="wmdp")["recovery"]["relearn"]
+    assert (wmdp["learning_rate"], wmdp["batch_size"], wmdp["protocol"]) == (1e-5, 16, "wmdp")
     assert report["answered"]["original"] == report["answered"]["unlearned"] > 0.5  # the world model knows them
     assert report["scores"]["relearn"] != report["scores"]["unlearned"]
 
@@ -185,7 +192,7 @@ def test_audit_command_appends_to_the_record_and_the_card(trained, world, tmp_pa
                  "--out", str(tmp_path / "audit.json")]) == 0
     out = capsys.readouterr().out
     assert "recovery after nf4" in out and "recovery after relearn" in out and "recovery after nf4_adapter" in out
-    assert "(1 step at lr 0.0001 on 5 rows, scored on 5 others)" in out  # the attack, stated
+    assert "(1 step at lr 0.0001 on 5 rows, scored on 5 others; default protocol)" in out  # the attack, stated
     assert "distance from the base: ||u - o|| = " in out and "forget answer NLL from base to unlearned" in out
     stages = [line for line in out.splitlines() if line.startswith("[")]  # base, nf4, int8, adapter, prompt?, relearn
     assert stages[0].startswith(f"[1/{len(stages)}] the base and the unlearned model scored (")

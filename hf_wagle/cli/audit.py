@@ -20,7 +20,7 @@ class Audit(Command):
     help = "robustness audit of a saved run: quantisation (NF4, INT8) and relearning, as recovery fractions"
 
     def add_arguments(self, parser) -> None:
-        from ..experiments import RELEARN_EPOCHS, RELEARN_LR, RELEARN_MIN_STEPS
+        from ..experiments import RELEARN_PROTOCOLS
 
         parser.add_argument("directory", help="folder written by WagleTrainer.save_model (adapter or full model)")
         parser.add_argument("--base", required=True, help="the model before unlearning (folder or Hub id)")
@@ -32,11 +32,13 @@ class Audit(Command):
                                  "on it, scored on the forget rows (relearn_related)")
         parser.add_argument("--schemes", default="nf4,int8", help="quantisation schemes to apply (nf4, int8; "
                                                                   "empty: none)")
+        parser.add_argument("--protocol", default="default", choices=list(RELEARN_PROTOCOLS),
+                            help="the relearning attack: " + "; ".join(f"{name}: {p.source}"
+                                                                       for name, p in RELEARN_PROTOCOLS.items()))
         parser.add_argument("--relearn-steps", type=int, default=None,
-                            help=f"AdamW steps of relearning (default: {RELEARN_EPOCHS} epochs over the attacker's "
-                                 f"half, at least {RELEARN_MIN_STEPS} steps, as published attacks train for epochs; "
-                                 "0: none)")
-        parser.add_argument("--relearn-lr", type=float, default=RELEARN_LR, help="relearning learning rate")
+                            help="AdamW steps of relearning, in place of the protocol's (0: none)")
+        parser.add_argument("--relearn-lr", type=float, default=None,
+                            help="relearning learning rate, in place of the protocol's")
         parser.add_argument("--batch-size", type=int, default=8, help="rows per batch, scoring and relearning")
         parser.add_argument("--prompt-template", help="QA prompt with {question} (default: the run's, from its "
                                                       "record, else 'Question: {question}\\nAnswer:')")
@@ -79,7 +81,8 @@ class Audit(Command):
         original, unlearned, tokenizer = _models(folder, args.base)
         adapter = (folder / "adapter_config.json").exists() and "nf4" in schemes
         report = audit(original, unlearned, tokenizer, forget, retain, schemes, args.relearn_steps, args.relearn_lr,
-                       args.batch_size, template, adapter=adapter, progress=print, related=related)
+                       args.batch_size, template, adapter=adapter, progress=print, related=related,
+                       protocol=args.protocol)
         if limits:
             report["limits"] = {"max_recovery": limits, "broken": exceeded(report, limits)}
         text = format_audit(report)

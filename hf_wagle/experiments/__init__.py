@@ -12,7 +12,9 @@ Both report progress through `Progress`: runs (or audit stages) done of those pl
 of the time left.
 """
 
+import math
 import time
+from dataclasses import dataclass
 
 # The default relearning attack. Published ones fine-tune on forget data for epochs, not steps: WMDP's, 3 epochs
 # at lr 1e-5 on a 7B model (Fan et al., ICML 2025). On SmolLM2-135M and the shipped element-symbols scenario, 2
@@ -20,6 +22,37 @@ import time
 # 1.25): an attack too weak to find anything is no audit. So: 3 epochs over the attacker's half, at least 10 steps,
 # at lr 1e-4 (a small model needs a larger rate than a 7B one for the same change).
 RELEARN_EPOCHS, RELEARN_MIN_STEPS, RELEARN_LR = 3, 10, 1e-4
+
+
+@dataclass(frozen=True)
+class RelearnProtocol:
+    """A relearning attack: `epochs` passes over the attacker's rows (at least `min_steps` steps), or a fixed number
+    of `steps`, of AdamW at `learning_rate` with `batch_size` rows per step (None: the audit's batch size)."""
+
+    learning_rate: float
+    epochs: int | None = None
+    steps: int | None = None
+    min_steps: int = 1
+    batch_size: int | None = None
+    source: str = ""
+
+    def steps_for(self, rows: int, batch_size: int) -> int:
+        """`steps`, else `max(min_steps, epochs * ceil(rows / batch_size))`."""
+        if self.steps is not None:
+            return self.steps
+        return max(self.min_steps, self.epochs * math.ceil(rows / batch_size))
+
+
+# The published attacks as Fan et al. (ICML 2025) ran them on 7B models, for numbers comparable with theirs (their
+# learning rate moves a small model less than a 7B one), and this package's default.
+RELEARN_PROTOCOLS = {
+    "default": RelearnProtocol(RELEARN_LR, epochs=RELEARN_EPOCHS, min_steps=RELEARN_MIN_STEPS,
+                               source="3 epochs over the attacker's rows, at least 10 steps, lr 1e-4"),
+    "wmdp": RelearnProtocol(1e-5, epochs=3, batch_size=16,
+                            source="WMDP's (Fan et al., ICML 2025): 3 epochs at lr 1e-5, batch 16, on forget rows"),
+    "muse": RelearnProtocol(1e-5, steps=100,
+                            source="MUSE's (Fan et al., ICML 2025: 50 to 150 steps at lr 1e-5): 100 steps"),
+}
 
 
 def duration(seconds: float) -> str:

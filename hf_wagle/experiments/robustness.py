@@ -44,7 +44,7 @@ import math
 
 import torch
 
-from . import RELEARN_EPOCHS, RELEARN_LR, RELEARN_MIN_STEPS, Progress
+from . import RELEARN_PROTOCOLS, Progress
 
 SCHEMES = ("nf4", "int8")
 INTERVENTIONS = (*SCHEMES, "nf4_adapter", "relearn", "relearn_related", "relearn_retain", "prompt", "paraphrase")
@@ -254,23 +254,23 @@ def _probabilities(model, tokenizer, data, prompt_template, batch_size) -> list[
     return answer_metrics(model, tokenizer, data, prompt_template, batch_size)["probability"]
 
 
-def relearn_steps_for(rows: int, batch_size: int, steps: int | None = None) -> int:
-    """`steps` when given, else `max(RELEARN_MIN_STEPS, RELEARN_EPOCHS * ceil(rows / batch_size))`."""
-    if steps is not None:
-        return steps
-    return max(RELEARN_MIN_STEPS, RELEARN_EPOCHS * math.ceil(rows / batch_size))
+def relearn_steps_for(rows: int, batch_size: int, steps: int | None = None, protocol: str = "default") -> int:
+    """`steps` when given, else the `protocol`'s (`RELEARN_PROTOCOLS`; the default: `max(RELEARN_MIN_STEPS,
+    RELEARN_EPOCHS * ceil(rows / batch_size))`)."""
+    return steps if steps is not None else RELEARN_PROTOCOLS[protocol].steps_for(rows, batch_size)
 
 
 def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, relearn_steps: int | None = None,
-          relearn_lr: float = RELEARN_LR, batch_size: int = 8, prompt_template: str | None = None, seed: int = 0,
+          relearn_lr: float | None = None, batch_size: int = 8, prompt_template: str | None = None, seed: int = 0,
           adapter: bool = False, answers: bool = True, progress=None, relearn_only: bool = False,
-          related=None) -> dict:
+          related=None, protocol: str = "default") -> dict:
     """The interventions of the module docstring on `unlearned` (a plain model: merge an adapter first) against
     `original`, scored by the answer probability of the forget rows (the relearning ones on the held-back half).
 
-    `relearn_steps=None` is `relearn_steps_for(len(attacker's half), batch_size)` (see `RELEARN_EPOCHS`); 0 skips
-    relearning. `progress`: a function of one line, told each stage as it ends (`hf_wagle.experiments.Progress`).
-    `adapter`: the run is an adapter, so also audit it unmerged over an NF4 base. Returns `{"scores":
+    Relearning follows `protocol` (`RELEARN_PROTOCOLS`: its steps, learning rate and batch size), where
+    `relearn_steps` and `relearn_lr` do not say otherwise; `relearn_steps=0` skips it. `progress`: a function of one
+    line, told each stage as it ends (`hf_wagle.experiments.Progress`). `adapter`: the run is an adapter, so also
+    audit it unmerged over an NF4 base. Returns `{"scores":
     {model: mean forget probability}, "recovery": {intervention: {...}}, "survival": update_survival(...)}`; with
     `retain`, also each model's mean retain probability under `"retain_scores"`; with `answers`, `"answered"`: the
     share of scored rows each model still answers (greedy generation; the relearned models and
@@ -363,17 +363,21 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
     if relearn_steps != 0:
         held = forget.select(range(0, len(forget), 2))       # scored
         attack = forget.select(range(1, len(forget), 2))     # trained on
-        steps = relearn_steps_for(len(attack), batch_size, relearn_steps)
+        attack_protocol = RELEARN_PROTOCOLS[protocol]
+        relearn_batch = attack_protocol.batch_size or batch_size
+        relearn_lr = attack_protocol.learning_rate if relearn_lr is None else relearn_lr
+        steps = relearn_steps_for(len(attack), relearn_batch, relearn_steps, protocol)
         o_held, u_held = score(original, held), score(unlearned, held)
         answered("unlearned_held_back", unlearned, held)
         runs = {"relearn": attack, "relearn_related": related, "relearn_retain": retain}
         runs = {name: data for name, data in runs.items() if data is not None}
         for name, data in runs.items():
-            relearned = relearned_model(unlearned, tokenizer, data, steps, relearn_lr, batch_size, template, seed)
+            relearned = relearned_model(unlearned, tokenizer, data, steps, relearn_lr, relearn_batch, template, seed)
             after = score(relearned, held)
             answered(name, relearned, held)
             report["scores"][name] = mean(after)
             report["recovery"][name] = {**recovery(o_held, u_held, after), "steps": steps, "learning_rate": relearn_lr,
+                                        "batch_size": relearn_batch, "protocol": protocol,
                                         "rows_trained": len(data), "rows_scored": len(held)}
             del relearned
             stages.step(f"{name}: {steps} step{'s' * (steps != 1)} at lr {relearn_lr:g} on {len(data)} rows")
@@ -398,7 +402,8 @@ def format_audit(report: dict) -> str:
         ci = f" (95% CI {r['ci95'][0]:.3g} to {r['ci95'][1]:.3g})" if r.get("ci95") else ""
         value = "undefined (unlearning changed nothing)" if r["recovery"] is None else f"{r['recovery']:.3g}"
         how = (f" ({r['steps']} step{'s' * (r['steps'] != 1)} at lr {r['learning_rate']:g} on {r['rows_trained']} "
-               f"rows, scored on {r['rows_scored']} others)") if "steps" in r else ""
+               f"rows, scored on {r['rows_scored']} others; {r.get('protocol', 'default')} protocol)"
+               if "steps" in r else "")
         lines.append(f"  recovery after {name}: {value}{ci}{how}")
     for scheme, s in report["survival"].items():
         if s["fraction"] is not None:
