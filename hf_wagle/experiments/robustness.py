@@ -312,17 +312,16 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
         report["retain_scores"] = {"original": mean(score(original, retain)),
                                    "unlearned": mean(score(unlearned, retain))}
     stages.step("the base and the unlearned model scored")
-    path = {"alphas": list(INTERPOLATION), "forget_nll": [], **({"retain_nll": []} if retain is not None else {})}
-    for alpha in () if relearn_only else INTERPOLATION:  # mean answer NLL = mean(-log probability) on the path
-        between = original if alpha == 0 else unlearned if alpha == 1 else interpolated_model(original, unlearned,
-                                                                                               alpha)
-        for name, data in (("forget", forget), ("retain", retain)):
-            if data is not None:
-                path[f"{name}_nll"].append(mean([-math.log(max(v, 1e-45)) for v in score(between, data)]))
-    if not relearn_only:
-        path.update({f"{name}_barrier": barrier(path[f"{name}_nll"]) for name in ("forget", "retain")
-                     if f"{name}_nll" in path})
-        report["interpolation"] = path
+    if not relearn_only:  # each set's mean answer NLL, mean(-log probability), along the straight path
+        sets = {name: data for name, data in (("forget", forget), ("retain", retain)) if data is not None}
+        nll = {name: [] for name in sets}
+        for alpha in INTERPOLATION:
+            between = (original if alpha == 0 else unlearned if alpha == 1
+                       else interpolated_model(original, unlearned, alpha))
+            for name, data in sets.items():
+                nll[name].append(mean([-math.log(max(v, 1e-45)) for v in score(between, data)]))
+        report["interpolation"] = {"alphas": list(INTERPOLATION), **{f"{n}_nll": v for n, v in nll.items()},
+                                   **{f"{n}_barrier": barrier(v) for n, v in nll.items()}}
         stages.step("the straight path from the base to the unlearned model")
     quantised_original = {}  # per scheme, the original's scores once quantised
     for scheme in schemes:
