@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: peak resident memory of a call, random-init Llama models, random token data."""
+"""Shared by the benchmark scripts: peak resident memory of a call, random-init Llama models, random token data, and
+the table cell of values over seeds."""
 
 import ctypes
 import gc
@@ -45,3 +46,12 @@ def make_data(n: int, length: int, vocab: int, seed: int) -> Dataset:
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(length // 2, length + 1, (n,), generator=g).tolist()
     return Dataset.from_dict({"input_ids": [torch.randint(0, vocab, (k,), generator=g).tolist() for k in lengths]})
+
+
+def cell(values) -> str:
+    """`mean` of the values that are not None, and `(min to max)` when there are several; `n/a` when none is."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    mean = sum(values) / len(values)
+    return f"{mean:.3g}" if len(values) == 1 else f"{mean:.3g} ({min(values):.3g} to {max(values):.3g})"

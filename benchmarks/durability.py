@@ -26,6 +26,8 @@ from pathlib import Path
 from hf_wagle.cli import main as hf_wagle
 from hf_wagle.real_model import smollm2_path
 
+from _common import cell
+
 SCENARIO = "scenario:country_languages"
 # 12 steps, scored at 0, 6 and 12: the example's recipe forgets within them on every seed, and fewer evaluations
 # keep a run to a few minutes on 2 CPU cores
@@ -57,14 +59,6 @@ def run(work: Path, seeds: list[int], recipes: list[str]) -> dict:
                                                 "steps": unlearned["steps"], "unlearn_seconds": seconds,
                                                 "after": unlearned["evaluation"]["after"], "audit": audit}
     return results
-
-
-def cell(values) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "n/a"
-    mean = sum(values) / len(values)
-    return f"{mean:.3g}" if len(values) == 1 else f"{mean:.3g} ({min(values):.3g} to {max(values):.3g})"
 
 
 def table(results: dict) -> str:

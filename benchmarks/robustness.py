@@ -19,6 +19,8 @@ from pathlib import Path
 from hf_wagle.cli import main as hf_wagle
 from hf_wagle.real_model import smollm2_path
 
+from _common import cell
+
 SPECS = {"dense": ["--mask_method", "none"], "grin 0.5": ["--mask_method", "grin", "--mask_ratio", "0.5"],
          "grin 0.1": ["--mask_method", "grin", "--mask_ratio", "0.1"],
          "wagle 0.5": ["--mask_method", "wagle", "--mask_ratio", "0.5"]}
@@ -50,13 +52,6 @@ def table(results: dict) -> str:
             "|---|---|---|" + "---|" * len(COLUMNS)]
     for spec in dict.fromkeys(r["spec"] for r in results.values()):
         mine = [r for r in results.values() if r["spec"] == spec]
-
-        def cell(values):
-            values = [v for v in values if v is not None]
-            if not values:
-                return "n/a"
-            mean = sum(values) / len(values)
-            return f"{mean:.3g}" if len(values) == 1 else f"{mean:.3g} ({min(values):.3g} to {max(values):.3g})"
 
         recoveries = [cell([(r["audit"]["recovery"].get(c) or {}).get("recovery") for r in mine]) for c in COLUMNS]
         rows.append(f"| {spec} | {cell([r['steps'] for r in mine])} | "
