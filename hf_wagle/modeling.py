@@ -37,6 +37,53 @@ def logical_shape(p: torch.Tensor) -> tuple[int, ...]:
     return tuple(state.shape) if getattr(state, "shape", None) is not None else tuple(p.shape)
 
 
+def is_quantized(p: torch.Tensor) -> bool:
+    """Whether `p` is a bitsandbytes-quantised weight (4-bit packed or 8-bit): it holds no gradient of its own."""
+    return type(p).__name__ in ("Params4bit", "Int8Params")
+
+
+def dequantized(p: torch.Tensor, layer=None) -> torch.Tensor:
+    """The fp32 weight a bitsandbytes layer computes with, in its logical shape; any other tensor as it is.
+
+    4-bit: `dequantize_4bit` of the codes (NF4/FP4 level times the block's absmax). 8-bit (LLM.int8() row-wise):
+    `W = CB * SCB[:, None] / 127` (`int8_vectorwise_dequant`), `SCB` on the weight until the layer's first forward
+    moves it to `layer.state`."""
+    if not is_quantized(p):
+        return p
+    import bitsandbytes.functional as bnb
+
+    if getattr(p, "quant_state", None) is None:
+        scales = p.SCB if getattr(p, "SCB", None) is not None else getattr(getattr(layer, "state", None), "SCB", None)
+        if scales is None:
+            raise ValueError("an 8-bit weight without its row scales (SCB): pass the Linear8bitLt layer that holds it")
+        return bnb.int8_vectorwise_dequant(p.data, scales).float()
+    _check_not_repacked(p.quant_state)
+    return bnb.dequantize_4bit(p.data, p.quant_state).float().reshape(p.quant_state.shape)
+
+
+def quantized_layers(model) -> dict[int, torch.nn.Module]:
+    """`{id(weight): layer}` of every bitsandbytes-quantised linear layer of `model`."""
+    return {id(m.weight): m for m in model.modules() if is_quantized(getattr(m, "weight", None))}
+
+
+def _check_not_repacked(state) -> None:
+    if getattr(state, "packing_format_for_cpu", False):
+        raise ValueError("this 4-bit model has run bitsandbytes' CPU inference kernel, which repacks each weight in "
+                         "place with its scales rounded to bfloat16: gradients do not flow through it and its weights "
+                         "are no longer the ones loaded. Load the model again and pass it in before any inference")
+
+
+def keep_4bit_differentiable(model) -> None:
+    """Turn off, on every bitsandbytes 4-bit layer of `model`, the CPU inference kernel that an eval-mode forward
+    without gradients switches to for good: it repacks the weight in place (scales rounded to bfloat16) and has no
+    backward, so a later training step gets no gradient through that layer, silently. A model already repacked is
+    refused. Layers keep computing `x @ dequantize(W)^T`, as they do on a GPU."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            _check_not_repacked(getattr(module.weight, "quant_state", None))
+            module.support_avx512bf16_for_cpu = False
+
+
 def quantization_of(model) -> dict | None:
     """The base model's bitsandbytes quantisation (`config.quantization_config` as a dict: `load_in_4bit`,
     `bnb_4bit_quant_type`, ...), or None for a model in its full precision."""

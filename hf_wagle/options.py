@@ -46,6 +46,21 @@ def finite(name: str, value, minimum: float | None = None, strict: bool = False)
         raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
 
 
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(name: str, value) -> int | None:
+    """A memory size as a byte count: an integer, or a number with a unit (`"512MB"`, `"2 GiB"`, `"1.5GB"`)."""
+    if value is None:
+        return None
+    found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value)) if not isinstance(value, bool) else None
+    unit = found.group(2).lower() if found else None
+    if unit not in _UNITS or float(found.group(1)) * _UNITS[unit] < 1:
+        raise ValueError(f"{name} must be a positive memory size such as 2GB, 512MiB or a byte count, got {value!r}")
+    return int(float(found.group(1)) * _UNITS[unit])
+
+
 def parse_options(value, what: str) -> dict:
     """A dict of options from a dict, None, a JSON object string or `key=value,key=value` (values read as JSON
     where they parse, else kept as strings): the forms YAML, Python and the command line give."""

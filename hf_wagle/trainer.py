@@ -57,7 +57,14 @@ from .mask import WeightMask
 from .masking.compute import compute_mask
 from .masking.noise import add_mask_noise
 from .masking.selection import check_selects_something
-from .modeling import adapter_disabled, base_named_parameters, local_tensor, peft_wrapping, quantization_of
+from .modeling import (
+    adapter_disabled,
+    base_named_parameters,
+    keep_4bit_differentiable,
+    local_tensor,
+    peft_wrapping,
+    quantization_of,
+)
 from .objectives import get_objective
 from .options import MASK_SAFE_OPTIMIZERS
 from .perturbation import perturbed, sam_perturbation, smooth_perturbation
@@ -136,11 +143,7 @@ class WagleTrainer(Trainer):
             raise ValueError("a relearn_recovery target relearns a full-precision copy of the model, which a "
                              "bitsandbytes-quantised base is not; save the run and audit it (hf-wagle audit "
                              "--max-recovery relearn=...) against the unquantised base")
-        if mask is None and args.mask_method is not None and quantization_of(model) is not None:
-            raise ValueError("attribution needs a full-precision gradient of every weight, which a bitsandbytes-"
-                             "quantised base does not have: compute the mask on the unquantised model (hf-wagle "
-                             "attribute --model BASE ..., or compute_mask) and pass it (mask=, or mask_dir in the "
-                             "unlearn config)")
+        keep_4bit_differentiable(model)
         # seeded as the Trainer seeds before it creates a model, so the LoRA initialisation is reproducible
         (enable_full_determinism if args.full_determinism else set_seed)(args.seed)
         if peft_config is not None:

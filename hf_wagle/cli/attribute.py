@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..options import DEFAULT_MAX_LENGTH, DEFAULT_PROMPT_TEMPLATE
-from .common import Command, check_device, check_model, join_processes, leave_processes, load_data
+from .common import Command, QuantizedBase, check_device, check_model, join_processes, leave_processes, load_data
 from .plugins import register_command
 
 
 @dataclass
-class AttributeArguments:
+class AttributeArguments(QuantizedBase):
     """What `hf-wagle attribute` needs besides the mask options: the model, the data and where the mask goes."""
 
     model: str = field(metadata={"help": "model: Hub id or local folder"})
@@ -71,6 +71,10 @@ class Attribute(Command):
         if script.fsdp and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             raise ValueError("--fsdp shards the model over several processes; launch with torchrun or accelerate "
                              "launch (e.g. torchrun --nproc_per_node 8 -m hf_wagle.cli attribute --fsdp ...)")
+        quantization = script.bnb_config(script.dtype)
+        if quantization is not None and script.fsdp:
+            raise ValueError("--fsdp shards full-precision weights; a quantised model is attributed whole in every "
+                             "process (drop --fsdp, or --quantization)")
         if Path(script.out).exists() and not Path(script.out).is_dir():
             raise ValueError(f"--out {script.out} is a file; give a folder for the mask, its stats and heat map")
         forget = load_data(script.forget, "forget") if script.forget else None
@@ -78,8 +82,11 @@ class Attribute(Command):
         tokenizer = AutoTokenizer.from_pretrained(script.model)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(script.model, dtype=getattr(torch, script.dtype))
-        if script.device:
+        model = AutoModelForCausalLM.from_pretrained(script.model, dtype=getattr(torch, script.dtype),
+                                                     quantization_config=quantization,
+                                                     device_map={"": script.device} if quantization and script.device
+                                                     else None)
+        if script.device and not quantization:
             model.to(script.device)
         main = join_processes(model, script.fsdp)
         mask = compute_mask(model, forget, retain, tokenizer, config=config, seed=script.seed,

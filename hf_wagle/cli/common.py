@@ -8,7 +8,34 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+
+QUANTIZATIONS = ("nf4", "int8")
+
+
+@dataclass(kw_only=True)
+class QuantizedBase:
+    """The one option of the commands that can load their model quantised by bitsandbytes."""
+
+    quantization: str | None = field(default=None, metadata={
+        "help": "load the model quantised by bitsandbytes: 'nf4' (4-bit NormalFloat, computing in dtype) or 'int8' "
+                "(LLM.int8()); attribution takes a quantised weight's gradient sums from its layer's inputs and "
+                "output gradients (mask_memory_budget bounds them), unlearn trains a masked LoRA over it (use_peft)"})
+
+    def bnb_config(self, dtype: str):
+        """The `BitsAndBytesConfig` of `quantization` (None: the model in `dtype`)."""
+        if self.quantization is None:
+            return None
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        if self.quantization == "nf4":
+            return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                      bnb_4bit_compute_dtype=getattr(torch, dtype))
+        return BitsAndBytesConfig(load_in_8bit=True)
 
 
 class Command:

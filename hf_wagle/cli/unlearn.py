@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .common import Command, check_checkpoint, check_model, load_data, read_eval_sets
+from .common import Command, QuantizedBase, check_checkpoint, check_model, load_data, read_eval_sets
 from .plugins import register_command
 
 
 @dataclass
-class UnlearnArguments:
+class UnlearnArguments(QuantizedBase):
     """The keys of `hf-wagle unlearn` that are not `WagleConfig`'s: the model, the data, the adapter."""
 
     model_name_or_path: str = field(metadata={"help": "base model: Hub id or local folder"})
@@ -46,31 +46,9 @@ class UnlearnArguments:
         "help": "more evaluation sets never trained on, as NAME: FILE (a YAML mapping, or NAME=FILE,...): `entity` "
                 "(other facts about the forget set's subjects, kept), `topic` (facts of a forgotten topic never "
                 "trained on, to be forgotten too) or any name (kept); see forget_kind"})
-    quantization: str | None = field(default=None, metadata={
-        "help": "load the base quantised by bitsandbytes, 'nf4' (4-bit) or 'int8', and train the masked LoRA over it "
-                "(QLoRA); needs use_peft and a mask_dir (attribution needs full-precision weights)"})
     mask_dir: str | None = field(default=None, metadata={
         "help": "a mask saved by `hf-wagle attribute` (its folder or wagle_mask.safetensors), used instead of "
                 "computing one (mask_method and the other mask_* keys are then not used)"})
-
-
-def quantization_config(script):
-    """The `BitsAndBytesConfig` of `quantization` (None: the base in `dtype`), refused before any work when the run
-    could not use it."""
-    if script.quantization is None:
-        return None
-    if script.quantization not in ("nf4", "int8"):
-        raise ValueError(f"quantization must be nf4 or int8, got {script.quantization!r}")
-    if not script.use_peft or not script.mask_dir:
-        raise ValueError("a quantised base trains a masked LoRA over a mask computed on the full-precision model: set "
-                         "use_peft: true and mask_dir (from hf-wagle attribute on the unquantised model)")
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    if script.quantization == "nf4":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_compute_dtype=getattr(torch, script.dtype))
-    return BitsAndBytesConfig(load_in_8bit=True)
 
 
 def lora_config(script):
@@ -126,7 +104,10 @@ class Unlearn(Command):
         eval_sets = read_eval_sets(script)
         if script.evaluate:
             training.do_eval = True
-        quantization = quantization_config(script)
+        quantization = script.bnb_config(script.dtype)
+        if quantization is not None and not script.use_peft:
+            raise ValueError("a quantised base holds no trainable weights: set use_peft: true to train a masked LoRA "
+                             "over it")
         tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path)
         model = AutoModelForCausalLM.from_pretrained(script.model_name_or_path, dtype=getattr(torch, script.dtype),
                                                      quantization_config=quantization)

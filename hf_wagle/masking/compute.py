@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 
 import numpy as np
 import torch
@@ -19,19 +20,23 @@ from ..mask import WeightMask, parameter_fingerprint
 from ..modeling import (
     adapter_disabled,
     broadcast_from_main,
+    dequantized,
     gather_from_ranks,
     is_sharded,
+    keep_4bit_differentiable,
     local_tensor,
+    logical_shape,
+    quantized_layers,
     rank_world,
     shard_range,
     tied_aliases,
 )
-from ..options import DEFAULT_PROMPT_TEMPLATE
+from ..options import DEFAULT_PROMPT_TEMPLATE, parse_bytes
 from ..version import __version__
 from .config import MASK_FIELDS, MaskConfig
 from .methods import get_mask_method
 from .registry import MaskMethod
-from .scores import as_scores
+from .scores import StoredScores, as_scores
 from .selection import check_selects_something, included_parameters, select
 from .signals import accumulate_gradients, batches, input_feature_norms
 
@@ -103,7 +108,7 @@ def _signals(model, named, params, method: MaskMethod, config: MaskConfig, examp
         if method.uses_gradients:
             wanted = {id(p) for p in params}
             for _, p in named:
-                p.requires_grad_(id(p) in wanted)
+                p.requires_grad_(id(p) in wanted and p.is_floating_point())  # quantised: from activations
         with adapter_disabled(model):
             if method.needs == "forget_inputs":
                 norms = input_feature_norms(model, params, examples["forget"], config.batch_size, pad, progress)
@@ -142,48 +147,89 @@ def compute_mask(model, forget, retain, tokenizer=None, config: MaskConfig | Non
     the scores exist only as each rank's shards (8 bytes per weight / W), the radix select sums its histograms over
     ranks, and the selected shards are gathered one tensor at a time, so every rank returns the same full mask, the
     one a single process would select from the same scores (granularity "element" only).
+
+    `memory_budget` bounds the fp32 gradient sums held at once: the scored weights are taken in consecutive groups
+    that fit it, one pass over the data per group (`_passes`), each group scored as soon as its sums exist and its
+    scores kept in host memory, so the mask is the one a single pass selects. A bitsandbytes-quantised base (4-bit or
+    8-bit linear layers) is attributed too: such a weight's sums come from its layer's inputs and output gradients
+    (`accumulate_gradients`), its scores from the dequantised weight, and the mask has the weights' logical shapes.
     """
     if isinstance(tokenizer, MaskConfig):
         raise TypeError("compute_mask(model, forget, retain, tokenizer, config): pass the MaskConfig as config=")
     config, method, options = mask_config(config, **overrides)
+    keep_4bit_differentiable(model)
     check_selects_something(model, config.ratio, config.scope, config.include, config.exclude)
     named, inc = included_parameters(model, config.include, config.exclude)
     names = [n for n, _ in named]
     params = [named[i][1] for i in inc]
     sharded = any(is_sharded(p) for p in params)
     ranges = _shard_ranges(params, [names[i] for i in inc], config, sharded)
+    groups = _passes(params, [names[i] for i in inc], method, config, sharded)
     examples = _examples(config, method, forget, retain, tokenizer, model, seed, prompt_template, max_length)
     pad = pad_id(tokenizer)
     n_batches = sum(len(batches(examples[p], config.batch_size, sharded)) for p in ("forget", "retain"))
-    bar = _progress_bar(n_batches, f"attribution ({method.name})") if progress and n_batches else None
+    bar = _progress_bar(n_batches * len(groups), f"attribution ({method.name})") if progress and n_batches else None
+    scores, layers = [], quantized_layers(model)
     try:
-        g_f, g_r, norms = _signals(model, named, params, method, config, examples, pad, bar)
+        for group in groups:
+            g_f, g_r, norms = _signals(model, named, [params[j] for j in group], method, config, examples, pad, bar)
+            with torch.no_grad():
+                for k, j in enumerate(group):
+                    p, name = params[j], names[inc[j]]
+                    norm = norms.get(id(p))
+                    if norm is not None and norm[1] and sharded:  # Conv1D (in x out): this shard's input features
+                        norm = (norm[0][ranges[j][0] // p.shape[1]:ranges[j][1] // p.shape[1]], True)
+                    theta = dequantized(local_tensor(p), layers.get(id(p))).detach()
+                    if g_f and g_f[k].device != theta.device:  # scored where the gradients are (accumulate_device)
+                        theta = theta.to(g_f[k].device)
+                    value = method.score(theta, grad_forget=g_f[k] if g_f else None,
+                                         grad_retain=g_r[k] if g_r else None, name=name, mu=config.mu, seed=seed,
+                                         input_norm=norm, offset=ranges[j][0], full_shape=logical_shape(p),
+                                         **options)
+                    value = as_scores(method.name, value, theta, name)
+                    if len(groups) > 1 and isinstance(value, StoredScores):  # wait in host memory meanwhile
+                        value.flat = value.flat.cpu()
+                    scores.append(value)
+            del g_f, g_r, norms
     finally:
         if bar is not None:
             bar.close()
-
     with torch.no_grad():
-        scores = []
-        for j, p in enumerate(params):
-            name = names[inc[j]]
-            norm = norms.get(id(p))
-            if norm is not None and norm[1] and sharded:  # Conv1D (in x out): this shard's input features
-                norm = (norm[0][ranges[j][0] // p.shape[1]:ranges[j][1] // p.shape[1]], True)
-            theta = local_tensor(p).detach()
-            if g_f and g_f[j].device != theta.device:  # scored where the gradients are (accumulate_device)
-                theta = theta.to(g_f[j].device)
-            value = method.score(theta, grad_forget=g_f[j] if g_f else None, grad_retain=g_r[j] if g_r else None,
-                                 name=name, mu=config.mu, seed=seed, input_norm=norm, offset=ranges[j][0],
-                                 full_shape=tuple(p.shape), **options)
-            scores.append(as_scores(method.name, value, theta, name))
         packed = select(scores, config.ratio, config.scope, config.granularity, [names[i] for i in inc], sharded)
-        del scores, g_f, g_r
+    del scores
     packed = _gather_shards(packed, params) if sharded else _broadcast_packed(packed)
     chosen = dict(zip(inc, packed))
-    result = {name: (chosen[i] if i in chosen else np.zeros((p.numel() + 7) // 8, np.uint8), tuple(p.shape))
-              for i, (name, p) in enumerate(named)}
-    return WeightMask.from_packed(result, _metadata(model, named, config, method, options, examples, forget, retain,
-                                                    seed))
+    result = {name: (chosen[i] if i in chosen else np.zeros((math.prod(logical_shape(p)) + 7) // 8, np.uint8),
+                     logical_shape(p)) for i, (name, p) in enumerate(named)}
+    metadata = _metadata(model, named, config, method, options, examples, forget, retain, seed)
+    metadata["passes"] = len(groups)
+    return WeightMask.from_packed(result, metadata)
+
+
+def _passes(params, names, method: MaskMethod, config: MaskConfig, sharded: bool) -> list[list[int]]:
+    """The scored parameters in consecutive groups whose fp32 gradient sums (4 bytes per weight, times 2 for a
+    method that uses G_f and G_r) fit `config.memory_budget`, one pass over the data each; one group without a
+    budget or for a method that takes no gradients. Refused before any work when one parameter alone does not fit."""
+    budget = parse_bytes("mask_memory_budget", config.memory_budget)
+    if budget is None or not method.uses_gradients:
+        return [list(range(len(params)))]
+    if sharded:
+        raise NotImplementedError("mask_memory_budget takes the weights in groups over several passes; an FSDP2 "
+                                  "model already holds only its shard's sums: leave the budget unset there")
+    per_weight = 8 if method.uses_retain else 4
+    groups, used = [[]], 0
+    for j, (p, name) in enumerate(zip(params, names)):
+        need = math.prod(logical_shape(p)) * per_weight
+        if need > budget:
+            raise ValueError(f"mask_memory_budget {config.memory_budget} ({budget} bytes) is smaller than the gradient "
+                             f"sums of {name} alone ({need} bytes: {per_weight} per weight); raise it to at least "
+                             f"{need} bytes")
+        if used + need > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(j)
+        used += need
+    return groups
 
 
 def _shard_ranges(params, names, config: MaskConfig, sharded: bool) -> list[tuple[int, int]]:
@@ -204,7 +250,8 @@ def _metadata(model, named, config: MaskConfig, method: MaskMethod, options: dic
               seed: int) -> dict:
     """How the mask was made: every `MaskConfig` field that shaped it, the method's options, data and model hashes."""
     fields = dataclasses.asdict(config)
-    for unused in ("options", "accumulate_device", "noise_std"):  # noise is recorded when it is applied
+    # where and in how many passes the sums were taken does not shape the mask; noise is recorded when it is applied
+    for unused in ("options", "accumulate_device", "memory_budget", "noise_std"):
         fields.pop(unused)
     metadata = {
         **fields, "seed": seed,
@@ -213,7 +260,7 @@ def _metadata(model, named, config: MaskConfig, method: MaskMethod, options: dic
         "forget_sha256": data_fingerprint(forget) if method.uses_forget else "",
         "retain_sha256": data_fingerprint(retain) if method.uses_retain else "",
         "model": public_name(getattr(getattr(model, "config", None), "_name_or_path", "")) or "",  # never a path
-        "param_sha256": parameter_fingerprint((n, tuple(p.shape)) for n, p in named),
+        "param_sha256": parameter_fingerprint((n, logical_shape(p)) for n, p in named),
         "hf_wagle_version": __version__,
     }
     if options:

@@ -9,7 +9,7 @@ importing torch. (No `from __future__ import annotations` here: the field types 
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..options import finite, one_of, parse_options, positive_int, prefixed_fields
+from ..options import finite, one_of, parse_bytes, parse_options, positive_int, prefixed_fields
 
 # grin: in both real-model comparisons the docs show (docs/evidence.md: TOFU forget05 and the element-symbols
 # scenario on SmolLM2) it kept the most held-out utility at matched forgetting, separated from dense and from wagle;
@@ -60,6 +60,10 @@ class MaskConfig:
     accumulate_device: str | None = field(default=None, metadata={
         "help": "Where attribution keeps its fp32 gradient sums: 'cpu' for host memory (a big model on one "
                 "accelerator); default the model's device."})
+    memory_budget: str | None = field(default=None, metadata={
+        "help": "Most memory attribution's fp32 gradient sums may take at once (2GB, 512MiB, bytes): the scored "
+                "weights are taken in groups that fit, one pass over the data per group, and the scores wait in "
+                "host memory; default: all in one pass."})
     noise_std: float = field(default=0.0, metadata={
         "help": "GRIN: before unlearning add N(0, (noise_std * std(theta))^2) to every selected weight "
                 "(full-parameter runs only)."})
@@ -90,6 +94,7 @@ class MaskConfig:
                 if not patterns or not all(isinstance(p, str) and p for p in patterns):
                     raise ValueError(f"{name} must be a non-empty list of non-empty name patterns, got {patterns!r}")
             setattr(self, name, patterns)
+        parse_bytes(f"{PREFIX}memory_budget", self.memory_budget)
         finite(f"{PREFIX}noise_std", self.noise_std, 0)
 
     def replace(self, **changes) -> "MaskConfig":

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..mask import layer_and_module, unpack_bits
-from ..modeling import base_named_parameters, gather_from_ranks, rank_world, sum_over_ranks_
+from ..modeling import base_named_parameters, gather_from_ranks, logical_shape, rank_world, sum_over_ranks_
 from .scores import CHUNK, Scores
 
 
@@ -219,7 +219,7 @@ def included_parameters(model, include=None, exclude=None) -> tuple[list[tuple[s
 def check_selects_something(model, ratio: float, scope: str = "global", include=None, exclude=None) -> None:
     """Raise before any work when `ratio` rounds to no weight of `model` at all: `sum_g round(ratio * N_g) == 0`."""
     named, inc = included_parameters(model, include, exclude)
-    names, numels = [named[i][0] for i in inc], [named[i][1].numel() for i in inc]
+    names, numels = [named[i][0] for i in inc], [math.prod(logical_shape(named[i][1])) for i in inc]
     sizes = [sum(numels[i] for i in group) for group in _groups(names, scope)]
     if sum(round(ratio * n) for n in sizes) == 0:
         raise ValueError(f"mask ratio {ratio:g} selects no weight of the {sum(sizes)} that may be chosen "

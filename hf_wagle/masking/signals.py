@@ -10,7 +10,7 @@ import torch
 
 from ..data import collate
 from ..losses import sequence_nll
-from ..modeling import is_sharded, local_tensor, rank_world, reshard, sum_over_ranks_
+from ..modeling import is_quantized, is_sharded, local_tensor, logical_shape, rank_world, reshard, sum_over_ranks_
 
 
 def batches(examples: list[dict], batch_size: int, same_count: bool = False) -> list[tuple[list[dict], float]]:
@@ -31,6 +31,12 @@ def accumulate_gradients(model, params: list[torch.Tensor], examples: list[dict]
                          accumulate_device=None) -> list[torch.Tensor]:
     """fp32 `sum_i grad (per-example token-mean NLL_i)` over `examples` (divided by their count for "mean").
 
+    A parameter that can hold a gradient takes it from autograd (set its `requires_grad` first). A
+    bitsandbytes-quantised weight cannot: its sum is built from what passes through its linear layer,
+    `G = sum_t dy_t^T x_t` over every token t (`x` the layer's input, `dy` the gradient of the loss at its output),
+    which is the gradient with respect to the dequantised weight the layer computes with; the input embeddings'
+    output is made to require a gradient so that `dy` exists with every parameter frozen.
+
     Under `torch.distributed`, rank r takes examples r, r+W, ... and the sums are all-reduced, so every rank
     returns the same gradients. For an FSDP2 model (DTensor parameters) the sums are sharded like the parameters:
     each rank returns its local shards, FSDP2's reduce-scatter (the mean over ranks, times W) doing the reduction,
@@ -41,21 +47,23 @@ def accumulate_gradients(model, params: list[torch.Tensor], examples: list[dict]
     sharded = any(is_sharded(p) for p in params)
     device = local_tensor(params[0]).device
     store = torch.device(accumulate_device) if accumulate_device is not None else device
+    through = [is_quantized(local_tensor(p)) for p in params]  # sums from activations
     # fp32 parameters whose sums stay on their device sum in .grad itself (autograd adds each batch in place, as in
     # training); the others add each batch's gradient into fp32 buffers on `store`
-    in_grad = [local_tensor(p).dtype == torch.float32 and store == device for p in params]
-    grads = [None if here else torch.zeros(local_tensor(p).shape, dtype=torch.float32, device=store)
+    in_grad = [local_tensor(p).dtype == torch.float32 and store == device and not t for p, t in zip(params, through)]
+    grads = [None if here else torch.zeros(logical_shape(local_tensor(p)), dtype=torch.float32, device=store)
              for p, here in zip(params, in_grad)]
     held = [p.grad for p in params]
     for p in params:
         p.grad = None
+    hooks = _activation_sums(model, [(p, g) for p, g, t in zip(params, grads, through) if t])
     try:
         for chunk, weight in batches(examples, batch_size, same_count=sharded):
             batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
             # under FSDP2, backward() also reduce-scatters each gradient into its parameter's sharded .grad
             (sequence_nll(model, batch).per_example_mean.sum() * weight).backward()
-            for acc, p in zip(grads, params):
-                if acc is not None and p.grad is not None:
+            for acc, p, t in zip(grads, params, through):
+                if acc is not None and p.grad is not None and not t:
                     acc.add_(local_tensor(p.grad).to(store, torch.float32))
                     p.grad = None
             if progress is not None:
@@ -64,6 +72,8 @@ def accumulate_gradients(model, params: list[torch.Tensor], examples: list[dict]
                  else torch.zeros(local_tensor(p).shape, dtype=torch.float32, device=device)
                  for acc, p in zip(grads, params)]
     finally:
+        for h in hooks:
+            h.remove()
         for p, g in zip(params, held):
             p.grad = g
     if sharded:
@@ -79,6 +89,41 @@ def accumulate_gradients(model, params: list[torch.Tensor], examples: list[dict]
         for g in grads:
             g.div_(max(1, len(examples)))
     return grads
+
+
+def _activation_sums(model, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list:
+    """Hooks that add `dy^T x` of every linear layer computing with weight `p` into its `sum` (the `pairs`), and
+    one that makes the input embeddings' output require a gradient. Returns the handles to remove."""
+    if not pairs:
+        return []
+    owners = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            owners.setdefault(id(module.weight), []).append(module)
+
+    def forward(module, args, out, total):
+        x = args[0].detach()
+        x = x.reshape(-1, x.shape[-1]).float()
+
+        def backward(dy):
+            dy = dy.reshape(-1, dy.shape[-1]).float()
+            if total.device == x.device:
+                total.addmm_(dy.t(), x)
+            else:
+                total.add_((dy.t() @ x).to(total.device))
+
+        out.register_hook(backward)
+
+    handles = []
+    for p, total in pairs:
+        if id(p) not in owners:
+            raise ValueError(f"a quantised weight of shape {logical_shape(p)} belongs to no linear layer; "
+                             "attribution reads a quantised weight's gradient from its layer's inputs and outputs")
+        handles += [m.register_forward_hook(lambda mod, args, out, t=total: forward(mod, args, out, t))
+                    for m in owners[id(p)]]
+    handles.append(model.get_input_embeddings().register_forward_hook(
+        lambda mod, args, out: out if out.requires_grad else out.requires_grad_()))
+    return handles
 
 
 def _linear_layers(model) -> list[tuple[torch.nn.Module, torch.nn.Parameter, bool]]:
@@ -105,7 +150,7 @@ def input_feature_norms(model, params: list[torch.Tensor], examples: list[dict],
     layers = [(m, w, t) for m, w, t in _linear_layers(model) if id(w) in wanted]
     device = local_tensor(params[0]).device
     sharded = any(is_sharded(p) for p in params)
-    sq = {id(w): torch.zeros(w.shape[0] if t else w.shape[1], dtype=torch.float64, device=device)
+    sq = {id(w): torch.zeros(logical_shape(w)[0 if t else 1], dtype=torch.float64, device=device)
           for _, w, t in layers}
     current = {}
 
