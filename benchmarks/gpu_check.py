@@ -4,10 +4,12 @@ On CUDA (default when available), for a random-init Llama of `--layers` x `--hid
 parameters): tokens per second and peak memory of a training step, masked / dense step time for full parameters
 (bf16 autocast, fp32 master weights) and for LoRA r=16, and attribution time / one forward+backward over the same
 examples with the fp32 sums on the device and in host memory (`accumulate_device="cpu"`), with peak memory of each.
-Everything alternates within each repeat; ratios are of medians.
+Everything alternates within each repeat; ratios are of medians. `--quantization nf4|int8` adds the same model loaded
+quantised by bitsandbytes: attribution in one pass and under a memory budget, and masked-LoRA steps over it.
 
     python benchmarks/gpu_check.py                          # CUDA, about 1.2B parameters, a few minutes
     python benchmarks/gpu_check.py --device cpu --layers 2 --hidden 256 --vocab 4000   # a smoke run on CPU
+    python benchmarks/gpu_check.py --quantization nf4   # also attribution (one pass, budgeted) and masked LoRA over NF4
 
 Writes `benchmarks/results/gpu_check.json` (or `--out`) and prints the numbers.
 """
@@ -17,13 +19,15 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
-from step_cost import step_times
+from step_cost import StepTimes, step_times
 
 from hf_wagle import compute_mask
 from hf_wagle.data import tokenize_dataset
@@ -49,6 +53,53 @@ def timed(device: str, fn):
     return seconds, torch.cuda.max_memory_allocated() if device.startswith("cuda") else 0, result
 
 
+def quantized_check(model, a, forget, retain) -> dict:
+    """`--quantization nf4|int8`: the same model saved and loaded back quantised by bitsandbytes, then attribution
+    (wagle) in one pass and under `mask_memory_budget` = the largest tensor's G_f + G_r (the fewest passes that
+    budget allows), alternated `--repeats` times, and masked-LoRA steps (r=16) over it with that mask: seconds and
+    peak device memory, per parameter."""
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+
+    from hf_wagle import WagleConfig, WagleTrainer
+    from hf_wagle.cli.common import QuantizedBase
+    from hf_wagle.masking import included_parameters
+    from hf_wagle.modeling import logical_shape
+
+    config = QuantizedBase(quantization=a.quantization).bnb_config("bfloat16")
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        quantized = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, quantization_config=config,
+                                                         device_map={"": a.device}).eval()
+    sizes = [math.prod(logical_shape(p)) for _, p in included_parameters(quantized)[0]]
+    n, budget = sum(sizes), max(sizes) * 8
+    runs = {"one pass": None, "budget": budget}
+    seconds, peaks, masks = {k: [] for k in runs}, {k: 0 for k in runs}, {}
+    for _ in range(a.repeats):
+        for key, b in runs.items():
+            took, peak, masks[key] = timed(a.device, lambda b=b: compute_mask(
+                quantized, forget.select(range(16)), retain.select(range(16)), None, method="wagle", ratio=0.5,
+                batch_size=a.batch_size, memory_budget=b, progress=False))
+            seconds[key].append(took)
+            peaks[key] = max(peaks[key], peak)
+    timer = StepTimes()
+    with tempfile.TemporaryDirectory() as out:
+        args = WagleConfig(output_dir=out, objective="grad_diff", max_steps=a.steps, learning_rate=1e-5,
+                           per_device_train_batch_size=a.batch_size, use_cpu=a.device == "cpu", report_to="none",
+                           save_strategy="no", disable_tqdm=True, logging_strategy="no")
+        trainer = WagleTrainer(model=quantized, args=args, forget_dataset=forget, retain_dataset=retain,
+                               mask=masks["budget"], callbacks=[timer],
+                               peft_config=LoraConfig(r=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+        _, lora_peak, _ = timed(a.device, trainer.train)
+    return {"quantization": a.quantization, "parameters": n, "budget_bytes": budget,
+            "passes": masks["budget"].metadata["passes"],
+            "budget_mask_equals_one_pass": masks["budget"] == masks["one pass"],
+            "attribution_seconds": seconds,
+            "budget_over_one_pass_time": statistics.median(seconds["budget"]) / statistics.median(seconds["one pass"]),
+            "attribution_peak_bytes_per_parameter": {k: v / n for k, v in peaks.items()},
+            "lora_step_seconds": statistics.median(timer.times[1:]), "lora_peak_bytes_per_parameter": lora_peak / n}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -60,6 +111,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--quantization", choices=("nf4", "int8"),
+                    help="also measure attribution and masked LoRA over the model quantised by bitsandbytes")
     ap.add_argument("--out", default=str(Path(__file__).with_name("results") / "gpu_check.json"))
     a = ap.parse_args()
     cuda = a.device.startswith("cuda")
@@ -110,6 +163,8 @@ def main() -> None:
                                               if k != "forward+backward"},
         "settings": vars(a), "torch": torch.__version__,
     }
+    if a.quantization:
+        result["quantized"] = quantized_check(model.to(torch.bfloat16), a, forget, retain)
     for k, v in result.items():
         if k not in ("settings",):
             print(f"{k}: {v}")

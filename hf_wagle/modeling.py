@@ -52,7 +52,7 @@ def dequantized(p: torch.Tensor, layer=None) -> torch.Tensor:
         return p
     import bitsandbytes.functional as bnb
 
-    if getattr(p, "quant_state", None) is None:
+    if type(p).__name__ == "Int8Params":
         scales = p.SCB if getattr(p, "SCB", None) is not None else getattr(getattr(layer, "state", None), "SCB", None)
         if scales is None:
             raise ValueError("an 8-bit weight without its row scales (SCB): pass the Linear8bitLt layer that holds it")

@@ -106,12 +106,13 @@ def _small_llama(tokenizer, path):
 
 
 def _load(path, quantization=None):
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    """The model at `path` in float32, or quantised as `hf-wagle unlearn --quantization` loads it."""
+    from transformers import AutoModelForCausalLM
 
-    config = {"nf4": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                        bnb_4bit_compute_dtype=torch.float32),
-              "int8": BitsAndBytesConfig(load_in_8bit=True), None: None}[quantization]
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, quantization_config=config)
+    from hf_wagle.cli.common import QuantizedBase
+
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, quantization_config=QuantizedBase(quantization=quantization).bnb_config("float32"))
 
 
 def _dequantized_twin(quantized, path):
@@ -161,6 +162,11 @@ def test_attribution_of_an_nf4_base_equals_its_dequantised_twin(world, tokenizer
     assert on_nf4.metadata["param_sha256"] == on_twin.metadata["param_sha256"]  # the logical shapes
     assert {n: on_nf4.shape(n) for n in on_nf4.names()} == {n: on_twin.shape(n) for n in on_twin.names()}
     assert _jaccard(on_nf4, on_twin) > 0.999  # equal up to rounding at the threshold
+    # the methods that read the weight itself score the dequantised weight
+    for method in ("magnitude", "wanda"):
+        config = MaskConfig(method=method, ratio=0.3)
+        assert _jaccard(compute_mask(nf4, world["forget"], None, tokenizer, config, progress=False),
+                        compute_mask(twin, world["forget"], None, tokenizer, config, progress=False)) > 0.999
 
 
 @pytest.mark.parametrize("quantization", ["int8", "nf4"])

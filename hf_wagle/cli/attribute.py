@@ -82,9 +82,13 @@ class Attribute(Command):
         tokenizer = AutoTokenizer.from_pretrained(script.model)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+        # bitsandbytes places a quantised model when it loads (it cannot be moved after): on --device, or under a
+        # launcher on this process's GPU
+        device = script.device or (int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ
+                                   and torch.cuda.is_available() else None)
         model = AutoModelForCausalLM.from_pretrained(script.model, dtype=getattr(torch, script.dtype),
                                                      quantization_config=quantization,
-                                                     device_map={"": script.device} if quantization and script.device
+                                                     device_map={"": device} if quantization and device is not None
                                                      else None)
         if script.device and not quantization:
             model.to(script.device)

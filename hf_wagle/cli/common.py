@@ -21,7 +21,8 @@ class QuantizedBase:
     quantization: str | None = field(default=None, metadata={
         "help": "load the model quantised by bitsandbytes: 'nf4' (4-bit NormalFloat, computing in dtype) or 'int8' "
                 "(LLM.int8()); attribution takes a quantised weight's gradient sums from its layer's inputs and "
-                "output gradients (mask_memory_budget bounds them), unlearn trains a masked LoRA over it (use_peft)"})
+                "output gradients (the mask memory budget bounds them), unlearn trains a masked LoRA over it "
+                "(use_peft)"})
 
     def bnb_config(self, dtype: str):
         """The `BitsAndBytesConfig` of `quantization` (None: the model in `dtype`)."""

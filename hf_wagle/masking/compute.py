@@ -22,6 +22,7 @@ from ..modeling import (
     broadcast_from_main,
     dequantized,
     gather_from_ranks,
+    is_quantized,
     is_sharded,
     keep_4bit_differentiable,
     local_tensor,
@@ -108,7 +109,7 @@ def _signals(model, named, params, method: MaskMethod, config: MaskConfig, examp
         if method.uses_gradients:
             wanted = {id(p) for p in params}
             for _, p in named:
-                p.requires_grad_(id(p) in wanted and p.is_floating_point())  # quantised: from activations
+                p.requires_grad_(id(p) in wanted and p.is_floating_point() and not is_quantized(p))
         with adapter_disabled(model):
             if method.needs == "forget_inputs":
                 norms = input_feature_norms(model, params, examples["forget"], config.batch_size, pad, progress)
@@ -150,9 +151,10 @@ def compute_mask(model, forget, retain, tokenizer=None, config: MaskConfig | Non
 
     `memory_budget` bounds the fp32 gradient sums held at once: the scored weights are taken in consecutive groups
     that fit it, one pass over the data per group (`_passes`), each group scored as soon as its sums exist and its
-    scores kept in host memory, so the mask is the one a single pass selects. A bitsandbytes-quantised base (4-bit or
-    8-bit linear layers) is attributed too: such a weight's sums come from its layer's inputs and output gradients
-    (`accumulate_gradients`), its scores from the dequantised weight, and the mask has the weights' logical shapes.
+    scores kept in host memory (a quantised weight's always), so the mask is the one a single pass selects. A
+    bitsandbytes-quantised base (4-bit or 8-bit linear layers) is attributed too: such a weight's sums come from its
+    layer's inputs and output gradients (`accumulate_gradients`), its scores from the dequantised weight, and the mask
+    has the weights' logical shapes.
     """
     if isinstance(tokenizer, MaskConfig):
         raise TypeError("compute_mask(model, forget, retain, tokenizer, config): pass the MaskConfig as config=")
@@ -187,8 +189,10 @@ def compute_mask(model, forget, retain, tokenizer=None, config: MaskConfig | Non
                                          input_norm=norm, offset=ranges[j][0], full_shape=logical_shape(p),
                                          **options)
                     value = as_scores(method.name, value, theta, name)
-                    if len(groups) > 1 and isinstance(value, StoredScores):  # wait in host memory meanwhile
-                        value.flat = value.flat.cpu()
+                    # under a budget the scores wait in host memory; a quantised weight's lazy scores would keep
+                    # its dequantised copy alive: they are made now, in host memory
+                    if config.memory_budget is not None or is_quantized(p):
+                        value = _in_host_memory(value)
                     scores.append(value)
             del g_f, g_r, norms
     finally:
@@ -204,6 +208,14 @@ def compute_mask(model, forget, retain, tokenizer=None, config: MaskConfig | Non
     metadata = _metadata(model, named, config, method, options, examples, forget, retain, seed)
     metadata["passes"] = len(groups)
     return WeightMask.from_packed(result, metadata)
+
+
+def _in_host_memory(scores):
+    """`scores` as `StoredScores` in host memory (made chunk by chunk when they are lazy)."""
+    if isinstance(scores, StoredScores):
+        scores.flat = scores.flat.cpu()
+        return scores
+    return StoredScores(torch.cat([scores.chunk(i).cpu() for i in range(scores.num_chunks)]).reshape(scores.shape))
 
 
 def _passes(params, names, method: MaskMethod, config: MaskConfig, sharded: bool) -> list[list[int]]:

@@ -56,8 +56,9 @@ def accumulate_gradients(model, params: list[torch.Tensor], examples: list[dict]
     held = [p.grad for p in params]
     for p in params:
         p.grad = None
-    hooks = _activation_sums(model, [(p, g) for p, g, t in zip(params, grads, through) if t])
+    hooks = []
     try:
+        hooks = _activation_sums(model, [(p, g) for p, g, t in zip(params, grads, through) if t])
         for chunk, weight in batches(examples, batch_size, same_count=sharded):
             batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
             # under FSDP2, backward() also reduce-scatters each gradient into its parameter's sharded .grad
@@ -92,38 +93,44 @@ def accumulate_gradients(model, params: list[torch.Tensor], examples: list[dict]
 
 
 def _activation_sums(model, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list:
-    """Hooks that add `dy^T x` of every linear layer computing with weight `p` into its `sum` (the `pairs`), and
-    one that makes the input embeddings' output require a gradient. Returns the handles to remove."""
+    """Hooks that add `dy^T x` (in fp32) of every linear layer computing with weight `p` into its `total` (the
+    `pairs`), and one that makes the input embeddings' output require a gradient. Returns the handles to remove;
+    registers nothing when a weight belongs to no linear layer."""
     if not pairs:
         return []
     owners = {}
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            owners.setdefault(id(module.weight), []).append(module)
-
-    def forward(module, args, out, total):
-        x = args[0].detach()
-        x = x.reshape(-1, x.shape[-1]).float()
-
-        def backward(dy):
-            dy = dy.reshape(-1, dy.shape[-1]).float()
-            if total.device == x.device:
-                total.addmm_(dy.t(), x)
-            else:
-                total.add_((dy.t() @ x).to(total.device))
-
-        out.register_hook(backward)
-
-    handles = []
-    for p, total in pairs:
-        if id(p) not in owners:
-            raise ValueError(f"a quantised weight of shape {logical_shape(p)} belongs to no linear layer; "
-                             "attribution reads a quantised weight's gradient from its layer's inputs and outputs")
-        handles += [m.register_forward_hook(lambda mod, args, out, t=total: forward(mod, args, out, t))
-                    for m in owners[id(p)]]
+    for module, weight, _ in _linear_layers(model):
+        owners.setdefault(id(weight), []).append(module)
+    if any(id(p) not in owners for p, _ in pairs):
+        raise ValueError("a quantised weight belongs to no linear layer; attribution reads a quantised weight's "
+                         "gradient from its layer's inputs and outputs")
+    handles = [m.register_forward_hook(_OuterProduct(total)) for p, total in pairs for m in owners[id(p)]]
     handles.append(model.get_input_embeddings().register_forward_hook(
         lambda mod, args, out: out if out.requires_grad else out.requires_grad_()))
     return handles
+
+
+class _OuterProduct:
+    """Forward hook of a linear layer: keeps its input `x` (as it is) and, when the gradient `dy` of its output
+    arrives, adds `dy^T x` over all tokens to `total` in fp32."""
+
+    def __init__(self, total: torch.Tensor):
+        self.total = total
+
+    def __call__(self, module, args, out):
+        x, version = args[0].detach(), args[0]._version
+
+        def backward(dy):
+            if x._version != version:
+                raise RuntimeError("a linear layer's input was changed in place after the layer ran; attribution "
+                                   "of a quantised weight needs it unchanged")
+            dy2, x2 = dy.reshape(-1, dy.shape[-1]).float(), x.reshape(-1, x.shape[-1]).float()
+            if self.total.device == x2.device:
+                self.total.addmm_(dy2.t(), x2)
+            else:
+                self.total.add_((dy2.t() @ x2).to(self.total.device))
+
+        out.register_hook(backward)
 
 
 def _linear_layers(model) -> list[tuple[torch.nn.Module, torch.nn.Parameter, bool]]:
