@@ -194,6 +194,9 @@ def compute_mask(model, forget, retain, tokenizer=None, config: MaskConfig | Non
                     if config.memory_budget is not None or is_quantized(p):
                         value = _in_host_memory(value)
                     scores.append(value)
+                    for sums in (g_f, g_r):  # a tensor's sums are dropped once it is scored
+                        if sums:
+                            sums[k] = None
             del g_f, g_r, norms
     finally:
         if bar is not None:
