@@ -54,20 +54,14 @@ def test_masked_lora_over_an_nf4_base_reads_the_packed_weights_logical_shape(wor
     """NF4 stores two weights per byte (`(rows * columns / 2, 1)`): a small random Llama whose layers fill
     bitsandbytes' 64-value blocks, a mask from its float32 copy, masked LoRA over its NF4 copy, confined."""
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
 
     from hf_wagle.modeling import keep_4bit_differentiable, logical_shape
     from hf_wagle.verify import verify
 
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False)
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "base")
-    full = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
-    mask = compute_mask(full, world["forget"], world["retain"], tokenizer, MaskConfig(method="grin", ratio=0.5),
-                        progress=False)
-    nf4 = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32, quantization_config=(
-        BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)))
+    _small_llama(tokenizer, tmp_path / "base")
+    mask = compute_mask(_load(tmp_path / "base"), world["forget"], world["retain"], tokenizer,
+                        MaskConfig(method="grin", ratio=0.5), progress=False)
+    nf4 = _load(tmp_path / "base", "nf4")
     packed = dict(nf4.named_parameters())["model.layers.0.mlp.up_proj.weight"]
     assert tuple(packed.shape) == (256 * 128 // 2, 1) and logical_shape(packed) == (256, 128)
     trainer = WagleTrainer(model=nf4, args=small_args(tmp_path, objective="grad_diff", max_steps=2), mask=mask,
@@ -85,12 +79,11 @@ def test_masked_lora_over_an_nf4_base_reads_the_packed_weights_logical_shape(wor
     from peft import PeftModel
 
     with torch.no_grad():
-        fresh = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32, quantization_config=(
-            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)))
+        fresh = _load(tmp_path / "base", "nf4")
         keep_4bit_differentiable(fresh)  # the layers compute as in training, not in bitsandbytes' bf16 CPU kernel
         reloaded = PeftModel.from_pretrained(fresh, str(tmp_path / "out")).eval()
         assert torch.allclose(reloaded(**batch).logits, trained_logits, atol=1e-5)
-        over_full = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"),
+        over_full = PeftModel.from_pretrained(_load(tmp_path / "base"),
                                               str(tmp_path / "out")).eval()
         assert torch.isfinite(over_full(**batch).logits).all()
 
