@@ -37,7 +37,8 @@ STEPS = ["--max_steps", "12", "--target_eval_steps", "6"]
 RECIPES = {"npo": [],
            "npo + sam 0.1": ["--forget_perturbation", "sam", "--sam_rho", "0.1"],
            "npo + sam 1": ["--forget_perturbation", "sam", "--sam_rho", "1.0"],
-           "npo + smooth 0.001": ["--forget_perturbation", "smooth", "--smooth_sigma", "0.001"]}
+           "npo + smooth 0.001": ["--forget_perturbation", "smooth", "--smooth_sigma", "0.001"],
+           "npo + disruption": ["--disruption_masking", "true"]}
 
 
 def run(work: Path, seeds: list[int], recipes: list[str]) -> dict:

@@ -74,6 +74,10 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
         "help": "forget_perturbation='sam': L2 radius of the perturbation along the masked forget gradient."})
     smooth_sigma: float = field(default=1e-3, metadata={
         "help": "forget_perturbation='smooth': std of the Gaussian perturbation of each weight that may move."})
+    disruption_masking: bool = field(default=False, metadata={
+        "help": "Let the forget term move a weight only where its gradient over the step has the sign of the retain "
+                "term's (hf_wagle.disruption; MUDMAN): g = g_r + g_f * [sign(g_f) = sign(g_r)]. Needs a retain term; "
+                "one more backward call per micro-batch."})
     collapse_threshold: float | None = field(
         default=3.0,
         metadata={"help": "Warn when the logged retain NLL exceeds this multiple of its starting value (None: off)."},
@@ -126,6 +130,9 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
         one_of("forget_perturbation", self.forget_perturbation, (None, *PERTURBATIONS))
         finite("sam_rho", self.sam_rho, 0, strict=True)
         finite("smooth_sigma", self.smooth_sigma, 0, strict=True)
+        if self.disruption_masking and not objective.uses_retain:
+            raise ValueError(f"disruption_masking compares the forget gradient with the retain term's, and objective "
+                             f"{self.objective!r} has no retain term; use one that has (grad_diff, npo, simnpo, ...)")
         for args in BUILTIN_ARGS:  # every flat field in bounds, whichever objective runs
             args(**unprefixed_values(args, self, ""))
         self.objective_args = parse_options(self.objective_args, "objective_args")

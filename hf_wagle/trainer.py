@@ -47,6 +47,7 @@ from .data import (
     refusal_examples,
     tokenize_dataset,
 )
+from .disruption import disruption_masked, gradients_into
 from .evaluation.measure import answer_keys, neighbourhood_share, split_holdout
 from .evaluation.targets import durability_row, recovery_limit, run_targets
 from .export import check_export_options, export_adapter
@@ -202,7 +203,8 @@ class WagleTrainer(Trainer):
         self._start_weights: dict[str, torch.Tensor] | None = None  # the same on the CPU, for relearn_recovery
         self._pad_id = pad
         self._perturbation: dict[torch.Tensor, torch.Tensor] = {}  # eps of this step (`forget_perturbation`)
-        self._loss_part: str | None = None  # "forget" or "retain" while a perturbed step takes them apart
+        self._loss_part: str | None = None  # "forget" or "retain" while a step takes them apart
+        self._forget_grads: dict[torch.Tensor, torch.Tensor] = {}  # g_f of this step (`disruption_masking`)
         self._metrics = defaultdict(list)
         self.results: dict | None = None  # {"before": {...}, "after": {...}} numbers the model card shows
         self.provenance = {"base_name": getattr(getattr(model, "config", None), "_name_or_path", None),
@@ -370,17 +372,24 @@ class WagleTrainer(Trainer):
         return sam_perturbation(grads, a.sam_rho)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self._perturbation:  # forget term at theta + eps (its own backward, unreduced), retain term at theta
+        a = self.args
+        if self._perturbation or a.disruption_masking:
+            # the forget term (at theta + eps; its own backward, unreduced; under disruption masking into its own
+            # gradients), then the retain term at theta
             self._loss_part = "forget"
             try:
                 sync = self.accelerator.no_sync(model) if self.objective.uses_retain else contextlib.nullcontext()
-                with sync, perturbed(self._perturbation):
+                into = (gradients_into(self._trainable(), self._forget_grads) if a.disruption_masking
+                        else contextlib.nullcontext())
+                with sync, perturbed(self._perturbation), into:
                     loss = super().training_step(model, inputs, num_items_in_batch)
                 if self.objective.uses_retain:
                     self._loss_part = "retain"
                     loss = loss + super().training_step(model, inputs, num_items_in_batch)
             finally:
                 self._loss_part = None
+            if a.disruption_masking and self.accelerator.sync_gradients:  # the step's last micro-batch
+                self._apply_disruption_mask()
         else:
             loss = super().training_step(model, inputs, num_items_in_batch)
         with torch.no_grad():  # g *= mask, in place (this rank's shard of g and of the mask under FSDP2)
@@ -388,6 +397,22 @@ class WagleTrainer(Trainer):
                 if p.grad is not None:
                     local_tensor(p.grad).mul_(m)
         return loss
+
+    def _trainable(self) -> list[torch.Tensor]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def _apply_disruption_mask(self) -> None:
+        """`.grad = g_r + g_f * [sign(g_f) * sign(g_r) > 0]` (`hf_wagle.disruption`), `g_f` the step's forget
+        gradient averaged over ranks as DDP averages `g_r`."""
+        forget, self._forget_grads = self._forget_grads, {}
+        for p, g_f in forget.items():
+            if self.args.world_size > 1:
+                import torch.distributed as dist
+
+                dist.all_reduce(g_f)
+                g_f.div_(self.args.world_size)
+            p.grad = disruption_masked(g_f, p.grad)
 
     def _install_mask(self) -> None:
         a = self.args
@@ -692,9 +717,10 @@ def check_engine(args, peft_config, needs_reference_model: bool) -> None:
     if recovery_limit(args.targets) is not None:
         raise NotImplementedError("a relearn_recovery target under FSDP is not supported (it relearns a whole copy "
                                   "of the model); save the run and audit it: hf-wagle audit --max-recovery")
-    if args.forget_perturbation is not None:
-        raise NotImplementedError("forget_perturbation under FSDP is not supported (its extra forget pass would "
-                                  "reduce-scatter gradients mid-step); use DDP, or forget_perturbation=None")
+    for name in ("forget_perturbation", "disruption_masking"):
+        if getattr(args, name):
+            raise NotImplementedError(f"{name} under FSDP is not supported (its separate forget pass would "
+                                      f"reduce-scatter gradients mid-step); use DDP, or turn {name} off")
     # TrainingArguments default to FSDP2; Accelerate's environment (accelerate launch) to FSDP1
     version = int((args.fsdp_config or {}).get("version", 2) if args.fsdp else os.environ.get("FSDP_VERSION", 1))
     if version != 2:

@@ -9,14 +9,15 @@ from hf_wagle import WagleConfig, WagleTrainer
 from hf_wagle.evaluation import WagleEvalCallback
 
 model_dir, out, objective = sys.argv[1], sys.argv[2], sys.argv[3]
-perturbation = sys.argv[4] if len(sys.argv) > 4 else None
+robust = sys.argv[4].split("+") if len(sys.argv) > 4 else []  # "sam", "disruption" or "sam+disruption"
 model = AutoModelForCausalLM.from_pretrained(model_dir)
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
 args = WagleConfig(output_dir=f"{out}/run", objective=objective, mask_method="wagle", mask_ratio=0.5, mu=1e-3,
                    learning_rate=1e-3, max_steps=3, per_device_train_batch_size=2, gradient_accumulation_steps=2,
                    weight_decay=0.1, max_grad_norm=0.5, use_cpu=True, ddp_backend="gloo", report_to="none",
                    save_strategy="no", disable_tqdm=True, seed=0, dataloader_drop_last=True, logging_steps=1,
-                   forget_perturbation=perturbation, sam_rho=0.05)
+                   forget_perturbation="sam" if "sam" in robust else None, sam_rho=0.05,
+                   disruption_masking="disruption" in robust)
 forget, retain = load_from_disk(f"{out}/forget"), load_from_disk(f"{out}/retain")
 trainer = WagleTrainer(model=model, args=args, forget_dataset=forget, retain_dataset=retain,
                        processing_class=tokenizer)

@@ -19,10 +19,11 @@ TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torch
 
 
 @pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
-@pytest.mark.parametrize("objective, perturbation", [("npo", None), ("grad_diff", "sam")])
-def test_two_ranks_unlearn_in_step_inside_the_mask(trained, world, tmp_path, objective, perturbation):
+@pytest.mark.parametrize("objective, robust", [("npo", None), ("grad_diff", "sam+disruption")])
+def test_two_ranks_unlearn_in_step_inside_the_mask(trained, world, tmp_path, objective, robust):
     """Two DDP ranks stay in step inside the mask; with `forget_perturbation="sam"` both also perturb by the same eps
-    (the forget gradient reduced over ranks), which is zero off the mask."""
+    (the forget gradient reduced over ranks), which is zero off the mask, and with `disruption_masking` compare
+    signs on the same reduced forget gradient (ranks that did not would diverge)."""
     model, tokenizer = trained
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
@@ -31,7 +32,7 @@ def test_two_ranks_unlearn_in_step_inside_the_mask(trained, world, tmp_path, obj
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", str(SCRIPT), str(tmp_path / "model"),
-                           str(tmp_path), objective, *([perturbation] if perturbation else [])],
+                           str(tmp_path), objective, *([robust] if robust else [])],
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"trainer_rank{r}.pt") for r in (0, 1))
@@ -46,7 +47,7 @@ def test_two_ranks_unlearn_in_step_inside_the_mask(trained, world, tmp_path, obj
         moved += int((p0[m] != original[name].detach()[m]).sum())
     assert moved > 0
     assert r0["retain_draws"] != r1["retain_draws"]
-    assert bool(r0["eps"]) == (perturbation is not None)
+    assert bool(r0["eps"]) == (robust is not None)
     for name, e in r0["eps"].items():
         assert torch.equal(e, r1["eps"][name]), f"ranks perturbed {name} differently"
         assert not e[~r0["mask"][name]].any(), f"{name} perturbed off-mask"

@@ -1,4 +1,5 @@
-"""`forget_perturbation`: the forget term at perturbed weights, exactly as `hf_wagle.perturbation` states it."""
+"""`forget_perturbation` and `disruption_masking`: the forget term at perturbed weights, and only where it agrees
+with the retain term, exactly as `hf_wagle.perturbation` and `hf_wagle.disruption` state them."""
 
 import copy
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 from hf_wagle import WagleConfig, WagleTrainer, compute_mask
+from hf_wagle.disruption import disruption_masked
 from hf_wagle.losses import sequence_nll
 from hf_wagle.perturbation import perturbed, sam_perturbation
 
@@ -20,10 +22,12 @@ class Recording(WagleTrainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
 
-def expected_step(model, masks, micro_batches, rho, lr):
-    """One SGD step of grad_diff as the module docstring defines it, computed independently:
+def expected_step(model, masks, micro_batches, rho, lr, disruption=False):
+    """One SGD step of grad_diff as the modules' docstrings define it, computed independently:
     g = sum_i grad(-NLL_f,i(theta)) / n (masked), eps = rho * g / ||g||,
-    theta' = theta - lr * mask * sum_i [grad(-NLL_f,i(theta + eps)) + grad(NLL_r,i(theta))] / n."""
+    g_f = sum_i grad(-NLL_f,i(theta + eps)) / n, g_r = sum_i grad(NLL_r,i(theta)) / n,
+    theta' = theta - lr * mask * (g_f + g_r), or with disruption masking
+    theta' = theta - lr * mask * (g_r + g_f * [sign(g_f) * sign(g_r) > 0])."""
     params = dict(model.named_parameters())
     n = len(micro_batches)
 
@@ -44,6 +48,8 @@ def expected_step(model, masks, micro_batches, rho, lr):
         for k, e in eps.items():
             params[k].sub_(e)
     retain = grads(lambda b: sequence_nll(model, b["retain"]).token_mean)
+    if disruption:
+        forget = {k: g * ((g.sign() * retain[k].sign()) > 0) for k, g in forget.items()}
     return {k: (p - lr * (forget[k] + retain[k])).detach() for k, p in params.items()}
 
 
@@ -73,13 +79,43 @@ def test_sam_step_is_the_documented_formula_over_the_whole_accumulated_batch(mod
         assert moved == 0
 
 
-@pytest.mark.parametrize("how", ["sam", "smooth"])
+@pytest.mark.parametrize("rho", [0.0, 0.5])
+def test_disruption_masked_step_is_the_documented_formula(model, tokenizer, world, tmp_path, rho):
+    """With `disruption_masking`, one SGD step over 2 accumulated micro-batches moves the weights by the formula, the
+    signs compared on the whole step's gradients; alone and with `sam` (the forget gradient then taken at
+    theta + eps). The agreement mask is neither all nor nothing, so the step differs from the plain one."""
+    start = copy.deepcopy(model)
+    mask = compute_mask(model, world["forget"], world["retain"], tokenizer, method="random", ratio=0.5)
+    args = small_args(tmp_path, objective="grad_diff", optim="sgd", learning_rate=0.5, weight_decay=0.0,
+                      max_grad_norm=0.0, per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=1,
+                      disruption_masking=True, forget_perturbation="sam" if rho else None, sam_rho=rho or 0.01)
+    trainer = Recording(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
+                        processing_class=tokenizer, mask=mask)
+    trainer.seen = []
+    trainer.train()
+    masks = {k: v.float() for k, v in mask.items()}
+    want = expected_step(start, masks, trainer.seen, rho, lr=0.5, disruption=True)
+    plain = expected_step(copy.deepcopy(start), masks, trainer.seen, rho, lr=0.5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), want[name], rtol=0, atol=2e-6)
+    assert max(float((want[k] - plain[k]).abs().max()) for k in want) > 1e-3
+    assert not trainer._forget_grads  # handed over to the step, nothing kept for the next one
+
+
+def test_disruption_masked_keeps_the_forget_gradient_only_where_the_signs_agree():
+    g_f = torch.tensor([1.0, -2.0, 3.0, -4.0, 5.0, 0.0])
+    g_r = torch.tensor([0.5, 0.5, -1.0, -1.0, 0.0, 2.0])
+    assert torch.equal(disruption_masked(g_f, g_r), torch.tensor([1.5, 0.5, -1.0, -5.0, 0.0, 2.0]))
+    assert torch.equal(disruption_masked(g_f, None), torch.zeros(6))
+
+
+@pytest.mark.parametrize("how", ["sam", "smooth", "disruption"])
 def test_perturbed_runs_keep_off_mask_weights_bit_identical(model, tokenizer, world, tmp_path, how):
     mask = compute_mask(model, world["forget"], world["retain"], tokenizer, method="random", ratio=0.3)
     before = snapshot(model)
     args = small_args(tmp_path, objective="npo", learning_rate=5e-3, weight_decay=0.1, max_grad_norm=1.0,
-                      gradient_accumulation_steps=2, max_steps=3, forget_perturbation=how, sam_rho=0.05,
-                      smooth_sigma=0.01)
+                      gradient_accumulation_steps=2, max_steps=3, sam_rho=0.05, smooth_sigma=0.01,
+                      **(dict(disruption_masking=True) if how == "disruption" else dict(forget_perturbation=how)))
     trainer = WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
                            processing_class=tokenizer, mask=mask)
     trainer.train()
@@ -109,6 +145,8 @@ def test_perturbed_block_restores_the_exact_bits():
     (dict(forget_perturbation="sam", sam_rho=0.0), "sam_rho must be a finite number > 0"),
     (dict(forget_perturbation="smooth", smooth_sigma=float("nan")), "smooth_sigma must be a finite number > 0"),
     (dict(forget_perturbation="sam", fsdp="full_shard"), "forget_perturbation under FSDP is not supported"),
+    (dict(disruption_masking=True, fsdp="full_shard"), "disruption_masking under FSDP is not supported"),
+    (dict(disruption_masking=True, objective="ga"), "objective 'ga' has no retain term"),
 ])
 def test_bad_perturbation_options_are_refused_before_any_work(model, tokenizer, world, tmp_path, bad, message):
     with pytest.raises((ValueError, NotImplementedError), match=message):
