@@ -35,6 +35,7 @@ STEPS = ["--max_steps", "12", "--target_eval_steps", "6"]
 # On this adapter at the start, the forget NLL at theta + eps falls by 2% for sam_rho 0.01 (the published value, for
 # full-parameter 7B runs), 18% for 0.1 and 43% for 1.0: the radius that matters is the model's and the adapter's own
 RECIPES = {"npo": [],
+           "npo dense": ["--mask_method", "dense"],
            "npo + sam 0.1": ["--forget_perturbation", "sam", "--sam_rho", "0.1"],
            "npo + sam 1": ["--forget_perturbation", "sam", "--sam_rho", "1.0"],
            "npo + smooth 0.001": ["--forget_perturbation", "smooth", "--smooth_sigma", "0.001"],

@@ -68,10 +68,13 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
                 "French.'), so the wording forget answers share with kept ones is not unlearned."})
     forget_perturbation: str | None = field(default=None, metadata={
         "help": "Take the forget loss at perturbed weights, so the forgetting is harder to undo by relearning "
-                "(hf_wagle.perturbation): 'sam' (sharpness-aware, radius sam_rho; one extra forget pass per step) or "
-                "'smooth' (Gaussian, std smooth_sigma); None: off."})
+                "(hf_wagle.perturbation): 'sam' (sharpness-aware, radius sam_rho; one extra forget pass per step), "
+                "'gnp' (gradient-norm penalty gnp_gamma * ||grad||^2, its gradient by a finite difference of radius "
+                "sam_rho; the same passes) or 'smooth' (Gaussian, std smooth_sigma); None: off."})
     sam_rho: float = field(default=0.01, metadata={
-        "help": "forget_perturbation='sam': L2 radius of the perturbation along the masked forget gradient."})
+        "help": "forget_perturbation='sam' or 'gnp': L2 radius of the perturbation along the masked forget gradient."})
+    gnp_gamma: float = field(default=0.01, metadata={
+        "help": "forget_perturbation='gnp': weight of the squared forget-gradient norm added to the forget loss."})
     smooth_sigma: float = field(default=1e-3, metadata={
         "help": "forget_perturbation='smooth': std of the Gaussian perturbation of each weight that may move."})
     disruption_masking: bool = field(default=False, metadata={
@@ -129,6 +132,7 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
         one_of("forget_tokens", self.forget_tokens, ("answer", "key"))
         one_of("forget_perturbation", self.forget_perturbation, (None, *PERTURBATIONS))
         finite("sam_rho", self.sam_rho, 0, strict=True)
+        finite("gnp_gamma", self.gnp_gamma, 0, strict=True)
         finite("smooth_sigma", self.smooth_sigma, 0, strict=True)
         if self.disruption_masking and not objective.uses_retain:
             raise ValueError(f"disruption_masking compares the forget gradient with the retain term's, and objective "

@@ -10,6 +10,15 @@ the weights themselves:
   and as with one large batch), masked, so it points where the weights may move. The forget gradient is then taken
   where the forget loss is worst within a ball of radius `sam_rho`: a flat minimum of the unlearned loss, which a few
   relearning steps do not leave. One extra forward and backward pass of the forget batch per step.
+* `"gnp"` (gradient-norm penalty, Fan et al. 2025): the forget term becomes `forget_loss + gnp_gamma * ||g||^2`,
+  with a real gradient: `grad + 2 * gnp_gamma * H g`, the Hessian-vector product by a finite difference along `g`
+  (probe radius `h = sam_rho`, the same `eps` as "sam"):
+
+      H g ~= (grad(theta + eps) - g) * ||g|| / h,   so the forget gradient is   c * grad(theta + eps) + (1 - c) * g
+
+  with `c = 2 * gnp_gamma * ||g|| / h`: the forget pass is scaled by `c`, and `(1 - c) * g` (kept as a multiple of
+  `eps`, no extra memory) is added once per step. The same passes as "sam"; a penalty on the gradient's norm
+  rather than a fixed-radius worst case (to first order "sam" is `gnp` with `c = 1`, i.e. `gnp_gamma = h / (2||g||)`).
 * `"smooth"` (randomised smoothing): `eps ~ N(0, smooth_sigma^2)` on each weight that may move, drawn from a
   generator seeded by `(seed, step)`, the same on every rank; one draw per step, so over the run the forget gradient
   is averaged over Gaussian perturbations. No extra pass.
@@ -21,21 +30,34 @@ back (not by subtracting, which would round): weights off the mask get `eps = 0`
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 
-PERTURBATIONS = ("sam", "smooth")
+PERTURBATIONS = ("sam", "gnp", "smooth")
+
+
+def gradient_norm(grads: dict[torch.Tensor, torch.Tensor]) -> float:
+    """`||g||`: the L2 norm over every tensor of `grads`, in float32 (0 when empty)."""
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads.values()])))
 
 
 def sam_perturbation(grads: dict[torch.Tensor, torch.Tensor], rho: float) -> dict[torch.Tensor, torch.Tensor]:
-    """`eps = rho * g / ||g||` per parameter (`grads` maps a parameter to its masked forget gradient `g`); `||g||` is
-    the L2 norm over all of them, in float32. Empty when `g` is zero."""
-    if not grads:
-        return {}
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads.values()]))
-    if not torch.isfinite(norm) or norm == 0:
+    """`eps = rho * g / ||g||` per parameter (`grads` maps a parameter to its masked forget gradient `g`). Empty when
+    `g` is zero or not finite."""
+    norm = gradient_norm(grads)
+    if not math.isfinite(norm) or norm == 0:
         return {}
     return {p: (g.float() * (rho / norm)).to(p.dtype) for p, g in grads.items()}
+
+
+def gnp_scales(norm: float, gamma: float, h: float) -> tuple[float, float]:
+    """`(c, (1 - c) * ||g|| / h)` of "gnp": the forget pass at `theta + eps` is scaled by `c = 2 * gamma * ||g|| / h`,
+    and `(1 - c) * g = (1 - c) * ||g|| / h * eps` is added once per step."""
+    c = 2 * gamma * norm / h
+    return c, (1 - c) * norm / h
 
 
 def smooth_perturbation(masks: dict[torch.Tensor, torch.Tensor | None], sigma: float,

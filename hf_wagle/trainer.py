@@ -68,7 +68,7 @@ from .modeling import (
 )
 from .objectives import get_objective
 from .options import MASK_SAFE_OPTIMIZERS
-from .perturbation import perturbed, sam_perturbation, smooth_perturbation
+from .perturbation import gnp_scales, gradient_norm, perturbed, sam_perturbation, smooth_perturbation
 from .record import data_entry, examples_digest, run_record, tensors_digest, write_record
 
 logger = logging.get_logger(__name__)
@@ -205,6 +205,7 @@ class WagleTrainer(Trainer):
         self._perturbation: dict[torch.Tensor, torch.Tensor] = {}  # eps of this step (`forget_perturbation`)
         self._loss_part: str | None = None  # "forget" or "retain" while a step takes them apart
         self._forget_grads: dict[torch.Tensor, torch.Tensor] = {}  # g_f of this step (`disruption_masking`)
+        self._forget_scale, self._gnp_rest = 1.0, 0.0  # "gnp": c and (1 - c) * ||g|| / h of this step
         self._metrics = defaultdict(list)
         self.results: dict | None = None  # {"before": {...}, "after": {...}} numbers the model card shows
         self.provenance = {"base_name": getattr(getattr(model, "config", None), "_name_or_path", None),
@@ -340,6 +341,7 @@ class WagleTrainer(Trainer):
         perturbation, from all of them (`hf_wagle.perturbation`)."""
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         if self.args.forget_perturbation is not None and batches:
+            self._forget_scale, self._gnp_rest = 1.0, 0.0
             self._perturbation = self._step_perturbation(batches)
         return batches, num_items
 
@@ -369,7 +371,12 @@ class WagleTrainer(Trainer):
 
             for g in grads.values():
                 dist.all_reduce(g)
-        return sam_perturbation(grads, a.sam_rho)
+                g.div_(a.world_size)
+        eps = sam_perturbation(grads, a.sam_rho)
+        if a.forget_perturbation == "gnp" and eps:
+            self._forget_scale, self._gnp_rest = gnp_scales(gradient_norm(grads), a.gnp_gamma, a.sam_rho)
+            self._metrics["gnp_scale"].append(self._forget_scale)
+        return eps
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         a = self.args
@@ -388,8 +395,8 @@ class WagleTrainer(Trainer):
                     loss = loss + super().training_step(model, inputs, num_items_in_batch)
             finally:
                 self._loss_part = None
-            if a.disruption_masking and self.accelerator.sync_gradients:  # the step's last micro-batch
-                self._apply_disruption_mask()
+            if self.accelerator.sync_gradients:  # the step's last micro-batch
+                self._finish_forget_gradient()
         else:
             loss = super().training_step(model, inputs, num_items_in_batch)
         with torch.no_grad():  # g *= mask, in place (this rank's shard of g and of the mask under FSDP2)
@@ -402,16 +409,31 @@ class WagleTrainer(Trainer):
         return [p for p in self.model.parameters() if p.requires_grad]
 
     @torch.no_grad()
-    def _apply_disruption_mask(self) -> None:
-        """`.grad = g_r + g_f * [sign(g_f) * sign(g_r) > 0]` (`hf_wagle.disruption`), `g_f` the step's forget
-        gradient averaged over ranks as DDP averages `g_r`."""
+    def _finish_forget_gradient(self) -> None:
+        """At the step's last micro-batch: "gnp"'s `forget_weight * (1 - c) * g` added to the forget gradient (the
+        same on every rank, so it may join before or after the ranks' average); then with `disruption_masking`,
+        `.grad = g_r + g_f * [sign(g_f) * sign(g_r) > 0]` (`hf_wagle.disruption`), `g_f` averaged over ranks as
+        DDP averages `g_r`."""
+        a = self.args
+        if self._gnp_rest:
+            into = self._forget_grads if a.disruption_masking else None
+            for p, e in self._perturbation.items():
+                rest = e.float().mul_(a.forget_weight * self._gnp_rest).to(p.dtype)
+                held = into.get(p) if into is not None else p.grad
+                held = rest if held is None else held.add_(rest)
+                if into is not None:
+                    into[p] = held
+                else:
+                    p.grad = held
+        if not a.disruption_masking:
+            return
         forget, self._forget_grads = self._forget_grads, {}
         for p, g_f in forget.items():
-            if self.args.world_size > 1:
+            if a.world_size > 1:
                 import torch.distributed as dist
 
                 dist.all_reduce(g_f)
-                g_f.div_(self.args.world_size)
+                g_f.div_(a.world_size)
             p.grad = disruption_masked(g_f, p.grad)
 
     def _install_mask(self) -> None:
@@ -526,7 +548,7 @@ class WagleTrainer(Trainer):
         loss, logs = 0.0, {}
         if self._loss_part != "retain":
             forget_loss, logs = self.objective.forget_loss(self, model, inputs)
-            loss = self.args.forget_weight * forget_loss
+            loss = self.args.forget_weight * self._forget_scale * forget_loss
             logs["forget_loss"] = forget_loss.detach()
         if self.objective.uses_retain and self._loss_part != "forget":
             retain_loss, retain_logs = self.objective.retain_loss(self, model, inputs)

@@ -22,12 +22,13 @@ class Recording(WagleTrainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
 
-def expected_step(model, masks, micro_batches, rho, lr, disruption=False):
+def expected_step(model, masks, micro_batches, rho, lr, disruption=False, gamma=None):
     """One SGD step of grad_diff as the modules' docstrings define it, computed independently:
     g = sum_i grad(-NLL_f,i(theta)) / n (masked), eps = rho * g / ||g||,
     g_f = sum_i grad(-NLL_f,i(theta + eps)) / n, g_r = sum_i grad(NLL_r,i(theta)) / n,
     theta' = theta - lr * mask * (g_f + g_r), or with disruption masking
-    theta' = theta - lr * mask * (g_r + g_f * [sign(g_f) * sign(g_r) > 0])."""
+    theta' = theta - lr * mask * (g_r + g_f * [sign(g_f) * sign(g_r) > 0]); with the gradient-norm penalty
+    (gamma), g_f = c * g_f + (1 - c) * g with c = 2 * gamma * ||g|| / rho."""
     params = dict(model.named_parameters())
     n = len(micro_batches)
 
@@ -48,35 +49,43 @@ def expected_step(model, masks, micro_batches, rho, lr, disruption=False):
         for k, e in eps.items():
             params[k].sub_(e)
     retain = grads(lambda b: sequence_nll(model, b["retain"]).token_mean)
+    if gamma is not None:
+        c = 2 * gamma * float(norm) / rho
+        forget = {k: c * forget[k] + (1 - c) * g[k] for k in forget}
     if disruption:
         forget = {k: g * ((g.sign() * retain[k].sign()) > 0) for k, g in forget.items()}
     return {k: (p - lr * (forget[k] + retain[k])).detach() for k, p in params.items()}
 
 
-@pytest.mark.parametrize("rho", [0.0, 0.5])
-def test_sam_step_is_the_documented_formula_over_the_whole_accumulated_batch(model, tokenizer, world, tmp_path, rho):
+@pytest.mark.parametrize("how", [None, "sam", "gnp"])
+def test_perturbed_step_is_the_documented_formula_over_the_whole_accumulated_batch(model, tokenizer, world, tmp_path,
+                                                                                    how):
     """One SGD step (2 micro-batches accumulated) moves the weights by exactly the formula: the perturbation from the
-    whole step's forget gradient, the forget gradient taken at theta + eps, the retain gradient at theta. rho=0 is
-    the plain step through the same harness (no perturbation)."""
+    whole step's forget gradient, the forget gradient taken at theta + eps (for gnp, mixed with the gradient at
+    theta), the retain gradient at theta. None is the plain step through the same harness."""
     start = copy.deepcopy(model)
+    rho, gamma = (0.5 if how else 0.0), (0.1 if how == "gnp" else None)
     mask = compute_mask(model, world["forget"], world["retain"], tokenizer, method="random", ratio=0.5)
     args = small_args(tmp_path, objective="grad_diff", optim="sgd", learning_rate=0.5, weight_decay=0.0,
                       max_grad_norm=0.0, per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=1,
-                      forget_perturbation="sam" if rho else None, sam_rho=rho or 0.01)
+                      forget_perturbation=how, sam_rho=rho or 0.01, gnp_gamma=gamma or 0.01, logging_steps=1)
     trainer = Recording(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
                         processing_class=tokenizer, mask=mask)
     trainer.seen = []
     trainer.train()
     assert len(trainer.seen) == 2
-    want = expected_step(start, {k: v.float() for k, v in mask.items()}, trainer.seen, rho, lr=0.5)
-    plain = expected_step(copy.deepcopy(start), {k: v.float() for k, v in mask.items()}, trainer.seen, 0.0, lr=0.5)
-    moved = max(float((want[k] - plain[k]).abs().max()) for k in want)
+    masks = {k: v.float() for k, v in mask.items()}
+    want = expected_step(start, masks, trainer.seen, rho, lr=0.5, gamma=gamma)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.detach(), want[name], rtol=0, atol=2e-6)
-    if rho:  # the perturbation changes the step by far more than the tolerance
-        assert moved > 1e-3
-    else:
-        assert moved == 0
+    # the perturbation changes the step by far more than the tolerance, and gnp's mixing changes sam's
+    others = {"plain": 0.0, "sam": rho} if how == "gnp" else {"plain": 0.0} if how else {}
+    for r in others.values():
+        other = expected_step(copy.deepcopy(start), masks, trainer.seen, r, lr=0.5)
+        assert max(float((want[k] - other[k]).abs().max()) for k in want) > 1e-3
+    if how == "gnp":  # c is logged, and here far from 1 (where gnp would equal sam)
+        c = trainer.state.log_history[0]["gnp_scale"]
+        assert abs(c - 1) > 0.1
 
 
 @pytest.mark.parametrize("rho", [0.0, 0.5])
@@ -109,7 +118,7 @@ def test_disruption_masked_keeps_the_forget_gradient_only_where_the_signs_agree(
     assert torch.equal(disruption_masked(g_f, None), torch.zeros(6))
 
 
-@pytest.mark.parametrize("how", ["sam", "smooth", "disruption"])
+@pytest.mark.parametrize("how", ["sam", "gnp", "smooth", "disruption"])
 def test_perturbed_runs_keep_off_mask_weights_bit_identical(model, tokenizer, world, tmp_path, how):
     mask = compute_mask(model, world["forget"], world["retain"], tokenizer, method="random", ratio=0.3)
     before = snapshot(model)
@@ -144,6 +153,7 @@ def test_perturbed_block_restores_the_exact_bits():
     (dict(forget_perturbation="sharp"), "forget_perturbation must be one of"),
     (dict(forget_perturbation="sam", sam_rho=0.0), "sam_rho must be a finite number > 0"),
     (dict(forget_perturbation="smooth", smooth_sigma=float("nan")), "smooth_sigma must be a finite number > 0"),
+    (dict(forget_perturbation="gnp", gnp_gamma=-1.0), "gnp_gamma must be a finite number > 0"),
     (dict(forget_perturbation="sam", fsdp="full_shard"), "forget_perturbation under FSDP is not supported"),
     (dict(disruption_masking=True, fsdp="full_shard"), "disruption_masking under FSDP is not supported"),
     (dict(disruption_masking=True, objective="ga"), "objective 'ga' has no retain term"),
