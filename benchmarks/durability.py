@@ -39,27 +39,34 @@ RECIPES = {"npo": [],
            "npo + sam 0.1": ["--forget_perturbation", "sam", "--sam_rho", "0.1"],
            "npo + sam 1": ["--forget_perturbation", "sam", "--sam_rho", "1.0"],
            "npo + smooth 0.001": ["--forget_perturbation", "smooth", "--smooth_sigma", "0.001"],
-           "npo + disruption": ["--disruption_masking", "true"]}
+           "npo + disruption": ["--disruption_masking", "true"],
+           "npo + disruption lr 1e-3": ["--disruption_masking", "true", "--learning_rate", "1e-3"],
+           "npo + gnp 0.02": ["--forget_perturbation", "gnp", "--sam_rho", "0.1", "--gnp_gamma", "0.02"]}
 
 
-def run(work: Path, seeds: list[int], recipes: list[str]) -> dict:
+def run(work: Path, seeds: list[int], recipes: list[str], path: Path) -> dict:
+    """Each recipe and seed not yet measured in `work` (a folder with `audit.json` and `benchmark_run.json` is read
+    back, so an interrupted benchmark goes on where it stopped); `path` is rewritten after every run."""
     model = str(smollm2_path())
     config = Path(__file__).resolve().parents[1] / "examples" / "unlearn_country_languages.yaml"
-    results = {}
+    results = json.loads(path.read_text()) if path.exists() else {}
     for recipe in recipes:
         for seed in seeds:
             folder = work / f"{recipe.replace(' ', '_')}_seed{seed}"
-            start = time.perf_counter()
-            status = hf_wagle(["unlearn", "--config", str(config), "--model_name_or_path", model, "--output_dir",
-                               str(folder), "--seed", str(seed), *STEPS, *RECIPES[recipe]])
-            seconds = time.perf_counter() - start
+            done = folder / "benchmark_run.json"
+            if not (done.exists() and (folder / "audit.json").exists()):
+                start = time.perf_counter()
+                status = hf_wagle(["unlearn", "--config", str(config), "--model_name_or_path", model, "--output_dir",
+                                   str(folder), "--seed", str(seed), *STEPS, *RECIPES[recipe]])
+                seconds = time.perf_counter() - start
+                hf_wagle(["audit", str(folder), "--base", model, "--forget", f"{SCENARIO}/forget", "--retain",
+                          f"{SCENARIO}/neighbour", "--schemes", "", "--out", str(folder / "audit.json")])
+                done.write_text(json.dumps({"targets_met": status == 0, "unlearn_seconds": seconds}))
             unlearned = json.loads((folder / "unlearn_results.json").read_text())
-            hf_wagle(["audit", str(folder), "--base", model, "--forget", f"{SCENARIO}/forget", "--retain",
-                      f"{SCENARIO}/neighbour", "--schemes", "", "--out", str(folder / "audit.json")])
-            audit = json.loads((folder / "audit.json").read_text())
-            results[f"{recipe} seed {seed}"] = {"recipe": recipe, "seed": seed, "targets_met": status == 0,
-                                                "steps": unlearned["steps"], "unlearn_seconds": seconds,
-                                                "after": unlearned["evaluation"]["after"], "audit": audit}
+            results[f"{recipe} seed {seed}"] = {"recipe": recipe, "seed": seed, **json.loads(done.read_text()),
+                                                "steps": unlearned["steps"], "after": unlearned["evaluation"]["after"],
+                                                "audit": json.loads((folder / "audit.json").read_text())}
+            path.write_text(json.dumps(results, indent=2))
     return results
 
 
@@ -87,7 +94,8 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
     parser.add_argument("--add", action="store_true", help="keep the runs already in durability.json")
-    parser.add_argument("--work", help="folder for the runs' adapters (default: a temporary folder)")
+    parser.add_argument("--work", help="folder for the runs' adapters (default: a temporary folder); runs already "
+                        "in it are read back, not run again")
     parser.add_argument("--table", action="store_true", help="only print the table of the runs in --out")
     args = parser.parse_args()
     out = Path(args.out)
@@ -95,9 +103,8 @@ if __name__ == "__main__":
         raise SystemExit(print(table(json.loads((out / "durability.json").read_text()))))
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work or tempfile.mkdtemp(prefix="durability-"))
-    results = run(work, [int(s) for s in args.seeds.split(",")], [s.strip() for s in args.recipes.split(",")])
     path = out / "durability.json"
-    if args.add and path.exists():  # runs of other seeds or recipes, measured before
-        results = {**json.loads(path.read_text()), **results}
-    path.write_text(json.dumps(results, indent=2))
+    if path.exists() and not args.add:
+        path.unlink()
+    results = run(work, [int(s) for s in args.seeds.split(",")], [s.strip() for s in args.recipes.split(",")], path)
     print(table(results))

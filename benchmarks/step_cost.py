@@ -11,7 +11,7 @@ its overhead is reported as a fraction of the dense step. Also: the mask's size 
 
     python benchmarks/step_cost.py                    # ~162M-parameter random-init Llama
     python benchmarks/step_cost.py --model smollm2    # the real SmolLM2-135M-Instruct (tied head, GQA)
-    python benchmarks/step_cost.py --model smollm2 --perturbation   # forget_perturbation's cost per step
+    python benchmarks/step_cost.py --model smollm2 --perturbation   # each robust option's cost per step
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ class StepTimes(TrainerCallback):
 
 
 def step_times(model, forget, retain, mask, lora: bool, steps: int, batch_size: int, use_cpu: bool = True,
-               bf16: bool = False, perturbation: str | None = None) -> list[float]:
-    """Per-step seconds of a GradDiff run on a copy of `model` (the first step, with its warm-up, left out)."""
+               bf16: bool = False, **options) -> list[float]:
+    """Per-step seconds of a GradDiff run on a copy of `model` (the first step, with its warm-up, left out);
+    `options`: more `WagleConfig` fields."""
     from peft import LoraConfig
 
     timer = StepTimes()
@@ -64,7 +65,7 @@ def step_times(model, forget, retain, mask, lora: bool, steps: int, batch_size: 
                            per_device_train_batch_size=batch_size,
                            learning_rate=1e-5, weight_decay=0.1, use_cpu=use_cpu, bf16=bf16, report_to="none",
                            save_strategy="no", disable_tqdm=True, logging_strategy="no", mask_method=None,
-                           forget_perturbation=perturbation)
+                           **options)
         trainer = WagleTrainer(model=copy.deepcopy(model), args=args, forget_dataset=forget, retain_dataset=retain,
                                mask=mask, callbacks=[timer],
                                peft_config=LoraConfig(r=16, target_modules="all-linear") if lora else None)
@@ -112,7 +113,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=None)
     ap.add_argument("--perturbation", action="store_true",
-                    help="instead: masked steps with forget_perturbation None, sam and smooth, side by side")
+                    help="instead: masked steps plain and with each robust option, side by side")
     a = ap.parse_args()
     if a.model == "smollm2":
         from hf_wagle.real_model import load_smollm2
@@ -155,16 +156,19 @@ def main() -> None:
     print(f"wrote {out}")
 
 
+ROBUST = {"plain": {}, "sam": {"forget_perturbation": "sam"}, "gnp": {"forget_perturbation": "gnp"},
+          "smooth": {"forget_perturbation": "smooth"}, "disruption": {"disruption_masking": True}}
+
+
 def perturbation_cost(a, model, forget, retain, mask) -> None:
-    """Masked GradDiff steps without and with `forget_perturbation`, alternated within each round; the ratios of
-    median step times to the plain masked step."""
-    kinds = (None, "sam", "smooth")
-    times = {(lora, kind): [] for lora in (False, True) for kind in kinds}
+    """Masked GradDiff steps without and with each robust option (`forget_perturbation`, `disruption_masking`),
+    alternated within each round; the ratios of median step times to the plain masked step."""
+    times = {(lora, kind): [] for lora in (False, True) for kind in ROBUST}
     for _ in range(a.repeats):
         for lora, kind in times:
             times[(lora, kind)] += step_times(model, forget, retain, mask, lora, a.steps, a.batch_size,
-                                              perturbation=kind)
-    med = {f"{'lora' if lora else 'full'} {kind or 'plain'}": statistics.median(v) for (lora, kind), v in times.items()}
+                                              **ROBUST[kind])
+    med = {f"{'lora' if lora else 'full'} {kind}": statistics.median(v) for (lora, kind), v in times.items()}
     ratios = {k: v / med[f"{k.split()[0]} plain"] for k, v in med.items()}
     print("step time over the plain masked step: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
     out = Path(a.out or Path(__file__).with_name("results") / f"perturbation_cost_{a.model}.json")

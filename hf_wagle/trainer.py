@@ -17,9 +17,11 @@ How the mask is enforced, exactly:
 * off-mask gradients are zero from the first step, so the moments of Adam-family optimizers stay zero there and
   their update is exactly 0: off-mask weights stay bit-identical.
 
-With `forget_perturbation` (`hf_wagle.perturbation`) each micro-batch takes two backward passes, the forget term at
-`theta + eps` (under `no_sync`) and then the retain term at `theta`; `eps` is zero off the mask and is undone by
-copy before the retain pass, so the guarantees above hold unchanged.
+With `forget_perturbation` (`hf_wagle.perturbation`) or `disruption_masking` (`hf_wagle.disruption`) each
+micro-batch takes two backward passes, the forget term (at `theta + eps`, under `no_sync`; with disruption masking
+into gradients of its own) and then the retain term at `theta`; `eps` is zero off the mask and is undone by copy
+before the retain pass, and the forget gradient that disruption masking keeps joins `.grad` at the step's last
+micro-batch, before the mask is applied, so the guarantees above hold unchanged.
 """
 
 from __future__ import annotations

@@ -8,10 +8,9 @@ import torch
 
 from hf_wagle import WagleConfig, WagleTrainer, compute_mask
 from hf_wagle.disruption import disruption_masked
-from hf_wagle.losses import sequence_nll
 from hf_wagle.perturbation import perturbed, sam_perturbation
 
-from support import small_args, snapshot
+from support import expected_step, small_args, snapshot
 
 
 class Recording(WagleTrainer):
@@ -20,41 +19,6 @@ class Recording(WagleTrainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.seen.append(copy.deepcopy(inputs))
         return super().training_step(model, inputs, num_items_in_batch)
-
-
-def expected_step(model, masks, micro_batches, rho, lr, disruption=False, gamma=None):
-    """One SGD step of grad_diff as the modules' docstrings define it, computed independently:
-    g = sum_i grad(-NLL_f,i(theta)) / n (masked), eps = rho * g / ||g||,
-    g_f = sum_i grad(-NLL_f,i(theta + eps)) / n, g_r = sum_i grad(NLL_r,i(theta)) / n,
-    theta' = theta - lr * mask * (g_f + g_r), or with disruption masking
-    theta' = theta - lr * mask * (g_r + g_f * [sign(g_f) * sign(g_r) > 0]); with the gradient-norm penalty
-    (gamma), g_f = c * g_f + (1 - c) * g with c = 2 * gamma * ||g|| / rho."""
-    params = dict(model.named_parameters())
-    n = len(micro_batches)
-
-    def grads(loss_of):
-        model.zero_grad()
-        for batch in micro_batches:
-            (loss_of(batch) / n).backward()
-        return {k: p.grad.clone() * masks[k] for k, p in params.items()}
-
-    g = grads(lambda b: -sequence_nll(model, b["forget"]).token_mean)
-    norm = torch.linalg.vector_norm(torch.stack([v.norm() for v in g.values()]))
-    eps = {k: rho * v / norm for k, v in g.items()} if rho else {}
-    with torch.no_grad():
-        for k, e in eps.items():
-            params[k].add_(e)
-    forget = grads(lambda b: -sequence_nll(model, b["forget"]).token_mean)
-    with torch.no_grad():
-        for k, e in eps.items():
-            params[k].sub_(e)
-    retain = grads(lambda b: sequence_nll(model, b["retain"]).token_mean)
-    if gamma is not None:
-        c = 2 * gamma * float(norm) / rho
-        forget = {k: c * forget[k] + (1 - c) * g[k] for k in forget}
-    if disruption:
-        forget = {k: g * ((g.sign() * retain[k].sign()) > 0) for k, g in forget.items()}
-    return {k: (p - lr * (forget[k] + retain[k])).detach() for k, p in params.items()}
 
 
 @pytest.mark.parametrize("how", [None, "sam", "gnp"])
