@@ -120,6 +120,11 @@ class WagleTrainer(Trainer):
             raise ValueError("WagleTrainer needs both `forget_dataset` and `retain_dataset`")
         objective = get_objective(args.objective)(args, args.objective_arguments)
         check_engine(args, peft_config, objective.needs_reference_model)
+        if args.disruption_masking and objective.needs_reference_model:
+            logger.warning("disruption_masking compares signs with the retain term's gradient, and this retain term "
+                           "(the KL to the start model, or RMU's) has a zero gradient while the model is still the "
+                           "start model: in the first steps the signs are rounding noise. Use retain_loss='nll' with "
+                           "it, or expect it to hold the forget term back at first.")
         if mask is not None and not isinstance(mask, WeightMask):
             raise TypeError(f"mask must be a hf_wagle.WeightMask, got {type(mask).__name__}")
         masked = mask is not None or args.mask_method is not None
