@@ -81,6 +81,10 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
         "help": "Let the forget term move a weight only where its gradient over the step has the sign of the retain "
                 "term's (hf_wagle.disruption; MUDMAN): g = g_r + g_f * [sign(g_f) = sign(g_r)]. Needs a retain term; "
                 "one more backward call per micro-batch."})
+    weight_averaging_start: int | None = field(default=None, metadata={
+        "help": "Keep the mean of the trainable weights after each optimizer step from this step on (stochastic "
+                "weight averaging; hf_wagle.averaging): evaluations, targets and the saved model see the mean. "
+                "Two more copies of the trainable weights; not with checkpoints (save_strategy='no'). None: off."})
     collapse_threshold: float | None = field(
         default=3.0,
         metadata={"help": "Warn when the logged retain NLL exceeds this multiple of its starting value (None: off)."},
@@ -137,6 +141,14 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
         if self.disruption_masking and not objective.uses_retain:
             raise ValueError(f"disruption_masking compares the forget gradient with the retain term's, and objective "
                              f"{self.objective!r} has no retain term; use one that has (grad_diff, npo, simnpo, ...)")
+        if self.weight_averaging_start is not None:
+            if self.weight_averaging_start < 1 or 0 < self.max_steps < self.weight_averaging_start:
+                raise ValueError(f"weight_averaging_start is the first optimizer step averaged, in [1, max_steps], got "
+                                 f"{self.weight_averaging_start}")
+            if self.save_strategy != "no":
+                raise ValueError("weight_averaging_start with checkpoints is not supported (a checkpoint would hold "
+                                 "the average and its optimizer state the trained weights, so resuming would be "
+                                 "wrong); set save_strategy='no'")
         for args in BUILTIN_ARGS:  # every flat field in bounds, whichever objective runs
             args(**unprefixed_values(args, self, ""))
         self.objective_args = parse_options(self.objective_args, "objective_args")

@@ -37,6 +37,7 @@ from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, set_see
 from transformers.trainer_utils import enable_full_determinism
 from transformers.utils import logging
 
+from .averaging import WeightAveraging
 from .config import WagleConfig
 from .confinement import check_lora_config, confinement_for
 from .data import (
@@ -229,6 +230,10 @@ class WagleTrainer(Trainer):
             self.add_callback(self.collapse_monitor)
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
+        self.averaging = None  # the WeightAveraging callback (`weight_averaging_start`), before the evaluation's
+        if args.weight_averaging_start is not None:
+            self.averaging = WeightAveraging(args.weight_averaging_start)
+            self.add_callback(self.averaging)
         self.evaluation = None  # the WagleEvalCallback of a run that evaluates
         if evaluating:
             from .evaluation.callback import WagleEvalCallback
@@ -347,6 +352,8 @@ class WagleTrainer(Trainer):
         """The Trainer's micro-batches of one optimizer step; with `forget_perturbation`, also this step's
         perturbation, from all of them (`hf_wagle.perturbation`)."""
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.averaging is not None:  # the step's perturbation is taken at the weights it trains, not the average
+            self.averaging.restore_weights()
         if self.args.forget_perturbation is not None and batches:
             self._forget_scale, self._gnp_rest = 1.0, 0.0
             self._perturbation = self._step_perturbation(batches)
@@ -746,10 +753,11 @@ def check_engine(args, peft_config, needs_reference_model: bool) -> None:
     if recovery_limit(args.targets) is not None:
         raise NotImplementedError("a relearn_recovery target under FSDP is not supported (it relearns a whole copy "
                                   "of the model); save the run and audit it: hf-wagle audit --max-recovery")
-    for name in ("forget_perturbation", "disruption_masking"):
-        if getattr(args, name):
-            raise NotImplementedError(f"{name} under FSDP is not supported (its separate forget pass would "
-                                      f"reduce-scatter gradients mid-step); use DDP, or turn {name} off")
+    for name, why in (("forget_perturbation", "its separate forget pass would reduce-scatter gradients mid-step"),
+                      ("disruption_masking", "its separate forget pass would reduce-scatter gradients mid-step"),
+                      ("weight_averaging_start", "not tested on shards")):
+        if getattr(args, name) not in (None, False):
+            raise NotImplementedError(f"{name} under FSDP is not supported ({why}); use DDP, or turn {name} off")
     # TrainingArguments default to FSDP2; Accelerate's environment (accelerate launch) to FSDP1
     version = int((args.fsdp_config or {}).get("version", 2) if args.fsdp else os.environ.get("FSDP_VERSION", 1))
     if version != 2:

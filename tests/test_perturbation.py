@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from hf_wagle import WagleConfig, WagleTrainer, compute_mask
 from hf_wagle.disruption import disruption_masked
@@ -125,5 +126,57 @@ def test_perturbed_block_restores_the_exact_bits():
 def test_bad_perturbation_options_are_refused_before_any_work(model, tokenizer, world, tmp_path, bad, message):
     with pytest.raises((ValueError, NotImplementedError), match=message):
         args = WagleConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", **bad)
+        WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
+                     processing_class=tokenizer)
+
+
+class Iterates(TrainerCallback):
+    """The weights right after each optimizer step (before any step-end callback)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.seen.append(snapshot(model))
+
+
+def test_weight_averaging_keeps_the_mean_of_the_iterates_and_trains_as_without(model, tokenizer, world, tmp_path):
+    """`weight_averaging_start=2` over 4 steps (AdamW with decay, clipping, 2 micro-batches, sam): the steps are bit for
+    bit those of the same run without averaging (each trains on its own weights, its perturbation taken there), the
+    model kept is the mean of the weights after steps 2, 3 and 4, and off-mask weights keep their bits."""
+    start = copy.deepcopy(model)
+    mask = compute_mask(model, world["forget"], world["retain"], tokenizer, method="random", ratio=0.3)
+    runs = {}
+    for averaging in (None, 2):
+        args = small_args(tmp_path / str(averaging), objective="npo", learning_rate=5e-3, weight_decay=0.1,
+                          max_grad_norm=1.0, gradient_accumulation_steps=2, max_steps=4, forget_perturbation="sam",
+                          sam_rho=0.05, weight_averaging_start=averaging)
+        iterates = Iterates()
+        trainer = WagleTrainer(model=copy.deepcopy(start), args=args, forget_dataset=world["forget"],
+                               retain_dataset=world["retain"], processing_class=tokenizer, mask=mask,
+                               callbacks=[iterates])
+        trainer.train()
+        runs[averaging] = (iterates.seen, snapshot(trainer.model))
+    (plain, plain_final), (seen, final) = runs[None], runs[2]
+    assert len(seen) == 4
+    for name in final:
+        for a, b in zip(plain, seen):
+            assert torch.equal(a[name], b[name]), f"averaging changed the trajectory of {name}"
+        torch.testing.assert_close(final[name], sum(s[name] for s in seen[1:]) / 3, rtol=0, atol=1e-6)
+        off = ~mask[name]
+        assert torch.equal(final[name][off], start.state_dict()[name][off])
+    assert any(not torch.equal(final[n], plain_final[n]) for n in final)  # the mean is not the last step
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(weight_averaging_start=0), r"weight_averaging_start is the first optimizer step averaged, in \[1, max_"),
+    (dict(weight_averaging_start=7, max_steps=6), "in \\[1, max_steps\\], got 7"),
+    (dict(weight_averaging_start=1, save_strategy="steps"), "with checkpoints is not supported"),
+    (dict(weight_averaging_start=1, fsdp="full_shard"), "weight_averaging_start under FSDP is not supported"),
+])
+def test_bad_weight_averaging_is_refused_before_any_work(model, tokenizer, world, tmp_path, bad, message):
+    with pytest.raises((ValueError, NotImplementedError), match=message):
+        args = WagleConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none",
+                           **{"save_strategy": "no", **bad})
         WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
                      processing_class=tokenizer)
