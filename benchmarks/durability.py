@@ -41,10 +41,11 @@ RECIPES = {"npo": [],
            "npo + smooth 0.001": ["--forget_perturbation", "smooth", "--smooth_sigma", "0.001"],
            "npo + disruption": ["--disruption_masking", "true"],
            "npo + disruption lr 1e-3": ["--disruption_masking", "true", "--learning_rate", "1e-3"],
-           "npo, nll retain": ["--retain_loss", "nll", "--retain_weight", "1"],
-           "npo, nll retain + disruption": ["--retain_loss", "nll", "--retain_weight", "1", "--disruption_masking",
+           "npo nll retain": ["--retain_loss", "nll", "--retain_weight", "1"],
+           "npo nll retain + disruption": ["--retain_loss", "nll", "--retain_weight", "1", "--disruption_masking",
                                             "true"],
-           "npo + gnp 0.02": ["--forget_perturbation", "gnp", "--sam_rho", "0.1", "--gnp_gamma", "0.02"]}
+           "npo + gnp 0.02": ["--forget_perturbation", "gnp", "--sam_rho", "0.1", "--gnp_gamma", "0.02"],
+           "npo + averaging from 6": ["--weight_averaging_start", "6"]}
 
 
 def run(work: Path, seeds: list[int], recipes: list[str], path: Path) -> dict:
