@@ -7,15 +7,19 @@ a point in the middle of the region the unlearning crossed rather than its last,
 parameter's average is kept beside it in float32; a weight that no step changed has `theta_n - avg_{n-1} = 0` exactly,
 so it keeps its bits (off-mask weights stay bit-identical). From the first averaged step on, the model holds the
 average between steps, where evaluations, targets and the best-evaluation restore see it, and the steps train on the
-weights themselves (swapped back in when a step begins): memory of two more copies of the trainable weights.
+weights themselves (swapped back in when a step begins): memory of the average in float32 and one more copy of
+the trainable weights.
 """
 
 from __future__ import annotations
 
 import torch
 from transformers import TrainerCallback
+from transformers.utils import logging
 
 from .modeling import local_tensor
+
+logger = logging.get_logger(__name__)
 
 
 @torch.no_grad()
@@ -38,6 +42,13 @@ class WeightAveraging(TrainerCallback):
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         self.restore_weights()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        """The model keeps the average (or the best evaluation's weights); the trained weights are let go."""
+        self._weights.clear()
+        if self.averaged == 0:
+            logger.warning(f"weight_averaging_start={self.start}: training ended at step {state.global_step}, before "
+                           "any step was averaged; the model is the last step's")
 
     @torch.no_grad()
     def restore_weights(self) -> None:

@@ -137,6 +137,9 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
         one_of("forget_perturbation", self.forget_perturbation, (None, *PERTURBATIONS))
         finite("sam_rho", self.sam_rho, 0, strict=True)
         finite("gnp_gamma", self.gnp_gamma, 0, strict=True)
+        if self.forget_perturbation == "gnp" and self.fp16:
+            raise ValueError("forget_perturbation='gnp' with fp16 is not supported (its gradient at theta joins the "
+                             "loss-scaled gradients unscaled); use bf16 or float32")
         finite("smooth_sigma", self.smooth_sigma, 0, strict=True)
         if self.disruption_masking and not objective.uses_retain:
             raise ValueError(f"disruption_masking compares the forget gradient with the retain term's, and objective "

@@ -21,11 +21,11 @@ import contextlib
 import torch
 
 
-def disruption_masked(forget_grad: torch.Tensor, retain_grad: torch.Tensor | None) -> torch.Tensor:
+def disruption_masked(forget_grad: torch.Tensor, retain_grad: torch.Tensor | None) -> torch.Tensor | None:
     """`g_r + g_f * [sign(g_f) * sign(g_r) > 0]`; a parameter the retain term gives no gradient (`None`) gets none
-    of the forget gradient either."""
+    (`None`: the optimizer skips it, as it skips any parameter without a gradient)."""
     if retain_grad is None:
-        return torch.zeros_like(forget_grad)
+        return None
     agree = (torch.sign(forget_grad) * torch.sign(retain_grad)) > 0
     return retain_grad + forget_grad * agree
 

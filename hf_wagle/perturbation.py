@@ -17,7 +17,9 @@ the weights themselves:
       H g ~= (grad(theta + eps) - g) * ||g|| / h,   so the forget gradient is   c * grad(theta + eps) + (1 - c) * g
 
   with `c = 2 * gnp_gamma * ||g|| / h`: the forget pass is scaled by `c`, and `(1 - c) * g` (kept as a multiple of
-  `eps`, no extra memory) is added once per step. The same passes as "sam"; a penalty on the gradient's norm
+  `eps`, no extra memory) is added once per step. Exact as a finite difference in float32 (in bfloat16 a small
+  `eps` rounds, and a large `c` cancels two large terms); dropout draws differently in the two passes, so use it
+  without dropout. The same passes as "sam"; a penalty on the gradient's norm
   rather than a fixed-radius worst case (to first order "sam" is `gnp` with `c = 1`, i.e. `gnp_gamma = h / (2||g||)`).
 * `"smooth"` (randomised smoothing): `eps ~ N(0, smooth_sigma^2)` on each weight that may move, drawn from a
   generator seeded by `(seed, step)`, the same on every rank; one draw per step, so over the run the forget gradient
@@ -44,10 +46,11 @@ def gradient_norm(grads: dict[torch.Tensor, torch.Tensor]) -> float:
     return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads.values()])))
 
 
-def sam_perturbation(grads: dict[torch.Tensor, torch.Tensor], rho: float) -> dict[torch.Tensor, torch.Tensor]:
-    """`eps = rho * g / ||g||` per parameter (`grads` maps a parameter to its masked forget gradient `g`). Empty when
-    `g` is zero or not finite."""
-    norm = gradient_norm(grads)
+def sam_perturbation(grads: dict[torch.Tensor, torch.Tensor], rho: float,
+                     norm: float | None = None) -> dict[torch.Tensor, torch.Tensor]:
+    """`eps = rho * g / ||g||` per parameter (`grads` maps a parameter to its masked forget gradient `g`; `norm`:
+    `gradient_norm(grads)`, when known). Empty when `g` is zero or not finite."""
+    norm = gradient_norm(grads) if norm is None else norm
     if not math.isfinite(norm) or norm == 0:
         return {}
     return {p: (g.float() * (rho / norm)).to(p.dtype) for p, g in grads.items()}

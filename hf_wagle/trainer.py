@@ -166,6 +166,10 @@ class WagleTrainer(Trainer):
                 model = get_peft_model(model, peft_config)
         self.confinement = confinement_for(model)
         self.confinement.check(model)  # refuses what a mask cannot confine, before any work
+        if args.forget_perturbation == "gnp" and _has_dropout(model):
+            logger.warning("forget_perturbation='gnp' takes a finite difference of two forget passes, and this model "
+                           "drops out at random in training, differently in each: the difference then holds dropout "
+                           "noise times gnp_scale. Set the dropout to 0 (e.g. lora_dropout=0) for it.")
         if mask is not None:
             mask.check_model(model)
             if args.forget_tokens == "key":
@@ -213,7 +217,7 @@ class WagleTrainer(Trainer):
         self._perturbation: dict[torch.Tensor, torch.Tensor] = {}  # eps of this step (`forget_perturbation`)
         self._loss_part: str | None = None  # "forget" or "retain" while a step takes them apart
         self._forget_grads: dict[torch.Tensor, torch.Tensor] = {}  # g_f of this step (`disruption_masking`)
-        self._forget_scale, self._gnp_rest = 1.0, 0.0  # "gnp": c and (1 - c) * ||g|| / h of this step
+        self._forget_scale, self._gnp_base = 1.0, 0.0  # "gnp": c and (1 - c) * ||g|| / h of this step
         self._metrics = defaultdict(list)
         self.results: dict | None = None  # {"before": {...}, "after": {...}} numbers the model card shows
         self.provenance = {"base_name": getattr(getattr(model, "config", None), "_name_or_path", None),
@@ -355,42 +359,45 @@ class WagleTrainer(Trainer):
         if self.averaging is not None:  # the step's perturbation is taken at the weights it trains, not the average
             self.averaging.restore_weights()
         if self.args.forget_perturbation is not None and batches:
-            self._forget_scale, self._gnp_rest = 1.0, 0.0
+            self._forget_scale, self._gnp_base = 1.0, 0.0
             self._perturbation = self._step_perturbation(batches)
         return batches, num_items
 
     def _step_perturbation(self, batches: list[dict]) -> dict[torch.Tensor, torch.Tensor]:
-        masks = {p: self._grad_masks.get(p) for p in self.model.parameters() if p.requires_grad}
+        masks = {p: self._grad_masks.get(p) for p in self._trainable()}
         a = self.args
         if a.forget_perturbation == "smooth":
             return smooth_perturbation(masks, a.smooth_sigma, (a.seed * 1_000_003 + self.state.global_step) % 2 ** 62)
-        # sam: the forget term's gradient over every micro-batch of the step, each weighted as the step weights it,
-        # taken into .grad (which is empty between steps) under no_sync, so DDP reduces nothing, then handed back
-        held = {p: p.grad for p in masks}
-        for p in masks:
-            p.grad = None
+        # sam, gnp: the forget term's gradient over every micro-batch of the step, each weighted as the step weights
+        # it, into a store of its own under no_sync (DDP reduces nothing), then averaged over the ranks
+        store: dict[torch.Tensor, torch.Tensor] = {}
         self.model.train()
-        try:
-            with self.accelerator.no_sync(self.model_wrapped):
-                for inputs in batches:
-                    with self.compute_loss_context_manager():
-                        loss, _ = self.objective.forget_loss(self, self.model, self._prepare_inputs(inputs))
-                    (loss / len(batches)).backward()
-            grads = {p: p.grad if m is None else p.grad * m for p, m in masks.items() if p.grad is not None}
-        finally:
-            for p, g in held.items():
-                p.grad = g
-        if a.world_size > 1:  # the whole batch's direction, the same on every rank
-            import torch.distributed as dist
-
-            for g in grads.values():
-                dist.all_reduce(g)
-                g.div_(a.world_size)
-        eps = sam_perturbation(grads, a.sam_rho)
+        with self.accelerator.no_sync(self.model_wrapped), gradients_into(list(masks), store):
+            for inputs in batches:
+                with self.compute_loss_context_manager():
+                    loss, _ = self.objective.forget_loss(self, self.model, self._prepare_inputs(inputs))
+                (loss / len(batches)).backward()
+        grads = {p: g if masks[p] is None else g * masks[p] for p, g in self._mean_over_ranks(store).items()}
+        norm = gradient_norm(grads)
+        eps = sam_perturbation(grads, a.sam_rho, norm)
         if a.forget_perturbation == "gnp" and eps:
-            self._forget_scale, self._gnp_rest = gnp_scales(gradient_norm(grads), a.gnp_gamma, a.sam_rho)
+            self._forget_scale, self._gnp_base = gnp_scales(norm, a.gnp_gamma, a.sam_rho)
             self._metrics["gnp_scale"].append(self._forget_scale)
         return eps
+
+    def _mean_over_ranks(self, grads: dict[torch.Tensor, torch.Tensor]) -> dict[torch.Tensor, torch.Tensor]:
+        """`grads` averaged over the ranks (as DDP averages `.grad`), in place; under DDP every trainable parameter
+        takes part, in the model's order, a zero gradient where a rank has none, so the collectives match."""
+        if self.args.world_size == 1:
+            return grads
+        import torch.distributed as dist
+
+        out = {}
+        for p in self._trainable():
+            g = grads[p] if p in grads else torch.zeros_like(p)
+            dist.all_reduce(g)
+            out[p] = g.div_(self.args.world_size)
+        return out
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         a = self.args
@@ -424,31 +431,23 @@ class WagleTrainer(Trainer):
 
     @torch.no_grad()
     def _finish_forget_gradient(self) -> None:
-        """At the step's last micro-batch: "gnp"'s `forget_weight * (1 - c) * g` added to the forget gradient (the
-        same on every rank, so it may join before or after the ranks' average); then with `disruption_masking`,
-        `.grad = g_r + g_f * [sign(g_f) * sign(g_r) > 0]` (`hf_wagle.disruption`), `g_f` averaged over ranks as
-        DDP averages `g_r`."""
+        """At the step's last micro-batch: "gnp"'s `forget_weight * (1 - c) * g` (`g = eps * ||g|| / h`, the same on
+        every rank, so it may join before or after the ranks' average) added to the forget gradient; then with
+        `disruption_masking`, `.grad = g_r + g_f * [sign(g_f) * sign(g_r) > 0]` (`hf_wagle.disruption`), `g_f`
+        averaged over ranks as DDP averages `g_r`."""
         a = self.args
-        if self._gnp_rest:
-            into = self._forget_grads if a.disruption_masking else None
+        if self._gnp_base:
+            forget = self._forget_grads if a.disruption_masking else None
             for p, e in self._perturbation.items():
-                rest = e.float().mul_(a.forget_weight * self._gnp_rest).to(p.dtype)
-                held = into.get(p) if into is not None else p.grad
-                held = rest if held is None else held.add_(rest)
-                if into is not None:
-                    into[p] = held
+                term = e.float().mul_(a.forget_weight * self._gnp_base).to(p.dtype)
+                if forget is None:
+                    p.grad = term if p.grad is None else p.grad.add_(term)
                 else:
-                    p.grad = held
-        if not a.disruption_masking:
-            return
-        forget, self._forget_grads = self._forget_grads, {}
-        for p, g_f in forget.items():
-            if a.world_size > 1:
-                import torch.distributed as dist
-
-                dist.all_reduce(g_f)
-                g_f.div_(a.world_size)
-            p.grad = disruption_masked(g_f, p.grad)
+                    forget[p] = term if p not in forget else forget[p].add_(term)
+        if a.disruption_masking:
+            forget, self._forget_grads = self._mean_over_ranks(self._forget_grads), {}
+            for p, g_f in forget.items():
+                p.grad = disruption_masked(g_f, p.grad)
 
     def _install_mask(self) -> None:
         a = self.args
@@ -562,7 +561,8 @@ class WagleTrainer(Trainer):
         loss, logs = 0.0, {}
         if self._loss_part != "retain":
             forget_loss, logs = self.objective.forget_loss(self, model, inputs)
-            loss = self.args.forget_weight * self._forget_scale * forget_loss
+            scale = self._forget_scale if self._loss_part == "forget" else 1.0  # "gnp"'s c, in its forget pass
+            loss = self.args.forget_weight * scale * forget_loss
             logs["forget_loss"] = forget_loss.detach()
         if self.objective.uses_retain and self._loss_part != "forget":
             retain_loss, retain_logs = self.objective.retain_loss(self, model, inputs)
@@ -730,6 +730,15 @@ class _InstallMaskOnShards(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if self.trainer.enforced_mask is None and self.trainer.is_fsdp_enabled:
             self.trainer._install_mask()
+
+
+def _has_dropout(model) -> bool:
+    """Whether a training step of `model` drops out anything (a dropout module or attention dropout above 0)."""
+    if not isinstance(model, torch.nn.Module):
+        return False
+    config = getattr(model, "config", None)
+    return (any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+            or float(getattr(config, "attention_dropout", 0) or 0) > 0)
 
 
 def check_disjoint(forget_ex: list[dict], retain_ex: list[dict]) -> None:

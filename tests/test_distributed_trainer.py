@@ -21,11 +21,11 @@ TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torch
 
 
 @pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
-@pytest.mark.parametrize("objective, robust", [("npo", None), ("grad_diff", "sam+disruption")])
+@pytest.mark.parametrize("objective, robust", [("npo", None), ("grad_diff", "gnp")])
 def test_two_ranks_unlearn_in_step_inside_the_mask(trained, world, tmp_path, objective, robust):
-    """Two DDP ranks stay in step inside the mask; with `forget_perturbation="sam"` both also perturb by the same eps
-    (the forget gradient reduced over ranks), which is zero off the mask, and with `disruption_masking` compare
-    signs on the same reduced forget gradient (ranks that did not would diverge)."""
+    """Two DDP ranks stay in step inside the mask; with `forget_perturbation="gnp"` both also perturb by the same eps
+    (the forget gradient reduced over ranks, as "sam" takes it), which is zero off the mask, and add the same
+    (1 - c) * g after DDP's average (ranks that did not would diverge)."""
     model, tokenizer = trained
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")

@@ -80,7 +80,7 @@ def test_disruption_masked_keeps_the_forget_gradient_only_where_the_signs_agree(
     g_f = torch.tensor([1.0, -2.0, 3.0, -4.0, 5.0, 0.0])
     g_r = torch.tensor([0.5, 0.5, -1.0, -1.0, 0.0, 2.0])
     assert torch.equal(disruption_masked(g_f, g_r), torch.tensor([1.5, 0.5, -1.0, -5.0, 0.0, 2.0]))
-    assert torch.equal(disruption_masked(g_f, None), torch.zeros(6))
+    assert disruption_masked(g_f, None) is None
 
 
 @pytest.mark.parametrize("how", ["sam", "gnp", "smooth", "disruption"])
@@ -180,3 +180,33 @@ def test_bad_weight_averaging_is_refused_before_any_work(model, tokenizer, world
                            **{"save_strategy": "no", **bad})
         WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
                      processing_class=tokenizer)
+
+
+def test_robust_options_together_on_masked_lora_keep_the_mean_up_to_the_kept_evaluation(trained, tokenizer, world,
+                                                                                         tmp_path):
+    """gnp, disruption masking and weight averaging together on a masked LoRA adapter, with targets that keep the
+    best evaluation: the adapter kept, and saved, is the mean of the trained weights up to the kept step, and
+    `verify` finds the saved adapter confined to its mask."""
+    from peft import LoraConfig
+
+    from hf_wagle.verify import verify
+
+    args = small_args(tmp_path, objective="npo", retain_loss="nll", mask_method="wagle", max_steps=4,
+                      learning_rate=5e-3, forget_perturbation="gnp", sam_rho=0.05, gnp_gamma=0.05,
+                      disruption_masking=True, weight_averaging_start=1, targets=["forget_probability <= 0.999x"],
+                      target_eval_steps=2, stop_at_targets=False)
+    iterates = Iterates()
+    trainer = WagleTrainer(model=copy.deepcopy(trained[0]), args=args, forget_dataset=world["forget"],
+                           retain_dataset=world["retain"], processing_class=tokenizer, callbacks=[iterates],
+                           peft_config=LoraConfig(r=4, target_modules="all-linear"))
+    trainer.train()
+    kept = trainer.results["targets"]["step"]
+    assert trainer.results["targets"]["met"] and kept in (2, 4)
+    final = snapshot(trainer.model)
+    adapter = [n for n in final if "lora_" in n]
+    for name in adapter:
+        mean = sum(s[name] for s in iterates.seen[:kept]) / kept
+        torch.testing.assert_close(final[name], mean, rtol=0, atol=1e-6)
+    trainer.save_model(str(tmp_path / "saved"))
+    report = verify(tmp_path / "saved")
+    assert report["confined"] and report["changed_inside_mask"] > 0
