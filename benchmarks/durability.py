@@ -1,15 +1,16 @@
-"""Does the forgetting survive relearning, with and without a perturbed forget term? SmolLM2-135M-Instruct and the
-fact-level country_languages scenario.
+"""Does the forgetting survive relearning, with and without each option that should make it last? SmolLM2-135M-Instruct
+and the fact-level country_languages scenario.
 
 Each recipe runs `hf-wagle unlearn --config examples/unlearn_country_languages.yaml` (masked LoRA, NPO with key tokens
 and the KL retain term) for 12 steps, scored at steps 0, 6 and 12 (the fact-level targets keep the best of those),
 plus its own options, then `hf-wagle audit` with the default relearning attack (3 epochs over the attacker's half of
 the forget rows, at least 10 AdamW steps, lr 1e-4; scored on the other half) and the same attack on the neighbour
 facts (other countries' languages: related data that is not the forget set; given as the audit's `--retain`, so
-reported as `relearn_retain`), no quantisation. Per run: the targets, the
-evaluation kept, the recovery fractions with their row-bootstrap intervals, the L2 distance from the base and the
-seconds the unlearning took (in the JSON only: on a shared machine they are not a cost; `benchmarks/step_cost.py
---perturbation` measures that).
+reported as `relearn_retain`), no quantisation; then the same attack stopped after 1, 2, 3 and 5 steps
+(`relearning_curve`), since the whole attack gives every fact back on every recipe. Per run: the targets, the
+evaluation kept, the recovery fractions with their row-bootstrap intervals, the L2 distance from the base, the
+relearning curve and the seconds the unlearning took (in the JSON only: on a shared machine they are not a cost;
+`benchmarks/step_cost.py --perturbation` measures that).
 
     python benchmarks/durability.py --out benchmarks/results/durability --seeds 0
     python benchmarks/durability.py --out benchmarks/results/durability --seeds 1,2 --recipes "npo,npo + sam 0.1" --add
@@ -69,9 +70,38 @@ def run(work: Path, seeds: list[int], recipes: list[str], path: Path) -> dict:
             unlearned = json.loads((folder / "unlearn_results.json").read_text())
             results[f"{recipe} seed {seed}"] = {"recipe": recipe, "seed": seed, **json.loads(done.read_text()),
                                                 "steps": unlearned["steps"], "after": unlearned["evaluation"]["after"],
-                                                "audit": json.loads((folder / "audit.json").read_text())}
+                                                "audit": json.loads((folder / "audit.json").read_text()),
+                                                "relearning_curve": relearning_curve(folder, model)}
             path.write_text(json.dumps(results, indent=2))
     return results
+
+
+CURVE_STEPS = (1, 2, 3, 5)  # the default attack is 10 steps, after which every run answers every held-back fact
+
+
+def relearning_curve(folder: Path, model: str, steps=CURVE_STEPS) -> dict:
+    """How fast the audit's relearning attack gives the facts back: the held-back half's `answered` and mean answer
+    probability after each number of the attack's steps (the same rows, order, rate and seed as `hf-wagle audit`;
+    0: before the attack). 10 steps restore every fact on every recipe measured, so the whole attack cannot tell
+    recipes apart; its first steps can."""
+    from hf_wagle.cli.audit import _models
+    from hf_wagle.evaluation.measure import measure
+    from hf_wagle.experiments.robustness import relearned_model
+    from hf_wagle.options import DEFAULT_PROMPT_TEMPLATE
+    from hf_wagle.real_model import load_scenario
+
+    path = folder / "relearning_curve.json"
+    if not path.exists():
+        _, unlearned, tokenizer = _models(folder, model)
+        forget = load_scenario("country_languages")["forget"]
+        held, attack = forget.select(range(0, len(forget), 2)), forget.select(range(1, len(forget), 2))
+        curve = {}
+        for k in (0, *steps):
+            relearned = unlearned if k == 0 else relearned_model(unlearned, tokenizer, attack, k, 1e-4, 8)
+            scores = measure(relearned, tokenizer, {"held": held}, DEFAULT_PROMPT_TEMPLATE, answers=True)
+            curve[str(k)] = {"answered": scores["held_answered"], "probability": scores["held_probability"]}
+        path.write_text(json.dumps(curve, indent=2))
+    return json.loads(path.read_text())
 
 
 def table(results: dict) -> str:
@@ -84,7 +114,10 @@ def table(results: dict) -> str:
                "held-back answered": lambda r: r["audit"]["answered"]["unlearned_held_back"],
                "answered after relearn forget": lambda r: r["audit"]["answered"]["relearn"],
                "answered after relearn neighbours": lambda r: r["audit"]["answered"]["relearn_retain"],
-               "L2 from base": lambda r: (r["audit"].get("distance") or {}).get("l2")}
+               "L2 from base": lambda r: (r["audit"].get("distance") or {}).get("l2"),
+               **{f"held-back answered after {k} relearning steps":
+                  (lambda r, k=k: (r.get("relearning_curve") or {}).get(str(k), {}).get("answered"))
+                  for k in CURVE_STEPS}}
     rows = ["| recipe | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for recipe in dict.fromkeys(r["recipe"] for r in results.values()):
         mine = [r for r in results.values() if r["recipe"] == recipe]
