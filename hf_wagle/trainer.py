@@ -94,6 +94,10 @@ class WagleTrainer(Trainer):
             ...}`, see `hf_wagle.evaluation.targets`), scored with the forget and retain data when the run evaluates
             (`args.targets`, `args.forget_kind` or `args.do_eval`). Without a `heldout` set,
             `args.retain_holdout` of the retain rows are held out of training (attribution included) as one.
+        mask_retain_dataset: retain data for the attribution alone (the retain term of `mask_method`'s scores),
+            in place of `retain_dataset`: e.g. the forget set's neighbourhood (the same relation about other
+            subjects, other facts about the same subjects), so the mask leaves out the weights those need, while
+            training keeps its own retain data. Never trained on; must share no row with the evaluation sets.
     """
 
     _tag_names = ["unlearning", "wagle"]
@@ -101,7 +105,7 @@ class WagleTrainer(Trainer):
 
     def __init__(self, model=None, args: WagleConfig | None = None, forget_dataset=None, retain_dataset=None,
                  processing_class=None, mask: WeightMask | None = None, peft_config=None,
-                 eval_datasets: dict | None = None, **kwargs):
+                 eval_datasets: dict | None = None, mask_retain_dataset=None, **kwargs):
         if args is None:
             args = WagleConfig(output_dir="wagle_output")
         if not isinstance(args, WagleConfig):
@@ -179,6 +183,7 @@ class WagleTrainer(Trainer):
         elif args.mask_method is not None:
             check_selects_something(model, args.mask_ratio, args.mask_scope, args.mask_include, args.mask_exclude)
         self.forget_dataset, self.retain_dataset = forget_dataset, retain_dataset
+        self.mask_retain_dataset = mask_retain_dataset
         tok_args = (processing_class, args.prompt_template, args.max_length)
         keys = None
         if args.forget_tokens == "key":
@@ -193,6 +198,19 @@ class WagleTrainer(Trainer):
         refusal_ex = refusal_examples(forget_dataset, processing_class, objective.refusals,
                                       *tok_args[1:], args.seed) if objective.needs_refusal else None
         check_disjoint(forget_ex, retain_ex)
+        if mask_retain_dataset is not None:
+            if mask is not None or args.mask_method is None:
+                raise ValueError("mask_retain_dataset is the attribution's retain data, and this run computes no "
+                                 "mask (a mask was given, or mask_method is None); drop it, or set mask_method")
+            mask_retain_ex = tokenize_dataset(mask_retain_dataset, *tok_args, what="mask retain dataset")
+            check_fits_model(mask_retain_ex, model, "mask retain dataset")
+            check_disjoint(forget_ex, mask_retain_ex, "attribution retain")
+            for name, data in eval_sets.items():
+                shared = _shared_rows(mask_retain_ex, tokenize_dataset(data, *tok_args))
+                if shared:
+                    raise ValueError(f"{shared} rows of mask_retain_dataset are also in the {name} evaluation set: "
+                                     f"a mask attributed to keep them would make {name} a measure of itself; give "
+                                     "attribution retain data disjoint from every evaluation set")
         qa = all(dataset_shape(d) == "qa" for d in (forget_dataset, retain_dataset))
         if qa and neighbourhood_share(forget_dataset["question"], retain_dataset["question"]) == 0:
             logger.warning("the retain questions share no word with the forget questions (no subject, no relation): "
@@ -225,7 +243,9 @@ class WagleTrainer(Trainer):
                            "data": {"forget": {"rows": len(forget_ex), "sha256": examples_digest(forget_ex)},
                                     "retain": {"rows": len(retain_ex), "sha256": examples_digest(retain_ex),
                                                "held_out": held_out},
-                                    **{name: data_entry(data, *tok_args) for name, data in eval_sets.items()}}}
+                                    **{name: data_entry(data, *tok_args) for name, data in eval_sets.items()},
+                                    **({"mask_retain": data_entry(mask_retain_dataset, *tok_args)}
+                                       if mask_retain_dataset is not None else {})}}
         self.verification: dict | None = None  # a `hf_wagle.verify` report of the saved folder, for the card
         self.add_callback(_PairingEpoch(pairs))
         self.add_callback(_InstallMaskOnShards(self))
@@ -458,7 +478,8 @@ class WagleTrainer(Trainer):
 
                 forget = Dataset.from_list(self.train_dataset.forget).select_columns(
                     ["input_ids", "attention_mask", "labels"])
-            self.mask = compute_mask(self.model, forget, self.retain_dataset, self.processing_class,
+            retain = self.retain_dataset if self.mask_retain_dataset is None else self.mask_retain_dataset
+            self.mask = compute_mask(self.model, forget, retain, self.processing_class,
                                      a.mask_config, seed=a.seed, prompt_template=a.prompt_template,
                                      max_length=a.max_length, progress=not a.disable_tqdm)
         enforced, grad_masks = self.confinement.confine(self.model, self.mask)
@@ -741,17 +762,28 @@ def _has_dropout(model) -> bool:
             or float(getattr(config, "attention_dropout", 0) or 0) > 0)
 
 
-def check_disjoint(forget_ex: list[dict], retain_ex: list[dict]) -> None:
-    """Forget data that is all in the retain data is refused (the two terms would cancel); a partial overlap is
-    warned about, with its size."""
-    retained = {tuple(ex["input_ids"]) for ex in retain_ex}
-    shared = sum(tuple(ex["input_ids"]) in retained for ex in forget_ex)
+def _shared_rows(examples: list[dict], others: list[dict]) -> int:
+    """How many of the tokenised `examples` are also in `others` (the same token ids)."""
+    other = {tuple(ex["input_ids"]) for ex in others}
+    return sum(tuple(ex["input_ids"]) in other for ex in examples)
+
+
+_OVERLAP = {"retain": ("the forget and retain terms would pull the same answers both ways", "the retain term trains "
+                       "them back"),
+            "attribution retain": ("the mask's retain term would keep out the very weights the forget data needs",
+                                   "the mask's retain term protects the weights they need")}
+
+
+def check_disjoint(forget_ex: list[dict], retain_ex: list[dict], what: str = "retain") -> None:
+    """Forget data that is all in the `what` data is refused (the two would cancel); a partial overlap is warned
+    about, with its size."""
+    shared, (cancel, harm) = _shared_rows(forget_ex, retain_ex), _OVERLAP[what]
     if shared and shared == len(forget_ex):
-        raise ValueError("every forget example is also in the retain data: the forget and retain terms would pull "
-                         "the same answers both ways; give retain data without the forget examples")
+        raise ValueError(f"every forget example is also in the {what} data: {cancel}; give {what} data without the "
+                         "forget examples")
     if shared:
-        logger.warning(f"{shared} of the {len(forget_ex)} forget examples are also in the retain data: the retain "
-                       "term trains them back; remove them from the retain data")
+        logger.warning(f"{shared} of the {len(forget_ex)} forget examples are also in the {what} data: {harm}; "
+                       f"remove them from the {what} data")
 
 
 def check_engine(args, peft_config, needs_reference_model: bool) -> None:

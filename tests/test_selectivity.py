@@ -122,3 +122,31 @@ def test_attribution_reads_the_tokens_the_objective_unlearns(trained, world, tmp
         trainer.prepare_unlearning()
         masks[tokens] = trainer.mask
     assert masks["key"].num_selected == masks["answer"].num_selected and masks["key"] != masks["answer"]
+
+
+def test_attribution_can_take_its_own_retain_data(trained, world, tmp_path):
+    """`mask_retain_dataset`: the trainer's mask is `compute_mask` with that retain data (here 20 rows, not the
+    training retain set's 180), the record names it, and it is refused where it would mean nothing or leak."""
+    import copy
+
+    from hf_wagle import compute_mask
+
+    model, tokenizer = trained
+    neighbourhood, rest = world["retain"].select(range(20)), world["retain"].select(range(20, 180))
+
+    def trainer(**kw):
+        return WagleTrainer(model=copy.deepcopy(model), processing_class=tokenizer, forget_dataset=world["forget"],
+                            **{"retain_dataset": rest, "args": small_args(tmp_path, mask_method="wagle"), **kw})
+
+    run = trainer(mask_retain_dataset=neighbourhood)
+    run.prepare_unlearning()
+    want = compute_mask(copy.deepcopy(model), world["forget"], neighbourhood, tokenizer, method="wagle", seed=0)
+    trained_retain = compute_mask(copy.deepcopy(model), world["forget"], rest, tokenizer, method="wagle", seed=0)
+    assert run.mask == want and want != trained_retain
+    assert run.provenance["data"]["mask_retain"]["rows"] == 20
+    with pytest.raises(ValueError, match="this run computes no mask"):
+        trainer(mask_retain_dataset=neighbourhood, args=small_args(tmp_path, mask_method=None))
+    with pytest.raises(ValueError, match="also in the heldout evaluation set"):
+        trainer(mask_retain_dataset=neighbourhood, eval_datasets={"heldout": world["retain"].select(range(10, 30))})
+    with pytest.raises(ValueError, match="every forget example is also in the attribution retain data"):
+        trainer(mask_retain_dataset=world["forget"])

@@ -46,6 +46,10 @@ class UnlearnArguments(QuantizedBase):
         "help": "more evaluation sets never trained on, as NAME: FILE (a YAML mapping, or NAME=FILE,...): `entity` "
                 "(other facts about the forget set's subjects, kept), `topic` (facts of a forgotten topic never "
                 "trained on, to be forgotten too) or any name (kept); see forget_kind"})
+    mask_retain_file: str | None = field(default=None, metadata={
+        "help": "retain data for the attribution alone, in place of retain_file (same forms): e.g. the forget set's "
+                "neighbourhood, so the mask leaves out the weights it needs; never trained on, and sharing no row "
+                "with an evaluation set"})
     mask_dir: str | None = field(default=None, metadata={
         "help": "a mask saved by `hf-wagle attribute` (its folder or wagle_mask.safetensors), used instead of "
                 "computing one (mask_method and the other mask_* keys are then not used)"})
@@ -102,6 +106,7 @@ class Unlearn(Command):
         forget = load_data(script.forget_file, "forget_file", script.forget_config, script.forget_split)
         retain = load_data(script.retain_file, "retain_file", script.retain_config, script.retain_split)
         eval_sets = read_eval_sets(script)
+        mask_retain = load_data(script.mask_retain_file, "mask_retain_file") if script.mask_retain_file else None
         if script.evaluate:
             training.do_eval = True
         quantization = script.bnb_config(script.dtype)
@@ -116,7 +121,8 @@ class Unlearn(Command):
         peft_config = lora_config(script)
         mask = WeightMask.load(script.mask_dir, model=model) if script.mask_dir else None
         trainer = WagleTrainer(model=model, args=training, forget_dataset=forget, retain_dataset=retain,
-                               processing_class=tokenizer, peft_config=peft_config, mask=mask, eval_datasets=eval_sets)
+                               processing_class=tokenizer, peft_config=peft_config, mask=mask, eval_datasets=eval_sets,
+                               mask_retain_dataset=mask_retain)
         trainer.remove_callback(PrinterCallback)
         trainer.train(resume_from_checkpoint=resume)  # the Trainer's exact resume (weights, optimizer, data order)
         trainer.save_model(training.output_dir)
