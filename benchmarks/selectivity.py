@@ -7,6 +7,8 @@ fact-level targets (`forget_answered <= 0.25`, `neighbour_answered >= 0.8x`, `en
 `heldout_answered >= 0.9x`). The kept evaluation is the best one meeting them, else the closest (as every run keeps).
 
     python benchmarks/selectivity.py --out benchmarks/results/selectivity --seeds 3
+    python benchmarks/selectivity.py --out benchmarks/results/selectivity --seeds 3 --add \
+        --recipes "wagle, key tokens, mask retain: same relation"
 
 Writes `selectivity.json` (each run's evaluations and kept point) and `selectivity.png` (every evaluation of every
 run: forget answered against neighbour answered, the kept points marked), and prints a Markdown table: per recipe,
@@ -30,21 +32,35 @@ RECIPES = {  # name: overrides of the example config (whose own recipe is the KL
     "grin, key tokens, KL retain x5": [],
     "wagle, key tokens": ["--mask_method", "wagle", *PLAIN],
     "dense, key tokens": ["--mask_method", "none", *PLAIN],
+    # the attribution's retain term on the retain rows of the forgotten relation alone (other countries' languages)
+    "wagle, key tokens, mask retain: same relation": ["--mask_method", "wagle", *PLAIN, "--mask_retain_file",
+                                                      "{same_relation}"],
 }
 SETS = ("forget", "neighbour", "entity", "heldout")
 STEPS = 18  # forgetting is complete well before on every recipe tried
 
 
-def run(work: Path, seeds: int, recipes: list[str], save) -> dict:
-    """Every recipe on seed 0, then on seed 1, ...; `save(results)` after each run."""
+def same_relation_file(work: Path) -> Path:
+    """The scenario's retain rows about the relation the forget set asks about (a country's language), as JSON lines."""
+    from hf_wagle.real_model import load_scenario
+
+    retain = load_scenario("country_languages")["retain"]
+    path = work / "retain_same_relation.jsonl"
+    retain.filter(lambda row: row["question"].startswith("What language")).to_json(str(path))
+    return path
+
+
+def run(work: Path, seeds: int, recipes: list[str], save, out: dict | None = None) -> dict:
+    """Every recipe on seed 0, then on seed 1, ...; `save(results)` after each run (`out`: results to add to)."""
     model = str(smollm2_path())
-    out = {}
+    files = {"same_relation": str(same_relation_file(work))}
+    out = dict(out or {})
     for seed in range(seeds):
         for recipe in recipes:
             folder = work / f"{recipe.replace(' ', '_').replace(',', '')}_seed{seed}"
             status = hf_wagle(["unlearn", "--config", str(CONFIG), "--model_name_or_path", model, "--output_dir",
                                str(folder), "--seed", str(seed), "--stop_at_targets", "false", "--max_steps",
-                               str(STEPS), *RECIPES[recipe]])
+                               str(STEPS), *(arg.format(**files) for arg in RECIPES[recipe])])
             results = json.loads((folder / "unlearn_results.json").read_text())
             targets = results["evaluation"]["targets"]
             kept = next(h for h in results["history"] if h["step"] == targets["step"])
@@ -100,13 +116,16 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--recipes", default=";".join(RECIPES), help="names of RECIPES, separated by ';'")
+    parser.add_argument("--add", action="store_true", help="keep the runs already in selectivity.json")
     args = parser.parse_args()
     recipes = [r.strip() for r in args.recipes.split(";") if r.strip()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    path = out / "selectivity.json"
+    before = json.loads(path.read_text()) if args.add and path.exists() else {}
     with tempfile.TemporaryDirectory(prefix="hf_wagle_selectivity_") as work:  # the adapters are not kept
-        results = run(Path(work), args.seeds, recipes,
-                      lambda r: (out / "selectivity.json").write_text(json.dumps(r, indent=2)))
+        results = run(Path(work), args.seeds, recipes, lambda r: path.write_text(json.dumps(r, indent=2)), before)
+    recipes = list(dict.fromkeys(r["recipe"] for r in results.values()))
     plot(results, recipes, out / "selectivity.png")
     print(table(results, recipes))
 

@@ -11,6 +11,7 @@ pytest.importorskip("bitsandbytes")
 from hf_wagle.experiments.robustness import (  # noqa: E402
     adapter_on_quantised_base,
     audit,
+    exceeded,
     quantised_linears,
     quantised_model,
     quantised_weight,
@@ -96,7 +97,11 @@ def test_recovery_arithmetic():
     r = recovery([1.0, 0.8, 0.6], [0.0, 0.2, 0.1], [0.5, 0.5, 0.35])
     assert r["recovery"] == pytest.approx((1.35 / 3 - 0.3 / 3) / (2.4 / 3 - 0.3 / 3))
     assert r["ci95"][0] <= r["recovery"] <= r["ci95"][1]
-    assert recovery([0.5, 0.5], [0.5, 0.5], [0.9, 0.9]) == {"recovery": None, "ci95": None}
+    for unlearned in ([0.5, 0.5], [0.7, 0.6]):  # nothing removed, or the probability raised: no share to recover
+        r = recovery([0.5, 0.5], unlearned, [0.9, 0.9])
+        assert r["recovery"] is None and r["ci95"] is None and "nothing was removed" in r["undefined"]
+        assert exceeded({"recovery": {"relearn": r}}, {"relearn": 0.5}) == [
+            f"relearn: recovery undefined ({r['undefined']}), so recovery <= 0.5 is not shown"]
     with pytest.raises(ValueError, match="same non-empty rows"):
         recovery([1.0], [0.0, 0.1], [0.5])
 

@@ -70,13 +70,16 @@ def parse_limits(text: str | None) -> dict[str, float]:
 
 def exceeded(report: dict, limits: dict[str, float]) -> list[str]:
     """The limits a report breaks: an intervention that was run and whose recovery (point estimate) is above its
-    limit, or a limited intervention the audit did not run (it cannot be shown to hold)."""
+    limit, or a limited intervention the audit did not run or could not measure (it cannot be shown to hold)."""
     out = []
     for name, limit in limits.items():
         entry = report["recovery"].get(name)
         if entry is None:
             out.append(f"{name}: not run, so recovery <= {limit:g} is not shown")
-        elif entry["recovery"] is not None and entry["recovery"] > limit:
+        elif entry["recovery"] is None:
+            out.append(f"{name}: recovery undefined ({entry.get('undefined', 'not measurable')}), so recovery <= "
+                       f"{limit:g} is not shown")
+        elif entry["recovery"] > limit:
             out.append(f"{name}: recovery {entry['recovery']:.3g} > {limit:g}")
     return out
 
@@ -223,7 +226,9 @@ def relearned_model(model, tokenizer, data, steps: int, learning_rate: float, ba
 
 def recovery(original: list[float], unlearned: list[float], after: list[float]) -> dict:
     """`(mean(after) - mean(unlearned)) / (mean(original) - mean(unlearned))` over paired rows, with a 95% percentile
-    bootstrap interval over rows (None where the original and unlearned means are equal)."""
+    bootstrap interval over rows. None, with the reason under `undefined`, where the unlearned mean is not below the
+    original's: nothing was removed from this measure (a run that unlearned only the fact's tokens can raise the
+    whole answer's probability, its wording trained by the retain term), so no share of it can come back."""
     import numpy as np
     from scipy.stats import bootstrap
 
@@ -237,6 +242,10 @@ def recovery(original: list[float], unlearned: list[float], after: list[float]) 
         with np.errstate(divide="ignore", invalid="ignore"):
             return (a[index].mean(axis) - u[index].mean(axis)) / gap
 
+    if not o.mean() > u.mean():
+        return {"recovery": None, "ci95": None,
+                "undefined": f"the unlearned mean answer probability ({u.mean():.3g}) is not below the original's "
+                             f"({o.mean():.3g}): nothing was removed from it; read the answered shares"}
     value = float(ratio(np.arange(len(o))))
     if not math.isfinite(value):
         return {"recovery": None, "ci95": None}
@@ -399,7 +408,8 @@ def format_audit(report: dict) -> str:
              + ", ".join(f"{k} {v:.4g}" for k, v in report["scores"].items())]
     for name, r in report["recovery"].items():
         ci = f" (95% CI {r['ci95'][0]:.3g} to {r['ci95'][1]:.3g})" if r.get("ci95") else ""
-        value = "undefined (unlearning changed nothing)" if r["recovery"] is None else f"{r['recovery']:.3g}"
+        value = (f"undefined ({r.get('undefined', 'unlearning changed nothing')})" if r["recovery"] is None
+                 else f"{r['recovery']:.3g}")
         how = (f" ({r['steps']} step{'s' * (r['steps'] != 1)} at lr {r['learning_rate']:g} on {r['rows_trained']} "
                f"rows, scored on {r['rows_scored']} others; {r.get('protocol', 'default')} protocol)"
                if "steps" in r else "")
