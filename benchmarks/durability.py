@@ -50,8 +50,9 @@ RECIPES = {"npo": [],
 
 
 def run(work: Path, seeds: list[int], recipes: list[str], path: Path) -> dict:
-    """Each recipe and seed not yet measured in `work` (a folder with `audit.json` and `benchmark_run.json` is read
-    back, so an interrupted benchmark goes on where it stopped); `path` is rewritten after every run."""
+    """Each recipe and seed not yet measured in `work` (a folder's `benchmark_run.json`, `audit.json` and
+    `relearning_curve.json` are read back, so an interrupted benchmark goes on where it stopped); `path` is rewritten
+    after every run."""
     model = str(smollm2_path())
     config = Path(__file__).resolve().parents[1] / "examples" / "unlearn_country_languages.yaml"
     results = json.loads(path.read_text()) if path.exists() else {}
@@ -59,14 +60,15 @@ def run(work: Path, seeds: list[int], recipes: list[str], path: Path) -> dict:
         for seed in seeds:
             folder = work / f"{recipe.replace(' ', '_')}_seed{seed}"
             done = folder / "benchmark_run.json"
-            if not (done.exists() and (folder / "audit.json").exists()):
+            if not done.exists():
                 start = time.perf_counter()
                 status = hf_wagle(["unlearn", "--config", str(config), "--model_name_or_path", model, "--output_dir",
                                    str(folder), "--seed", str(seed), *STEPS, *RECIPES[recipe]])
                 seconds = time.perf_counter() - start
+                done.write_text(json.dumps({"targets_met": status == 0, "unlearn_seconds": seconds}))
+            if not (folder / "audit.json").exists():
                 hf_wagle(["audit", str(folder), "--base", model, "--forget", f"{SCENARIO}/forget", "--retain",
                           f"{SCENARIO}/neighbour", "--schemes", "", "--out", str(folder / "audit.json")])
-                done.write_text(json.dumps({"targets_met": status == 0, "unlearn_seconds": seconds}))
             unlearned = json.loads((folder / "unlearn_results.json").read_text())
             results[f"{recipe} seed {seed}"] = {"recipe": recipe, "seed": seed, **json.loads(done.read_text()),
                                                 "steps": unlearned["steps"], "after": unlearned["evaluation"]["after"],
