@@ -34,23 +34,27 @@ from _common import make_data, make_model
 
 
 class StepTimes(TrainerCallback):
-    """Wall time of each optimizer step (synchronising CUDA first when it is in use)."""
+    """Wall time of each optimizer step, from the end of the one before (synchronising CUDA first when it is in use):
+    a step's work starts before its `on_step_begin`, where the Trainer fetches its micro-batches and `WagleTrainer`
+    takes a perturbation's extra forget pass (`get_batch_samples`)."""
 
     def __init__(self):
-        self.times, self._start = [], None
+        self.times, self._last = [], None
 
     @staticmethod
     def _sync():
         if torch.cuda.is_available():
             torch.cuda.synchronize()
 
-    def on_step_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, **kwargs):
         self._sync()
-        self._start = time.perf_counter()
+        self._last = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         self._sync()
-        self.times.append(time.perf_counter() - self._start)
+        now = time.perf_counter()
+        self.times.append(now - self._last)
+        self._last = now
 
 
 def step_times(model, forget, retain, mask, lora: bool, steps: int, batch_size: int, use_cpu: bool = True,
