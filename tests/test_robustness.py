@@ -64,7 +64,11 @@ def test_an_update_below_half_a_step_rounds_back_and_a_large_one_does_not(traine
     q_small, q_model = quantised_model(small, "nf4"), quantised_model(model, "nf4")
     assert all(torch.equal(p, q) for p, q in zip(q_small.parameters(), q_model.parameters()))
     report = audit(model, small, tokenizer, forget, schemes=("nf4",), relearn_steps=0)
-    assert report["recovery"]["nf4"]["recovery"] == pytest.approx(1.0)
+    assert report["scores"]["nf4"] == report["scores"]["original_nf4"]  # quantised, the two models score the same
+    # the move scores no lower than the quantised original, so there is no forgotten share to recover
+    assert report["scores"]["unlearned"] >= report["scores"]["original_nf4"]
+    assert report["recovery"]["nf4"]["recovery"] is None and "nothing was removed" in report["recovery"]["nf4"][
+        "undefined"]
 
     torch.manual_seed(0)
     large = _moved(model, lambda w: w + torch.randn_like(w) * w.std())

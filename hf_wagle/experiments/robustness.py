@@ -227,8 +227,9 @@ def relearned_model(model, tokenizer, data, steps: int, learning_rate: float, ba
 def recovery(original: list[float], unlearned: list[float], after: list[float]) -> dict:
     """`(mean(after) - mean(unlearned)) / (mean(original) - mean(unlearned))` over paired rows, with a 95% percentile
     bootstrap interval over rows. None, with the reason under `undefined`, where the unlearned mean is not below the
-    original's: nothing was removed from this measure (a run that unlearned only the fact's tokens can raise the
-    whole answer's probability, its wording trained by the retain term), so no share of it can come back."""
+    original's (`original`: the original under the same intervention): nothing was removed from this measure (a run
+    that unlearned only the fact's tokens can raise the whole answer's probability, its wording trained by the
+    retain term), so no share of it can come back."""
     import numpy as np
     from scipy.stats import bootstrap
 
@@ -245,7 +246,8 @@ def recovery(original: list[float], unlearned: list[float], after: list[float]) 
     if not o.mean() > u.mean():
         return {"recovery": None, "ci95": None,
                 "undefined": f"the unlearned mean answer probability ({u.mean():.3g}) is not below the original's "
-                             f"({o.mean():.3g}): nothing was removed from it; read the answered shares"}
+                             f"under the same intervention ({o.mean():.3g}): nothing was removed from it; read the "
+                             "answered shares"}
     value = float(ratio(np.arange(len(o))))
     if not math.isfinite(value):
         return {"recovery": None, "ci95": None}
