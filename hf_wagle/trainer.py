@@ -373,10 +373,11 @@ class WagleTrainer(Trainer):
                        f"{'holds' if row['holds'] else 'BROKEN'}")
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """The Trainer's micro-batches of one optimizer step; with `forget_perturbation`, also this step's
-        perturbation, from all of them (`hf_wagle.perturbation`)."""
+        """The Trainer's micro-batches of one optimizer step; with weight averaging, the trained weights back in the
+        model first; with `forget_perturbation`, this step's perturbation, from all of them
+        (`hf_wagle.perturbation`)."""
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
-        if self.averaging is not None:  # the step's perturbation is taken at the weights it trains, not the average
+        if self.averaging is not None:  # a perturbation is taken at the weights the step trains, not the average
             self.averaging.restore_weights()
         if self.args.forget_perturbation is not None and batches:
             self._forget_scale, self._gnp_base = 1.0, 0.0
