@@ -54,7 +54,7 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
 
     objective: str = field(
         default="npo",
-        metadata={"help": "Forget objective: ga, grad_diff, npo, simnpo, po, idk_dpo, rmu (or a registered name)."},
+        metadata={"help": "Forget objective: ga, grad_diff, npo, simnpo, po, idk_dpo, me, rmu (or a registered name)."},
     )
     objective_args: dict | str | None = field(default=None, metadata={
         "help": "Hyperparameters of the objective itself, as a mapping (YAML) or key=value pairs; each objective "

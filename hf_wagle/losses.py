@@ -1,10 +1,12 @@
-"""Loss primitives on labelled tokens: per-example NLL (`sequence_nll`) and the KL retain term (`retain_kl`).
+"""Loss primitives on labelled tokens: per-example NLL (`sequence_nll`), the KL retain term (`retain_kl`) and the
+distance to the uniform distribution (`uniform_kl`).
 
 Labels follow the data module's convention: next-token prediction, `-100` (`IGNORE_INDEX`) where no loss is taken.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -60,3 +62,13 @@ def retain_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tens
     logp = F.log_softmax(logits[:, :-1].float(), -1)[valid]
     logq = F.log_softmax(ref_logits[:, :-1].float(), -1)[valid]
     return F.kl_div(logp, logq, reduction="batchmean", log_target=True)
+
+
+def uniform_kl(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over labelled positions of `KL(p_theta || U) = log V + sum_v p_v log p_v` (V: the vocabulary size), i.e.
+    `log V` minus the entropy of the next-token distribution; 0 exactly when it is uniform."""
+    valid = (labels[:, 1:] != IGNORE_INDEX).to(logits.device)
+    logp = F.log_softmax(logits[:, :-1].float()[valid], -1)
+    if not len(logp):
+        return logits.sum() * 0.0  # no labelled token: a zero that keeps the graph
+    return math.log(logp.shape[-1]) + (logp.exp() * logp).sum(-1).mean()

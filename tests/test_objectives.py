@@ -5,14 +5,15 @@ import torch
 from peft import LoraConfig
 
 from hf_wagle import WagleTrainer
-from hf_wagle.data import PairCollator
+from hf_wagle.data import IGNORE_INDEX, PairCollator
 from hf_wagle.evaluation import answer_metrics, summarise
+from hf_wagle.losses import uniform_kl
 from hf_wagle.objectives import OBJECTIVES, GradDiff, register_objective
 from hf_wagle.trainer import REFERENCE_FILE
 
 from support import small_args, snapshot
 
-LEARNING_RATES = {"grad_diff": 5e-4, "npo": 3e-4, "simnpo": 5e-4, "po": 1e-3, "idk_dpo": 5e-4}
+LEARNING_RATES = {"grad_diff": 5e-4, "npo": 3e-4, "simnpo": 5e-4, "po": 1e-3, "idk_dpo": 5e-4, "me": 1e-3}
 
 
 def probability(model, tokenizer, data):
@@ -41,6 +42,17 @@ def test_objective_forgets_and_keeps_retain(model, tokenizer, world, tmp_path, o
     assert {"forget_loss", "retain_loss", "retain_nll"} <= set(logged)
     if objective in ("npo", "idk_dpo"):
         assert "log_ratio" in logged
+
+
+def test_uniform_kl_is_log_v_minus_the_entropy_on_labelled_positions():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 5, 7) * 3, torch.full((2, 5), IGNORE_INDEX)
+    labels[0, 2], labels[1, 1:4] = 3, 1  # positions 1, 0..2 of the shifted logits predict them
+    picked = torch.cat([logits[0, 1:2], logits[1, 0:3]])
+    expected = torch.stack([torch.sum(p * (p * 7).log()) for p in picked.softmax(-1)]).mean()
+    assert torch.allclose(uniform_kl(logits, labels), expected, atol=1e-6)
+    assert uniform_kl(torch.zeros(2, 5, 7), labels).abs() < 1e-6  # uniform: no distance left
+    assert uniform_kl(logits, torch.full((2, 5), IGNORE_INDEX)) == 0
 
 
 def test_gradient_ascent_forgets_without_retain_term(model, tokenizer, world, tmp_path):

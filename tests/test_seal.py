@@ -381,6 +381,31 @@ def test_plan_takes_the_target_it_matched_on_as_met_at_the_matched_point():
     assert chosen is None and "step 3" in rows[0]["problems"][0]
 
 
+def test_plan_crosses_its_levers_and_says_which_one_decided():
+    from hf_wagle.cli.plan import PlanArguments, deciding_levers, plan_recipes, recipe_name
+
+    recipes = plan_recipes(PlanArguments(learning_rates="1e-3,3e-4", objectives="npo,me", retain_terms="kl:5"))
+    assert len(recipes) == 4 and recipes[2] == {"learning_rate": 3e-4, "objective": "npo", "retain_loss": "kl",
+                                                "retain_weight": 5.0}
+    assert recipe_name(recipes[3]) == "lr_0.0003-objective_me-retain_kl_5"
+    assert plan_recipes(PlanArguments()) == [{}] and recipe_name({}) == ""
+    with pytest.raises(ValueError, match="unknown objective 'nope'"):
+        plan_recipes(PlanArguments(objectives="npo,nope"))
+    with pytest.raises(ValueError, match="loss:weight"):
+        plan_recipes(PlanArguments(retain_terms="kl"))
+
+    def row(spec, objective, feasible):
+        return {"spec": spec, "learning_rate": 1e-3, "objective": objective, "retain_loss": "kl", "retain_weight": 5.0,
+                "feasible": feasible}
+
+    rows = [row("grin", "npo", False), row("dense", "npo", False), row("grin", "me", True), row("dense", "me", True)]
+    levers = deciding_levers(rows)
+    assert levers["decided"] == ["objective"]  # both masks met them with me, neither with npo
+    assert levers["levers"] == {"mask": {"grin": {"met": 1, "tried": 2}, "dense": {"met": 1, "tried": 2}},
+                                "objective": {"npo": {"met": 0, "tried": 2}, "me": {"met": 2, "tried": 2}}}
+    assert deciding_levers([{**r, "feasible": False} for r in rows])["decided"] == []  # nothing met: nothing decided
+
+
 def test_audit_warns_about_another_base_and_retain_rows_that_are_forget_rows(runs, world, tmp_path):
     from transformers import AutoModelForCausalLM
 

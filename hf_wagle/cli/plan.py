@@ -1,5 +1,6 @@
-"""`hf-wagle plan --config run.yaml --out DIR`: short trials over mask methods and ratios on the user's own data, then
-the config that meets the run's targets, written as a YAML `hf-wagle unlearn --config` takes."""
+"""`hf-wagle plan --config run.yaml --out DIR`: short trials over mask methods and ratios (and, when asked, learning
+rates, objectives and retain terms) on the user's own data, then the config that meets the run's targets, written as
+a YAML `hf-wagle unlearn --config` takes, and which of those levers decided."""
 
 from __future__ import annotations
 
@@ -17,6 +18,70 @@ class PlanArguments:
     ratios: str = field(default="0.1,0.5", metadata={"help": "comma-separated mask ratios tried for every method"})
     learning_rates: str | None = field(default=None, metadata={
         "help": "comma-separated learning rates, each tried with every method and ratio (default: the config's)"})
+    objectives: str | None = field(default=None, metadata={
+        "help": "comma-separated objectives (npo, me, po, ...), each tried with every other setting (default: the "
+                "config's)"})
+    retain_terms: str | None = field(default=None, metadata={
+        "help": "comma-separated retain terms as loss:weight ('nll:1,kl:5'), each tried with every other setting "
+                "(default: the config's retain_loss and retain_weight)"})
+
+
+def plan_recipes(plan: PlanArguments) -> list[dict]:
+    """Every combination of the levers `plan` was given besides masks (learning rate, objective, retain term), as
+    `WagleConfig` values: `[{}]` when none was given. Checked before any trial."""
+    import itertools
+
+    from ..objectives import get_objective
+
+    def split(text):
+        return [v.strip() for v in (text or "").split(",") if v.strip()]
+
+    levers = []
+    if plan.learning_rates:
+        levers.append([{"learning_rate": float(v)} for v in split(plan.learning_rates)])
+    if plan.objectives:
+        levers.append([{"objective": get_objective(v).name} for v in split(plan.objectives)])
+    if plan.retain_terms:
+        terms = []
+        for term in split(plan.retain_terms):
+            loss, sep, weight = term.partition(":")
+            if not sep or loss not in ("nll", "kl"):
+                raise ValueError(f"--retain_terms: {term!r} is not loss:weight with loss nll or kl (e.g. 'kl:5')")
+            terms.append({"retain_loss": loss, "retain_weight": float(weight)})
+        levers.append(terms)
+    return [{k: v for part in combo for k, v in part.items()} for combo in itertools.product(*levers)]
+
+
+def recipe_name(recipe: dict) -> str:
+    """A recipe's folder name: `lr_0.001`, `objective_me`, `retain_kl_5`, joined by '-'; '' for none."""
+    parts = []
+    if "learning_rate" in recipe:
+        parts.append(f"lr_{recipe['learning_rate']:g}")
+    if "objective" in recipe:
+        parts.append(f"objective_{recipe['objective']}")
+    if "retain_loss" in recipe:
+        parts.append(f"retain_{recipe['retain_loss']}_{recipe['retain_weight']:g}")
+    return "-".join(parts)
+
+
+def deciding_levers(rows: list[dict]) -> dict:
+    """For each lever tried at more than one value (the mask spec, learning rate, objective, retain term), how many
+    of its settings met every target at each value; `decided`: the levers at some of whose values nothing met them
+    while others did (changing that lever alone can make or break the plan)."""
+    keys = {"mask": lambda r: r["spec"], "learning_rate": lambda r: r.get("learning_rate"),
+            "objective": lambda r: r.get("objective"),
+            "retain": lambda r: f"{r['retain_loss']}:{r['retain_weight']:g}" if r.get("retain_loss") else None}
+    out = {}
+    for lever, key in keys.items():
+        values = {}
+        for r in rows:
+            met, tried = values.get(str(key(r)), (0, 0))
+            values[str(key(r))] = (met + r["feasible"], tried + 1)
+        if len(values) > 1:
+            out[lever] = {v: {"met": m, "tried": t} for v, (m, t) in values.items()}
+    decided = [lever for lever, values in out.items()
+               if any(v["met"] for v in values.values()) and not all(v["met"] for v in values.values())]
+    return {"levers": out, "decided": decided}
 
 
 def plan_specs(methods: str, ratios: str) -> list[str]:
@@ -132,6 +197,11 @@ class Plan(Command):
 
         if args.plan.learning_rates and args.compare.calibrate_steps:
             raise ValueError("--learning_rates and --calibrate_steps both set the learning rate; give one")
+        recipes = plan_recipes(args.plan)
+        from ..config import WagleConfig
+
+        for recipe in recipes:  # every recipe checked before the first trial
+            WagleConfig(**{**given_values(args.training), **recipe})
         from .common import read_eval_sets
 
         names = ["forget", *read_eval_sets(args.script)]
@@ -153,43 +223,54 @@ class Plan(Command):
         else:
             args.compare.forget_bound = first.value
         specs = plan_specs(args.compare.methods, args.plan.ratios)
-        rates = [float(r) for r in (args.plan.learning_rates or "").split(",") if r.strip()]
-        out, rows, results, pngs = Path(args.compare.out), [], {}, {}
-        for i, rate in enumerate(rates or [args.training.learning_rate]):
-            args.training.learning_rate = rate
-            if rates:
-                args.compare.out = str(out / f"lr_{rate:g}")
-                print(f"-- learning rate {rate:g} ({i + 1} of {len(rates)}; the runs below count this rate's)")
-            result = results[rate] = run_comparison(args, methods=specs)
-            pngs[rate] = write_comparison(result, args.compare.out)
-            print(format_comparison(result))
-            rows += [{**row, "learning_rate": rate} for row in choose(result, targets)[1]]
+        out, rows, results, pngs = Path(args.compare.out), [], [], []
+        for i, recipe in enumerate(recipes):
+            for key, value in recipe.items():
+                setattr(args.training, key, value)
+            if len(recipes) > 1 or recipe:
+                args.compare.out = str(out / recipe_name(recipe))
+                print(f"-- {recipe_name(recipe)} ({i + 1} of {len(recipes)}; the runs below count this recipe's)")
+            results.append(run_comparison(args, methods=specs))
+            pngs.append(write_comparison(results[-1], args.compare.out))
+            print(format_comparison(results[-1]))
+            lever = {"learning_rate": args.training.learning_rate, "objective": args.training.objective,
+                     "retain_loss": args.training.retain_loss, "retain_weight": args.training.retain_weight}
+            rows += [{**row, **lever, "recipe": i} for row in choose(results[-1], targets)[1]]
         args.compare.out = str(out)
         best = pick(rows)
         chosen = best["spec"] if best else None
+        levers = deciding_levers(rows)
         (out / "plan.json").write_text(json.dumps({"targets": [str(t) for t in targets], "chosen": chosen,
                                                    "learning_rate": best["learning_rate"] if best else None,
-                                                   "candidates": rows}, indent=2))
+                                                   "recipe": recipes[best["recipe"]] if best else None,
+                                                   "candidates": rows, **levers}, indent=2))
         for r in rows:
-            print(f"  {r['spec']:<28} lr {r['learning_rate']:<8g} "
+            print(f"  {r['spec']:<28} lr {r['learning_rate']:<8g} {r['objective']:<8} "
+                  f"{r['retain_loss']}:{r['retain_weight']:<4g} "
                   f"{'meets the targets' if r['feasible'] else 'fails: ' + '; '.join(r['problems'])}"
                   f"; {100 * r['changeable_fraction']:.1f}% of weights may change")
+        for lever, values in levers["levers"].items():
+            print(f"  {lever}: " + ", ".join(f"{v} met every target in {c['met']} of {c['tried']} settings"
+                                            for v, c in values.items())
+                  + (" (this lever decided)" if lever in levers["decided"] else ""))
         if chosen is None and sum(r["feasible"] for r in rows) > 1:
             print("several settings meet every target, but one seed gives no interval to tell their held-out utility "
                   "apart: no setting is chosen; run again with --seeds 2 or more")
             return 3
         if chosen is None:
             print("no tried setting meets every target at its matched point: loosen the targets, try other ratios, "
-                  "methods or --learning_rates, or change the recipe (objective, forget_tokens, retain data)")
+                  "methods, --learning_rates, --objectives or --retain_terms, or change the recipe (forget_tokens, "
+                  "retain data)")
             return 3
-        result, png = results[best["learning_rate"]], pngs[best["learning_rate"]]
+        result, png = results[best["recipe"]], pngs[best["recipe"]]
         given = {**given_values(args.script), **given_values(args.training)}
         config = {"output_dir": args.training.output_dir, **plan_config(given, chosen, result, best["step"]),
-                  "learning_rate": best["learning_rate"]}
+                  **{k: best[k] for k in ("learning_rate", "objective", "retain_loss", "retain_weight")}}
         header = (f"# written by hf-wagle plan: {chosen} met every target ({'; '.join(map(str, targets))}) at its "
                   f"matched point\n# on every seed, keeping the most held-out utility with the fewest weights "
                   f"changed; see compare_masks.json\n")
         (out / "plan.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False))
-        print(f"chosen: {chosen} at lr {best['learning_rate']:g}; wrote {out / 'plan.yaml'} (run it: hf-wagle "
+        print(f"chosen: {chosen} at lr {best['learning_rate']:g}, {best['objective']}, retain "
+              f"{best['retain_loss']}:{best['retain_weight']:g}; wrote {out / 'plan.yaml'} (run it: hf-wagle "
               f"unlearn --config {out / 'plan.yaml'}), {out / 'plan.json'} and {png}")
         return 0

@@ -27,10 +27,11 @@ trainer needs no change.
 """
 
 from ..losses import sequence_nll
-from . import ga, idk_dpo, npo, po, rmu, simnpo  # noqa: F401  (the built-ins register themselves)
+from . import ga, idk_dpo, me, npo, po, rmu, simnpo  # noqa: F401  (the built-ins register themselves)
 from .base import OBJECTIVES, Objective, get_objective, objective_arguments, register_objective
 from .ga import GradDiff, GradientAscent
 from .idk_dpo import IdkDPO, IdkDPOArgs
+from .me import MaxEntropy
 from .npo import NPO, PreferenceArgs
 from .po import DEFAULT_REFUSALS, RefusalArgs, RefusalPO
 from .rmu import RMU, RMUArgs
@@ -40,4 +41,5 @@ BUILTIN_ARGS = (PreferenceArgs, SimNPOArgs, RefusalArgs, RMUArgs)  # their field
 
 __all__ = ["OBJECTIVES", "Objective", "register_objective", "get_objective", "objective_arguments",
            "sequence_nll", "DEFAULT_REFUSALS", "BUILTIN_ARGS", "GradientAscent", "GradDiff", "NPO", "SimNPO",
-           "RefusalPO", "IdkDPO", "RMU", "PreferenceArgs", "SimNPOArgs", "RefusalArgs", "IdkDPOArgs", "RMUArgs"]
+           "RefusalPO", "IdkDPO", "MaxEntropy", "RMU", "PreferenceArgs", "SimNPOArgs", "RefusalArgs", "IdkDPOArgs",
+           "RMUArgs"]
