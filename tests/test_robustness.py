@@ -110,6 +110,19 @@ def test_recovery_arithmetic():
         recovery([1.0], [0.0, 0.1], [0.5])
 
 
+def test_openunlearning_robustness_arithmetic():
+    from hf_wagle.experiments.robustness import openunlearning_robustness as score
+
+    ou = score(0.2, 0.25, 0.1, 0.6, 0.05, 0.3)  # NF4 gives back 0.05; relearning +0.5 here, +0.25 on the retain model
+    assert ou["Q"] == pytest.approx(0.8) and ou["R"] == pytest.approx(0.5)
+    assert ou["robustness"] == pytest.approx(2 * 0.8 * 0.5 / 1.3) and ou["why"] is None
+    assert score(0.2, 0.1, 0.1, 0.05, 0.05, 0.9)["R"] == 1.0  # nothing came back: robust, even where the retain
+    assert score(0.2, 0.1, 0.1, 0.6, 0.3, 0.2) == {"Q": 1.0, "R": 0.0, "robustness": 0.0, "why": None}  # model rises
+    assert score(0.2, 0.1, 0.1, 0.6, 0.05, 2.0)["R"] == 1.0  # the retain model learns more: capped at 1
+    alone = score(0.2, None, 0.1, 0.6)
+    assert alone["Q"] is alone["R"] is alone["robustness"] is None and "nf4" in alone["why"] and "retain" in alone["why"]
+
+
 def test_distance_and_the_straight_path_from_the_base(trained, world):
     from hf_wagle.experiments.robustness import INTERPOLATION, barrier, distance, interpolated_model
 
@@ -161,7 +174,8 @@ def test_relearning_trains_on_one_half_and_scores_the_other(trained, world):
     model, tokenizer = trained
     forget = world["forget"].select(range(8))
     report = audit(model, model, tokenizer, forget, retain=world["retain"].select(range(8)), schemes=(),
-                   relearn_steps=2, relearn_lr=1e-3, batch_size=4, related=world["retain"].select(range(8, 12)))
+                   relearn_steps=2, relearn_lr=1e-3, batch_size=4, related=world["retain"].select(range(8, 12)),
+                   retain_model=copy.deepcopy(model))
     for name in ("relearn", "relearn_related", "relearn_retain"):
         entry = report["recovery"][name]
         assert entry["steps"] == 2 and entry["rows_scored"] == 4 and entry["recovery"] is None  # nothing forgotten
@@ -174,6 +188,11 @@ def test_relearning_trains_on_one_half_and_scores_the_other(trained, world):
     assert (wmdp["learning_rate"], wmdp["batch_size"], wmdp["protocol"]) == (1e-5, 16, "wmdp")
     assert report["answered"]["original"] == report["answered"]["unlearned"] > 0.5  # the world model knows them
     assert report["scores"]["relearn"] != report["scores"]["unlearned"]
+    # the same model as its own retain model: scored on the held-back rows, attacked the same way, so R is 1
+    scores = report["scores"]
+    assert scores["retain_model"] == scores["unlearned_held_back"] != scores["unlearned"]
+    assert scores["retain_model_relearn"] == pytest.approx(scores["relearn"], rel=1e-5)
+    assert report["openunlearning"]["R"] == pytest.approx(1.0, rel=1e-4) and "nf4" in report["openunlearning"]["why"]
 
 
 def test_audit_command_appends_to_the_record_and_the_card(trained, world, tmp_path, capsys):
@@ -203,6 +222,7 @@ def test_audit_command_appends_to_the_record_and_the_card(trained, world, tmp_pa
     assert "recovery after nf4" in out and "recovery after relearn" in out and "recovery after nf4_adapter" in out
     assert "(1 step at lr 0.0001 on 5 rows, scored on 5 others; default protocol)" in out  # the attack, stated
     assert "distance from the base: ||u - o|| = " in out and "forget answer NLL from base to unlearned" in out
+    assert "open-unlearning robustness of the forget probability (Dorna et al. 2025): Q " in out
     stages = [line for line in out.splitlines() if line.startswith("[")]  # base, nf4, int8, adapter, prompt?, relearn
     assert stages[0].startswith(f"[1/{len(stages)}] the base and the unlearned model scored (")
     assert stages[-1].startswith(f"[{len(stages)}/{len(stages)}] relearn: 1 step at") and stages[-1].endswith("done)")

@@ -30,6 +30,9 @@ class Audit(Command):
         parser.add_argument("--related", metavar="FILE",
                             help="related QA data that is not forget data (neighbour facts, paraphrases): relearning "
                                  "on it, scored on the forget rows (relearn_related)")
+        parser.add_argument("--retain-model", metavar="MODEL",
+                            help="a model never trained on the forget rows (e.g. TOFU's retain model), attacked as "
+                                 "the run is: open-unlearning's relearning robustness R against it")
         parser.add_argument("--schemes", default="nf4,int8", help="quantisation schemes to apply (nf4, int8; "
                                                                   "empty: none)")
         parser.add_argument("--protocol", default="default", choices=list(RELEARN_PROTOCOLS),
@@ -78,11 +81,19 @@ class Audit(Command):
         warnings = _audit_warnings(record, args.base, forget, retain)
         for warning in warnings:
             print(f"WARNING {warning}")
+        if args.retain_model:
+            check_model(args.retain_model, "--retain-model")
         original, unlearned, tokenizer = _models(folder, args.base)
+        retain_model = None
+        if args.retain_model:
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            retain_model = AutoModelForCausalLM.from_pretrained(args.retain_model, dtype=torch.float32).eval()
         adapter = (folder / "adapter_config.json").exists() and "nf4" in schemes
         report = audit(original, unlearned, tokenizer, forget, retain, schemes, args.relearn_steps, args.relearn_lr,
                        args.batch_size, template, adapter=adapter, progress=print, related=related,
-                       protocol=args.protocol)
+                       protocol=args.protocol, retain_model=retain_model)
         if limits:
             report["limits"] = {"max_recovery": limits, "broken": exceeded(report, limits)}
         text = format_audit(report)

@@ -31,6 +31,17 @@ the unlearned model (`interpolated_model`): the mean answer NLL of the forget (a
 for alpha 0, 0.25, 0.5, 0.75, 1, and its `barrier` above the straight line between the ends. Relearning resistance
 is reported to follow both (farther, and not linearly connected, is harder to undo).
 
+Beside the recovery fraction, open-unlearning's robustness of the score (Dorna et al. 2025, "OpenUnlearning",
+meta-evaluation; `openunlearning_robustness`), with `m` the mean forget answer probability (higher: more known):
+
+    Q = min(m(unlearned) / m(NF4(unlearned)), 1)
+    R = min((m(R_relearned) - m(R)) / (m(unlearned_relearned) - m(unlearned)), 1)    on the held-back rows
+    robustness = 2 Q R / (Q + R)
+
+R compares the relearning attack on the unlearned model with the same attack on a retain model `R`: one never
+trained on the forget data (TOFU's retain models). 1: relearning teaches the unlearned model no more than a model
+that never knew. Without a retain model R and the harmonic mean are not reported.
+
 `update_survival` predicts the quantisation result from the weights alone: of the weights the unlearning changed,
 the fraction whose quantised value differs from the original's quantised value (an update smaller than half a
 quantisation step rounds back to the original code), and the norm of the quantised change over the norm of the
@@ -48,6 +59,29 @@ from . import RELEARN_PROTOCOLS, Progress
 
 SCHEMES = ("nf4", "int8")
 INTERVENTIONS = (*SCHEMES, "nf4_adapter", "relearn", "relearn_related", "relearn_retain", "prompt", "paraphrase")
+
+
+def openunlearning_robustness(unlearned: float, quantised: float | None = None, held_back: float | None = None,
+                              relearned: float | None = None, retain_model: float | None = None,
+                              retain_relearned: float | None = None) -> dict:
+    """Q, R and their harmonic mean from mean scores (module docstring): Q from the unlearned model's score on every
+    forget row and after NF4; R from the held-back rows' scores (`held_back`: the unlearned model's) before and after
+    relearning, of the unlearned and the retain model. Q is 1 when quantisation does not raise the score; R is 1 when
+    relearning does not raise the unlearned model's score, and 0 when it lowers the retain model's while raising the
+    unlearned one's; each is None when its scores are missing (`why` says which)."""
+    q = r = None
+    why = []
+    if quantised is None:
+        why.append("Q needs the nf4 scheme")
+    else:
+        q = 1.0 if quantised <= unlearned else unlearned / quantised
+    if None in (held_back, relearned, retain_model, retain_relearned):
+        why.append("R needs the relearning attack and a retain model never trained on the forget rows")
+    else:
+        gained = relearned - held_back
+        r = 1.0 if gained <= 0 else min(max((retain_relearned - retain_model) / gained, 0.0), 1.0)
+    hm = None if q is None or r is None else (0.0 if q + r == 0 else 2 * q * r / (q + r))
+    return {"Q": q, "R": r, "robustness": hm, "why": "; ".join(why) or None}
 
 
 def parse_limits(text: str | None) -> dict[str, float]:
@@ -274,7 +308,7 @@ def relearn_steps_for(rows: int, batch_size: int, steps: int | None = None, prot
 def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, relearn_steps: int | None = None,
           relearn_lr: float | None = None, batch_size: int = 8, prompt_template: str | None = None, seed: int = 0,
           adapter: bool = False, answers: bool = True, progress=None, relearn_only: bool = False,
-          related=None, protocol: str = "default") -> dict:
+          related=None, protocol: str = "default", retain_model=None) -> dict:
     """The interventions of the module docstring on `unlearned` (a plain model: merge an adapter first) against
     `original`, scored by the answer probability of the forget rows (the relearning ones on the held-back half).
 
@@ -286,7 +320,9 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
     `retain`, also each model's mean retain probability under `"retain_scores"`; with `answers`, `"answered"`: the
     share of scored rows each model still answers (greedy generation; the relearned models and
     `unlearned_held_back` on the held-back half). `relearn_only`: the relearning alone (with `schemes=()`), as a
-    run's `relearn_recovery` target checks it. `related`: rows to relearn on for `relearn_related`."""
+    run's `relearn_recovery` target checks it. `related`: rows to relearn on for `relearn_related`. `retain_model`: a
+    model never trained on the forget rows, attacked as the unlearned one is, for open-unlearning's R; the report's
+    `"openunlearning"` holds Q, R and their harmonic mean (`openunlearning_robustness`)."""
     from ..evaluation.measure import measure
     from ..options import DEFAULT_PROMPT_TEMPLATE
 
@@ -295,6 +331,10 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
         raise ValueError("the robustness audit needs at least 2 forget rows (relearning holds half of them back)")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if retain_model is not None and (retain_model.get_input_embeddings().weight.shape
+                                     != original.get_input_embeddings().weight.shape):
+        raise ValueError("the retain model's vocabulary differs from the base's: it must be the same architecture "
+                         "and tokenizer, trained without the forget rows")
 
     def score(model, data, tmpl=None):
         return _probabilities(model, tokenizer, data, tmpl or template, batch_size)
@@ -311,7 +351,8 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
     other = None if relearn_only else _other_template(tokenizer, template)
     paraphrased = not relearn_only and "paraphrased_question" in forget.column_names
     stages = Progress(2 - relearn_only + len(schemes) + adapter + (other is not None) + paraphrased
-                      + (relearn_steps != 0) * (1 + (retain is not None) + (related is not None)), progress)
+                      + (relearn_steps != 0) * (1 + (retain is not None) + (related is not None)
+                                               + (retain_model is not None)), progress)
     report = {"scores": {}, "recovery": {}, "retain_scores": None, "answered": {} if answers else None,
               "survival": update_survival(original, unlearned, schemes), "distance": distance(original, unlearned),
               "rows": len(forget)}
@@ -378,6 +419,7 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
         relearn_lr = attack_protocol.learning_rate if relearn_lr is None else relearn_lr
         steps = relearn_steps_for(len(attack), relearn_batch, relearn_steps, protocol)
         o_held, u_held = score(original, held), score(unlearned, held)
+        report["scores"]["unlearned_held_back"] = mean(u_held)
         answered("unlearned_held_back", unlearned, held)
         runs = {"relearn": attack, "relearn_related": related, "relearn_retain": retain}
         runs = {name: data for name, data in runs.items() if data is not None}
@@ -391,6 +433,17 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
                                         "rows_trained": len(data), "rows_scored": len(held)}
             del relearned
             stages.step(f"{name}: {steps} step{'s' * (steps != 1)} at lr {relearn_lr:g} on {len(data)} rows")
+        if retain_model is not None:
+            report["scores"]["retain_model"] = mean(score(retain_model, held))
+            relearned = relearned_model(retain_model, tokenizer, attack, steps, relearn_lr, relearn_batch, template,
+                                        seed)
+            report["scores"]["retain_model_relearn"] = mean(score(relearned, held))
+            del relearned
+            stages.step("the retain model, relearned the same way")
+    scores = report["scores"]
+    report["openunlearning"] = openunlearning_robustness(
+        scores["unlearned"], scores.get("nf4"), scores.get("unlearned_held_back"), scores.get("relearn"),
+        scores.get("retain_model"), scores.get("retain_model_relearn"))
     return report
 
 
@@ -420,6 +473,12 @@ def format_audit(report: dict) -> str:
         if s["fraction"] is not None:
             lines.append(f"  {scheme}: {s['surviving']} of {s['changed']} changed weights keep a changed quantised "
                          f"value ({s['fraction']:.3g}); ||Q(u) - Q(o)|| / ||u - o|| = {s['norm_fraction']:.3g}")
+    if report.get("openunlearning"):
+        ou = report["openunlearning"]
+        lines.append("open-unlearning robustness of the forget probability (Dorna et al. 2025): "
+                     + ", ".join(f"{k} {ou[k]:.3g}" if ou[k] is not None else f"{k} not measured"
+                                 for k in ("Q", "R", "robustness"))
+                     + (f" ({ou['why']})" if ou["why"] else ""))
     if report.get("distance"):
         d = report["distance"]
         lines.append(f"distance from the base: ||u - o|| = {d['l2']:.4g} ({d['relative'] or 0:.3g} of ||o||), "
