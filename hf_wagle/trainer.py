@@ -358,7 +358,7 @@ class WagleTrainer(Trainer):
         try:
             report = audit(original.eval(), unlearned.eval(), self.processing_class, self.forget_dataset, schemes=(),
                            batch_size=self.args.per_device_eval_batch_size, prompt_template=self.args.prompt_template,
-                           seed=self.args.seed, answers=False, relearn_only=True)
+                           seed=self.args.seed, answers=False, relearn_only=True, tokens=self.args.forget_tokens)
         finally:
             self.model.train(was_training)
         row = durability_row(self.recovery_limit, report)

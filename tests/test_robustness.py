@@ -12,6 +12,7 @@ from hf_wagle.experiments.robustness import (  # noqa: E402
     adapter_on_quantised_base,
     audit,
     exceeded,
+    format_audit,
     quantised_linears,
     quantised_model,
     quantised_weight,
@@ -121,6 +122,34 @@ def test_openunlearning_robustness_arithmetic():
     assert score(0.2, 0.1, 0.1, 0.6, 0.05, 2.0)["R"] == 1.0  # the retain model learns more: capped at 1
     alone = score(0.2, None, 0.1, 0.6)
     assert alone["Q"] is alone["R"] is alone["robustness"] is None and "nf4" in alone["why"] and "retain" in alone["why"]
+
+
+def test_audit_scores_the_key_tokens_alone_when_asked(trained, world):
+    """tokens="key": each row's probability is exp(mean log-prob) of the answer tokens that spell its key, found here
+    by the word-level tokenizer's own tokens, not by the data module's character offsets."""
+    from hf_wagle.data import IGNORE_INDEX, tokenize_example
+    from hf_wagle.evaluation.measure import answer_keys
+    from hf_wagle.options import DEFAULT_PROMPT_TEMPLATE
+
+    model, tokenizer = trained
+    forget = world["forget"].select(range(4))
+    expected = []
+    for row, key in zip(forget, answer_keys(forget)):
+        ex = tokenize_example(row, tokenizer, DEFAULT_PROMPT_TEMPLATE, None, "qa")  # the whole answer labelled
+        ids = ex["input_ids"]
+        with torch.no_grad():
+            logp = model(torch.tensor([ids])).logits[0, :-1].float().log_softmax(-1)
+        picked = [float(logp[t - 1, ids[t]]) for t in range(1, len(ids)) if ex["labels"][t] != IGNORE_INDEX
+                  and tokenizer.decode([ids[t]]).strip().lower() in key.split()]
+        assert picked, key
+        expected.append(math.exp(sum(picked) / len(picked)))
+    report = audit(model, model, tokenizer, forget, schemes=(), relearn_steps=0, answers=False, tokens="key")
+    assert report["tokens"] == "key" and report["scores"]["original"] == pytest.approx(sum(expected) / 4, rel=1e-5)
+    whole = audit(model, model, tokenizer, forget, schemes=(), relearn_steps=0, answers=False)["scores"]["original"]
+    assert abs(whole - report["scores"]["original"]) > 1e-3
+    assert "forget key-token probability (mean over 4 rows)" in format_audit(report)
+    with pytest.raises(ValueError, match="tokens must be 'answer' or 'key'"):
+        audit(model, model, tokenizer, forget, schemes=(), relearn_steps=0, tokens="keys")
 
 
 def test_distance_and_the_straight_path_from_the_base(trained, world):

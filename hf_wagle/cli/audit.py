@@ -30,6 +30,10 @@ class Audit(Command):
         parser.add_argument("--related", metavar="FILE",
                             help="related QA data that is not forget data (neighbour facts, paraphrases): relearning "
                                  "on it, scored on the forget rows (relearn_related)")
+        parser.add_argument("--tokens", choices=("answer", "key"),
+                            help="score each whole answer, or its key tokens alone (`answer_key`, else derived) as "
+                                 "forget_tokens='key' unlearns them (default: the run's forget_tokens, from its "
+                                 "record, else answer)")
         parser.add_argument("--retain-model", metavar="MODEL",
                             help="a model never trained on the forget rows (e.g. TOFU's retain model), attacked as "
                                  "the run is: open-unlearning's relearning robustness R against it")
@@ -77,7 +81,9 @@ class Audit(Command):
         retain = load_data(args.retain, "retain") if args.retain else None
         related = load_data(args.related, "related") if args.related else None
         record = read_record(folder)
-        template = args.prompt_template or ((record or {}).get("settings") or {}).get("prompt_template")
+        settings = (record or {}).get("settings") or {}
+        template = args.prompt_template or settings.get("prompt_template")
+        tokens = args.tokens or settings.get("forget_tokens") or "answer"
         warnings = _audit_warnings(record, args.base, forget, retain)
         for warning in warnings:
             print(f"WARNING {warning}")
@@ -93,7 +99,7 @@ class Audit(Command):
         adapter = (folder / "adapter_config.json").exists() and "nf4" in schemes
         report = audit(original, unlearned, tokenizer, forget, retain, schemes, args.relearn_steps, args.relearn_lr,
                        args.batch_size, template, adapter=adapter, progress=print, related=related,
-                       protocol=args.protocol, retain_model=retain_model)
+                       protocol=args.protocol, retain_model=retain_model, tokens=tokens)
         if limits:
             report["limits"] = {"max_recovery": limits, "broken": exceeded(report, limits)}
         text = format_audit(report)

@@ -16,9 +16,11 @@ from ..options import DEFAULT_PROMPT_TEMPLATE
 
 @torch.no_grad()
 def answer_metrics(model, tokenizer, dataset, prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
-                   batch_size: int = 32, max_length: int | None = None) -> dict[str, list[float]]:
-    """Per-example `probability` and `exact` for a QA (or any accepted shape) dataset."""
-    examples = tokenize_dataset(dataset, tokenizer, prompt_template, max_length)
+                   batch_size: int = 32, max_length: int | None = None,
+                   keys: list[str] | None = None) -> dict[str, list[float]]:
+    """Per-example `probability` and `exact` for a QA (or any accepted shape) dataset; with `keys` (one per QA row),
+    of each answer's key tokens alone (`tokenize_example`), as `forget_tokens="key"` trains on them."""
+    examples = tokenize_dataset(dataset, tokenizer, prompt_template, max_length, keys=keys)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

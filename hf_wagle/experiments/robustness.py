@@ -18,7 +18,10 @@ Interventions, each applied to the unlearned model (merged, when it is an adapte
   plain template when it used the chat one); `paraphrase`: the forget rows' `paraphrased_question` column in place of
   `question`, when the data has it.
 
-Recovery of a score `s` (mean over the scored rows), for an intervention `I`:
+The score `s` is the forget answer probability, `exp(-mean NLL)` of each answer's tokens and EOS, mean over the
+scored rows; with `tokens="key"` (the default of `hf-wagle audit` for a run with `forget_tokens: key`) of its key
+tokens alone, the part of the answer a key-token run unlearns (a whole-answer score also counts wording every answer
+shares, which relearning teaches back). Recovery for an intervention `I`:
 
     recovery = (s(I(unlearned)) - s(unlearned)) / (s(I(original)) - s(unlearned))
 
@@ -293,10 +296,12 @@ def recovery(original: list[float], unlearned: list[float], after: list[float]) 
     return {"recovery": value, "ci95": [float(low), float(high)] if math.isfinite(low + high) else None}
 
 
-def _probabilities(model, tokenizer, data, prompt_template, batch_size) -> list[float]:
+def _probabilities(model, tokenizer, data, prompt_template, batch_size, tokens: str = "answer") -> list[float]:
     from ..evaluation.answers import answer_metrics
+    from ..evaluation.measure import answer_keys
 
-    return answer_metrics(model, tokenizer, data, prompt_template, batch_size)["probability"]
+    keys = answer_keys(data) if tokens == "key" else None
+    return answer_metrics(model, tokenizer, data, prompt_template, batch_size, keys=keys)["probability"]
 
 
 def relearn_steps_for(rows: int, batch_size: int, steps: int | None = None, protocol: str = "default") -> int:
@@ -308,7 +313,7 @@ def relearn_steps_for(rows: int, batch_size: int, steps: int | None = None, prot
 def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, relearn_steps: int | None = None,
           relearn_lr: float | None = None, batch_size: int = 8, prompt_template: str | None = None, seed: int = 0,
           adapter: bool = False, answers: bool = True, progress=None, relearn_only: bool = False,
-          related=None, protocol: str = "default", retain_model=None) -> dict:
+          related=None, protocol: str = "default", retain_model=None, tokens: str = "answer") -> dict:
     """The interventions of the module docstring on `unlearned` (a plain model: merge an adapter first) against
     `original`, scored by the answer probability of the forget rows (the relearning ones on the held-back half).
 
@@ -322,13 +327,17 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
     `unlearned_held_back` on the held-back half). `relearn_only`: the relearning alone (with `schemes=()`), as a
     run's `relearn_recovery` target checks it. `related`: rows to relearn on for `relearn_related`. `retain_model`: a
     model never trained on the forget rows, attacked as the unlearned one is, for open-unlearning's R; the report's
-    `"openunlearning"` holds Q, R and their harmonic mean (`openunlearning_robustness`)."""
+    `"openunlearning"` holds Q, R and their harmonic mean (`openunlearning_robustness`). `tokens="key"`: every
+    probability is of each answer's key tokens alone (`answer_keys`: `answer_key`, else derived), as a run with
+    `forget_tokens="key"` unlearns them; the default, "answer", scores the whole answer and EOS."""
     from ..evaluation.measure import measure
     from ..options import DEFAULT_PROMPT_TEMPLATE
 
     template = prompt_template or DEFAULT_PROMPT_TEMPLATE
     if len(forget) < 2:
         raise ValueError("the robustness audit needs at least 2 forget rows (relearning holds half of them back)")
+    if tokens not in ("answer", "key"):
+        raise ValueError(f"tokens must be 'answer' or 'key', got {tokens!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if retain_model is not None and (retain_model.get_input_embeddings().weight.shape
@@ -337,7 +346,7 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
                          "and tokenizer, trained without the forget rows")
 
     def score(model, data, tmpl=None):
-        return _probabilities(model, tokenizer, data, tmpl or template, batch_size)
+        return _probabilities(model, tokenizer, data, tmpl or template, batch_size, tokens)
 
     def mean(values):
         return sum(values) / len(values)
@@ -355,7 +364,7 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
                                                + (retain_model is not None)), progress)
     report = {"scores": {}, "recovery": {}, "retain_scores": None, "answered": {} if answers else None,
               "survival": update_survival(original, unlearned, schemes), "distance": distance(original, unlearned),
-              "rows": len(forget)}
+              "rows": len(forget), "tokens": tokens}
     base_o, base_u = score(original, forget), score(unlearned, forget)
     answered("original", original, forget)
     answered("unlearned", unlearned, forget)
@@ -459,7 +468,8 @@ def _other_template(tokenizer, template: str) -> str | None:
 
 def format_audit(report: dict) -> str:
     """The audit as a few lines of text."""
-    lines = [f"forget answer probability (mean over {report['rows']} rows): "
+    what = "key-token" if report.get("tokens") == "key" else "answer"
+    lines = [f"forget {what} probability (mean over {report['rows']} rows): "
              + ", ".join(f"{k} {v:.4g}" for k, v in report["scores"].items())]
     for name, r in report["recovery"].items():
         ci = f" (95% CI {r['ci95'][0]:.3g} to {r['ci95'][1]:.3g})" if r.get("ci95") else ""
