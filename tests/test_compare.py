@@ -139,7 +139,9 @@ def test_plan_writes_a_config_that_meets_its_targets(trained, world, tmp_path, c
     assert main(["plan", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "plan"), "--seeds", "1",
                  "--methods", "random", "--ratios", "0.1,0.5", "--learning_rates", "1e-3,1e-4"]) == 0
     out = capsys.readouterr().out
-    assert "chosen: random:ratio=0.5 at lr 0.001" in out and "random:ratio=0.1             lr 0.001    grad_diff nll:1    fails" in out
+    assert "chosen: random:ratio=0.5 at lr 0.001" in out
+    assert "random:ratio=0.1             lr 0.001    grad_diff nll:1    fails" in out
+    assert "learning_rate: 0.001 met every target in 1 of 2 settings, 0.0001 met every target in" in out
     candidates = json.loads((tmp_path / "plan" / "plan.json").read_text())["candidates"]
     assert [(c["spec"], c["learning_rate"]) for c in candidates] == [
         ("random:ratio=0.1", 1e-3), ("random:ratio=0.5", 1e-3), ("random:ratio=0.1", 1e-4), ("random:ratio=0.5", 1e-4)]

@@ -121,7 +121,8 @@ def test_openunlearning_robustness_arithmetic():
     assert score(0.2, 0.1, 0.1, 0.6, 0.3, 0.2) == {"Q": 1.0, "R": 0.0, "robustness": 0.0, "why": None}  # model rises
     assert score(0.2, 0.1, 0.1, 0.6, 0.05, 2.0)["R"] == 1.0  # the retain model learns more: capped at 1
     alone = score(0.2, None, 0.1, 0.6)
-    assert alone["Q"] is alone["R"] is alone["robustness"] is None and "nf4" in alone["why"] and "retain" in alone["why"]
+    assert alone["Q"] is alone["R"] is alone["robustness"] is None
+    assert "nf4" in alone["why"] and "retain" in alone["why"]
 
 
 def test_audit_scores_the_key_tokens_alone_when_asked(trained, world):

@@ -122,6 +122,18 @@ def test_attribution_reads_the_tokens_the_objective_unlearns(trained, world, tmp
         trainer.prepare_unlearning()
         masks[tokens] = trainer.mask
     assert masks["key"].num_selected == masks["answer"].num_selected and masks["key"] != masks["answer"]
+    # `hf-wagle attribute --forget_tokens key` writes the mask such a run computes for itself
+    from hf_wagle.cli import main
+    from hf_wagle.mask import WeightMask
+
+    trained[0].save_pretrained(tmp_path / "model")
+    trained[1].save_pretrained(tmp_path / "model")
+    world["forget"].to_json(tmp_path / "forget.jsonl")
+    world["retain"].to_json(tmp_path / "retain.jsonl")
+    assert main(["attribute", "--model", str(tmp_path / "model"), "--forget", str(tmp_path / "forget.jsonl"),
+                 "--retain", str(tmp_path / "retain.jsonl"), "--method", "wagle", "--forget_tokens", "key",
+                 "--out", str(tmp_path / "mask")]) == 0
+    assert WeightMask.load(tmp_path / "mask") == masks["key"]
 
 
 def test_attribution_can_take_its_own_retain_data(trained, world, tmp_path):

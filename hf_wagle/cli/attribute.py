@@ -24,6 +24,9 @@ class AttributeArguments(QuantizedBase):
     max_length: int = field(default=DEFAULT_MAX_LENGTH, metadata={"help": "tokens per example (longer ones are cut)"})
     prompt_template: str = field(default=DEFAULT_PROMPT_TEMPLATE, metadata={
         "help": "QA prompt with {question}, or 'chat' for the tokenizer's chat template (default: %(default)r)"})
+    forget_tokens: Literal["answer", "key"] = field(default="answer", metadata={
+        "help": "the forget tokens scored: each whole answer, or its key tokens alone (`answer_key`, else derived), "
+                "as a run with forget_tokens: key unlearns them and attributes its own mask (QA data)"})
     dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={
         "help": "weights' dtype while scoring (gradients are summed in float32)"})
     device: str | None = field(default=None, metadata={"help": "e.g. cuda:0 (default: where the model loads)"})
@@ -82,6 +85,8 @@ class Attribute(Command):
         tokenizer = AutoTokenizer.from_pretrained(script.model)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+        if script.forget_tokens == "key":
+            forget = _key_tokens(forget, tokenizer, script)
         # bitsandbytes places a quantised model when it loads (it cannot be moved after): on --device, or under a
         # launcher on this process's GPU
         device = script.device or (int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ
@@ -108,3 +113,18 @@ class Attribute(Command):
         bits = path.stat().st_size * 8 / max(1, mask.num_total)
         print(f"wrote {path} ({bits:.3f} bits per weight), {out / 'mask_stats.json'} and {png}")
         return 0
+
+
+def _key_tokens(forget, tokenizer, script):
+    """The forget rows tokenised with labels on each answer's key tokens alone, as `WagleTrainer` attributes a run with
+    `forget_tokens="key"`."""
+    from datasets import Dataset
+
+    from ..data import dataset_shape, tokenize_dataset
+    from ..evaluation.measure import answer_keys
+
+    if forget is None or dataset_shape(forget, "forget") != "qa":
+        raise ValueError("--forget_tokens key scores the tokens of each answer's fact, which needs QA forget rows "
+                         "(question, answer, optionally answer_key); drop it or give QA data")
+    return Dataset.from_list(tokenize_dataset(forget, tokenizer, script.prompt_template, script.max_length, "forget",
+                                              keys=answer_keys(forget)))
