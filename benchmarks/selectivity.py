@@ -73,7 +73,6 @@ SCENARIOS = {
         12, {  # the example's own recipe is the first
             "wagle, NPO": [],
             "dense, NPO": ["--mask_method", "none"],
-            "grin, NPO": ["--mask_method", "grin"],
             "wagle, NPO, KL retain x5": KL5,
             "wagle, max entropy, KL retain x5": ["--objective", "me", *KL5],
         }, ("forget_answered <= 0.25", "topic_answered <= 0.25", "heldout_answered >= 0.9x")),
@@ -91,17 +90,20 @@ def same_relation_file(work: Path) -> Path:
 
 
 def run(scenario: Scenario, work: Path, seeds: int, recipes: list[str], save, out: dict | None = None) -> dict:
-    """Every recipe on seed 0, then on seed 1, ...; `save(results)` after each run (`out`: results to add to)."""
+    """Every recipe on seed 0, then on seed 1, ...; `save(results)` after each run (`out`: results to add to; a run
+    already in it is not run again)."""
     model = str(smollm2_path())
-    targets = ["--targets", *scenario.targets] if scenario.targets else []
+    override = ["--targets", *scenario.targets] if scenario.targets else []
     files = {"same_relation": str(same_relation_file(work))}
     out = dict(out or {})
     for seed in range(seeds):
         for recipe in recipes:
+            if f"{recipe} seed {seed}" in out:
+                continue
             folder = work / f"{recipe.replace(' ', '_').replace(',', '')}_seed{seed}"
             status = hf_wagle(["unlearn", "--config", str(scenario.config), "--model_name_or_path", model,
                                "--output_dir", str(folder), "--seed", str(seed), "--stop_at_targets", "false",
-                               "--max_steps", str(scenario.steps), "--target_eval_steps", "3", *targets,
+                               "--max_steps", str(scenario.steps), "--target_eval_steps", "3", *override,
                                *(arg.format(**files) for arg in scenario.recipes[recipe])])
             results = json.loads((folder / "unlearn_results.json").read_text())
             targets = results["evaluation"]["targets"]
