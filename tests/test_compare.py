@@ -154,6 +154,32 @@ def test_plan_writes_a_config_that_meets_its_targets(trained, world, tmp_path, c
     assert record["targets"]["met"] is True and record["steps"] < planned["max_steps"]
 
 
+@pytest.mark.slow  # a plan trial, then the relearning attack on its kept model
+def test_plan_attacks_each_feasible_setting_against_a_relearning_limit(trained, world, tmp_path, capsys):
+    import yaml
+
+    from hf_wagle.cli import main
+
+    model, tokenizer = trained
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    world["forget"].select(range(12)).to_json(tmp_path / "forget.jsonl")
+    world["retain"].to_json(tmp_path / "retain.jsonl")
+    config = {"model_name_or_path": str(tmp_path / "model"), "forget_file": str(tmp_path / "forget.jsonl"),
+              "retain_file": str(tmp_path / "retain.jsonl"), "output_dir": str(tmp_path / "out"),
+              "objective": "grad_diff", "learning_rate": 1e-3, "max_steps": 30, "per_device_train_batch_size": 4,
+              "lora_r": 4, "use_cpu": True, "report_to": "none", "save_strategy": "no",
+              "targets": ["forget_probability <= 0.3x", "heldout_probability >= 0.6x", "relearn_recovery <= 0.01"]}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    assert main(["plan", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "plan"), "--seeds", "1",
+                 "--methods", "random", "--ratios", "0.5"]) == 3  # the relearning attack gives more than 1% back
+    (candidate,) = json.loads((tmp_path / "plan" / "plan.json").read_text())["candidates"]
+    assert candidate["relearn_recovery"] > 0.01 and not candidate["feasible"]
+    assert candidate["problems"] == [f"seed 0: relearn_recovery {candidate['relearn_recovery']:.3g} > 0.01"]
+    assert f"relearn_recovery {candidate['relearn_recovery']:.3g}; fails: seed 0" in capsys.readouterr().out
+    assert (tmp_path / "plan" / "runs" / "random_ratio=0.5-seed0" / "adapter_config.json").exists()
+
+
 def test_compare_masks_on_the_real_model_with_masked_lora(smollm2, tmp_path, capsys):
     """SmolLM2 and the element-symbols scenario, as examples/unlearn_smollm2.yaml configures it: held-out utility
     (its `topic` set is to be forgotten, so it is no utility), answers at the matched point (a random mask at the

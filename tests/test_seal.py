@@ -406,6 +406,19 @@ def test_plan_crosses_its_levers_and_says_which_one_decided():
     assert deciding_levers([{**r, "feasible": False} for r in rows])["decided"] == []  # nothing met: nothing decided
 
 
+def test_plan_holds_a_relearning_limit_on_every_seed():
+    from hf_wagle.cli.plan import with_durability
+
+    row = {"spec": "grin", "feasible": True, "problems": []}
+    assert with_durability(row, [0.2, 0.4], 0.5) == {**row, "relearn_recovery": pytest.approx(0.3)}
+    late = with_durability(row, [0.2, 0.6], 0.5)
+    assert not late["feasible"] and late["problems"] == ["seed 1: relearn_recovery 0.6 > 0.5"]
+    undefined = with_durability(row, [None, 0.1], 0.5)
+    assert undefined["relearn_recovery"] is None and "seed 0: relearn_recovery undefined" in undefined["problems"][0]
+    failed = with_durability({**row, "feasible": False, "problems": ["seed 0: no matched point"]}, [0.1], 0.5)
+    assert not failed["feasible"] and failed["problems"] == ["seed 0: no matched point"]
+
+
 def test_audit_warns_about_another_base_and_retain_rows_that_are_forget_rows(runs, world, tmp_path):
     from transformers import AutoModelForCausalLM
 

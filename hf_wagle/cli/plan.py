@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .common import Command
+from .common import Command, load_data
 from .compare_masks import check_out, comparison_arguments, given_values, run_comparison, write_comparison
 from .plugins import register_command
 
@@ -155,6 +155,37 @@ def pick(rows: list[dict]) -> dict | None:
     return min(level, key=lambda r: (r["changeable_fraction"], -r["utility"]))
 
 
+def with_durability(row: dict, recoveries: list[float | None], limit: float) -> dict:
+    """`row` with `relearn_recovery` (the mean over seeds of the audit's relearning recovery of each seed's model at
+    its matched point; None when a seed's is undefined) and, where a seed's recovery is undefined or above `limit`,
+    no longer feasible: the `relearn_recovery <= limit` target must hold on every seed, as the others must."""
+    problems = [f"seed {seed}: relearn_recovery "
+                + ("undefined (nothing removed on the held-back rows)" if r is None else f"{r:.3g} > {limit:g}")
+                for seed, r in enumerate(recoveries) if r is None or r > limit]
+    mean = None if None in recoveries else sum(recoveries) / len(recoveries)
+    return {**row, "relearn_recovery": mean, "feasible": row["feasible"] and not problems,
+            "problems": [*row["problems"], *problems][:3]}
+
+
+def relearn_recoveries(runs, spec: str, seeds: int, base: str, forget, training) -> list[float | None]:
+    """The relearning recovery (`hf-wagle audit`'s default attack, on the run's own tokens and prompt) of each seed's
+    model that the comparison kept at its matched point under `runs`."""
+    from pathlib import Path
+
+    from ..experiments.compare import run_folder
+    from ..experiments.robustness import audit
+    from .audit import _models
+
+    out = []
+    for seed in range(seeds):
+        original, unlearned, tokenizer = _models(Path(runs) / run_folder(spec, seed), base)
+        report = audit(original, unlearned, tokenizer, forget, schemes=(), relearn_only=True, answers=False,
+                       prompt_template=training.prompt_template, seed=seed, tokens=training.forget_tokens,
+                       batch_size=training.per_device_eval_batch_size)
+        out.append(report["recovery"]["relearn"]["recovery"])
+    return out
+
+
 def plan_config(given: dict, spec: str, result: dict, step: float) -> dict:
     """The unlearn YAML: the user's keys, the chosen mask, the compared recipe, a budget of twice the steps the trials
     needed (the run stops once its targets hold) and the seed and split the trials used."""
@@ -179,7 +210,10 @@ class Plan(Command):
     """Try every mask method of `--methods` at every ratio of `--ratios` (and dense), at each of `--learning_rates`,
     on your data with the recipe of your unlearn config, find which meet the config's `targets` (or its
     `forget_kind`'s) at their matched point (the config's forget target), and write `plan.yaml`: the config that
-    meets them with the fewest weights changed among those keeping the most held-out utility."""
+    meets them with the fewest weights changed among those keeping the most held-out utility. `--objectives` and
+    `--retain_terms` add those levers. With a `relearn_recovery <= v` target, every setting that meets the others is
+    kept at its matched point (under `<out>/runs`) and attacked as `hf-wagle audit` does, and must hold it on every
+    seed."""
 
     help = "try mask methods and ratios against an unlearn config's targets; write the config that meets them"
 
@@ -207,9 +241,9 @@ class Plan(Command):
         names = ["forget", *read_eval_sets(args.script)]
         names += ["heldout"] if "heldout" not in names and args.training.retain_holdout > 0 else []
         targets = parse_targets(run_targets(args.training.targets, args.training.forget_kind, names))
-        if recovery_limit(args.training.targets) is not None:
-            print("note: plan does not rank the trials on relearn_recovery (each would need a relearning attack); "
-                  "the config it writes keeps the target, so the run checks it")
+        limit = recovery_limit(args.training.targets)
+        if limit is not None:  # each setting that meets the other targets is attacked at its matched point
+            args.compare.keep = True
         forget_targets = [t for t in targets if t.set == "forget" and not t.floor]
         if not forget_targets:
             raise ValueError("plan needs the config's targets (or forget_kind's) to include a forget target such as "
@@ -235,7 +269,14 @@ class Plan(Command):
             print(format_comparison(results[-1]))
             lever = {"learning_rate": args.training.learning_rate, "objective": args.training.objective,
                      "retain_loss": args.training.retain_loss, "retain_weight": args.training.retain_weight}
-            rows += [{**row, **lever, "recipe": i} for row in choose(results[-1], targets)[1]]
+            tried = [{**row, **lever, "recipe": i} for row in choose(results[-1], targets)[1]]
+            if limit is not None:
+                forget = load_data(args.script.forget_file, "forget_file", args.script.forget_config,
+                                   args.script.forget_split)
+                tried = [with_durability(row, relearn_recoveries(
+                    Path(args.compare.out) / "runs", row["spec"], args.compare.seeds, args.script.model_name_or_path,
+                    forget, args.training), limit) if row["feasible"] else row for row in tried]
+            rows += tried
         args.compare.out = str(out)
         best = pick(rows)
         chosen = best["spec"] if best else None
@@ -245,8 +286,10 @@ class Plan(Command):
                                                    "recipe": recipes[best["recipe"]] if best else None,
                                                    "candidates": rows, **levers}, indent=2))
         for r in rows:
+            recovered = (f"relearn_recovery {r['relearn_recovery']:.3g}; " if r.get("relearn_recovery") is not None
+                         else "")
             print(f"  {r['spec']:<28} lr {r['learning_rate']:<8g} {r['objective']:<8} "
-                  f"{r['retain_loss']}:{r['retain_weight']:<4g} "
+                  f"{r['retain_loss']}:{r['retain_weight']:<4g} {recovered}"
                   f"{'meets the targets' if r['feasible'] else 'fails: ' + '; '.join(r['problems'])}"
                   f"; {100 * r['changeable_fraction']:.1f}% of weights may change")
         for lever, values in levers["levers"].items():

@@ -228,6 +228,11 @@ def _head(dataset, n):
     return dataset if n is None or len(dataset) <= n else dataset.select(range(n))
 
 
+def run_folder(spec: str, seed: int) -> str:
+    """The folder, under `keep`, of one run's model kept at its matched point: `wagle_ratio=0.5-seed0`."""
+    return f"{spec.replace(':', '_').replace(',', '_')}-seed{seed}"
+
+
 def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, seeds: int = 3, steps: int = 20,
                   forget_target: float = 0.5, target_metric: str = "forget_probability", tolerance: float = 0.1,
                   heldout=None, neighbour=None, utility: dict | None = None, retain_holdout: float | None = None,
@@ -350,7 +355,7 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, se
                 if keep:
                     trainer.results = {"before": base, "after": tracker.matched or tracker.curve[-1],
                                        "sets": describe_sets(full_sets, heldout_source), "targets": None}
-                    trainer.save_model(str(Path(keep) / f"{spec.replace(':', '_').replace(',', '_')}-seed{seed}"))
+                    trainer.save_model(str(Path(keep) / run_folder(spec, seed)))
             masked = trainer._masked
             changeable = trainer.enforced_mask.num_selected if masked else None
             total = trainer.enforced_mask.num_total
