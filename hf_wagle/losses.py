@@ -68,7 +68,7 @@ def uniform_kl(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean over labelled positions of `KL(p_theta || U) = log V + sum_v p_v log p_v` (V: the vocabulary size), i.e.
     `log V` minus the entropy of the next-token distribution; 0 exactly when it is uniform."""
     valid = (labels[:, 1:] != IGNORE_INDEX).to(logits.device)
-    logp = F.log_softmax(logits[:, :-1].float()[valid], -1)
+    logp = F.log_softmax(logits[:, :-1][valid].float(), -1)
     if not len(logp):
         return logits.sum() * 0.0  # no labelled token: a zero that keeps the graph
     return math.log(logp.shape[-1]) + (logp.exp() * logp).sum(-1).mean()

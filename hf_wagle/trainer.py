@@ -178,8 +178,8 @@ class WagleTrainer(Trainer):
             mask.check_model(model)
             if args.forget_tokens == "key":
                 logger.warning("forget_tokens='key': the given mask was attributed on whatever tokens it was computed "
-                               "from (hf-wagle attribute reads whole answers); only a mask the trainer computes reads "
-                               "the key tokens the objective unlearns")
+                               "from; only a mask the trainer computes, or `hf-wagle attribute --forget_tokens key`, "
+                               "reads the key tokens the objective unlearns")
         elif args.mask_method is not None:
             check_selects_something(model, args.mask_ratio, args.mask_scope, args.mask_include, args.mask_exclude)
         self.forget_dataset, self.retain_dataset = forget_dataset, retain_dataset

@@ -177,7 +177,8 @@ def test_plan_attacks_each_feasible_setting_against_a_relearning_limit(trained, 
     assert candidate["relearn_recovery"] > 0.01 and not candidate["feasible"]
     assert candidate["problems"] == [f"seed 0: relearn_recovery {candidate['relearn_recovery']:.3g} > 0.01"]
     assert f"relearn_recovery {candidate['relearn_recovery']:.3g}; fails: seed 0" in capsys.readouterr().out
-    assert (tmp_path / "plan" / "runs" / "random_ratio=0.5-seed0" / "adapter_config.json").exists()
+    assert not (tmp_path / "plan" / "runs").exists()  # kept for the attack alone
+    assert candidate["learning_rate"] == 1e-3
 
 
 def test_compare_masks_on_the_real_model_with_masked_lora(smollm2, tmp_path, capsys):

@@ -204,8 +204,7 @@ def test_relearning_trains_on_one_half_and_scores_the_other(trained, world):
     model, tokenizer = trained
     forget = world["forget"].select(range(8))
     report = audit(model, model, tokenizer, forget, retain=world["retain"].select(range(8)), schemes=(),
-                   relearn_steps=2, relearn_lr=1e-3, batch_size=4, related=world["retain"].select(range(8, 12)),
-                   retain_model=copy.deepcopy(model))
+                   relearn_steps=2, relearn_lr=1e-3, batch_size=4, related=world["retain"].select(range(8, 12)))
     for name in ("relearn", "relearn_related", "relearn_retain"):
         entry = report["recovery"][name]
         assert entry["steps"] == 2 and entry["rows_scored"] == 4 and entry["recovery"] is None  # nothing forgotten
@@ -218,11 +217,17 @@ def test_relearning_trains_on_one_half_and_scores_the_other(trained, world):
     assert (wmdp["learning_rate"], wmdp["batch_size"], wmdp["protocol"]) == (1e-5, 16, "wmdp")
     assert report["answered"]["original"] == report["answered"]["unlearned"] > 0.5  # the world model knows them
     assert report["scores"]["relearn"] != report["scores"]["unlearned"]
-    # the same model as its own retain model: scored on the held-back rows, attacked the same way, so R is 1
+    # a damaged copy as its own retain model: scored on the held-back rows, attacked the same way, so R is 1
+    damaged = copy.deepcopy(model)
+    with torch.no_grad():
+        damaged.get_submodule("model.layers.0.mlp.down_proj").weight.mul_(-1.0)
+    report = audit(model, damaged, tokenizer, forget, schemes=(), relearn_steps=2, relearn_lr=1e-3, batch_size=4,
+                   answers=False, retain_model=copy.deepcopy(damaged))
     scores = report["scores"]
     assert scores["retain_model"] == scores["unlearned_held_back"] != scores["unlearned"]
     assert scores["retain_model_relearn"] == pytest.approx(scores["relearn"], rel=1e-5)
-    assert report["openunlearning"]["R"] == pytest.approx(1.0, rel=1e-4) and "nf4" in report["openunlearning"]["why"]
+    assert scores["relearn"] > scores["unlearned_held_back"] + 0.01  # a gain to compare: R = 1 is not the no-gain rule
+    assert report["openunlearning"]["R"] == pytest.approx(1.0, rel=1e-3) and "nf4" in report["openunlearning"]["why"]
 
 
 def test_audit_command_appends_to_the_record_and_the_card(trained, world, tmp_path, capsys):

@@ -30,7 +30,7 @@ class Audit(Command):
         parser.add_argument("--related", metavar="FILE",
                             help="related QA data that is not forget data (neighbour facts, paraphrases): relearning "
                                  "on it, scored on the forget rows (relearn_related)")
-        parser.add_argument("--tokens", choices=("answer", "key"),
+        parser.add_argument("--forget-tokens", choices=("answer", "key"),
                             help="score each whole answer, or its key tokens alone (`answer_key`, else derived) as "
                                  "forget_tokens='key' unlearns them (default: the run's forget_tokens, from its "
                                  "record, else answer)")
@@ -83,12 +83,21 @@ class Audit(Command):
         record = read_record(folder)
         settings = (record or {}).get("settings") or {}
         template = args.prompt_template or settings.get("prompt_template")
-        tokens = args.tokens or settings.get("forget_tokens") or "answer"
+        tokens = args.forget_tokens or settings.get("forget_tokens") or "answer"
         warnings = _audit_warnings(record, args.base, forget, retain)
         for warning in warnings:
             print(f"WARNING {warning}")
         if args.retain_model:
             check_model(args.retain_model, "--retain-model")
+            if args.relearn_steps == 0:
+                raise ValueError("--retain-model is attacked as the run is, for the relearning robustness R; "
+                                 "--relearn-steps 0 runs no attack: drop one of them")
+            from transformers import AutoConfig
+
+            if AutoConfig.from_pretrained(args.retain_model).vocab_size != AutoConfig.from_pretrained(
+                    args.base).vocab_size:
+                raise ValueError(f"--retain-model {args.retain_model}: its vocabulary differs from the base's; it "
+                                 "must be the same architecture and tokenizer, trained without the forget rows")
         original, unlearned, tokenizer = _models(folder, args.base)
         retain_model = None
         if args.retain_model:

@@ -34,20 +34,30 @@ def plan_recipes(plan: PlanArguments) -> list[dict]:
     from ..objectives import get_objective
 
     def split(text):
-        return [v.strip() for v in (text or "").split(",") if v.strip()]
+        values = [v.strip() for v in (text or "").split(",") if v.strip()]
+        if len(set(values)) != len(values):
+            raise ValueError(f"a plan lever lists a value twice: {text!r}")
+        return values
 
     levers = []
     if plan.learning_rates:
-        levers.append([{"learning_rate": float(v)} for v in split(plan.learning_rates)])
+        rates = [float(v) for v in split(plan.learning_rates)]
+        if len(set(rates)) != len(rates):
+            raise ValueError(f"--learning_rates lists a value twice: {plan.learning_rates!r}")
+        levers.append([{"learning_rate": r} for r in rates])
     if plan.objectives:
         levers.append([{"objective": get_objective(v).name} for v in split(plan.objectives)])
     if plan.retain_terms:
         terms = []
         for term in split(plan.retain_terms):
             loss, sep, weight = term.partition(":")
-            if not sep or loss not in ("nll", "kl"):
-                raise ValueError(f"--retain_terms: {term!r} is not loss:weight with loss nll or kl (e.g. 'kl:5')")
-            terms.append({"retain_loss": loss, "retain_weight": float(weight)})
+            try:
+                if not sep or loss not in ("nll", "kl"):
+                    raise ValueError
+                terms.append({"retain_loss": loss, "retain_weight": float(weight)})
+            except ValueError:
+                raise ValueError(f"--retain_terms: {term!r} is not loss:weight with loss nll or kl and a number "
+                                 "(e.g. 'kl:5')") from None
         levers.append(terms)
     return [{k: v for part in combo for k, v in part.items()} for combo in itertools.product(*levers)]
 
@@ -212,7 +222,7 @@ class Plan(Command):
     `forget_kind`'s) at their matched point (the config's forget target), and write `plan.yaml`: the config that
     meets them with the fewest weights changed among those keeping the most held-out utility. `--objectives` and
     `--retain_terms` add those levers. With a `relearn_recovery <= v` target, every setting that meets the others is
-    kept at its matched point (under `<out>/runs`) and attacked as `hf-wagle audit` does, and must hold it on every
+    attacked at its matched point as `hf-wagle audit` does (its model kept for that alone), and must hold it on every
     seed."""
 
     help = "try mask methods and ratios against an unlearn config's targets; write the config that meets them"
@@ -222,6 +232,7 @@ class Plan(Command):
 
     def run(self, args) -> int:
         import json
+        import shutil
         from pathlib import Path
 
         import yaml
@@ -242,8 +253,14 @@ class Plan(Command):
         names += ["heldout"] if "heldout" not in names and args.training.retain_holdout > 0 else []
         targets = parse_targets(run_targets(args.training.targets, args.training.forget_kind, names))
         limit = recovery_limit(args.training.targets)
+        forget, drop_kept = None, limit is not None and not args.compare.keep
         if limit is not None:  # each setting that meets the other targets is attacked at its matched point
             args.compare.keep = True
+            forget = load_data(args.script.forget_file, "forget_file", args.script.forget_config,
+                               args.script.forget_split)
+            if len(forget) < 2:
+                raise ValueError("relearn_recovery: the relearning attack holds half of the forget rows back, so it "
+                                 "needs at least 2")
         forget_targets = [t for t in targets if t.set == "forget" and not t.floor]
         if not forget_targets:
             raise ValueError("plan needs the config's targets (or forget_kind's) to include a forget target such as "
@@ -267,15 +284,18 @@ class Plan(Command):
             results.append(run_comparison(args, methods=specs))
             pngs.append(write_comparison(results[-1], args.compare.out))
             print(format_comparison(results[-1]))
-            lever = {"learning_rate": args.training.learning_rate, "objective": args.training.objective,
+            ran = results[-1]["settings"]["training"]  # the learning rate calibrated, where --calibrate_steps ran
+            lever = {"learning_rate": ran.get("learning_rate", args.training.learning_rate),
+                     "objective": args.training.objective,
                      "retain_loss": args.training.retain_loss, "retain_weight": args.training.retain_weight}
             tried = [{**row, **lever, "recipe": i} for row in choose(results[-1], targets)[1]]
             if limit is not None:
-                forget = load_data(args.script.forget_file, "forget_file", args.script.forget_config,
-                                   args.script.forget_split)
+                runs = Path(args.compare.out) / "runs"
                 tried = [with_durability(row, relearn_recoveries(
-                    Path(args.compare.out) / "runs", row["spec"], args.compare.seeds, args.script.model_name_or_path,
-                    forget, args.training), limit) if row["feasible"] else row for row in tried]
+                    runs, row["spec"], args.compare.seeds, args.script.model_name_or_path, forget, args.training),
+                    limit) if row["feasible"] else row for row in tried]
+                if drop_kept:  # the models were kept for the attack alone
+                    shutil.rmtree(runs)
             rows += tried
         args.compare.out = str(out)
         best = pick(rows)

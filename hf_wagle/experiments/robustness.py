@@ -43,7 +43,8 @@ meta-evaluation; `openunlearning_robustness`), with `m` the mean forget answer p
 
 R compares the relearning attack on the unlearned model with the same attack on a retain model `R`: one never
 trained on the forget data (TOFU's retain models). 1: relearning teaches the unlearned model no more than a model
-that never knew. Without a retain model R and the harmonic mean are not reported.
+that never knew (also when it raises nothing); R is clipped to [0, 1], Q is at most 1. Without a retain model R and
+the harmonic mean are None (not measured).
 
 `update_survival` predicts the quantisation result from the weights alone: of the weights the unlearning changed,
 the fraction whose quantised value differs from the original's quantised value (an update smaller than half a
@@ -338,6 +339,13 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
         raise ValueError("the robustness audit needs at least 2 forget rows (relearning holds half of them back)")
     if tokens not in ("answer", "key"):
         raise ValueError(f"tokens must be 'answer' or 'key', got {tokens!r}")
+    if tokens == "key":
+        from ..data import dataset_shape
+
+        for name, data in (("forget", forget), ("retain", retain), ("related", related)):
+            if data is not None and dataset_shape(data, name) != "qa":
+                raise ValueError(f"key tokens are found in QA rows (question, answer, optionally answer_key); the "
+                                 f"{name} data is not QA: score whole answers (tokens='answer')")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if retain_model is not None and (retain_model.get_input_embeddings().weight.shape
