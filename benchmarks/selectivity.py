@@ -79,6 +79,8 @@ SCENARIOS = {
             "dense, NPO": ["--mask_method", "none"],
             "wagle, NPO, KL retain x5": KL5,
             "wagle, max entropy, KL retain x5": ["--objective", "me", *KL5],
+            # schedule: a third of the rate for twice the steps, against the collapse transient at 1e-3
+            "wagle, NPO, lr 3e-4, 24 steps": ["--learning_rate", "3e-4", "--max_steps", "24"],
         }, tuple(t for t in KINDS["topic"]["targets"] if not t.startswith("neighbour"))),  # it has no neighbour set
 }
 
@@ -144,7 +146,7 @@ def plot(results: dict, recipes: list[str], scenario: Scenario, name: str, path:
     x, y = (f"{s}_answered" for s in scenario.axes)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for i, recipe in enumerate(recipes):
-        color = f"C{i}"
+        color = plt.cm.tab20(i % 20)  # more recipes than the default cycle has colours
         for r in (r for r in results.values() if r["recipe"] == recipe):
             points = [(h[x], h[y]) for h in r["history"][1:]]
             ax.scatter(*zip(*points), s=12, alpha=0.35, color=color)
