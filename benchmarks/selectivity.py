@@ -146,7 +146,7 @@ def plot(results: dict, recipes: list[str], scenario: Scenario, name: str, path:
     x, y = (f"{s}_answered" for s in scenario.axes)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for i, recipe in enumerate(recipes):
-        color = plt.cm.tab20(i % 20)  # more recipes than the default cycle has colours
+        color = plt.cm.tab20((2 * i) % 20 + (i // 10) % 2)  # ten strong colours, then ten light ones
         for r in (r for r in results.values() if r["recipe"] == recipe):
             points = [(h[x], h[y]) for h in r["history"][1:]]
             ax.scatter(*zip(*points), s=12, alpha=0.35, color=color)
