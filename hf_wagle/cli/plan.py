@@ -34,31 +34,27 @@ def plan_recipes(plan: PlanArguments) -> list[dict]:
     from ..objectives import get_objective
 
     def split(text):
-        values = [v.strip() for v in (text or "").split(",") if v.strip()]
-        if len(set(values)) != len(values):
-            raise ValueError(f"a plan lever lists a value twice: {text!r}")
-        return values
+        return [v.strip() for v in (text or "").split(",") if v.strip()]
+
+    def retain_term(term):
+        loss, sep, weight = term.partition(":")
+        try:
+            if not sep or loss not in ("nll", "kl"):
+                raise ValueError
+            return {"retain_loss": loss, "retain_weight": float(weight)}
+        except ValueError:
+            raise ValueError(f"--retain_terms: {term!r} is not loss:weight with loss nll or kl and a number "
+                             "(e.g. 'kl:5')") from None
 
     levers = []
-    if plan.learning_rates:
-        rates = [float(v) for v in split(plan.learning_rates)]
-        if len(set(rates)) != len(rates):
-            raise ValueError(f"--learning_rates lists a value twice: {plan.learning_rates!r}")
-        levers.append([{"learning_rate": r} for r in rates])
-    if plan.objectives:
-        levers.append([{"objective": get_objective(v).name} for v in split(plan.objectives)])
-    if plan.retain_terms:
-        terms = []
-        for term in split(plan.retain_terms):
-            loss, sep, weight = term.partition(":")
-            try:
-                if not sep or loss not in ("nll", "kl"):
-                    raise ValueError
-                terms.append({"retain_loss": loss, "retain_weight": float(weight)})
-            except ValueError:
-                raise ValueError(f"--retain_terms: {term!r} is not loss:weight with loss nll or kl and a number "
-                                 "(e.g. 'kl:5')") from None
-        levers.append(terms)
+    for given, parse in ((plan.learning_rates, lambda v: {"learning_rate": float(v)}),
+                         (plan.objectives, lambda v: {"objective": get_objective(v).name}),
+                         (plan.retain_terms, retain_term)):
+        values = [parse(v) for v in split(given)]
+        if len({tuple(v.items()) for v in values}) != len(values):
+            raise ValueError(f"a plan lever lists a value twice: {given!r}")
+        if values:
+            levers.append(values)
     return [{k: v for part in combo for k, v in part.items()} for combo in itertools.product(*levers)]
 
 
