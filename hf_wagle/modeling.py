@@ -210,6 +210,14 @@ def local_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if is_sharded(t) else t
 
 
+def as_shard(local: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """`local`, this rank's shard of a tensor laid out as the FSDP2 (DTensor) `param`, as a DTensor (no
+    communication)."""
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(local, param.device_mesh, param.placements, shape=param.shape, stride=param.stride())
+
+
 def reshard(model) -> None:
     """Free the unsharded parameters FSDP2 keeps after a forward pass without backward (its root module does not
     reshard after forward), so that `model.parameters()` are the sharded DTensors again; nothing otherwise."""

@@ -22,8 +22,9 @@ the weights themselves:
   without dropout. The same passes as "sam"; a penalty on the gradient's norm
   rather than a fixed-radius worst case (to first order "sam" is `gnp` with `c = 1`, i.e. `gnp_gamma = h / (2||g||)`).
 * `"smooth"` (randomised smoothing): `eps ~ N(0, smooth_sigma^2)` on each weight that may move, drawn from a
-  generator seeded by `(seed, step)`, the same on every rank; one draw per step, so over the run the forget gradient
-  is averaged over Gaussian perturbations. No extra pass.
+  generator seeded by `(seed, step, the parameter's place in the model)`, the same on every rank and under DDP or
+  FSDP2; one draw per step, so over the run the forget gradient is averaged over Gaussian perturbations. No extra
+  pass.
 
 The perturbation is added in place for the forget pass and its backward and then undone by copying the saved values
 back (not by subtracting, which would round): weights off the mask get `eps = 0` and keep their bits.
@@ -35,6 +36,8 @@ import contextlib
 import math
 
 import torch
+
+from .modeling import local_tensor, shard_like
 
 PERTURBATIONS = ("sam", "gnp", "smooth")
 
@@ -64,29 +67,31 @@ def gnp_scales(norm: float, gamma: float, h: float) -> tuple[float, float]:
 
 
 def smooth_perturbation(masks: dict[torch.Tensor, torch.Tensor | None], sigma: float,
-                        seed: int) -> dict[torch.Tensor, torch.Tensor]:
+                        seeds: dict[torch.Tensor, int]) -> dict[torch.Tensor, torch.Tensor]:
     """`eps ~ N(0, sigma^2)` for each parameter of `masks` (zero where its mask is False; None: the whole
-    parameter), drawn in `masks`' order from one generator seeded with `seed`."""
+    parameter), drawn from a generator seeded with `seeds[p]`: a parameter's draw does not depend on which others
+    take part. For an FSDP2 parameter the draw is of its full shape and `eps` is this rank's shard of it (as its mask
+    is), so every engine perturbs the same weights by the same amounts."""
     out = {}
-    generators: dict = {}
     for p, m in masks.items():
-        if p.device not in generators:
-            generators[p.device] = torch.Generator(device=p.device).manual_seed(seed)
-        eps = torch.randn(p.shape, generator=generators[p.device], device=p.device, dtype=torch.float32) * sigma
+        device = local_tensor(p).device
+        generator = torch.Generator(device=device).manual_seed(seeds[p])
+        eps = shard_like(torch.randn(p.shape, generator=generator, device=device, dtype=torch.float32) * sigma, p)
         out[p] = (eps if m is None else eps * m).to(p.dtype)
     return out
 
 
 @contextlib.contextmanager
 def perturbed(eps: dict[torch.Tensor, torch.Tensor]):
-    """Parameters moved by `eps` inside the block, their exact values back after it (restored by copy)."""
-    saved = {p: p.detach().clone() for p in eps}
+    """Parameters moved by `eps` inside the block, their exact values back after it (restored by copy). For an
+    FSDP2 parameter, `eps` is this rank's shard and moves it."""
+    saved = {p: local_tensor(p).detach().clone() for p in eps}
     with torch.no_grad():
         for p, e in eps.items():
-            p.add_(e)
+            local_tensor(p).add_(e)
     try:
         yield
     finally:
         with torch.no_grad():
             for p, value in saved.items():
-                p.copy_(value)
+                local_tensor(p).copy_(value)

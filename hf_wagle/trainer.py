@@ -18,8 +18,9 @@ How the mask is enforced, exactly:
   their update is exactly 0: off-mask weights stay bit-identical.
 
 With `forget_perturbation` (`hf_wagle.perturbation`) or `disruption_masking` (`hf_wagle.disruption`) each
-micro-batch takes two backward passes, the forget term (at `theta + eps`, under `no_sync`; with disruption masking
-into gradients of its own) and then the retain term at `theta`; `eps` is zero off the mask and is undone by copy
+micro-batch takes two backward passes, the forget term (at `theta + eps`, reduced with the retain term's; with
+disruption masking into gradients of its own, reduced apart: under DDP at the step's end, under FSDP2 as each pass
+ends) and then the retain term at `theta`; `eps` is zero off the mask and is undone by copy
 before the retain pass, and the forget gradient that disruption masking keeps joins `.grad` at the step's last
 micro-batch, before the mask is applied, so the guarantees above hold unchanged.
 """
@@ -27,6 +28,7 @@ micro-batch, before the mask is applied, so the guarantees above hold unchanged.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections import defaultdict
@@ -63,7 +65,9 @@ from .masking.noise import add_mask_noise
 from .masking.selection import check_selects_something
 from .modeling import (
     adapter_disabled,
+    as_shard,
     base_named_parameters,
+    is_sharded,
     keep_4bit_differentiable,
     local_tensor,
     peft_wrapping,
@@ -388,28 +392,66 @@ class WagleTrainer(Trainer):
         masks = {p: self._grad_masks.get(p) for p in self._trainable()}
         a = self.args
         if a.forget_perturbation == "smooth":
-            return smooth_perturbation(masks, a.smooth_sigma, (a.seed * 1_000_003 + self.state.global_step) % 2 ** 62)
+            step = a.seed * 1_000_003 + self.state.global_step
+            place = {p: i for i, p in enumerate(self.model.parameters())}  # frozen ones too: the same in any engine
+            return smooth_perturbation(masks, a.smooth_sigma,
+                                       {p: (step * 1_000_003 + place[p]) % 2 ** 62 for p in masks})
         # sam, gnp: the forget term's gradient over every micro-batch of the step, each weighted as the step weights
         # it, into a store of its own under no_sync (DDP reduces nothing), then averaged over the ranks
         store: dict[torch.Tensor, torch.Tensor] = {}
         self.model.train()
-        with self.accelerator.no_sync(self.model_wrapped), gradients_into(list(masks), store):
+        with self._forget_gradient_apart(self.model_wrapped), gradients_into(list(masks), store):
             for inputs in batches:
                 with self.compute_loss_context_manager():
                     loss, _ = self.objective.forget_loss(self, self.model, self._prepare_inputs(inputs))
                 (loss / len(batches)).backward()
-        grads = {p: g if masks[p] is None else g * masks[p] for p, g in self._mean_over_ranks(store).items()}
+        grads = {p: local_tensor(g) if masks[p] is None else local_tensor(g) * masks[p]
+                 for p, g in self._mean_over_ranks(store).items()}
         norm = gradient_norm(grads)
+        if self.is_fsdp_enabled:  # each rank holds a shard of g: ||g||^2 is the sum of the ranks' squares
+            import torch.distributed as dist
+
+            total = torch.tensor(norm ** 2, dtype=torch.float64, device=next(iter(grads.values())).device)
+            dist.all_reduce(total)
+            norm = math.sqrt(float(total))
         eps = sam_perturbation(grads, a.sam_rho, norm)
         if a.forget_perturbation == "gnp" and eps:
             self._forget_scale, self._gnp_base = gnp_scales(norm, a.gnp_gamma, a.sam_rho)
             self._metrics["gnp_scale"].append(self._forget_scale)
         return eps
 
+    def _forget_gradient_apart(self, model):
+        """Backward passes inside take the forget gradient apart from the step's: under DDP unreduced (`no_sync`,
+        averaged by `_mean_over_ranks` once the step's micro-batches are done); under FSDP2 reduce-scattered as each
+        pass ends (every rank's `.grad` is then its shard of the average)."""
+        return self._fsdp_sync(model, True) if self.is_fsdp_enabled else self.accelerator.no_sync(model)
+
+    def _forget_gradient_joined(self, model):
+        """Backward passes inside add to the gradient of the step's next pass and are reduced with it."""
+        return self._fsdp_sync(model, False) if self.is_fsdp_enabled else self.accelerator.no_sync(model)
+
+    @contextlib.contextmanager
+    def _fsdp_sync(self, model, reduce: bool):
+        """Under FSDP2, backward passes inside reduce-scatter their gradients (`reduce`) or accumulate them
+        unsharded for the next reducing pass; after the block, FSDP2 reduces as the Trainer set it for this
+        micro-batch (Accelerate's `no_sync` would turn reduction on whatever the Trainer had set)."""
+        model.set_requires_gradient_sync(reduce)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(self._trainer_syncs())
+
+    def _trainer_syncs(self) -> bool:
+        """Whether the Trainer reduces gradients after this micro-batch (its last of the step, or every one with
+        Accelerate's `sync_each_batch`)."""
+        return bool(self.accelerator.sync_gradients
+                    or self.accelerator.gradient_state.plugin_kwargs.get("sync_each_batch", False))
+
     def _mean_over_ranks(self, grads: dict[torch.Tensor, torch.Tensor]) -> dict[torch.Tensor, torch.Tensor]:
         """`grads` averaged over the ranks (as DDP averages `.grad`), in place; under DDP every trainable parameter
-        takes part, in the model's order, a zero gradient where a rank has none, so the collectives match."""
-        if self.args.world_size == 1:
+        takes part, in the model's order, a zero gradient where a rank has none, so the collectives match. Under
+        FSDP2 they are averaged already (`_forget_gradient_apart`)."""
+        if self.args.world_size == 1 or self.is_fsdp_enabled:
             return grads
         import torch.distributed as dist
 
@@ -427,14 +469,23 @@ class WagleTrainer(Trainer):
             # gradients), then the retain term at theta
             self._loss_part = "forget"
             try:
-                sync = self.accelerator.no_sync(model) if self.objective.uses_retain else contextlib.nullcontext()
-                into = (gradients_into(self._trainable(), self._forget_grads) if a.disruption_masking
-                        else contextlib.nullcontext())
+                if a.disruption_masking:
+                    sync, into = (self._forget_gradient_apart(model),
+                                  gradients_into(self._trainable(), self._forget_grads))
+                else:
+                    sync = (self._forget_gradient_joined(model) if self.objective.uses_retain
+                            else contextlib.nullcontext())
+                    into = contextlib.nullcontext()
                 with sync, perturbed(self._perturbation), into:
                     loss = super().training_step(model, inputs, num_items_in_batch)
                 if self.objective.uses_retain:
                     self._loss_part = "retain"
-                    loss = loss + super().training_step(model, inputs, num_items_in_batch)
+                    # under FSDP2 a retain gradient left unsharded would be reduced with the next forget pass,
+                    # into the forget gradient: disruption masking reduces every retain pass
+                    sync = (self._fsdp_sync(model, True) if a.disruption_masking and self.is_fsdp_enabled
+                            else contextlib.nullcontext())
+                    with sync:
+                        loss = loss + super().training_step(model, inputs, num_items_in_batch)
             finally:
                 self._loss_part = None
             if self.accelerator.sync_gradients:  # the step's last micro-batch
@@ -459,12 +510,16 @@ class WagleTrainer(Trainer):
         a = self.args
         if self._gnp_base:
             forget = self._forget_grads if a.disruption_masking else None
-            for p, e in self._perturbation.items():
+            grads = {p: p.grad for p in self._perturbation} if forget is None else forget
+            for p, e in self._perturbation.items():  # e: this rank's shard under FSDP2, as the gradients are
                 term = e.float().mul_(a.forget_weight * self._gnp_base).to(p.dtype)
-                if forget is None:
-                    p.grad = term if p.grad is None else p.grad.add_(term)
+                if grads.get(p) is None:
+                    grads[p] = term if not is_sharded(p) else as_shard(term, p)
                 else:
-                    forget[p] = term if p not in forget else forget[p].add_(term)
+                    local_tensor(grads[p]).add_(term)
+            if forget is None:
+                for p, g in grads.items():
+                    p.grad = g
         if a.disruption_masking:
             forget, self._forget_grads = self._mean_over_ranks(self._forget_grads), {}
             for p, g_f in forget.items():
@@ -795,11 +850,6 @@ def check_engine(args, peft_config, needs_reference_model: bool) -> None:
     if recovery_limit(args.targets) is not None:
         raise NotImplementedError("a relearn_recovery target under FSDP is not supported (it relearns a whole copy "
                                   "of the model); save the run and audit it: hf-wagle audit --max-recovery")
-    for name, why in (("forget_perturbation", "its separate forget pass would reduce-scatter gradients mid-step"),
-                      ("disruption_masking", "its separate forget pass would reduce-scatter gradients mid-step"),
-                      ("weight_averaging_start", "not tested on shards")):
-        if getattr(args, name) not in (None, False):
-            raise NotImplementedError(f"{name} under FSDP is not supported ({why}); use DDP, or turn {name} off")
     # TrainingArguments default to FSDP2; Accelerate's environment (accelerate launch) to FSDP1
     version = int((args.fsdp_config or {}).get("version", 2) if args.fsdp else os.environ.get("FSDP_VERSION", 1))
     if version != 2:

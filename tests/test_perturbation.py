@@ -119,8 +119,6 @@ def test_perturbed_block_restores_the_exact_bits():
     (dict(forget_perturbation="sam", sam_rho=0.0), "sam_rho must be a finite number > 0"),
     (dict(forget_perturbation="smooth", smooth_sigma=float("nan")), "smooth_sigma must be a finite number > 0"),
     (dict(forget_perturbation="gnp", gnp_gamma=-1.0), "gnp_gamma must be a finite number > 0"),
-    (dict(forget_perturbation="sam", fsdp="full_shard"), "forget_perturbation under FSDP is not supported"),
-    (dict(disruption_masking=True, fsdp="full_shard"), "disruption_masking under FSDP is not supported"),
     (dict(disruption_masking=True, objective="ga"), "objective 'ga' has no retain term"),
 ])
 def test_bad_perturbation_options_are_refused_before_any_work(model, tokenizer, world, tmp_path, bad, message):
@@ -172,7 +170,6 @@ def test_weight_averaging_keeps_the_mean_of_the_iterates_and_trains_as_without(m
     (dict(weight_averaging_start=0), r"weight_averaging_start is the first optimizer step averaged, in \[1, max_"),
     (dict(weight_averaging_start=7, max_steps=6), "in \\[1, max_steps\\], got 7"),
     (dict(weight_averaging_start=1, save_strategy="steps"), "with checkpoints is not supported"),
-    (dict(weight_averaging_start=1, fsdp="full_shard"), "weight_averaging_start under FSDP is not supported"),
 ])
 def test_bad_weight_averaging_is_refused_before_any_work(model, tokenizer, world, tmp_path, bad, message):
     with pytest.raises((ValueError, NotImplementedError), match=message):
