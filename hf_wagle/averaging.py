@@ -17,7 +17,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.utils import logging
 
-from .modeling import local_tensor, reshard
+from .modeling import local_tensor
 
 logger = logging.get_logger(__name__)
 
@@ -39,7 +39,6 @@ class WeightAveraging(TrainerCallback):
         self.averaged = 0  # steps in the average
         self._average: dict[torch.Tensor, torch.Tensor] = {}  # parameter -> its average (local shard)
         self._weights: dict[torch.Tensor, torch.Tensor] = {}  # parameter -> the weights a step trains on
-        self._model = None  # the model whose parameters these are
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         self.restore_weights()
@@ -54,10 +53,7 @@ class WeightAveraging(TrainerCallback):
     @torch.no_grad()
     def restore_weights(self) -> None:
         """The weights the steps train on back into the model (the average stays beside it); nothing when the model
-        holds them already. Under FSDP2, unsharded copies that a forward pass without backward (an evaluation) left
-        are freed first, so the next forward pass gathers the restored shards."""
-        if self._weights and self._model is not None:
-            reshard(self._model)
+        holds them already."""
         for p, weights in self._weights.items():
             local_tensor(p).copy_(weights)
         self._weights.clear()
@@ -67,7 +63,6 @@ class WeightAveraging(TrainerCallback):
         if state.global_step < self.start:
             return
         self.averaged += 1
-        self._model = model
         for p in (p for p in model.parameters() if p.requires_grad):
             value = local_tensor(p)
             if p not in self._average:

@@ -4,6 +4,7 @@ parameters, the base model's outputs through an adapter, and the few collectives
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.distributed as dist
@@ -216,6 +217,16 @@ def as_shard(local: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
     return DTensor.from_local(local, param.device_mesh, param.placements, shape=param.shape, stride=param.stride())
+
+
+def norm_over_shards(local_norm: float, param: torch.Tensor) -> float:
+    """`||g||` of a gradient laid out as the FSDP2 (DTensor) `param` is, from this rank's `||g_local||`: the square
+    root of the squares summed over all ranks, divided by the number of replicas (HSDP holds each shard on
+    `world / shards` ranks)."""
+    total = torch.tensor([local_norm ** 2], dtype=torch.float64)
+    sum_over_ranks_([total])
+    shards = math.prod(param.device_mesh.size(i) for i, pl in enumerate(param.placements) if pl.is_shard())
+    return math.sqrt(float(total[0]) * shards / rank_world()[1])
 
 
 def reshard(model) -> None:

@@ -22,9 +22,9 @@ the weights themselves:
   without dropout. The same passes as "sam"; a penalty on the gradient's norm
   rather than a fixed-radius worst case (to first order "sam" is `gnp` with `c = 1`, i.e. `gnp_gamma = h / (2||g||)`).
 * `"smooth"` (randomised smoothing): `eps ~ N(0, smooth_sigma^2)` on each weight that may move, drawn from a
-  generator seeded by `(seed, step, the parameter's place in the model)`, the same on every rank and under DDP or
-  FSDP2; one draw per step, so over the run the forget gradient is averaged over Gaussian perturbations. No extra
-  pass.
+  generator seeded by `(seed, step, the parameter's place in the model)`, the same on every rank, under DDP or
+  FSDP2 (on the same device type); one draw per step, so over the run the forget gradient is averaged over Gaussian
+  perturbations. No extra pass.
 
 The perturbation is added in place for the forget pass and its backward and then undone by copying the saved values
 back (not by subtracting, which would round): weights off the mask get `eps = 0` and keep their bits.

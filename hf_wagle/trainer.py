@@ -28,7 +28,6 @@ micro-batch, before the mask is applied, so the guarantees above hold unchanged.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 from collections import defaultdict
@@ -70,8 +69,10 @@ from .modeling import (
     is_sharded,
     keep_4bit_differentiable,
     local_tensor,
+    norm_over_shards,
     peft_wrapping,
     quantization_of,
+    reshard,
 )
 from .objectives import get_objective
 from .options import MASK_SAFE_OPTIMIZERS
@@ -379,8 +380,12 @@ class WagleTrainer(Trainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The Trainer's micro-batches of one optimizer step; with weight averaging, the trained weights back in the
         model first; with `forget_perturbation`, this step's perturbation, from all of them
-        (`hf_wagle.perturbation`)."""
+        (`hf_wagle.perturbation`). Under FSDP2, the unsharded parameters a forward pass without backward (an
+        evaluation) left are freed first, so that `model.parameters()` are the sharded ones this step's gradients,
+        perturbations and averages are kept for."""
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.is_fsdp_enabled:
+            reshard(self.model)
         if self.averaging is not None:  # a perturbation is taken at the weights the step trains, not the average
             self.averaging.restore_weights()
         if self.args.forget_perturbation is not None and batches:
@@ -397,10 +402,10 @@ class WagleTrainer(Trainer):
             return smooth_perturbation(masks, a.smooth_sigma,
                                        {p: (step * 1_000_003 + place[p]) % 2 ** 62 for p in masks})
         # sam, gnp: the forget term's gradient over every micro-batch of the step, each weighted as the step weights
-        # it, into a store of its own under no_sync (DDP reduces nothing), then averaged over the ranks
+        # it, into a store of its own, averaged over the ranks (`_forget_gradient`)
         store: dict[torch.Tensor, torch.Tensor] = {}
         self.model.train()
-        with self._forget_gradient_apart(self.model_wrapped), gradients_into(list(masks), store):
+        with self._forget_gradient(self.model_wrapped, apart=True), gradients_into(list(masks), store):
             for inputs in batches:
                 with self.compute_loss_context_manager():
                     loss, _ = self.objective.forget_loss(self, self.model, self._prepare_inputs(inputs))
@@ -408,27 +413,30 @@ class WagleTrainer(Trainer):
         grads = {p: local_tensor(g) if masks[p] is None else local_tensor(g) * masks[p]
                  for p, g in self._mean_over_ranks(store).items()}
         norm = gradient_norm(grads)
-        if self.is_fsdp_enabled:  # each rank holds a shard of g: ||g||^2 is the sum of the ranks' squares
-            import torch.distributed as dist
-
-            total = torch.tensor(norm ** 2, dtype=torch.float64, device=next(iter(grads.values())).device)
-            dist.all_reduce(total)
-            norm = math.sqrt(float(total))
+        if self.is_fsdp_enabled and grads:  # each rank holds a shard of g
+            norm = norm_over_shards(norm, next(iter(grads)))
         eps = sam_perturbation(grads, a.sam_rho, norm)
         if a.forget_perturbation == "gnp" and eps:
             self._forget_scale, self._gnp_base = gnp_scales(norm, a.gnp_gamma, a.sam_rho)
             self._metrics["gnp_scale"].append(self._forget_scale)
         return eps
 
-    def _forget_gradient_apart(self, model):
-        """Backward passes inside take the forget gradient apart from the step's: under DDP unreduced (`no_sync`,
-        averaged by `_mean_over_ranks` once the step's micro-batches are done); under FSDP2 reduce-scattered as each
-        pass ends (every rank's `.grad` is then its shard of the average)."""
-        return self._fsdp_sync(model, True) if self.is_fsdp_enabled else self.accelerator.no_sync(model)
+    def _forget_gradient(self, model, apart: bool):
+        """Backward passes inside take the forget gradient: `apart` from the step's (under DDP unreduced, averaged by
+        `_mean_over_ranks` once the step's micro-batches are done; under FSDP2 reduce-scattered as each pass ends,
+        every rank's `.grad` then its shard of the average, which keeps gradient memory sharded), or else joined to
+        the gradient of the step's next pass and reduced with it."""
+        if self.is_fsdp_enabled:
+            return self._fsdp_sync(model, reduce=apart)
+        return self.accelerator.no_sync(model)
 
-    def _forget_gradient_joined(self, model):
-        """Backward passes inside add to the gradient of the step's next pass and are reduced with it."""
-        return self._fsdp_sync(model, False) if self.is_fsdp_enabled else self.accelerator.no_sync(model)
+    def _retain_gradient(self, model):
+        """The retain pass: as the Trainer reduces it, except under FSDP2 with disruption masking, where it is reduced
+        as it ends: a retain gradient left unsharded would be reduced with the next forget pass, into the forget
+        gradient."""
+        if self.is_fsdp_enabled and self.args.disruption_masking:
+            return self._fsdp_sync(model, reduce=True)
+        return contextlib.nullcontext()
 
     @contextlib.contextmanager
     def _fsdp_sync(self, model, reduce: bool):
@@ -465,26 +473,22 @@ class WagleTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         a = self.args
         if self._perturbation or a.disruption_masking:
-            # the forget term (at theta + eps; its own backward, unreduced; under disruption masking into its own
-            # gradients), then the retain term at theta
+            # the forget term (at theta + eps; its own backward, reduced with the retain pass's, or under disruption
+            # masking into gradients of its own, reduced apart: `_forget_gradient`), then the retain term at theta
             self._loss_part = "forget"
             try:
                 if a.disruption_masking:
-                    sync, into = (self._forget_gradient_apart(model),
+                    sync, into = (self._forget_gradient(model, apart=True),
                                   gradients_into(self._trainable(), self._forget_grads))
                 else:
-                    sync = (self._forget_gradient_joined(model) if self.objective.uses_retain
+                    sync = (self._forget_gradient(model, apart=False) if self.objective.uses_retain
                             else contextlib.nullcontext())
                     into = contextlib.nullcontext()
                 with sync, perturbed(self._perturbation), into:
                     loss = super().training_step(model, inputs, num_items_in_batch)
                 if self.objective.uses_retain:
                     self._loss_part = "retain"
-                    # under FSDP2 a retain gradient left unsharded would be reduced with the next forget pass,
-                    # into the forget gradient: disruption masking reduces every retain pass
-                    sync = (self._fsdp_sync(model, True) if a.disruption_masking and self.is_fsdp_enabled
-                            else contextlib.nullcontext())
-                    with sync:
+                    with self._retain_gradient(model):
                         loss = loss + super().training_step(model, inputs, num_items_in_batch)
             finally:
                 self._loss_part = None
@@ -510,16 +514,17 @@ class WagleTrainer(Trainer):
         a = self.args
         if self._gnp_base:
             forget = self._forget_grads if a.disruption_masking else None
-            grads = {p: p.grad for p in self._perturbation} if forget is None else forget
             for p, e in self._perturbation.items():  # e: this rank's shard under FSDP2, as the gradients are
                 term = e.float().mul_(a.forget_weight * self._gnp_base).to(p.dtype)
-                if grads.get(p) is None:
-                    grads[p] = term if not is_sharded(p) else as_shard(term, p)
+                g = p.grad if forget is None else forget.get(p)
+                if g is None:
+                    g = as_shard(term, p) if is_sharded(p) else term
                 else:
-                    local_tensor(grads[p]).add_(term)
-            if forget is None:
-                for p, g in grads.items():
+                    local_tensor(g).add_(term)
+                if forget is None:
                     p.grad = g
+                else:
+                    forget[p] = g
         if a.disruption_masking:
             forget, self._forget_grads = self._mean_over_ranks(self._forget_grads), {}
             for p, g_f in forget.items():

@@ -1,7 +1,8 @@
 """Run by test_distributed_trainer under torchrun: WagleTrainer (npo, wagle mask computed by the trainer, GRIN
 noise, weight decay) on CPU ranks, under FSDP2 or DDP, optionally resuming from a checkpoint or with a given mask;
-with `robust=gnp` or `robust=smooth`, that forget perturbation with disruption masking, weight averaging from step
-3 and 2 accumulated micro-batches per step, without checkpoints. Writes `<out>/final` and `<out>/engine.json`.
+with `robust=gnp` or `robust=smooth`, that forget perturbation with weight averaging from step 3 and 2 accumulated
+micro-batches per step, without checkpoints; "gnp" with disruption masking and an evaluation every 2 steps too (the
+closest evaluation's weights are kept). Writes `<out>/final` and `<out>/engine.json`.
 
     torchrun --standalone --nproc_per_node 2 fsdp_trainer_script.py MODEL DATA OUT fsdp|ddp [resume=DIR] [mask=DIR]
         [robust=gnp|smooth]
@@ -36,8 +37,11 @@ fsdp = dict(fsdp="full_shard", fsdp_config={"fsdp_version": 2, "reshard_after_fo
                                             "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
                                             "state_dict_type": "FULL_STATE_DICT"}) if mode == "fsdp" else {}
 robust = dict(forget_perturbation=options["robust"], sam_rho=0.1, gnp_gamma=0.02, smooth_sigma=1e-3,
-              disruption_masking=True, weight_averaging_start=3, gradient_accumulation_steps=2,
-              per_device_train_batch_size=2, save_strategy="no") if "robust" in options else {}
+              weight_averaging_start=3, gradient_accumulation_steps=2, per_device_train_batch_size=2,
+              save_strategy="no") if "robust" in options else {}
+if options.get("robust") == "gnp":  # the forget gradient taken apart, and evaluations between steps
+    robust.update(disruption_masking=True, targets=["forget_probability <= 0.01x"], target_eval_steps=2,
+                  stop_at_targets=False)
 args = WagleConfig(**{**dict(output_dir=f"{out}/run", objective="npo", mask_method="wagle", mask_ratio=0.3,
                              learning_rate=2e-3, max_steps=4, per_device_train_batch_size=4, weight_decay=0.1,
                              use_cpu=True, report_to="none", save_strategy="steps", save_steps=2, disable_tqdm=True,
@@ -53,7 +57,8 @@ if trainer.is_world_process_zero():
     with open(f"{out}/engine.json", "w") as f:
         json.dump({"sharded": all(is_sharded(p) for p in trainer._grad_masks), "fsdp": trainer.is_fsdp_enabled,
                    "steps": trainer.state.global_step,
-                   "averaged": trainer.averaging.averaged if trainer.averaging is not None else None}, f)
+                   "averaged": trainer.averaging.averaged if trainer.averaging is not None else None,
+                   "restored": (trainer.evaluation.report or {}).get("restored") if trainer.evaluation else None}, f)
 # every rank is done with its collectives before any closes its connections
 trainer.accelerator.wait_for_everyone()
 trainer.accelerator.end_training()

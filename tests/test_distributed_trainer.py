@@ -164,7 +164,7 @@ def test_fsdp2_keeps_the_mask_and_matches_ddp_bit_for_bit(trained, world, tmp_pa
     _torchrun(script, *base_args, tmp_path / "resumed", "fsdp", f"resume={tmp_path / 'fsdp' / 'run' / 'checkpoint-2'}",
               env=env)
     engine = json.loads((tmp_path / "fsdp" / "engine.json").read_text())
-    assert engine == {"sharded": True, "fsdp": True, "steps": 4, "averaged": None}
+    assert engine == {"sharded": True, "fsdp": True, "steps": 4, "averaged": None, "restored": None}
     assert json.loads((tmp_path / "ddp" / "engine.json").read_text())["sharded"] is False
 
     base = dict(model.named_parameters())
@@ -190,12 +190,13 @@ def test_fsdp2_keeps_the_mask_and_matches_ddp_bit_for_bit(trained, world, tmp_pa
 @pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
 @pytest.mark.parametrize("perturbation", ["gnp", "smooth"])
 def test_fsdp2_robust_options_keep_the_mask_and_match_ddp(trained, world, tmp_path, perturbation):
-    """The robust options on shards: a forget perturbation ("gnp": its norm summed over the ranks' shards;
-    "smooth": each rank's shard of the same draw), disruption masking and weight averaging, over 2 accumulated
-    micro-batches per step on two CPU ranks under FSDP2. Off-mask weights keep the base's bits, and the weights equal
-    DDP's with the same mask to rounding: the engines sum gradients in different orders (FSDP2 reduces each
-    micro-batch's forget and retain passes as they end, DDP the step's sums), and with "gnp" the squared norm too,
-    which can flip the sign comparison of a gradient within rounding of zero."""
+    """The robust options on shards: a forget perturbation ("gnp": its norm summed over the ranks' shards, with
+    disruption masking and evaluations, the closest one kept; "smooth": each rank's shard of the same draw, its
+    forget gradient joined to the retain pass's) and weight averaging, over 2 accumulated micro-batches per step on
+    two CPU ranks under FSDP2. Off-mask weights keep the base's bits, and the weights equal DDP's with the same mask
+    to rounding ("smooth" measured bit for bit, "gnp" within 1.1e-6): the engines sum gradients in different orders
+    (FSDP2 reduces each micro-batch's forget and retain passes as they end under disruption masking, DDP the step's
+    sums), and the squared norm too, which can flip the sign comparison of a gradient within rounding of zero."""
     import json
 
     from safetensors.torch import load_file
@@ -215,7 +216,9 @@ def test_fsdp2_robust_options_keep_the_mask_and_match_ddp(trained, world, tmp_pa
     _torchrun(script, *base_args, tmp_path / "ddp", "ddp", f"robust={perturbation}",
               f"mask={tmp_path / 'fsdp' / 'final'}", env=env)
     engine = json.loads((tmp_path / "fsdp" / "engine.json").read_text())
-    assert engine == {"sharded": True, "fsdp": True, "steps": 4, "averaged": 2}
+    # "gnp": the closest evaluation (step 2) is put back at the end: a step's snapshot is of this rank's shards
+    assert engine == {"sharded": True, "fsdp": True, "steps": 4, "averaged": 2,
+                      "restored": True if perturbation == "gnp" else None}
 
     base = dict(model.named_parameters())
     fsdp, ddp = (load_file(tmp_path / run / "final" / "model.safetensors") for run in ("fsdp", "ddp"))

@@ -31,7 +31,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.utils import logging
 
-from ..modeling import local_tensor
+from ..modeling import local_tensor, reshard
 from ..options import DEFAULT_PROMPT_TEMPLATE
 from . import targets as target_rules
 from .measure import ANSWER_MEASURES, PROBABILITY, TRUTH_RATIO, check_sets, describe_sets, has_truth_ratio, measure
@@ -154,6 +154,7 @@ class WagleEvalCallback(TrainerCallback):
         if tokenizer is None:
             raise ValueError("WagleEvalCallback needs a tokenizer: pass `tokenizer=` or give the trainer one")
         metrics = self.evaluate(model, tokenizer, args, full=not self.history)
+        reshard(model)  # FSDP2: the parameters are the shards again (the best state keeps this rank's)
         self.history.append({"step": state.global_step, **metrics})
         if self.targets and len(self.history) == 1:
             self.floor_added = target_rules.floor_targets(self.targets, metrics, self.utility_floor)
@@ -214,6 +215,7 @@ class WagleEvalCallback(TrainerCallback):
             (logger.warning if not self.report["met"] else logger.info)(target_rules.explain(self.report))
         restore = self.restore_best and self._best_state is not None and self.best_step != state.global_step
         if restore:
+            reshard(model)
             with torch.no_grad():
                 for n, p in model.named_parameters():
                     if n in self._best_state:
