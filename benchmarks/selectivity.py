@@ -16,6 +16,7 @@ the best one meeting them, else the closest (as every run keeps).
     python benchmarks/selectivity.py --out benchmarks/results/selectivity --seeds 3 --add \
         --recipes "wagle, key tokens, mask retain: same relation"
     python benchmarks/selectivity.py --scenario element_symbols --out benchmarks/results/selectivity --seeds 3
+    python benchmarks/selectivity.py --out benchmarks/results/selectivity --mask-overlap
 
 Writes `<file>.json` (each run's evaluations and kept point; `selectivity` for country_languages,
 `selectivity_topic` for element_symbols) and `<file>.png` (every evaluation of every run: the forgetting measure
@@ -95,6 +96,31 @@ def same_relation_file(work: Path) -> Path:
     return path
 
 
+def mask_retain_overlap(work: Path) -> dict:
+    """How far attributing against the forgotten relation's retain rows alone (`mask_retain_file`) moves WAGLE's
+    mask: `hf-wagle attribute` (wagle, ratio 0.5, key tokens) with the scenario's retain rows, then with the
+    same-relation ones; Jaccard |A & B| / |A | B| over the decoder's linear weights, of the element masks and of
+    the row x column masks LoRA holds of them (`project_rows_columns`)."""
+    from hf_wagle.mask import WeightMask, project_rows_columns
+
+    model, folders = str(smollm2_path()), {}
+    for name, retain in (("retain", "scenario:country_languages/retain"), ("same_relation", same_relation_file(work))):
+        folders[name] = work / f"mask_{name}"
+        hf_wagle(["attribute", "--model", model, "--forget", "scenario:country_languages/forget", "--retain",
+                  str(retain), "--method", "wagle", "--ratio", "0.5", "--forget_tokens", "key",
+                  "--out", str(folders[name])])
+    a, b = (WeightMask.load(folders[n]) for n in ("retain", "same_relation"))
+    counts = {"element": [0, 0], "lora": [0, 0]}
+    for name in (n for n in a.names() if n.startswith("model.layers.") and n.endswith("proj.weight")):
+        pairs = {"element": (a[name], b[name])}
+        (ra, ca), (rb, cb) = project_rows_columns(a[name]), project_rows_columns(b[name])
+        pairs["lora"] = (ra[:, None] & ca[None, :], rb[:, None] & cb[None, :])
+        for kind, (x, y) in pairs.items():
+            counts[kind][0] += int((x & y).sum())
+            counts[kind][1] += int((x | y).sum())
+    return {f"{kind}_jaccard": both / either for kind, (both, either) in counts.items()}
+
+
 def run(scenario: Scenario, work: Path, seeds: int, recipes: list[str], save, out: dict | None = None) -> dict:
     """Every recipe on seed 0, then on seed 1, ...; `save(results)` after each run (`out`: results to add to; a run
     already in it is not run again)."""
@@ -171,7 +197,16 @@ def main() -> None:
     parser.add_argument("--recipes", help="names of the scenario's recipes, separated by ';' (default: all)")
     parser.add_argument("--add", action="store_true", help="keep the runs already in the scenario's results file "
                         "and run only the missing ones")
+    parser.add_argument("--mask-overlap", action="store_true", help="only measure how far mask_retain_file moves "
+                        "WAGLE's mask on country_languages (writes <out>/mask_retain_overlap.json)")
     args = parser.parse_args()
+    if args.mask_overlap:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="hf_wagle_overlap_") as work:
+            overlap = mask_retain_overlap(Path(work))
+        (Path(args.out) / "mask_retain_overlap.json").write_text(json.dumps(overlap, indent=2))
+        print(overlap)
+        return
     scenario = SCENARIOS[args.scenario]
     recipes = [r.strip() for r in (args.recipes or ";".join(scenario.recipes)).split(";") if r.strip()]
     unknown = [r for r in recipes if r not in scenario.recipes]
