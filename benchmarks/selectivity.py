@@ -72,6 +72,8 @@ SCENARIOS = {
             # more local objectives: maximum entropy on the key tokens; a refusal as the answer
             "grin, key tokens, max entropy, KL retain x5": ["--objective", "me", "--learning_rate", "1e-3"],
             "grin, refusal (po), KL retain x5": ["--objective", "po", "--learning_rate", "1e-3"],
+            # another forget row's fact as the answer: only the key changes
+            "grin, alternative answers (alt), KL retain x5": ["--objective", "alt"],
         }),
     "element_symbols": Scenario(
         EXAMPLES / "unlearn_smollm2.yaml", "selectivity_topic", ("forget", "topic", "heldout"), ("topic", "heldout"),

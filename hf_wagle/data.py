@@ -233,16 +233,14 @@ class ForgetRetainPairs(TorchDataset):
         return item
 
 
-def refusal_examples(forget, tokenizer, refusals, prompt_template: str, max_length: int | None, seed: int):
-    """Each forget question answered by a refusal chosen by `default_rng([seed, i])`, tokenised as QA."""
+def refusal_examples(forget, tokenizer, answers: list[str], prompt_template: str, max_length: int | None):
+    """Each forget question with `answers[i]` as its answer (a refusal, or another answer the objective trains
+    towards), tokenised as QA."""
     if dataset_shape(forget, "forget dataset") != "qa":
-        raise ValueError("refusal objectives ('po', 'idk_dpo') need QA forget data (`question`, `answer` columns)")
-    out = []
-    for i, question in enumerate(forget["question"]):
-        answer = refusals[int(np.random.default_rng([seed, i]).integers(len(refusals)))]
-        out.append(tokenize_example({"question": question, "answer": answer}, tokenizer, prompt_template,
-                                    max_length, "qa"))
-    return out
+        raise ValueError("objectives with their own answers ('po', 'idk_dpo', 'alt') need QA forget data "
+                         "(`question`, `answer` columns)")
+    return [tokenize_example({"question": question, "answer": answer}, tokenizer, prompt_template, max_length, "qa")
+            for question, answer in zip(forget["question"], answers)]
 
 
 class PairCollator:

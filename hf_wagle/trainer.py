@@ -200,8 +200,8 @@ class WagleTrainer(Trainer):
         retain_ex = tokenize_dataset(retain_dataset, *tok_args, what="retain dataset")
         check_fits_model(forget_ex, model, "forget dataset")
         check_fits_model(retain_ex, model, "retain dataset")
-        refusal_ex = refusal_examples(forget_dataset, processing_class, objective.refusals,
-                                      *tok_args[1:], args.seed) if objective.needs_refusal else None
+        refusal_ex = refusal_examples(forget_dataset, processing_class, objective.target_answers(forget_dataset),
+                                      *tok_args[1:]) if objective.needs_refusal else None
         check_disjoint(forget_ex, retain_ex)
         if mask_retain_dataset is not None:
             if mask is not None or args.mask_method is None:

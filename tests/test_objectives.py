@@ -55,6 +55,39 @@ def test_uniform_kl_is_log_v_minus_the_entropy_on_labelled_positions():
     assert uniform_kl(logits, torch.full((2, 5), IGNORE_INDEX)) == 0
 
 
+def test_alternative_answers_swap_only_the_fact_for_one_of_the_same_kind():
+    from hf_wagle.objectives.alt import alternative_answers
+
+    questions = ["Where was Ann Lee born?", "Where was Bo Kim born?", "When was Ann Lee born?",
+                 "When was Bo Kim born?", "Where was Cy Roe born?"]
+    answers = ["Ann Lee was born in Lima.", "Bo Kim was born in Oslo.", "Ann Lee was born in 1964 .",
+               "Bo Kim was born in 1970.", "Cy Roe was born in LIMA !"]
+    keys = ["lima", "Oslo", "1964", "1970", "Lima"]  # as `answer_keys` gives them: any case
+    alternative = alternative_answers(questions, answers, keys, seed=0)
+    # a place for a place (never the row's own, nor its same-key twin), a year for a year; the rest of the answer kept
+    assert alternative[0] == "Ann Lee was born in Oslo." and alternative[4] == "Cy Roe was born in Oslo !"
+    assert alternative[1] in ("Bo Kim was born in Lima.", "Bo Kim was born in LIMA.")
+    assert alternative[2:4] == ["Ann Lee was born in 1970 .", "Bo Kim was born in 1964."]
+    assert any(alternative_answers(questions, answers, keys, seed=s)[1] != alternative[1] for s in range(1, 9))
+    with pytest.raises(ValueError, match="every forget row here has the same one"):
+        alternative_answers(questions[:1] + questions[4:], answers[:1] + answers[4:], ["lima", "Lima"], seed=0)
+
+
+def test_alternative_answers_replace_the_facts_and_keep_retain(model, tokenizer, world, tmp_path):
+    """`alt` changes the key of each answer and little else, so the whole-answer probability is not its measure:
+    the greedy answers are. The forget facts are no longer given, the retain ones still are."""
+    from hf_wagle.evaluation.measure import measure
+    from hf_wagle.options import DEFAULT_PROMPT_TEMPLATE
+
+    sets = {"forget": world["forget"], "retain": world["retain"].select(range(40))}
+    before = measure(model, tokenizer, sets, DEFAULT_PROMPT_TEMPLATE, answers=True)
+    trainer = unlearn(model, tokenizer, world, tmp_path, objective="alt", learning_rate=1e-3)
+    after = measure(model, tokenizer, sets, DEFAULT_PROMPT_TEMPLATE, answers=True)
+    assert before["forget_answered"] >= 0.9 and after["forget_answered"] <= 0.25
+    assert after["retain_answered"] >= 0.8 * before["retain_answered"]
+    assert trainer.state.log_history[0]["alternative_nll"] > trainer.state.log_history[-2]["alternative_nll"]
+
+
 def test_gradient_ascent_forgets_without_retain_term(model, tokenizer, world, tmp_path):
     before = probability(model, tokenizer, world["forget"])
     trainer = unlearn(model, tokenizer, world, tmp_path, objective="ga", learning_rate=5e-4, max_steps=20)

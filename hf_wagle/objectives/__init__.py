@@ -27,7 +27,8 @@ trainer needs no change.
 """
 
 from ..losses import sequence_nll
-from . import ga, idk_dpo, me, npo, po, rmu, simnpo  # noqa: F401  (the built-ins register themselves)
+from . import alt, ga, idk_dpo, me, npo, po, rmu, simnpo  # noqa: F401  (the built-ins register themselves)
+from .alt import AlternativeAnswer
 from .base import OBJECTIVES, Objective, get_objective, objective_arguments, register_objective
 from .ga import GradDiff, GradientAscent
 from .idk_dpo import IdkDPO, IdkDPOArgs
@@ -41,5 +42,5 @@ BUILTIN_ARGS = (PreferenceArgs, SimNPOArgs, RefusalArgs, RMUArgs)  # their field
 
 __all__ = ["OBJECTIVES", "Objective", "register_objective", "get_objective", "objective_arguments",
            "sequence_nll", "DEFAULT_REFUSALS", "BUILTIN_ARGS", "GradientAscent", "GradDiff", "NPO", "SimNPO",
-           "RefusalPO", "IdkDPO", "MaxEntropy", "RMU", "PreferenceArgs", "SimNPOArgs", "RefusalArgs", "IdkDPOArgs",
-           "RMUArgs"]
+           "RefusalPO", "IdkDPO", "MaxEntropy", "AlternativeAnswer", "RMU", "PreferenceArgs", "SimNPOArgs",
+           "RefusalArgs", "IdkDPOArgs", "RMUArgs"]

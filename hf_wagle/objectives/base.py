@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 
 from ..losses import retain_kl, sequence_nll
@@ -87,7 +88,8 @@ class Objective:
     `self.config` is the `WagleConfig`, `self.args` the objective's own arguments (see `register_objective`).
     Class attributes declare what the trainer prepares:
     `needs_reference`: reference logp of each forget answer (and refusal) -> `trainer.reference_logp(...)`;
-    `needs_refusal`: each forget question also comes with a refusal answer (`inputs["refusal"]`, QA data only);
+    `needs_refusal`: each forget question also comes with another answer, a refusal unless `target_answers` says
+    otherwise (`inputs["refusal"]`, QA data only);
     `uses_retain`: whether retain batches are used at all.
     """
 
@@ -110,6 +112,12 @@ class Objective:
         """The refusal answers of an objective with `needs_refusal`: its `refusals` argument, else the config's
         `refusals`, else `DEFAULT_REFUSALS`."""
         return list(getattr(self.args, "refusals", None) or getattr(self.config, "refusals", None) or DEFAULT_REFUSALS)
+
+    def target_answers(self, forget) -> list[str]:
+        """The answer each forget question is trained towards, for an objective with `needs_refusal`
+        (`inputs["refusal"]`): a refusal drawn for row i by `numpy.random.default_rng([seed, i])`."""
+        refusals, seed = self.refusals, self.config.seed
+        return [refusals[int(np.random.default_rng([seed, i]).integers(len(refusals)))] for i in range(len(forget))]
 
     @classmethod
     def check_args(cls, args) -> None:
