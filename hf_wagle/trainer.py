@@ -458,7 +458,7 @@ class WagleTrainer(Trainer):
     def _mean_over_ranks(self, grads: dict[torch.Tensor, torch.Tensor]) -> dict[torch.Tensor, torch.Tensor]:
         """`grads` averaged over the ranks (as DDP averages `.grad`), in place; under DDP every trainable parameter
         takes part, in the model's order, a zero gradient where a rank has none, so the collectives match. Under
-        FSDP2 they are averaged already (`_forget_gradient_apart`)."""
+        FSDP2 they are averaged already (`_forget_gradient`)."""
         if self.args.world_size == 1 or self.is_fsdp_enabled:
             return grads
         import torch.distributed as dist
