@@ -32,6 +32,34 @@ def test_interval_is_the_student_t_interval():
     assert math.isnan(ci95([0.5])[1]) and math.isnan(ci95([])[0])
 
 
+@pytest.mark.parametrize("grid", [0.0, 0.1])
+def test_a_share_of_rows_is_matched_at_the_first_value_at_or_below_the_target(grid):
+    """`forget_answered` over 10 rows takes the values 0.0, 0.1, ...: around a target of 0.25 there is no value
+    within 10% of it. On its grid the matched point is the first value at or below the target (0.2, within one row);
+    read as continuous, no point is within the tolerance and the comparison would refuse a verdict."""
+    import torch
+
+    from hf_wagle.experiments.compare import MatchedPointCallback
+
+    model = torch.nn.Linear(1, 1, bias=False)
+
+    def cheap(m, only=None):  # the share answered falls in steps of 0.1 as the weight goes from 1 to 0
+        return {"forget_answered": math.floor(float(m.weight) * 10) / 10}
+
+    tracker = MatchedPointCallback(cheap, lambda m: {}, "forget_answered", 0.25, {"step": 0}, 1, 0.1, grid=grid)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    tracker.on_train_begin(None, None, None, model=model)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    matched = tracker._search(model, {"step": 3, "forget_answered": 1.0}, {"step": 4, "forget_answered": 0.0})
+    value = cheap(model)["forget_answered"]
+    if grid:
+        assert matched["within_tolerance"] and value == 0.2 and 3 < matched["step"] < 4
+    else:
+        assert not matched["within_tolerance"] and value in (0.2, 0.3)
+
+
 def test_a_target_crossed_inside_the_first_step_is_warned_about_and_matched_by_a_partial_step(trained, world):
     """At a learning rate that forgets in under one step, the matched point is searched inside the first step; the
     model found there is exactly one step at the learning rate scaled by t (Adam's update is linear in it)."""
