@@ -231,9 +231,12 @@ def norm_over_shards(local_norm: float, param: torch.Tensor) -> float:
 
 def reshard(model) -> None:
     """Free the unsharded parameters FSDP2 keeps after a forward pass without backward (its root module does not
-    reshard after forward), so that `model.parameters()` are the sharded DTensors again; nothing otherwise."""
+    reshard after forward), so that `model.parameters()` are the sharded DTensors again; nothing otherwise (nothing
+    for an object that is not a torch module)."""
     from torch.distributed.fsdp import FSDPModule
 
+    if not isinstance(model, torch.nn.Module):
+        return
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.reshard()

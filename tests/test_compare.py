@@ -44,7 +44,7 @@ def test_a_share_of_rows_is_matched_at_the_first_value_at_or_below_the_target(gr
     model = torch.nn.Linear(1, 1, bias=False)
 
     def cheap(m, only=None):  # the share answered falls in steps of 0.1 as the weight goes from 1 to 0
-        return {"forget_answered": math.floor(float(m.weight) * 10) / 10}
+        return {"forget_answered": math.floor(float(m.weight.detach()) * 10) / 10}
 
     tracker = MatchedPointCallback(cheap, lambda m: {}, "forget_answered", 0.25, {"step": 0}, 1, 0.1, grid=grid)
     with torch.no_grad():
