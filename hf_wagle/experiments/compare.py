@@ -23,9 +23,8 @@ on the straight line between two trained states, and labelled so. A run stops at
 ends outside the tolerance leaves the point unresolved and the verdict refuses to call a winner. A share of answered
 rows moves in steps of one row (`1 / rows`), which may hold no value within the tolerance of the target (0.2 and
 0.3 around 0.25 with 10 rows): on `forget_answered` the matched point is the first value at or below the target,
-within one row of it. A crossing inside the
-first interval is warned about: the learning rate forgets in under `eval_every` steps; `calibrate_learning_rate`
-picks one that reaches the target in a chosen number of steps.
+within one row of it. A crossing inside the first interval is warned about: the learning rate forgets in under
+`eval_every` steps; `calibrate_learning_rate` picks one that reaches the target in a chosen number of steps.
 
 **Intervals.** Over seeds, `mean +- t_{0.975, n-1} * s / sqrt(n)` (Student t, `scipy.stats.t`); none for one seed.
 """
