@@ -21,6 +21,7 @@ import re
 import numpy as np
 import torch
 
+from ..evaluation.measure import answer_keys, normalise
 from ..losses import sequence_nll
 from .base import Objective, register_objective
 
@@ -33,8 +34,6 @@ def _template(question: str) -> set[str]:
 
 def alternative_keys(questions: list[str], keys: list[str], seed: int) -> list[int]:
     """`sigma`: for each row, the row whose key it takes (module docstring); keys compared normalised."""
-    from ..evaluation.measure import normalise
-
     norm = [normalise(k) for k in keys]
     if len(set(norm)) < 2:
         raise ValueError("objective 'alt' gives each forget row another row's fact, and every forget row here has "
@@ -77,8 +76,6 @@ class AlternativeAnswer(Objective):
     needs_refusal = True
 
     def target_answers(self, forget) -> list[str]:
-        from ..evaluation.measure import answer_keys
-
         return alternative_answers(forget["question"], forget["answer"], answer_keys(forget), self.config.seed)
 
     def forget_loss(self, trainer, model, inputs):
