@@ -8,7 +8,7 @@ from hf_wagle import WagleTrainer
 from hf_wagle.data import IGNORE_INDEX, PairCollator
 from hf_wagle.evaluation import answer_metrics, summarise
 from hf_wagle.losses import uniform_kl
-from hf_wagle.objectives import OBJECTIVES, GradDiff, register_objective
+from hf_wagle.objectives import OBJECTIVES, RMU, GradDiff, register_objective
 from hf_wagle.trainer import REFERENCE_FILE
 
 from support import small_args, snapshot
@@ -218,3 +218,13 @@ def test_rmu_reads_the_raw_layer_output_also_at_the_last_layer(model, tokenizer,
             want = captured[0] if layer == last else out.hidden_states[layer + 1]
             assert torch.equal(got, want.float()), layer
     assert not torch.allclose(captured[0], out.hidden_states[-1])  # the normed output differs
+
+
+def test_rmu_pools_the_positions_that_predict_labelled_tokens():
+    """RMU steers the hidden state a labelled token is read from: position t when the label at t + 1 is kept (with
+    key tokens, the one before the key), averaged per example, then over the batch."""
+    labels = torch.full((2, 5), IGNORE_INDEX)
+    labels[0, 3] = 7  # one key token at 3: read from position 2
+    labels[1, 2:] = 7  # an answer at 2..4: read from 1..3
+    per_token = torch.arange(10.0).reshape(2, 5)
+    assert RMU._pooled(per_token, {"labels": labels}).item() == (2.0 + (6 + 7 + 8) / 3) / 2

@@ -41,10 +41,11 @@ class RMU(Objective):
     """Representation misdirection (Li et al. 2024, WMDP).
 
     With h_l the raw output of decoder layer `rmu_layer` (read by a forward hook, so the last layer is taken
-    before the model's final norm) and u a fixed seeded random unit vector, pooled as the reference implementations
-    do (mean over each example's labelled tokens, then over the batch):
-    forget loss = `mean_i mean_{t labelled} ||h_l(x_f)_t - c * u||^2 / d`, retain loss =
-    `alpha * mean_i mean_{t labelled} ||h_l(x_r)_t - h_l^ref(x_r)_t||^2 / d` (c = `rmu_steering_coeff`,
+    before the model's final norm) and u a fixed seeded random unit vector, pooled over the positions t from which a
+    labelled token is predicted (label at t + 1; with `forget_tokens="key"` the positions that predict the key),
+    mean over each example, then over the batch:
+    forget loss = `mean_i mean_{t: y_{t+1} labelled} ||h_l(x_f)_t - c * u||^2 / d`, retain loss =
+    `alpha * mean_i mean_{t: y_{t+1} labelled} ||h_l(x_r)_t - h_l^ref(x_r)_t||^2 / d` (c = `rmu_steering_coeff`,
     alpha = `rmu_alpha`, d the hidden size). Only parameters whose names match `rmu_param_pattern` inside layers
     `rmu_train_layers` are trained (the rest are frozen before the mask is applied).
     """
@@ -97,9 +98,12 @@ class RMU(Objective):
 
     @staticmethod
     def _pooled(per_token: torch.Tensor, batch) -> torch.Tensor:
-        """Mean over each example's labelled tokens, then over the examples."""
-        labelled = (batch["labels"] != IGNORE_INDEX).to(per_token.device).float()
-        return ((per_token * labelled).sum(1) / labelled.sum(1).clamp(min=1)).mean()
+        """Mean over each example's positions whose next token is labelled (the hidden state that predicts it),
+        then over the examples."""
+        predicts = torch.zeros_like(batch["labels"], dtype=torch.bool)
+        predicts[:, :-1] = batch["labels"][:, 1:] != IGNORE_INDEX
+        predicts = predicts.to(per_token.device).float()
+        return ((per_token * predicts).sum(1) / predicts.sum(1).clamp(min=1)).mean()
 
     def forget_loss(self, trainer, model, inputs):
         batch = inputs["forget"]
