@@ -8,6 +8,9 @@ the best one meeting them, else the closest (as every run keeps).
   `neighbour`: 8 other countries' languages, `entity`: capitals and currencies of the 10, `heldout`: other knowledge.
   Targets `forget_answered <= 0.25`, `neighbour_answered >= 0.8x`, `entity_answered >= 0.8x`,
   `heldout_answered >= 0.9x`; 18 steps.
+- `work_authors`, fact-level (examples/unlearn_work_authors.yaml): who wrote 8 works to forget; `neighbour`: who
+  wrote 6 other works, `entity`: 3 other facts about the 8 authors, `heldout`: other knowledge. The same targets and
+  steps.
 - `element_symbols`, topic-level (examples/unlearn_smollm2.yaml): the symbols of 20 elements to forget; `topic`: 8
   more symbols never trained on, which must go too; `heldout`: other knowledge. Targets `forget_answered <= 0.25`,
   `topic_answered <= 0.25`, `heldout_answered >= 0.9x` (the kind's, not the example's looser 0.75x); 12 steps.
@@ -16,12 +19,14 @@ the best one meeting them, else the closest (as every run keeps).
     python benchmarks/selectivity.py --out benchmarks/results/selectivity --seeds 3 --add \
         --recipes "wagle, key tokens, mask retain: same relation"
     python benchmarks/selectivity.py --scenario element_symbols --out benchmarks/results/selectivity --seeds 3
+    python benchmarks/selectivity.py --scenario work_authors --out benchmarks/results/selectivity --seeds 3
     python benchmarks/selectivity.py --out benchmarks/results/selectivity --mask-overlap
 
 Writes `<file>.json` (each run's evaluations and kept point; `selectivity` for country_languages,
-`selectivity_topic` for element_symbols) and `<file>.png` (every evaluation of every run: the forgetting measure
-against the keeping one, the kept points marked), and prints a Markdown table: per recipe, the kept point's answered
-shares, mean and 95% interval over seeds, and on how many seeds every target held.
+`selectivity_authors` for work_authors, `selectivity_topic` for element_symbols) and `<file>.png` (every evaluation
+of every run: the forgetting measure against the keeping one, the kept points marked), and prints a Markdown table:
+per recipe, the kept point's answered shares, mean and 95% interval over seeds, and on how many seeds every target
+held.
 """
 
 import argparse
@@ -74,6 +79,17 @@ SCENARIOS = {
             "grin, refusal (po), KL retain x5": ["--objective", "po", "--learning_rate", "1e-3"],
             # another forget row's fact as the answer: only the key changes
             "grin, alternative answers (alt), KL retain x5": ["--objective", "alt"],
+            # representation misdirection at layer 7 on the positions that predict the key; c about 2.5x the median
+            # activation norm there (120), the retain term its own activation matching
+            "grin, RMU on the key": ["--objective", "rmu", "--no_use_peft", "--learning_rate", "3e-3",
+                                     "--rmu_steering_coeff", "300", "--rmu_alpha", "100"],
+        }),
+    "work_authors": Scenario(
+        EXAMPLES / "unlearn_work_authors.yaml", "selectivity_authors", ("forget", "neighbour", "entity", "heldout"),
+        ("forget", "neighbour"), 18, {  # the example's own recipe is the first; the masks compared with it
+            "grin, key tokens, KL retain x5": [],
+            "wagle, key tokens, KL retain x5": ["--mask_method", "wagle"],
+            "dense, key tokens, KL retain x5": ["--mask_method", "none"],
         }),
     "element_symbols": Scenario(
         EXAMPLES / "unlearn_smollm2.yaml", "selectivity_topic", ("forget", "topic", "heldout"), ("topic", "heldout"),

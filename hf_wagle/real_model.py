@@ -175,6 +175,8 @@ def load_scenario(name: str = "element_symbols") -> dict:
         element_symbols    topic: chemical symbols of elements (20 to forget, 8 held-out `topic` ones)
         country_languages  fact: the language of 10 countries (8 other countries' languages as `neighbour`, 15
                            capitals and currencies of the same 10 as `entity`)
+        work_authors       fact: who wrote 8 works (who wrote 6 others as `neighbour`, 3 other facts about the 8
+                           authors as `entity`)
     """
     from datasets import Dataset
 

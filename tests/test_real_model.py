@@ -256,7 +256,8 @@ def test_lm_eval_agrees_with_cloze_scoring_item_by_item(smollm2, tmp_path):
         lm_eval_scores(model, tokenizer, ["hfw_symbols"], include_path=tmp_path / "nowhere")
 
 
-@pytest.mark.parametrize("name", ["country_languages"])  # element_symbols: tests/test_compare.py's real-model test
+# element_symbols: tests/test_compare.py's real-model test
+@pytest.mark.parametrize("name", ["country_languages", "work_authors"])
 def test_shipped_scenarios_are_screened_facts_the_model_names(smollm2, name):
     """The sets the scenario's kind is measured on (forget, and neighbour and entity for facts) hold facts SmolLM2
     names in its greedy answer before any unlearning (a set it does not know would make its `answered` targets
