@@ -228,3 +228,5 @@ def test_rmu_pools_the_positions_that_predict_labelled_tokens():
     labels[1, 2:] = 7  # an answer at 2..4: read from 1..3
     per_token = torch.arange(10.0).reshape(2, 5)
     assert RMU._pooled(per_token, {"labels": labels}).item() == (2.0 + (6 + 7 + 8) / 3) / 2
+    left_padded = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])  # row 1: its answer starts at its first token
+    assert RMU._pooled(per_token, {"labels": labels, "attention_mask": left_padded}).item() == (2.0 + (7 + 8) / 2) / 2

@@ -42,8 +42,9 @@ class RMU(Objective):
 
     With h_l the raw output of decoder layer `rmu_layer` (read by a forward hook, so the last layer is taken
     before the model's final norm) and u a fixed seeded random unit vector, pooled over the positions t from which a
-    labelled token is predicted (label at t + 1; with `forget_tokens="key"` the positions that predict the key),
-    mean over each example, then over the batch:
+    labelled token is predicted (label at t + 1: the token before the answer and every answer token but the last;
+    on forget rows with `forget_tokens="key"`, the token before the key and the key's tokens but its last), mean
+    over each example, then over the batch:
     forget loss = `mean_i mean_{t: y_{t+1} labelled} ||h_l(x_f)_t - c * u||^2 / d`, retain loss =
     `alpha * mean_i mean_{t: y_{t+1} labelled} ||h_l(x_r)_t - h_l^ref(x_r)_t||^2 / d` (c = `rmu_steering_coeff`,
     alpha = `rmu_alpha`, d the hidden size). Only parameters whose names match `rmu_param_pattern` inside layers
@@ -100,8 +101,11 @@ class RMU(Objective):
     def _pooled(per_token: torch.Tensor, batch) -> torch.Tensor:
         """Mean over each example's positions whose next token is labelled (the hidden state that predicts it),
         then over the examples."""
-        predicts = torch.zeros_like(batch["labels"], dtype=torch.bool)
-        predicts[:, :-1] = batch["labels"][:, 1:] != IGNORE_INDEX
+        labels = batch["labels"]
+        predicts = torch.zeros_like(labels, dtype=torch.bool)
+        predicts[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+        if "attention_mask" in batch:  # left-padded rows: the pad before the first token predicts nothing
+            predicts &= batch["attention_mask"].bool()
         predicts = predicts.to(per_token.device).float()
         return ((per_token * predicts).sum(1) / predicts.sum(1).clamp(min=1)).mean()
 
