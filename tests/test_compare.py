@@ -181,6 +181,17 @@ def test_plan_writes_a_config_that_meets_its_targets(trained, world, tmp_path, c
     record = json.loads((tmp_path / "out" / "unlearning_record.json").read_text())
     assert record["targets"]["met"] is True and record["steps"] < planned["max_steps"]
 
+    # judged where unlearn would stop: the first evaluation (every 2 steps) from the crossing on where all held
+    from hf_wagle.evaluation.targets import parse_targets
+    from hf_wagle.experiments.compare import targets_hold
+
+    status = main(["plan", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "plan_t"), "--seeds", "1",
+                   "--methods", "random", "--ratios", "0.5", "--match", "targets", "--eval_every", "2"])
+    result = json.loads((tmp_path / "plan_t" / "compare_masks.json").read_text())
+    matched = result["runs"][0]["matched"]
+    assert result["settings"]["matched_where"] == "targets" and status == (0 if matched else 3)
+    assert matched["step"] % 2 == 0 and targets_hold(parse_targets(config["targets"]), result["base"], matched)
+
 
 @pytest.mark.slow  # a plan trial, then the relearning attack on its kept model
 def test_plan_attacks_each_feasible_setting_against_a_relearning_limit(trained, world, tmp_path, capsys):

@@ -381,6 +381,54 @@ def test_plan_takes_the_target_it_matched_on_as_met_at_the_matched_point():
     assert chosen is None and "step 3" in rows[0]["problems"][0]
 
 
+def test_plan_matched_on_its_targets_judges_where_they_all_held():
+    """`--match targets`: a trial is judged at the first evaluation where every target held (as `unlearn` stops),
+    not at the step after; a seed with no such evaluation is infeasible and says so."""
+    from hf_wagle.cli.plan import choose
+    from hf_wagle.evaluation.targets import parse_targets
+
+    targets = parse_targets(["forget_answered <= 0.25", "heldout_answered >= 0.9x"])
+    held = {"within_tolerance": True, "forget_answered": 0.1, "heldout_answered": 0.95}
+    runs = [{"method": "dense", "seed": 0, "matched": held, "curve": [{"step": 9, "forget_answered": 0.1,
+                                                                        "heldout_answered": 0.3}]},
+            {"method": "grin", "seed": 0, "matched": None, "curve": [{"step": 12}]}]
+    result = {"base": {"forget_answered": 1.0, "heldout_answered": 1.0}, "runs": runs,
+              "settings": {"target_metric": "forget_answered", "forget_bound": 0.25, "matched_where": "targets"},
+              "summary": {m: {"matched_utility": {"mean": 0.8, "ci95_half_width": None}, "changeable_fraction": 0.5,
+                              "matched_step": {"mean": 9}} for m in ("dense", "grin")}}
+    chosen, rows = choose(result, targets)
+    assert chosen == "dense" and rows[0]["feasible"]  # the curve's last point (heldout 0.3) is not judged
+    assert not rows[1]["feasible"] and "no evaluation" in rows[1]["problems"][0]
+
+
+def test_matched_on_targets_goes_on_past_the_crossing_until_every_target_holds():
+    """With `hold`, the callback scores every evaluation from the forget crossing on with `full` and stops at the
+    first where `hold` is true, matched at that whole step."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import TrainerControl
+
+    from hf_wagle.experiments.compare import MatchedPointCallback
+
+    forget = {1: 0.8, 2: 0.2, 3: 0.1, 4: 0.1}  # crossed at step 2
+    heldout = {2: 0.4, 3: 0.95}  # collapsed at the crossing, back at step 3
+    step = SimpleNamespace(global_step=0, max_steps=6)
+    tracker = MatchedPointCallback(lambda m, only=None: {"forget_answered": forget[step.global_step]},
+                                   lambda m: {"heldout_answered": heldout[step.global_step]}, "forget_answered", 0.25,
+                                   {"step": 0, "forget_answered": 1.0}, 1, 0.1,
+                                   hold=lambda point: point["heldout_answered"] >= 0.9)
+    model = torch.nn.Linear(1, 1)
+    tracker.on_train_begin(None, step, None, model=model)
+    stopped = []
+    for step.global_step in (1, 2, 3):
+        control = tracker.on_step_end(None, step, TrainerControl(), model=model)
+        stopped.append(control.should_training_stop)
+    assert stopped == [False, False, True]
+    assert tracker.matched["step"] == 3 and tracker.matched["heldout_answered"] == 0.95
+    assert [p["step"] for p in tracker.curve] == [0, 1, 2, 3]
+
+
 def test_plan_crosses_its_levers_and_says_which_one_decided():
     from hf_wagle.cli.plan import PlanArguments, deciding_levers, plan_recipes, recipe_name
 

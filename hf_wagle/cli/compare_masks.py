@@ -86,8 +86,9 @@ def given_values(instance, skip=_DERIVED) -> dict:
     return out
 
 
-def run_comparison(args, methods=None, progress=print) -> dict:
-    """compare-masks (with its calibration) from parsed arguments; shared with `hf-wagle plan`."""
+def run_comparison(args, methods=None, progress=print, targets=None) -> dict:
+    """compare-masks (with its calibration) from parsed arguments; shared with `hf-wagle plan` (`targets`: match
+    each run where they all hold, `compare_masks`)."""
     from transformers import AutoTokenizer
 
     from ..experiments.compare import calibrate_learning_rate, compare_masks, parse_specs, spec_options
@@ -132,7 +133,7 @@ def run_comparison(args, methods=None, progress=print) -> dict:
 
     result = compare_masks(script.model_name_or_path, tokenizer, forget, retain, methods=specs, seeds=compare.seeds,
                            steps=steps, training=recipe, keep=str(Path(compare.out) / "runs") if compare.keep else None,
-                           survival=compare.survival, progress=progress, **common)
+                           survival=compare.survival, targets=targets, progress=progress, **common)
     result["calibration"] = calibration
     result["model"] = Path(script.model_name_or_path.rstrip("/")).name
     return result

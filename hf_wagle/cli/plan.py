@@ -24,6 +24,17 @@ class PlanArguments:
     retain_terms: str | None = field(default=None, metadata={
         "help": "comma-separated retain terms as loss:weight ('nll:1,kl:5'), each tried with every other setting "
                 "(default: the config's retain_loss and retain_weight)"})
+    match: str = field(default="forget", metadata={
+        "choices": ["forget", "targets"],
+        "help": "where each trial is judged: 'forget', the point where the config's forget target is first met "
+                "(every setting at the same forgetting; the targets must hold there and at the whole step after); "
+                "'targets', the first evaluation (every --eval_every steps) at or after it where every target holds, "
+                "as hf-wagle unlearn stops (a setting that forgets through a collapse of utility and recovers within "
+                "--max_steps counts)"})
+
+    def __post_init__(self):
+        if self.match not in ("forget", "targets"):
+            raise ValueError(f"match is 'forget' or 'targets', got {self.match!r}")
 
 
 def plan_recipes(plan: PlanArguments) -> list[dict]:
@@ -108,7 +119,7 @@ def choose(result: dict, targets: list) -> tuple[str | None, list[dict]]:
     """Per spec, whether every target holds at its matched point on every seed (and at the whole step after it; the
     target the trials were matched on is taken as met at the matched point, which lies within the comparison's
     tolerance of it by construction, and must hold strictly at the step after; a target on a set the comparison did
-    not score fails);
+    not score fails; matched on the targets (`--match targets`), at the evaluation where they all held, alone);
     the chosen spec: of those that do, the ones whose mean held-out utility lies within the best one's 95% interval,
     and of these the one that lets the fewest weights change. None when none is feasible, or when several are and
     one seed gives no interval to tell their utilities apart (the comparison names no winner then either)."""
@@ -116,6 +127,7 @@ def choose(result: dict, targets: list) -> tuple[str | None, list[dict]]:
 
     base, rows = result["base"], []
     settings = result.get("settings", {})
+    at_targets = settings.get("matched_where") == "targets"  # where every target held: no step after to check
     matched_on = {(settings.get("target_metric"), settings.get("forget_target"), True),
                   (settings.get("target_metric"), settings.get("forget_bound"), False)}
     for spec, entry in result["summary"].items():
@@ -124,11 +136,13 @@ def choose(result: dict, targets: list) -> tuple[str | None, list[dict]]:
         for run in mine:
             m = run["matched"]
             if m is None or not m["within_tolerance"]:
-                problems.append(f"seed {run['seed']}: no matched point")
+                problems.append(f"seed {run['seed']}: " + ("no evaluation where every target holds" if at_targets
+                                                           else "no matched point"))
                 continue
             after = run["curve"][-1]
             for t in targets:
-                for where, point in (("matched point", m), (f"step {after['step']}", after)):
+                points = [("matched point", m)] + ([] if at_targets else [(f"step {after['step']}", after)])
+                for where, point in points:
                     if where == "matched point" and (t.metric, t.value, t.relative) in matched_on:
                         continue
                     if t.metric not in point or t.metric not in base:
@@ -277,7 +291,8 @@ class Plan(Command):
             if len(recipes) > 1 or recipe:
                 args.compare.out = str(out / recipe_name(recipe))
                 print(f"-- {recipe_name(recipe)} ({i + 1} of {len(recipes)}; the runs below count this recipe's)")
-            results.append(run_comparison(args, methods=specs))
+            results.append(run_comparison(args, methods=specs,
+                                          targets=targets if args.plan.match == "targets" else None))
             pngs.append(write_comparison(results[-1], args.compare.out))
             print(format_comparison(results[-1]))
             ran = results[-1]["settings"]["training"]  # the learning rate calibrated, where --calibrate_steps ran

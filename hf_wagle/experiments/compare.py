@@ -34,11 +34,13 @@ from __future__ import annotations
 import copy
 import math
 import tempfile
+from functools import partial
 from pathlib import Path
 
 from transformers import PrinterCallback, TrainerCallback
 
 from ..evaluation.measure import describe_sets, measure, split_holdout
+from ..evaluation.targets import check
 from ..masking.config import SPEC_KEYS, MaskConfig
 from ..options import DEFAULT_PROMPT_TEMPLATE
 from . import Progress
@@ -161,12 +163,15 @@ def _set_between(model, before: dict, after: dict, t: float) -> None:
 class MatchedPointCallback(TrainerCallback):
     """Records `cheap(model)` every `eval_every` steps into `curve` (which starts with `start`); at the first
     crossing of `target` on `metric` finds the matched point (module docstring), evaluates it with `full(model)`
-    and stops training, leaving the model at the matched point."""
+    and stops training, leaving the model at the matched point. With `hold` (`full(model)`'s point -> whether every
+    target holds), the matched point is instead the first evaluation at or after the crossing where `hold` is true,
+    a whole step, as `hf-wagle unlearn` stops at its targets; none when no evaluation within the steps holds."""
 
     def __init__(self, cheap, full, metric: str, target: float, start: dict, eval_every: int, tolerance: float,
-                 max_search: int = 12, grid: float = 0.0):
+                 max_search: int = 12, grid: float = 0.0, hold=None):
         self.cheap, self.full, self.metric, self.target = cheap, full, metric, target
         self.eval_every, self.tolerance, self.max_search, self.grid = eval_every, tolerance, max_search, grid
+        self.hold = hold
         self.curve, self.matched, self.warnings = [start], None, []
         self._before = None
 
@@ -178,7 +183,14 @@ class MatchedPointCallback(TrainerCallback):
             return control
         point = {"step": state.global_step, **self.cheap(model)}
         self.curve.append(point)
-        if point[self.metric] <= self.target:
+        if point[self.metric] <= self.target and self.hold is not None:
+            scored = self.full(model)
+            if self.hold(scored):
+                self.matched = {"step": state.global_step, "t": 1.0, "search_evaluations": 0,
+                                "how": "the first evaluation at which every target holds", "within_tolerance": True,
+                                **scored}
+                control.should_training_stop = True
+        elif point[self.metric] <= self.target:
             self.matched = self._search(model, self.curve[-2], point)
             control.should_training_stop = True
         else:
@@ -224,6 +236,11 @@ class MatchedPointCallback(TrainerCallback):
         return self.target - value if value <= self.target else math.inf
 
 
+def targets_hold(targets: list, start: dict, point: dict) -> bool:
+    """Whether every target holds at `point` (an evaluation) against `start`; false when one's set was not scored."""
+    return all(t.metric in point for t in targets) and all(r["holds"] for r in check(targets, point, start))
+
+
 def _survival(base, trained) -> dict:
     """`{"nf4_survival", "int8_survival"}` of a run's model against its base (an adapter merged into a copy)."""
     from peft import PeftModel
@@ -249,7 +266,8 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, se
                   eval_every: int = 1, eval_limit: int | None = None, answers: bool = True, peft_config=None,
                   training: dict | None = None, keep: str | None = None, prompt_template: str | None = None,
                   retain_model_truth_ratios=None, on_run_end=None, survival: bool = False,
-                  forget_bound: float | None = None, forgotten: dict | None = None, progress=print) -> dict:
+                  forget_bound: float | None = None, forgotten: dict | None = None, targets: list | None = None,
+                  progress=print) -> dict:
     """Unlearn `model` through each mask spec of `methods` (see `parse_specs`/`spec_options`; `"dense"` is no mask)
     for `seeds` seeds (each seed sets the data order, pairing, random masks and the LoRA initialisation), find each
     run's matched point and summarise (module docstring).
@@ -266,7 +284,8 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, se
     bitsandbytes): how much of the forgetting a quantised deployment could keep. `forget_bound` matches at that
     absolute value of `target_metric` instead of `forget_target` times its start. `forgotten` holds named sets to be
     forgotten with the forget data (a topic's held-out facts): scored with the others, never counted as utility.
-    Returns `{"settings", "units",
+    `targets` (parsed `Target`s) matches each run where they first all hold instead (`MatchedPointCallback`'s
+    `hold`): at an evaluation, after the crossing. Returns `{"settings", "units",
     "sets", "base", "runs", "summary"}` (numbers and set descriptions only, no data text)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -352,7 +371,8 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, se
             args = WagleConfig(**{**recipe, "seed": seed, "retain_holdout": 0.0, **options[spec]})
             start = {"step": 0, **base}
             tracker = MatchedPointCallback(cheap, full, target_metric, target, start, eval_every, tolerance,
-                                           grid=1 / len(forget_eval) if metric_set == "answered" else 0.0)
+                                           grid=1 / len(forget_eval) if metric_set == "answered" else 0.0,
+                                           hold=None if targets is None else partial(targets_hold, targets, base))
             with tempfile.TemporaryDirectory(prefix="hf_wagle_compare_") as tmp:
                 args.output_dir = tmp
                 trainer = WagleTrainer(model=fresh_model(), args=args, forget_dataset=forget, retain_dataset=retain,
@@ -383,6 +403,7 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, se
                 for w in tracker.warnings:
                     progress(f"  warning: {w}")
     settings = {"methods": specs, "seeds": seeds, "steps": steps, "eval_every": eval_every,
+                "matched_where": "crossing" if targets is None else "targets",
                 "forget_target": forget_target, "forget_bound": forget_bound, "target_metric": target_metric,
                 "target": target,
                 "tolerance": tolerance, "utility_sets": list(utility_sets), "eval_limit": eval_limit,
