@@ -399,7 +399,8 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, se
                 planned.step(f"{spec} seed {seed}: {target_metric} {base[target_metric]:.3g} -> "
                          f"{tracker.curve[-1][target_metric]:.3g}; "
                          + (f"matched at step {m['step']:.2f} ({target_metric} {m[target_metric]:.3g}), utility "
-                            f"{m['utility']:.3g}" if m else f"target {target:.3g} not reached in {steps} steps"))
+                            f"{m['utility']:.3g}" if m else f"target {target:.3g} not reached in {steps} steps"
+                            if targets is None else f"no evaluation in {steps} steps where every target holds"))
                 for w in tracker.warnings:
                     progress(f"  warning: {w}")
     settings = {"methods": specs, "seeds": seeds, "steps": steps, "eval_every": eval_every,
@@ -476,9 +477,12 @@ def format_comparison(result: dict) -> str:
         ("forget_answered", "forget answered"), ("retain_probability", "retain (trained on)"),
         ("nf4_survival", "NF4 survival"), ("int8_survival", "INT8 survival")]
     columns = [(k, label) for k, label in columns if any(f"matched_{k}" in e for e in result["summary"].values())]
+    crossing = (f"{s['target_metric']} = {s['forget_target']:g} x its start ({s['target']:.4g}) within "
+                f"{s['tolerance']:g} of it")
+    matched = (f"the first evaluation, every {s['eval_every']} steps, where every target holds, once "
+               f"{s['target_metric']} <= {s['target']:.4g}" if s.get("matched_where") == "targets" else crossing)
     lines = [f"objective {t.get('objective', 'npo')}, lr {t.get('learning_rate', 'default')}, up to {s['steps']} "
-             f"steps, {s['seeds']} seeds; matched point: {s['target_metric']} = {s['forget_target']:g} x its start "
-             f"({s['target']:.4g}) within {s['tolerance']:g} of it",
+             f"steps, {s['seeds']} seeds; matched point: {matched}",
              *(f"  {name}: {what}" for name, what in result["sets"].items()),
              *(f"  {name}: scored the first {n} of {s['rows_available'][name]} rows (eval_limit)"
                for name, n in s["rows_scored"].items() if n < s["rows_available"][name]),
