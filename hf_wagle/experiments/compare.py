@@ -507,6 +507,9 @@ def verdict(result: dict) -> str:
     from the others; no verdict when a spec missed the target or its matched point on some seed."""
     summary = result["summary"]
     unresolved = [k for k, e in summary.items() if e["resolved"] < e["seeds"]]
+    if unresolved and result.get("settings", {}).get("matched_where") == "targets":
+        return (f"no verdict: {', '.join(unresolved)} had no evaluation where every target holds on every seed "
+                "(raise steps, change the recipe, or loosen the targets)")
     if unresolved:
         return (f"no verdict: {', '.join(unresolved)} did not reach a matched point within the tolerance on every "
                 "seed (raise steps or the learning rate, or loosen the target)")
