@@ -60,22 +60,10 @@ def scenario():
 _SLOW_MODULES = {"test_distributed_attribution", "test_distributed_trainer", "test_real_model"}
 
 
-@pytest.hookimpl(trylast=True)  # after docs/conftest.py has marked its slow pages
 def pytest_collection_modifyitems(config, items):
-    """Mark `slow` every test that uses SmolLM2 (the `smollm2` fixture) or lives in a module that launches ranks.
-
-    Then start the long files first. Workers take one file at a time (`--dist loadfile`, kept in this order by
-    `--no-loadscope-reorder`), so a long file started last keeps one worker busy while the other idles. Order:
-    pages with a slow block (a page runs whole; the Quick start's walkthrough is the longest file), then test files
-    with a slow test, then the rest; a file's own order is kept (the blocks of a page share one namespace)."""
+    """Mark `slow` every test that uses SmolLM2 (the `smollm2` fixture) or lives in a module that launches ranks."""
     for item in items:
         module = getattr(getattr(item, "module", None), "__name__", "")
         if "smollm2" in getattr(item, "fixturenames", ()) or module.rsplit(".", 1)[-1] in _SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
-    first = {}
-    for item in items:
-        slow = item.get_closest_marker("slow") is not None
-        rank = 0 if slow and item.path.suffix == ".md" else 1 if slow else 2
-        first[item.path] = min(first.get(item.path, 2), rank)
-    items.sort(key=lambda item: first[item.path])
 
