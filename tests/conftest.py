@@ -66,4 +66,3 @@ def pytest_collection_modifyitems(config, items):
         module = getattr(getattr(item, "module", None), "__name__", "")
         if "smollm2" in getattr(item, "fixturenames", ()) or module.rsplit(".", 1)[-1] in _SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
-
