@@ -183,18 +183,16 @@ class MatchedPointCallback(TrainerCallback):
             return control
         point = {"step": state.global_step, **self.cheap(model)}
         self.curve.append(point)
-        if point[self.metric] <= self.target and self.hold is not None:
-            scored = self.full(model)
-            if self.hold(scored):
-                self.matched = {"step": state.global_step, "t": 1.0, "search_evaluations": 0,
-                                "how": "the first evaluation at which every target holds", "within_tolerance": True,
-                                **scored}
-                control.should_training_stop = True
-        elif point[self.metric] <= self.target:
-            self.matched = self._search(model, self.curve[-2], point)
-            control.should_training_stop = True
-        else:
+        if point[self.metric] > self.target:
             self._before = _trainable(model)
+        elif self.hold is None:
+            self.matched = self._search(model, self.curve[-2], point)
+        elif self.hold(scored := self.full(model)):
+            self.matched = {"step": state.global_step, "t": 1.0, "search_evaluations": 0,
+                            "how": "the first evaluation at which every target holds", "within_tolerance": True,
+                            **scored}
+        if self.matched is not None:
+            control.should_training_stop = True
         return control
 
     def _search(self, model, before: dict, after: dict) -> dict:
@@ -507,12 +505,12 @@ def verdict(result: dict) -> str:
     from the others; no verdict when a spec missed the target or its matched point on some seed."""
     summary = result["summary"]
     unresolved = [k for k, e in summary.items() if e["resolved"] < e["seeds"]]
-    if unresolved and result.get("settings", {}).get("matched_where") == "targets":
-        return (f"no verdict: {', '.join(unresolved)} had no evaluation where every target holds on every seed "
-                "(raise steps, change the recipe, or loosen the targets)")
     if unresolved:
-        return (f"no verdict: {', '.join(unresolved)} did not reach a matched point within the tolerance on every "
-                "seed (raise steps or the learning rate, or loosen the target)")
+        missed = ("had no evaluation where every target holds on every seed (raise steps, change the recipe, or "
+                  "loosen the targets)" if result.get("settings", {}).get("matched_where") == "targets" else
+                  "did not reach a matched point within the tolerance on every seed (raise steps or the learning "
+                  "rate, or loosen the target)")
+        return f"no verdict: {', '.join(unresolved)} {missed}"
     scored = {k: (e["matched_utility"]["mean"], e["matched_utility"]["ci95_half_width"]) for k, e in summary.items()}
     best = max(scored, key=lambda k: scored[k][0])
     if len(scored) == 1:
