@@ -63,6 +63,25 @@ def test_a_run_stops_as_soon_as_its_targets_hold(model, tokenizer, world, tmp_pa
     assert "Targets: `forget_probability <= 0.5x`" in (tmp_path / "out" / "README.md").read_text()
 
 
+def test_the_final_evaluation_adds_only_the_answers_the_last_one_left_out(model, tokenizer, world, tmp_path):
+    from hf_wagle.evaluation.measure import measure
+
+    args = small_args(tmp_path, objective="grad_diff", max_steps=4, learning_rate=1e-3, mask_method="random",
+                      targets=["forget_answered <= 0.5x", "heldout_probability >= 0.5x"], target_eval_steps=2)
+    trainer = WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
+                           processing_class=tokenizer)
+    evaluated = []
+    evaluate = trainer.evaluation.evaluate
+    trainer.evaluation.evaluate = lambda *a, **k: evaluated.append(sorted(k.get("sets") or ["all"])) or evaluate(
+        *a, **k)
+    trainer.train()
+    # step 4 generated answers on forget (a target) and heldout (the utility floor): the end adds retain alone
+    assert evaluated[-1] == ["retain"] and trainer.results["targets"]["step"] == 4
+    after = trainer.results["after"]
+    full = measure(trainer.model, tokenizer, trainer.evaluation.splits, args.prompt_template, answers=True)
+    assert list(after) == [*full, "gap"] and all(after[k] == pytest.approx(v, rel=1e-6) for k, v in full.items())
+
+
 def test_a_run_that_misses_its_targets_says_why_keeps_the_closest_and_is_not_pushed(model, tokenizer, world,
                                                                                    tmp_path, capsys):
     from peft import LoraConfig

@@ -34,7 +34,16 @@ from transformers.utils import logging
 from ..modeling import local_tensor, reshard
 from ..options import DEFAULT_PROMPT_TEMPLATE
 from . import targets as target_rules
-from .measure import ANSWER_MEASURES, PROBABILITY, TRUTH_RATIO, check_sets, describe_sets, has_truth_ratio, measure
+from .measure import (
+    ANSWER_MEASURES,
+    ANSWERED,
+    PROBABILITY,
+    TRUTH_RATIO,
+    check_sets,
+    describe_sets,
+    has_truth_ratio,
+    measure,
+)
 
 logger = logging.get_logger(__name__)
 PREFIX = "wagle_eval/"
@@ -111,11 +120,11 @@ class WagleEvalCallback(TrainerCallback):
     def metric_names(self) -> list[str]:
         names = []
         for name, data in self.splits.items():
-            names.append(f"{name}_{PROBABILITY}")
-            if self.truth_ratio and has_truth_ratio(data):
-                names.append(f"{name}_{TRUTH_RATIO}")
+            names.append(f"{name}_{PROBABILITY}")  # in `measure`'s order
             if self.answers:
                 names += [f"{name}_{m}" for m in ANSWER_MEASURES]
+            if self.truth_ratio and has_truth_ratio(data):
+                names.append(f"{name}_{TRUTH_RATIO}")
         return names + ["gap"]
 
     def attach(self, trainer):
@@ -124,14 +133,16 @@ class WagleEvalCallback(TrainerCallback):
         self._trainer = trainer
         return self
 
-    def evaluate(self, model, tokenizer, args, full: bool = True) -> dict[str, float]:
+    def evaluate(self, model, tokenizer, args, full: bool = True, sets: dict | None = None) -> dict[str, float]:
         """The metrics above, identical on every rank (all ranks must call this together); with `full=False`
-        answers only on the sets a target needs them for."""
+        answers only on the sets a target needs them for; `sets`: only these of the splits (`gap` needs `forget`
+        and `retain` among them)."""
         template = self.prompt_template or getattr(args, "prompt_template", None) or DEFAULT_PROMPT_TEMPLATE
         answers = self.answers if full else (self._answer_sets or False)
-        metrics = measure(model, tokenizer, self.splits, template, answers, self.batch_size,
+        metrics = measure(model, tokenizer, self.splits if sets is None else sets, template, answers, self.batch_size,
                           getattr(args, "max_length", None), args.device, self.truth_ratio)
-        metrics["gap"] = metrics["retain_probability"] - metrics["forget_probability"]
+        if {"retain_probability", "forget_probability"} <= metrics.keys():
+            metrics["gap"] = metrics["retain_probability"] - metrics["forget_probability"]
         return metrics
 
     def _collapsed(self, metrics: dict) -> bool:
@@ -225,7 +236,14 @@ class WagleEvalCallback(TrainerCallback):
             self.report["restored"] = bool(restore)
         if self.answers and self.history:  # the model as it ends, scored in full (answers on every set)
             tokenizer = self.tokenizer or kwargs.get("processing_class")
-            self.final = self.evaluate(model, tokenizer, args)
+            ended_at = self.best_step if restore else state.global_step
+            scored = next((h for h in self.history if h["step"] == ended_at), None)
+            if scored is None:
+                self.final = self.evaluate(model, tokenizer, args)
+            else:  # these weights were scored at that step: add only the answers that evaluation left out
+                missing = {n: d for n, d in self.splits.items() if f"{n}_{ANSWERED}" not in scored}
+                scored = {**scored, **(self.evaluate(model, tokenizer, args, sets=missing) if missing else {})}
+                self.final = {k: scored[k] for k in self.metric_names() if k in scored}
         return control
 
     def results(self) -> dict:
