@@ -46,7 +46,28 @@ RECIPES = {"npo": [],
            "npo nll retain + disruption": ["--retain_loss", "nll", "--retain_weight", "1", "--disruption_masking",
                                             "true"],
            "npo + gnp 0.02": ["--forget_perturbation", "gnp", "--sam_rho", "0.1", "--gnp_gamma", "0.02"],
-           "npo + averaging from 6": ["--weight_averaging_start", "6"]}
+           "npo + averaging from 6": ["--weight_averaging_start", "6"],
+           "npo + layered 2": ["--forget_folds", "2"],
+           "npo + layered 2, attack the last fold": ["--forget_folds", "2"],
+           "npo + layered 2, attack the first fold": ["--forget_folds", "2"]}
+# Layered unlearning's folds are the forget rows in their order: rows 0-4 and 5-9, so the audit's halves (it scores
+# the even rows and relearns on the odd ones) hold rows of both folds, as for an attacker who does not know them. The
+# other two recipes put the folds on the audit's halves: the scored rows first (unlearned in stage 1, the attacker
+# relearns the fold of stage 2), or the attacked rows first.
+FOLD_ORDER = {"npo + layered 2, attack the last fold": (0, 1), "npo + layered 2, attack the first fold": (1, 0)}
+
+
+def forget_file(recipe: str, work: Path) -> list[str]:
+    """`--forget_file` of the forget rows reordered as `FOLD_ORDER` says (even rows first for `(0, 1)`), else none."""
+    if recipe not in FOLD_ORDER:
+        return []
+    from hf_wagle.real_model import load_scenario
+
+    forget = load_scenario("country_languages")["forget"]
+    rows = [i for parity in FOLD_ORDER[recipe] for i in range(parity, len(forget), 2)]
+    path = work / f"forget_{'_'.join(map(str, FOLD_ORDER[recipe]))}.jsonl"
+    forget.select(rows).to_json(str(path))
+    return ["--forget_file", str(path)]
 
 
 def run(work: Path, seeds: list[int], recipes: list[str], path: Path) -> dict:
@@ -63,7 +84,8 @@ def run(work: Path, seeds: list[int], recipes: list[str], path: Path) -> dict:
             if not done.exists():
                 start = time.perf_counter()
                 status = hf_wagle(["unlearn", "--config", str(config), "--model_name_or_path", model, "--output_dir",
-                                   str(folder), "--seed", str(seed), *STEPS, *RECIPES[recipe]])
+                                   str(folder), "--seed", str(seed), *STEPS, *RECIPES[recipe],
+                                   *forget_file(recipe, work)])
                 seconds = time.perf_counter() - start
                 done.write_text(json.dumps({"targets_met": status == 0, "unlearn_seconds": seconds}))
             if not (folder / "audit.json").exists():

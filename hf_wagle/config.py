@@ -85,6 +85,10 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
         "help": "Keep the mean of the trainable weights after each optimizer step from this step on (stochastic "
                 "weight averaging; hf_wagle.averaging): evaluations, targets and the saved model see the mean. "
                 "Two more copies of the trainable weights; not with checkpoints (save_strategy='no'). None: off."})
+    forget_folds: int = field(default=1, metadata={
+        "help": "Layered unlearning (hf_wagle.layered): split the forget rows, in their order, into this many folds "
+                "and the steps into as many stages; stage s unlearns folds 1..s while the retain term keeps the "
+                "others, so relearning some facts gives back less of the rest. Needs a retain term; 1: off."})
     collapse_threshold: float | None = field(
         default=3.0,
         metadata={"help": "Warn when the logged retain NLL exceeds this multiple of its starting value (None: off)."},
@@ -144,6 +148,14 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
         if self.disruption_masking and not objective.uses_retain:
             raise ValueError(f"disruption_masking compares the forget gradient with the retain term's, and objective "
                              f"{self.objective!r} has no retain term; use one that has (grad_diff, npo, simnpo, ...)")
+        if not isinstance(self.forget_folds, int) or self.forget_folds < 1:
+            raise ValueError(f"forget_folds is a number of folds >= 1 (1: no layering), got {self.forget_folds!r}")
+        if self.forget_folds > 1 and not objective.uses_retain:
+            raise ValueError(f"forget_folds keeps the folds still to come through the retain term, and objective "
+                             f"{self.objective!r} has none; use one that has (grad_diff, npo, simnpo, ...)")
+        if 0 < self.max_steps < self.forget_folds:
+            raise ValueError(f"forget_folds={self.forget_folds} splits the run into as many stages, and max_steps="
+                             f"{self.max_steps} gives some no step; raise max_steps or lower forget_folds")
         if self.weight_averaging_start is not None:
             if self.weight_averaging_start < 1 or 0 < self.max_steps < self.weight_averaging_start:
                 raise ValueError(f"weight_averaging_start is the first optimizer step averaged, in [1, max_steps], got "

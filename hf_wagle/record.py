@@ -180,7 +180,7 @@ def settings_of(trainer) -> dict:
             "weight_decay", "max_grad_norm", "max_steps", "num_train_epochs", "per_device_train_batch_size",
             "gradient_accumulation_steps", "optim", "seed", "full_determinism", "bf16", "fp16", "prompt_template",
             "max_length", "retain_holdout", "forget_tokens", "forget_perturbation", "sam_rho", "gnp_gamma",
-            "smooth_sigma", "disruption_masking", "weight_averaging_start", "forget_kind", "targets",
+            "smooth_sigma", "disruption_masking", "weight_averaging_start", "forget_folds", "forget_kind", "targets",
             "utility_floor", "target_eval_steps", "stop_at_targets")
     out = {k: getattr(getattr(args, k), "value", getattr(args, k)) for k in keys}
     out.update(objective_args=objective_args, mask=dataclasses.asdict(args.mask_config) if trainer._masked else None,

@@ -57,6 +57,7 @@ from .evaluation.targets import durability_row, recovery_limit, run_targets
 from .export import check_export_options, export_adapter
 from .hub import write_export_card, write_model_card
 from .io import check_destination, check_output_folder, output_lock, staged_directory
+from .layered import stage_at, staged_batch
 from .losses import SequenceNLL, sequence_nll
 from .mask import WeightMask
 from .masking.compute import compute_mask
@@ -203,6 +204,9 @@ class WagleTrainer(Trainer):
         refusal_ex = refusal_examples(forget_dataset, processing_class, objective.target_answers(forget_dataset),
                                       *tok_args[1:]) if objective.needs_refusal else None
         check_disjoint(forget_ex, retain_ex)
+        if args.forget_folds > len(forget_ex):
+            raise ValueError(f"forget_folds={args.forget_folds} needs at least as many forget rows, and there are "
+                             f"{len(forget_ex)}; lower forget_folds")
         if mask_retain_dataset is not None:
             if mask is not None or args.mask_method is None:
                 raise ValueError("mask_retain_dataset is the attribution's retain data, and this run computes no "
@@ -376,6 +380,17 @@ class WagleTrainer(Trainer):
         logger.warning(f"relearning check: {row['target']}: recovery "
                        f"{'not measured' if row['value'] is None else format(row['value'], '.4g')}, "
                        f"{'holds' if row['holds'] else 'BROKEN'}")
+
+    def _prepare_inputs(self, inputs):
+        """The Trainer's, then with `forget_folds > 1` the batch as this step's stage trains it
+        (`hf_wagle.layered`)."""
+        inputs = super()._prepare_inputs(inputs)
+        folds = self.args.forget_folds
+        if folds > 1 and "forget" in inputs:
+            data = self.train_dataset
+            inputs = staged_batch(inputs, stage_at(self.state.global_step, self.state.max_steps, folds), folds,
+                                  data.forget, self._pad_id, data.refusal)
+        return inputs
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The Trainer's micro-batches of one optimizer step; with weight averaging, the trained weights back in the
