@@ -48,13 +48,13 @@ RECIPES = {"npo": [],
            "npo + gnp 0.02": ["--forget_perturbation", "gnp", "--sam_rho", "0.1", "--gnp_gamma", "0.02"],
            "npo + averaging from 6": ["--weight_averaging_start", "6"],
            "npo + layered 2": ["--forget_folds", "2"],
-           "npo + layered 2, attack the last fold": ["--forget_folds", "2"],
-           "npo + layered 2, attack the first fold": ["--forget_folds", "2"]}
+           "npo + layered 2: attack the last fold": ["--forget_folds", "2"],
+           "npo + layered 2: attack the first fold": ["--forget_folds", "2"]}
 # Layered unlearning's folds are the forget rows in their order: rows 0-4 and 5-9, so the audit's halves (it scores
 # the even rows and relearns on the odd ones) hold rows of both folds, as for an attacker who does not know them. The
 # other two recipes put the folds on the audit's halves: the scored rows first (unlearned in stage 1, the attacker
 # relearns the fold of stage 2), or the attacked rows first.
-FOLD_ORDER = {"npo + layered 2, attack the last fold": (0, 1), "npo + layered 2, attack the first fold": (1, 0)}
+FOLD_ORDER = {"npo + layered 2: attack the last fold": (0, 1), "npo + layered 2: attack the first fold": (1, 0)}
 
 
 def forget_file(recipe: str, work: Path) -> list[str]:
