@@ -88,7 +88,8 @@ class WagleConfig(ObjectiveArguments, MaskArguments, TrainingArguments):  # Trai
     forget_folds: int = field(default=1, metadata={
         "help": "Layered unlearning (hf_wagle.layered): split the forget rows, in their order, into this many folds "
                 "and the steps into as many stages; stage s unlearns folds 1..s while the retain term keeps the "
-                "others, so relearning some facts gives back less of the rest. Needs a retain term; 1: off."})
+                "others, so relearning the last folds gives back less of the first (docs/how-to/robustness.md). "
+                "Needs a retain term; 1: off."})
     collapse_threshold: float | None = field(
         default=3.0,
         metadata={"help": "Warn when the logged retain NLL exceeds this multiple of its starting value (None: off)."},

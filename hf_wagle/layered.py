@@ -8,8 +8,9 @@ folds and keeps the others through the retain term:
 
     theta_s = U(theta_{s-1}, forget = F_1 + ... + F_s, retain = R + F_{s+1} + ... + F_k)
 
-Each stage adds a suppression trained not to touch the folds still to come, so a later stage's suppression does not
-cover the earlier folds alone; relearning the last folds should undo less of the first ones.
+Each stage adds a suppression trained to spare the folds still to come. Relearning the last fold can undo the last
+stage's, while the earlier stages still hold the first folds; relearning the first fold undoes a suppression every
+later stage shares. On SmolLM2 both showed (docs/how-to/robustness.md, "What it did on SmolLM2").
 
 Per micro-batch: a forget row of a later fold joins the retain batch, and its place in the forget batch goes to row
 `i mod n_s` (`n_s = ceil(s * n / k)` rows make up the first `s` folds), so the forget batch keeps its size and never
