@@ -1,0 +1,65 @@
+"""Which facts go, row by row: an example config run for a few steps, then every row of the named sets answered
+greedily by the base and by the unlearned model, with each answer's probability. SmolLM2-135M-Instruct.
+
+    python benchmarks/row_answers.py --config examples/unlearn_work_authors.yaml --scenario work_authors \
+        --steps 6 --out benchmarks/results/selectivity/rows_authors_step6.json
+
+Writes the JSON (per set and row: the question, answered and probability before and after, and the first words of
+each answer) and prints one line per row. The answers shown are of the scenario's own public facts.
+"""
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from hf_wagle.cli import main as hf_wagle
+from hf_wagle.real_model import load_scenario, smollm2_path
+
+
+def rows(model, tokenizer, data, template: str) -> list[dict]:
+    from hf_wagle.data import prompt_ids
+    from hf_wagle.evaluation.answers import answer_metrics
+    from hf_wagle.evaluation.measure import _max_new_tokens, answer_keys, contains_answer
+    from hf_wagle.evaluation.scoring import greedy_generate
+
+    texts = greedy_generate(model, tokenizer, [prompt_ids(tokenizer, template, q) for q in data["question"]],
+                            _max_new_tokens(tokenizer, data["answer"]), 32)
+    probability = answer_metrics(model, tokenizer, data, template)["probability"]
+    return [{"question": q, "answered": contains_answer(t, k), "probability": p, "answer": " ".join(t.split()[:12])}
+            for q, k, t, p in zip(data["question"], answer_keys(data), texts, probability)]
+
+
+def main(argv=None) -> dict:
+    from hf_wagle.cli.audit import _models
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--scenario", required=True)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--sets", default="forget,neighbour,entity")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    model = str(smollm2_path())
+    folder = Path(tempfile.mkdtemp(prefix="row-answers-")) / "run"
+    hf_wagle(["unlearn", "--config", args.config, "--model_name_or_path", model, "--output_dir", str(folder),
+              "--max_steps", str(args.steps), "--seed", str(args.seed), "--target_eval_steps", str(args.steps)])
+    # one evaluation after the start, at the last step: the model kept is that step's, targets met or not
+    base, unlearned, tokenizer = _models(folder, model)
+    scenario = load_scenario(args.scenario)
+    template = scenario["info"]["prompt_template"]
+    out = {"config": args.config, "steps": args.steps, "seed": args.seed, "sets": {}}
+    for name in args.sets.split(","):
+        before, after = rows(base, tokenizer, scenario[name], template), rows(unlearned, tokenizer, scenario[name],
+                                                                               template)
+        out["sets"][name] = [{"question": b["question"], "before": b, "after": a} for b, a in zip(before, after)]
+        for b, a in zip(before, after):
+            print(f"{name:10s} {int(b['answered'])}->{int(a['answered'])}  p {b['probability']:.3f}->"
+                  f"{a['probability']:.3f}  {b['question']} | {b['answer']} | {a['answer']}")
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
