@@ -40,16 +40,37 @@ def main(argv=None) -> dict:
     parser.add_argument("--sets", default="forget,neighbour,entity")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--own_retain_answers", action="store_true", help="train on the retain questions with the "
+                        "base model's own greedy answers in place of the file's (its own phrasing kept, frames "
+                        "included)")
     args = parser.parse_args(argv)
     model = str(smollm2_path())
-    folder = Path(tempfile.mkdtemp(prefix="row-answers-")) / "run"
-    hf_wagle(["unlearn", "--config", args.config, "--model_name_or_path", model, "--output_dir", str(folder),
-              "--max_steps", str(args.steps), "--seed", str(args.seed), "--target_eval_steps", str(args.steps)])
-    # one evaluation after the start, at the last step: the model kept is that step's, targets met or not
-    base, unlearned, tokenizer = _models(folder, model)
+    work = Path(tempfile.mkdtemp(prefix="row-answers-"))
+    folder = work / "run"
     scenario = load_scenario(args.scenario)
     template = scenario["info"]["prompt_template"]
-    out = {"config": args.config, "steps": args.steps, "seed": args.seed, "sets": {}}
+    extra = []
+    if args.own_retain_answers:
+        from hf_wagle.data import prompt_ids
+        from hf_wagle.evaluation.measure import _max_new_tokens
+        from hf_wagle.evaluation.scoring import greedy_generate
+        from hf_wagle.real_model import load_smollm2
+
+        base, tokenizer = load_smollm2()
+        retain = scenario["retain"]
+        own = greedy_generate(base, tokenizer, [prompt_ids(tokenizer, template, q) for q in retain["question"]],
+                              _max_new_tokens(tokenizer, retain["answer"]), 32)
+        (work / "retain.jsonl").write_text("".join(  # each answer's first line, at most 24 words
+            json.dumps({"question": q, "answer": " ".join(a.split("\n")[0].split()[:24])}) + "\n"
+            for q, a in zip(retain["question"], own)))
+        extra = ["--retain_file", str(work / "retain.jsonl")]
+    hf_wagle(["unlearn", "--config", args.config, "--model_name_or_path", model, "--output_dir", str(folder),
+              "--max_steps", str(args.steps), "--seed", str(args.seed), "--target_eval_steps", str(args.steps),
+              *extra])
+    # one evaluation after the start, at the last step: the model kept is that step's, targets met or not
+    base, unlearned, tokenizer = _models(folder, model)
+    out = {"config": args.config, "steps": args.steps, "seed": args.seed,
+           "own_retain_answers": args.own_retain_answers, "sets": {}}
     for name in args.sets.split(","):
         before, after = rows(base, tokenizer, scenario[name], template), rows(unlearned, tokenizer, scenario[name],
                                                                                template)
