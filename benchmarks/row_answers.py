@@ -17,14 +17,21 @@ from hf_wagle.cli import main as hf_wagle
 from hf_wagle.real_model import load_scenario, smollm2_path
 
 
-def rows(model, tokenizer, data, template: str) -> list[dict]:
+def greedy_answers(model, tokenizer, data, template: str) -> list[str]:
+    """Greedy answers to `data`'s questions, as `answered` reads them (the same generation window)."""
     from hf_wagle.data import prompt_ids
-    from hf_wagle.evaluation.answers import answer_metrics
-    from hf_wagle.evaluation.measure import _max_new_tokens, answer_keys, contains_answer
+    from hf_wagle.evaluation.measure import _max_new_tokens
     from hf_wagle.evaluation.scoring import greedy_generate
 
-    texts = greedy_generate(model, tokenizer, [prompt_ids(tokenizer, template, q) for q in data["question"]],
-                            _max_new_tokens(tokenizer, data["answer"]), 32)
+    return greedy_generate(model, tokenizer, [prompt_ids(tokenizer, template, q) for q in data["question"]],
+                           _max_new_tokens(tokenizer, data["answer"]), 32)
+
+
+def rows(model, tokenizer, data, template: str) -> list[dict]:
+    from hf_wagle.evaluation.answers import answer_metrics
+    from hf_wagle.evaluation.measure import answer_keys, contains_answer
+
+    texts = greedy_answers(model, tokenizer, data, template)
     probability = answer_metrics(model, tokenizer, data, template)["probability"]
     return [{"question": q, "answered": contains_answer(t, k), "probability": p, "answer": " ".join(t.split()[:12])}
             for q, k, t, p in zip(data["question"], answer_keys(data), texts, probability)]
@@ -51,15 +58,10 @@ def main(argv=None) -> dict:
     template = scenario["info"]["prompt_template"]
     extra = []
     if args.own_retain_answers:
-        from hf_wagle.data import prompt_ids
-        from hf_wagle.evaluation.measure import _max_new_tokens
-        from hf_wagle.evaluation.scoring import greedy_generate
         from hf_wagle.real_model import load_smollm2
 
-        base, tokenizer = load_smollm2()
         retain = scenario["retain"]
-        own = greedy_generate(base, tokenizer, [prompt_ids(tokenizer, template, q) for q in retain["question"]],
-                              _max_new_tokens(tokenizer, retain["answer"]), 32)
+        own = greedy_answers(*load_smollm2(), retain, template)
         (work / "retain.jsonl").write_text("".join(  # each answer's first line, at most 24 words
             json.dumps({"question": q, "answer": " ".join(a.split("\n")[0].split()[:24])}) + "\n"
             for q, a in zip(retain["question"], own)))
