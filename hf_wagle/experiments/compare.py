@@ -394,11 +394,15 @@ def compare_masks(model, tokenizer, forget, retain, *, methods=DEFAULT_SPECS, se
             runs.append(run)
             if progress:
                 m = run["matched"]
+                if m:
+                    outcome = (f"matched at step {m['step']:.2f} ({target_metric} {m[target_metric]:.3g}), utility "
+                               f"{m['utility']:.3g}")
+                elif targets is None:
+                    outcome = f"target {target:.3g} not reached in {steps} steps"
+                else:
+                    outcome = f"no evaluation in {steps} steps where every target holds"
                 planned.step(f"{spec} seed {seed}: {target_metric} {base[target_metric]:.3g} -> "
-                         f"{tracker.curve[-1][target_metric]:.3g}; "
-                         + (f"matched at step {m['step']:.2f} ({target_metric} {m[target_metric]:.3g}), utility "
-                            f"{m['utility']:.3g}" if m else f"target {target:.3g} not reached in {steps} steps"
-                            if targets is None else f"no evaluation in {steps} steps where every target holds"))
+                             f"{tracker.curve[-1][target_metric]:.3g}; {outcome}")
                 for w in tracker.warnings:
                     progress(f"  warning: {w}")
     settings = {"methods": specs, "seeds": seeds, "steps": steps, "eval_every": eval_every,
