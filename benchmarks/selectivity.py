@@ -90,6 +90,8 @@ SCENARIOS = {
             "grin, key tokens, KL retain x5": [],
             "wagle, key tokens, KL retain x5": ["--mask_method", "wagle"],
             "dense, key tokens, KL retain x5": ["--mask_method", "none"],
+            # the two neighbours that go first ask about a poem and a play; the retain rows name novels' authors
+            "grin, key tokens, KL retain x5, retain + plays and poems": ["--retain_file", "{plays_and_poems}"],
         }),
     "element_symbols": Scenario(
         EXAMPLES / "unlearn_smollm2.yaml", "selectivity_topic", ("forget", "topic", "heldout"), ("topic", "heldout"),
@@ -111,6 +113,28 @@ def same_relation_file(work: Path) -> Path:
     retain = load_scenario("country_languages")["retain"]
     path = work / "retain_same_relation.jsonl"
     retain.filter(lambda row: row["question"].startswith("What language")).to_json(str(path))
+    return path
+
+
+# Who wrote a play or a poem: the 4 that SmolLM2 names in its greedy answer (work_authors' template) of 34 tried,
+# none by an author of the forget or neighbour set (benchmarks/row_answers.py's `rows` screened them).
+PLAYS_AND_POEMS = [("the play Oedipus Rex", "Oedipus Rex", "Sophocles", "Sophocles"),
+                   ("the play Antigone", "Antigone", "Sophocles", "Sophocles"),
+                   ("the poem The Road Not Taken", "The Road Not Taken", "Robert Frost", "Frost"),
+                   ("the poem The Aeneid", "The Aeneid", "Virgil", "Virgil")]
+
+
+def plays_and_poems_file(work: Path) -> Path:
+    """work_authors' retain rows and `PLAYS_AND_POEMS`, as JSON lines."""
+    from datasets import Dataset, concatenate_datasets
+
+    from hf_wagle.real_model import load_scenario
+
+    retain = load_scenario("work_authors")["retain"]
+    extra = Dataset.from_list([{"question": f"Who wrote {written}?", "answer": f"{title} was written by {author}.",
+                                "answer_key": key} for written, title, author, key in PLAYS_AND_POEMS])
+    path = work / "retain_plays_and_poems.jsonl"
+    concatenate_datasets([retain.select_columns(extra.column_names), extra]).to_json(str(path))
     return path
 
 
@@ -144,7 +168,7 @@ def run(scenario: Scenario, work: Path, seeds: int, recipes: list[str], save, ou
     already in it is not run again)."""
     model = str(smollm2_path())
     override = ["--targets", *scenario.targets] if scenario.targets else []
-    files = {"same_relation": str(same_relation_file(work))}
+    files = {"same_relation": str(same_relation_file(work)), "plays_and_poems": str(plays_and_poems_file(work))}
     out = dict(out or {})
     for seed in range(seeds):
         for recipe in recipes:

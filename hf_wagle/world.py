@@ -154,6 +154,15 @@ def memorise(model, tokenizer, dataset: Dataset, spec: ModelSpec, prompt_templat
     model.eval()
 
 
+def world_model_dir(world: WorldSpec = WorldSpec(), spec: ModelSpec = ModelSpec(),
+                    prompt_template: str = "Question: {question}\nAnswer:") -> Path:
+    """The cache folder of `pretrained_world_model`'s model: named by a hash of both specs and the template."""
+    key = hashlib.sha256(
+        json.dumps([asdict(world), asdict(spec), prompt_template, 2], sort_keys=True).encode()
+    ).hexdigest()[:16]
+    return _cache_root() / key
+
+
 def pretrained_world_model(
     world: WorldSpec = WorldSpec(),
     spec: ModelSpec = ModelSpec(),
@@ -167,10 +176,7 @@ def pretrained_world_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    key = hashlib.sha256(
-        json.dumps([asdict(world), asdict(spec), prompt_template, 2], sort_keys=True).encode()
-    ).hexdigest()[:16]
-    path = Path(cache_dir) if cache_dir is not None else _cache_root() / key
+    path = Path(cache_dir) if cache_dir is not None else world_model_dir(world, spec, prompt_template)
     if (path / "model.safetensors").exists():
         return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), path
     data = make_world(world)

@@ -102,3 +102,13 @@ def test_every_example_config_is_one_hf_wagle_unlearn_reads(path):
     values = yaml.safe_load(path.read_text())
     script, training = command_parser(COMMANDS["unlearn"]()).parse_mapping(values, source=path.name)
     assert script.forget_file and training.output_dir
+
+
+def test_the_files_run_first_exist():
+    """tests/conftest.py's `_LONGEST_FIRST` names files that exist (a renamed file would silently lose its place)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tests_conftest", ROOT / "tests" / "conftest.py")
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    assert [name for name in conftest._LONGEST_FIRST if not (ROOT / name).is_file()] == []
