@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from hf_wagle.evaluation import WagleEvalCallback
+from hf_wagle.layered import rows_through, stage_at
 
 from support import expected_step
 
@@ -21,11 +22,12 @@ TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torch
 
 
 @pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
-@pytest.mark.parametrize("objective, robust", [("npo", None), ("grad_diff", "gnp")])
+@pytest.mark.parametrize("objective, robust", [("npo", None), ("grad_diff", "gnp+folds")])
 def test_two_ranks_unlearn_in_step_inside_the_mask(trained, world, tmp_path, objective, robust):
     """Two DDP ranks stay in step inside the mask; with `forget_perturbation="gnp"` both also perturb by the same eps
     (the forget gradient reduced over ranks, as "sam" takes it), which is zero off the mask, and add the same
-    (1 - c) * g after DDP's average (ranks that did not would diverge)."""
+    (1 - c) * g after DDP's average (ranks that did not would diverge). With `forget_folds=3` over the 3 steps, each
+    rank's forget rows at step t come only from the folds of t's stage, and both ranks stage by the same step."""
     model, tokenizer = trained
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
@@ -53,6 +55,15 @@ def test_two_ranks_unlearn_in_step_inside_the_mask(trained, world, tmp_path, obj
     for name, e in r0["eps"].items():
         assert torch.equal(e, r1["eps"][name]), f"ranks perturbed {name} differently"
         assert not e[~r0["mask"][name]].any(), f"{name} perturbed off-mask"
+    if robust and "folds" in robust:
+        rows = len(world["forget"])
+        for r in (r0, r1):
+            assert sorted({step for step, _, _ in r["staged"]}) == [0, 1, 2]
+            for step, loaded, staged in r["staged"]:
+                assert max(staged) < rows_through(stage_at(step, 3, 3), rows, 3), (step, loaded, staged)
+        # the loader did hand out rows of later folds, which staging moved: the check above could fail
+        assert any(max(loaded) >= rows_through(stage_at(step, 3, 3), rows, 3)
+                   for r in (r0, r1) for step, loaded, _ in r["staged"])
     # loss terms are logged every step, averaged over the ranks (so both ranks hold the same numbers)
     assert len(r0["logged"]) == 3 and r0["logged"] == r1["logged"]
 
