@@ -46,7 +46,7 @@ from sybil.integration.pytest import SybilItem  # noqa: E402
 from sybil.parsers.markdown import CodeBlockParser, PythonCodeBlockParser, SkipParser  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SHELL_TIMEOUT = 1800  # seconds; the walkthrough on SmolLM2 takes about a minute on 2 CPU cores
+SHELL_TIMEOUT = 1800  # seconds; the walkthrough on SmolLM2 takes about 3.5 minutes on one test worker
 _NAMES_FILE = re.compile(r"#\s*(\S+\.ya?ml)\b")
 
 
