@@ -121,6 +121,11 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     return out_dir
 
 
+def smollm2_dir() -> Path:
+    """The cache folder `smollm2_path` converts SmolLM2 into: `$HF_WAGLE_CACHE/models/<SMOLLM2_FOLDER>`."""
+    return cache_root() / "models" / SMOLLM2_FOLDER
+
+
 def smollm2_path(model_dir: str | os.PathLike | None = None) -> Path:
     """Folder of SmolLM2-135M-Instruct as a plain fp32 Hugging Face checkpoint, converted once and cached.
 
@@ -128,7 +133,7 @@ def smollm2_path(model_dir: str | os.PathLike | None = None) -> Path:
     appears atomically (converted in a temporary folder, then renamed), so concurrent callers never see a
     half-written model.
     """
-    path = Path(model_dir) if model_dir is not None else cache_root() / "models" / SMOLLM2_FOLDER
+    path = Path(model_dir) if model_dir is not None else smollm2_dir()
     if (path / "model.safetensors").exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)

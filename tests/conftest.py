@@ -24,7 +24,7 @@ def pytest_configure(config):
     that needs the model, which reports it."""
     if hasattr(config, "workerinput") or config.option.collectonly:
         return
-    from hf_wagle.real_model import SMOLLM2_FOLDER, cache_root
+    from hf_wagle.real_model import smollm2_dir
 
     world_dir = os.environ.get("HF_WAGLE_TEST_MODEL") or world_model_dir()
     builds = [] if os.path.exists(os.path.join(world_dir, "model.safetensors")) else [
@@ -32,7 +32,7 @@ def pytest_configure(config):
         "pretrained_world_model(cache_dir=os.environ.get('HF_WAGLE_TEST_MODEL'))"]
     whole_suite = config.args_source == pytest.Config.ArgsSource.TESTPATHS
     if whole_suite and "not slow" not in (config.option.markexpr or "") \
-            and not (cache_root() / "models" / SMOLLM2_FOLDER / "model.safetensors").exists():
+            and not (smollm2_dir() / "model.safetensors").exists():
         builds.append("from hf_wagle.real_model import smollm2_path; smollm2_path()")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for proc in [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
