@@ -36,6 +36,7 @@ STEPS = ["--max_steps", "12", "--target_eval_steps", "6"]
 # On this adapter at the start, the forget NLL at theta + eps falls by 2% for sam_rho 0.01 (the published value, for
 # full-parameter 7B runs), 18% for 0.1 and 43% for 1.0: the radius that matters is the model's and the adapter's own
 RECIPES = {"npo": [],
+           "grad_diff": ["--objective", "grad_diff", "--retain_loss", "nll", "--retain_weight", "1"],
            "npo dense": ["--mask_method", "dense"],
            "npo + sam 0.1": ["--forget_perturbation", "sam", "--sam_rho", "0.1"],
            "npo + sam 1": ["--forget_perturbation", "sam", "--sam_rho", "1.0"],

@@ -31,6 +31,7 @@ held.
 
 import argparse
 import json
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,11 @@ SCENARIOS = {
             # activation norm there (120), the retain term its own activation matching
             "grin, RMU on the key": ["--objective", "rmu", "--no_use_peft", "--learning_rate", "3e-3",
                                      "--rmu_steering_coeff", "300", "--rmu_alpha", "100"],
+            # the same on the country's tokens in the question (its representation where the question names it),
+            # the retain term on every token of the retain rows, which ask about the same countries' capitals
+            "grin, RMU on the subject": ["--objective", "rmu", "--no_use_peft", "--learning_rate", "3e-3",
+                                         "--rmu_steering_coeff", "300", "--rmu_alpha", "100", "--rmu_positions",
+                                         "subject", "--forget_file", "{subjects}"],
         }),
     "work_authors": Scenario(
         EXAMPLES / "unlearn_work_authors.yaml", "selectivity_authors", ("forget", "neighbour", "entity", "heldout"),
@@ -113,6 +119,17 @@ def same_relation_file(work: Path) -> Path:
     retain = load_scenario("country_languages")["retain"]
     path = work / "retain_same_relation.jsonl"
     retain.filter(lambda row: row["question"].startswith("What language")).to_json(str(path))
+    return path
+
+
+def subjects_file(work: Path) -> Path:
+    """country_languages' forget rows with a `subject` column: the country the question names ("... in France?")."""
+    from hf_wagle.real_model import load_scenario
+
+    forget = load_scenario("country_languages")["forget"]
+    path = work / "forget_subjects.jsonl"
+    forget.map(lambda row: {"subject": re.fullmatch(r"What language do people speak in (.+)\?", row["question"])[1]}
+               ).to_json(str(path))
     return path
 
 
@@ -168,7 +185,8 @@ def run(scenario: Scenario, work: Path, seeds: int, recipes: list[str], save, ou
     already in it is not run again)."""
     model = str(smollm2_path())
     override = ["--targets", *scenario.targets] if scenario.targets else []
-    files = {"same_relation": str(same_relation_file(work)), "plays_and_poems": str(plays_and_poems_file(work))}
+    files = {"same_relation": str(same_relation_file(work)), "plays_and_poems": str(plays_and_poems_file(work)),
+             "subjects": str(subjects_file(work))}
     out = dict(out or {})
     for seed in range(seeds):
         for recipe in recipes:

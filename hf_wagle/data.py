@@ -82,9 +82,11 @@ def key_span(answer: str, key: str) -> tuple[int, int] | None:
 
 
 def tokenize_example(example: dict, tokenizer, prompt_template: str, max_length: int | None, shape: str,
-                     key: str | None = None) -> dict:
+                     key: str | None = None, subject: str | None = None) -> dict:
     """One example -> `{"input_ids", "attention_mask", "labels"}` as lists of ints. With `key` (QA only, a fast
-    tokenizer), only the answer tokens that cover `key_span(answer, key)` carry labels (EOS does not)."""
+    tokenizer), only the answer tokens that cover `key_span(answer, key)` carry labels (EOS does not). With
+    `subject` (QA only, a fast tokenizer) also `subject_mask`: 1 on the prompt tokens that cover
+    `key_span(question, subject)` inside the prompt, else 0."""
     if shape == "tokenized":
         ids = list(example["input_ids"])
         attn = list(example.get("attention_mask") or [1] * len(ids))
@@ -106,6 +108,17 @@ def tokenize_example(example: dict, tokenizer, prompt_template: str, max_length:
         if span is None:
             raise ValueError(f"forget_tokens='key': the key {key!r} does not occur in the answer "
                              f"{example['answer']!r}; fix the row's answer_key or set forget_tokens='answer'")
+    if subject is not None:
+        where = key_span(example["question"], subject)
+        if not tokenizer.is_fast or where is None:
+            raise ValueError(f"the subject {subject!r} must occur in the question {example['question']!r} as whole "
+                             "words, and finding its tokens needs a fast tokenizer (use_fast=True); fix the row's "
+                             "`subject`")
+        start = prompt.rfind(example["question"])
+        if start < 0:
+            raise ValueError(f"the prompt template does not hold the question as written, so the subject "
+                             f"{subject!r} cannot be found in it: {prompt!r}")
+        subject_chars = (start + where[0], start + where[1])
     if tokenizer.is_fast:
         enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
         # A token belongs to the answer when it covers any character after the prompt.
@@ -120,8 +133,15 @@ def tokenize_example(example: dict, tokenizer, prompt_template: str, max_length:
         in_answer = [i >= n_prompt for i in range(len(ids))]
     ids = ids + [tokenizer.eos_token_id]
     labels = [t if a else IGNORE_INDEX for t, a in zip(ids, in_answer + [key is None])]
+    out = {}
+    if subject is not None:
+        lo, hi = subject_chars
+        out["subject_mask"] = [int(end > lo and start < hi) for start, end in enc["offset_mapping"]] + [0]
     if max_length is not None:
         ids, labels = ids[:max_length], labels[:max_length]
+        out = {k: v[:max_length] for k, v in out.items()}
+    if subject is not None and not any(out["subject_mask"]):
+        raise ValueError(f"max_length={max_length} cuts the prompt before its subject {subject!r}; raise max_length")
     if key is not None and all(label == IGNORE_INDEX for label in labels):
         raise ValueError(f"forget_tokens='key': max_length={max_length} cuts the answer before its key {key!r}; raise "
                          "max_length or shorten the question")
@@ -130,13 +150,14 @@ def tokenize_example(example: dict, tokenizer, prompt_template: str, max_length:
             f"the prompt fills all {max_length} tokens of `max_length`, so no answer token is left to learn from; "
             "raise `max_length` or shorten the question."
         )
-    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels, **out}
 
 
 def tokenize_dataset(dataset, tokenizer, prompt_template: str, max_length: int | None = None, what="dataset",
-                     keys: list[str] | None = None):
+                     keys: list[str] | None = None, subjects: list[str] | None = None):
     """Tokenise a dataset of any accepted shape; returns a list of example dicts. `keys` (QA only): one per row,
-    labels only on each answer's key tokens (`tokenize_example`)."""
+    labels only on each answer's key tokens; `subjects` (QA only): one per row, each example's `subject_mask`
+    (`tokenize_example`)."""
     shape = dataset_shape(dataset, what)
     if shape != "tokenized" and tokenizer is None:
         raise ValueError(f"{what} is not pre-tokenised, so a tokenizer (`processing_class`) is required")
@@ -149,8 +170,10 @@ def tokenize_dataset(dataset, tokenizer, prompt_template: str, max_length: int |
         for column in {"qa": ("question", "answer"), "text": ("text",)}.get(shape, ()):
             if not isinstance(ex[column], str):
                 raise ValueError(f"{what}, row {i}: `{column}` is {type(ex[column]).__name__}, not a string")
+        qa = shape == "qa"
         tokenized = tokenize_example(ex, tokenizer, prompt_template, max_length, shape,
-                                     keys[i] if keys is not None and shape == "qa" else None)
+                                     keys[i] if keys is not None and qa else None,
+                                     subjects[i] if subjects is not None and qa else None)
         if all(label == IGNORE_INDEX for label in tokenized["labels"][1:]):  # the first token is never predicted
             raise ValueError(f"{what}, row {i}: no token carries a label (empty text, or labels all -100), so it "
                              "gives no loss and no gradient; remove the row or fix its labels")
@@ -186,7 +209,8 @@ def pad_id(tokenizer) -> int:
 
 
 def collate(examples: list[dict], pad_token_id: int | None) -> dict[str, torch.Tensor]:
-    """Right-pad `input_ids` (with `pad_token_id`, or 0), `attention_mask` (0) and `labels` (-100).
+    """Right-pad `input_ids` (with `pad_token_id`, or 0), `attention_mask` (0) and `labels` (-100), and
+    `subject_mask` (0) when every example has one.
 
     Labels come from tokenisation, never from comparing ids with the pad token, so a real EOS keeps its label
     when pad == EOS.
@@ -199,6 +223,8 @@ def collate(examples: list[dict], pad_token_id: int | None) -> dict[str, torch.T
 
     batch = {"input_ids": padded("input_ids", pad), "attention_mask": padded("attention_mask", 0),
              "labels": padded("labels", IGNORE_INDEX)}
+    if all("subject_mask" in e for e in examples):
+        batch["subject_mask"] = padded("subject_mask", 0)
     if "index" in examples[0]:
         batch["index"] = torch.tensor([e["index"] for e in examples], dtype=torch.long)
     return batch

@@ -197,7 +197,13 @@ class WagleTrainer(Trainer):
                 raise ValueError("forget_tokens='key' unlearns the tokens of each answer's fact, which needs QA rows "
                                  "(question, answer, optionally answer_key); set forget_tokens='answer'")
             keys = answer_keys(forget_dataset)
-        forget_ex = tokenize_dataset(forget_dataset, *tok_args, what="forget dataset", keys=keys)
+        subjects = None
+        if objective.needs_subjects:
+            if dataset_shape(forget_dataset, "forget dataset") != "qa" or "subject" not in forget_dataset.column_names:
+                raise ValueError(f"objective {args.objective!r} as configured reads each forget row's subject: give "
+                                 "QA forget rows a `subject` column (the words of the question that name it)")
+            subjects = forget_dataset["subject"]
+        forget_ex = tokenize_dataset(forget_dataset, *tok_args, what="forget dataset", keys=keys, subjects=subjects)
         retain_ex = tokenize_dataset(retain_dataset, *tok_args, what="retain dataset")
         check_fits_model(forget_ex, model, "forget dataset")
         check_fits_model(retain_ex, model, "retain dataset")

@@ -230,3 +230,35 @@ def test_rmu_pools_the_positions_that_predict_labelled_tokens():
     assert RMU._pooled(per_token, {"labels": labels}).item() == (2.0 + (6 + 7 + 8) / 3) / 2
     left_padded = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])  # row 1: its answer starts at its first token
     assert RMU._pooled(per_token, {"labels": labels, "attention_mask": left_padded}).item() == (2.0 + (7 + 8) / 2) / 2
+
+
+def test_rmu_on_the_subject_steers_the_question_tokens_that_name_it(model, tokenizer, world, tmp_path):
+    """`rmu_positions="subject"`: the forget term pools exactly the question's tokens that name each row's
+    `subject` (not its repetition in the answer), the retain term every token; training steers them."""
+    forget = world["forget"].rename_column("person", "subject")
+    args = small_args(tmp_path, objective="rmu", mask_method=None, rmu_layer=2, rmu_train_layers=[1, 2],
+                      rmu_steering_coeff=5.0, rmu_alpha=10.0, rmu_positions="subject", learning_rate=1e-2,
+                      max_steps=8, logging_steps=1)
+    with pytest.raises(ValueError, match="`subject` column"):
+        WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
+                     processing_class=tokenizer)
+    trainer = WagleTrainer(model=model, args=args, forget_dataset=forget, retain_dataset=world["retain"],
+                           processing_class=tokenizer)
+    trainer.prepare_unlearning()
+    batch = PairCollator(trainer._pad_id)([trainer.train_dataset[i] for i in range(4)])
+    assert "subject_mask" not in batch["retain"]
+    for row, ids, marked, labels in zip(forget, *(batch["forget"][k] for k in ("input_ids", "subject_mask", "labels"))):
+        assert row["subject"] in row["answer"]  # named twice: only the question's naming is steered
+        assert tokenizer.decode(ids[marked.bool()]).strip() == row["subject"]
+        assert marked.nonzero().max() < (labels != IGNORE_INDEX).nonzero().min()
+    trainer.train()
+    losses = [h["forget_loss"] for h in trainer.state.log_history if "forget_loss" in h]
+    assert len(losses) == 8 and losses[-1] < 0.5 * losses[0]
+
+
+def test_rmu_pools_the_subject_or_every_token():
+    per_token = torch.arange(10.0).reshape(2, 5)
+    subject = torch.tensor([[0, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    attended = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    assert RMU._pooled(per_token, {"subject_mask": subject}, "subject").item() == ((1 + 2) / 2 + 5) / 2
+    assert RMU._pooled(per_token, {"attention_mask": attended}, "all").item() == (1.5 + 7) / 2

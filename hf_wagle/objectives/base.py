@@ -90,7 +90,8 @@ class Objective:
     `needs_reference`: reference logp of each forget answer (and refusal) -> `trainer.reference_logp(...)`;
     `needs_refusal`: each forget question also comes with another answer, a refusal unless `target_answers` says
     otherwise (`inputs["refusal"]`, QA data only);
-    `uses_retain`: whether retain batches are used at all.
+    `uses_retain`: whether retain batches are used at all;
+    `needs_subjects`: each forget row's `subject` column, found in its question -> `inputs["forget"]["subject_mask"]`.
     """
 
     name = "base"
@@ -98,6 +99,7 @@ class Objective:
     needs_reference = False
     needs_refusal = False
     uses_retain = True
+    needs_subjects = False
 
     def __init__(self, config, args=None):
         self.config, self.args = config, args

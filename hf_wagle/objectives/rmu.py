@@ -23,6 +23,11 @@ class RMUArgs:
                                                          "help": "RMU: steering coefficient c."})
     alpha: float = field(default=1200.0, metadata={"config_name": "rmu_alpha",
                                                    "help": "RMU: retain activation-matching weight alpha."})
+    positions: str = field(default="labelled", metadata={
+        "config_name": "rmu_positions",
+        "help": "RMU: the forget positions steered: 'labelled' (those that predict a labelled token) or 'subject' "
+                "(the question's tokens that name each row's `subject` column; the retain term then matches every "
+                "token of the retain rows)."})
 
     def __post_init__(self):
         if self.layer < 0 or any(layer < 0 for layer in self.train_layers):
@@ -30,6 +35,8 @@ class RMUArgs:
                              f"rmu_train_layers={self.train_layers}")
         finite("rmu_steering_coeff", self.steering_coeff, 0, strict=True)
         finite("rmu_alpha", self.alpha, 0)
+        if self.positions not in ("labelled", "subject"):
+            raise ValueError(f"rmu_positions must be 'labelled' or 'subject', got {self.positions!r}")
         try:
             re.compile(self.param_pattern)
         except re.error as e:
@@ -45,13 +52,20 @@ class RMU(Objective):
     labelled token is predicted (label at t + 1: the token before the answer and every answer token but the last;
     on forget rows with `forget_tokens="key"`, the token before the key and the key's tokens but its last), mean
     over each example, then over the batch:
-    forget loss = `mean_i mean_{t: y_{t+1} labelled} ||h_l(x_f)_t - c * u||^2 / d`, retain loss =
-    `alpha * mean_i mean_{t: y_{t+1} labelled} ||h_l(x_r)_t - h_l^ref(x_r)_t||^2 / d` (c = `rmu_steering_coeff`,
-    alpha = `rmu_alpha`, d the hidden size). Only parameters whose names match `rmu_param_pattern` inside layers
-    `rmu_train_layers` are trained (the rest are frozen before the mask is applied).
+    forget loss = `mean_i mean_{t in F_i} ||h_l(x_f)_t - c * u||^2 / d`, retain loss =
+    `alpha * mean_i mean_{t in R_i} ||h_l(x_r)_t - h_l^ref(x_r)_t||^2 / d` (c = `rmu_steering_coeff`,
+    alpha = `rmu_alpha`, d the hidden size), F_i = R_i = {t: y_{t+1} labelled}. With `rmu_positions="subject"`,
+    F_i is the question's tokens that name row i's `subject` (the subject's representation, read where the
+    question names it) and R_i every token of the retain row (as WMDP's RMU). Only parameters whose names match
+    `rmu_param_pattern` inside layers `rmu_train_layers` are trained (the rest are frozen before the mask is
+    applied).
     """
 
     needs_reference_model = True
+
+    @property
+    def needs_subjects(self) -> bool:
+        return self.args.positions == "subject"
 
     @classmethod
     def check_args(cls, args) -> None:
@@ -98,25 +112,32 @@ class RMU(Objective):
         return captured[-1].float()
 
     @staticmethod
-    def _pooled(per_token: torch.Tensor, batch) -> torch.Tensor:
-        """Mean over each example's positions whose next token is labelled (the hidden state that predicts it),
-        then over the examples."""
-        labels = batch["labels"]
-        predicts = torch.zeros_like(labels, dtype=torch.bool)
-        predicts[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-        if "attention_mask" in batch:  # left-padded rows: the pad before the first token predicts nothing
-            predicts &= batch["attention_mask"].bool()
-        predicts = predicts.to(per_token.device).float()
-        return ((per_token * predicts).sum(1) / predicts.sum(1).clamp(min=1)).mean()
+    def _pooled(per_token: torch.Tensor, batch, where: str = "labelled") -> torch.Tensor:
+        """Mean over each example's positions, then over the examples. `where`: "labelled", the positions whose
+        next token is labelled (the hidden state that predicts it); "subject", those of `batch["subject_mask"]`;
+        "all", every attended token."""
+        if where == "subject":
+            chosen = batch["subject_mask"].bool()
+        elif where == "all":
+            chosen = batch["attention_mask"].bool()
+        else:
+            labels = batch["labels"]
+            chosen = torch.zeros_like(labels, dtype=torch.bool)
+            chosen[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+            if "attention_mask" in batch:  # left-padded rows: the pad before the first token predicts nothing
+                chosen &= batch["attention_mask"].bool()
+        chosen = chosen.to(per_token.device).float()
+        return ((per_token * chosen).sum(1) / chosen.sum(1).clamp(min=1)).mean()
 
     def forget_loss(self, trainer, model, inputs):
-        batch = inputs["forget"]
+        batch, where = inputs["forget"], self.args.positions
         h = self.layer_output(trainer, model, batch)
-        loss = self._pooled(((h - self.control) ** 2).mean(-1), batch)
-        return loss, {"forget_activation_norm": self._pooled(h.norm(dim=-1), batch).detach()}
+        loss = self._pooled(((h - self.control) ** 2).mean(-1), batch, where)
+        return loss, {"forget_activation_norm": self._pooled(h.norm(dim=-1), batch, where).detach()}
 
     def retain_loss(self, trainer, model, inputs):
         batch = inputs["retain"]
+        where = "all" if self.args.positions == "subject" else "labelled"
         h = self.layer_output(trainer, model, batch)
         ref = self.layer_output(trainer, model, batch, reference=True)
-        return self.args.alpha * self._pooled(((h - ref) ** 2).mean(-1), batch), {}
+        return self.args.alpha * self._pooled(((h - ref) ** 2).mean(-1), batch, where), {}
