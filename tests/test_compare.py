@@ -196,6 +196,53 @@ def test_plan_writes_a_config_that_meets_its_targets(trained, world, tmp_path, c
     assert matched["step"] % 2 == 0 and targets_hold(parse_targets(config["targets"]), result["base"], matched)
 
 
+@pytest.mark.slow  # one plan trial per retain file
+def test_plan_tries_each_retain_file_on_the_same_heldout_rows(trained, world, tmp_path, capsys):
+    """`--retain_files`: each file is a recipe of its own, trained on its rows and judged on the config's held-out
+    rows; the lever is reported, and the chosen file is the plan's `retain_file`."""
+    import yaml
+
+    from hf_wagle.cli import main
+
+    model, tokenizer = trained
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    world["forget"].to_json(tmp_path / "forget.jsonl")
+    retain = world["retain"]
+    files = {"all": retain.select(range(150)), "half": retain.select(range(75)),
+             "heldout": retain.select(range(150, 180))}
+    for name, data in files.items():
+        data.to_json(tmp_path / f"{name}.jsonl")
+    config = {"model_name_or_path": str(tmp_path / "model"), "forget_file": str(tmp_path / "forget.jsonl"),
+              "retain_file": str(tmp_path / "all.jsonl"), "output_dir": str(tmp_path / "out"),
+              "objective": "grad_diff", "learning_rate": 1e-3, "max_steps": 30, "per_device_train_batch_size": 4,
+              "lora_r": 4, "use_cpu": True, "report_to": "none", "save_strategy": "no",
+              "targets": ["forget_probability <= 0.3x", "heldout_probability >= 0.6x"]}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    argv = ["plan", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "plan"), "--seeds", "1",
+            "--methods", "random", "--ratios", "0.5", "--retain_files",
+            f"{tmp_path / 'all.jsonl'},{tmp_path / 'half.jsonl'}"]
+    assert main(argv) == 2  # no heldout_file: each file would hold out rows of its own
+    assert "--retain_files: without a heldout_file" in capsys.readouterr().err
+    assert not (tmp_path / "plan").exists()
+    config["heldout_file"] = str(tmp_path / "heldout.jsonl")
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    status = main(argv)
+    out = capsys.readouterr().out
+    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    assert [c["retain_file"] for c in plan["candidates"]] == [str(tmp_path / "all.jsonl"), str(tmp_path / "half.jsonl")]
+    assert set(plan["levers"]["retain_data"]) == {str(tmp_path / "all.jsonl"), str(tmp_path / "half.jsonl")}
+    for name, rows in (("all", 150), ("half", 75)):
+        result = json.loads((tmp_path / "plan" / f"retain_data_{name}" / "compare_masks.json").read_text())
+        assert result["settings"]["rows_available"]["retain"] == rows and result["settings"]["rows_available"][
+            "heldout"] == 30
+    assert "retain_data: " in out
+    assert status == (0 if plan["chosen"] else 3)
+    if plan["chosen"]:
+        planned = yaml.safe_load((tmp_path / "plan" / "plan.yaml").read_text())
+        assert planned["retain_file"] == plan["recipe"]["retain_file"] and f"on {planned['retain_file']}" in out
+
+
 @pytest.mark.slow  # a plan trial, then the relearning attack on its kept model
 def test_plan_attacks_each_feasible_setting_against_a_relearning_limit(trained, world, tmp_path, capsys):
     import yaml

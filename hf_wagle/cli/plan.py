@@ -1,9 +1,10 @@
 """`hf-wagle plan --config run.yaml --out DIR`: short trials over mask methods and ratios (and, when asked, learning
-rates, objectives and retain terms) on the user's own data, then the config that meets the run's targets, written as
-a YAML `hf-wagle unlearn --config` takes, and which of those levers decided."""
+rates, objectives, retain terms and retain data) on the user's own data, then the config that meets the run's targets,
+written as a YAML `hf-wagle unlearn --config` takes, and which of those levers decided."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from .common import Command, load_data
@@ -24,6 +25,11 @@ class PlanArguments:
     retain_terms: str | None = field(default=None, metadata={
         "help": "comma-separated retain terms as loss:weight ('nll:1,kl:5'), each tried with every other setting "
                 "(default: the config's retain_loss and retain_weight)"})
+    retain_files: str | None = field(default=None, metadata={
+        "help": "comma-separated retain data files (as retain_file: a path, a Hub dataset id or scenario:NAME/SET), "
+                "each tried with every other setting: which retain rows keep the neighbours (default: the config's "
+                "retain_file). Needs a heldout_file (or retain_holdout 0), so every setting is judged on the same "
+                "held-out rows"})
     match: str = field(default="forget", metadata={
         "choices": ["forget", "targets"],
         "help": "where each trial is judged: 'forget', the point where the config's forget target is first met "
@@ -38,8 +44,8 @@ class PlanArguments:
 
 
 def plan_recipes(plan: PlanArguments) -> list[dict]:
-    """Every combination of the levers `plan` was given besides masks (learning rate, objective, retain term), as
-    `WagleConfig` values: `[{}]` when none was given. Checked before any trial."""
+    """Every combination of the levers `plan` was given besides masks (learning rate, objective, retain term, retain
+    data), as `WagleConfig` and `retain_file` values: `[{}]` when none was given. Checked before any trial."""
     import itertools
 
     from ..objectives import get_objective
@@ -60,17 +66,24 @@ def plan_recipes(plan: PlanArguments) -> list[dict]:
     levers = []
     for given, parse in ((plan.learning_rates, lambda v: {"learning_rate": float(v)}),
                          (plan.objectives, lambda v: {"objective": get_objective(v).name}),
-                         (plan.retain_terms, retain_term)):
+                         (plan.retain_terms, retain_term),
+                         (plan.retain_files, lambda v: {"retain_file": v})):
         values = [parse(v) for v in split(given)]
         if len({tuple(v.items()) for v in values}) != len(values):
             raise ValueError(f"a plan lever lists a value twice: {given!r}")
         if values:
             levers.append(values)
-    return [{k: v for part in combo for k, v in part.items()} for combo in itertools.product(*levers)]
+    recipes = [{k: v for part in combo for k, v in part.items()} for combo in itertools.product(*levers)]
+    names = [recipe_name(r) for r in recipes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--retain_files: two files would share the folder {max(names, key=names.count)!r}; give "
+                         "files with different names")
+    return recipes
 
 
 def recipe_name(recipe: dict) -> str:
-    """A recipe's folder name: `lr_0.001`, `objective_me`, `retain_kl_5`, joined by '-'; '' for none."""
+    """A recipe's folder name: `lr_0.001`, `objective_me`, `retain_kl_5`, `retain_data_<file stem>`, joined by '-';
+    '' for none."""
     parts = []
     if "learning_rate" in recipe:
         parts.append(f"lr_{recipe['learning_rate']:g}")
@@ -78,16 +91,22 @@ def recipe_name(recipe: dict) -> str:
         parts.append(f"objective_{recipe['objective']}")
     if "retain_loss" in recipe:
         parts.append(f"retain_{recipe['retain_loss']}_{recipe['retain_weight']:g}")
+    if "retain_file" in recipe:  # a file's name without its extension; a scenario's name and set
+        given = recipe["retain_file"].rstrip("/")
+        stem = given.removeprefix("scenario:") if given.startswith("scenario:") else given.rsplit("/", 1)[-1]
+        parts.append("retain_data_" + re.sub(r"[^\w.]+", "_", re.sub(r"\.(jsonl?|csv|parquet)$", "", stem)))
     return "-".join(parts)
 
 
 def deciding_levers(rows: list[dict]) -> dict:
-    """For each lever tried at more than one value (the mask spec, learning rate, objective, retain term), how many
+    """For each lever tried at more than one value (the mask spec, learning rate, objective, retain term, retain
+    data), how many
     of its settings met every target at each value; `decided`: the levers at some of whose values nothing met them
     while others did (changing that lever alone can make or break the plan)."""
     keys = {"mask": lambda r: r["spec"], "learning_rate": lambda r: r.get("learning_rate"),
             "objective": lambda r: r.get("objective"),
-            "retain": lambda r: f"{r['retain_loss']}:{r['retain_weight']:g}" if r.get("retain_loss") else None}
+            "retain": lambda r: f"{r['retain_loss']}:{r['retain_weight']:g}" if r.get("retain_loss") else None,
+            "retain_data": lambda r: r.get("retain_file")}
     out = {}
     for lever, key in keys.items():
         values = {}
@@ -230,10 +249,10 @@ class Plan(Command):
     """Try every mask method of `--methods` at every ratio of `--ratios` (and dense), at each of `--learning_rates`,
     on your data with the recipe of your unlearn config, find which meet the config's `targets` (or its
     `forget_kind`'s) at their matched point (the config's forget target), and write `plan.yaml`: the config that
-    meets them with the fewest weights changed among those keeping the most held-out utility. `--objectives` and
-    `--retain_terms` add those levers. With a `relearn_recovery <= v` target, every setting that meets the others is
-    attacked at its matched point as `hf-wagle audit` does (its model kept for that alone), and must hold it on every
-    seed."""
+    meets them with the fewest weights changed among those keeping the most held-out utility. `--objectives`,
+    `--retain_terms` and `--retain_files` add those levers. With a `relearn_recovery <= v` target, every setting that
+    meets the others is attacked at its matched point as `hf-wagle audit` does (its model kept for that alone), and
+    must hold it on every seed."""
 
     help = "try mask methods and ratios against an unlearn config's targets; write the config that meets them"
 
@@ -256,7 +275,15 @@ class Plan(Command):
         from ..config import WagleConfig
 
         for recipe in recipes:  # every recipe checked before the first trial
-            WagleConfig(**{**given_values(args.training), **recipe})
+            WagleConfig(**{**given_values(args.training), **{k: v for k, v in recipe.items() if k != "retain_file"}})
+        if args.plan.retain_files:
+            if not args.script.heldout_file and args.training.retain_holdout > 0:
+                raise ValueError("--retain_files: without a heldout_file each retain file would hold out rows of its "
+                                 "own as held-out utility, and the settings could not be compared; set heldout_file "
+                                 "in the config (or retain_holdout: 0 with other evaluation sets)")
+            for recipe in recipes:
+                load_data(recipe["retain_file"], "--retain_files", args.script.retain_config,
+                          args.script.retain_split)
         from .common import read_eval_sets
 
         names = ["forget", *read_eval_sets(args.script)]
@@ -287,7 +314,7 @@ class Plan(Command):
         out, rows, results, pngs = Path(args.compare.out), [], [], []
         for i, recipe in enumerate(recipes):
             for key, value in recipe.items():
-                setattr(args.training, key, value)
+                setattr(args.script if key == "retain_file" else args.training, key, value)
             if len(recipes) > 1 or recipe:
                 args.compare.out = str(out / recipe_name(recipe))
                 print(f"-- {recipe_name(recipe)} ({i + 1} of {len(recipes)}; the runs below count this recipe's)")
@@ -298,7 +325,8 @@ class Plan(Command):
             ran = results[-1]["settings"]["training"]  # the learning rate calibrated, where --calibrate_steps ran
             lever = {"learning_rate": ran.get("learning_rate", args.training.learning_rate),
                      "objective": args.training.objective,
-                     "retain_loss": args.training.retain_loss, "retain_weight": args.training.retain_weight}
+                     "retain_loss": args.training.retain_loss, "retain_weight": args.training.retain_weight,
+                     "retain_file": args.script.retain_file}
             tried = [{**row, **lever, "recipe": i} for row in choose(results[-1], targets)[1]]
             if limit is not None:
                 runs = Path(args.compare.out) / "runs"
@@ -320,7 +348,8 @@ class Plan(Command):
             recovered = (f"relearn_recovery {r['relearn_recovery']:.3g}; " if r.get("relearn_recovery") is not None
                          else "")
             print(f"  {r['spec']:<28} lr {r['learning_rate']:<8g} {r['objective']:<8} "
-                  f"{r['retain_loss']}:{r['retain_weight']:<4g} {recovered}"
+                  f"{r['retain_loss']}:{r['retain_weight']:<4g} "
+                  f"{r['retain_file'] + ' ' if args.plan.retain_files else ''}{recovered}"
                   f"{'meets the targets' if r['feasible'] else 'fails: ' + '; '.join(r['problems'])}"
                   f"; {100 * r['changeable_fraction']:.1f}% of weights may change")
         for lever, values in levers["levers"].items():
@@ -333,18 +362,20 @@ class Plan(Command):
             return 3
         if chosen is None:
             print("no tried setting meets every target at its matched point: loosen the targets, try other ratios, "
-                  "methods, --learning_rates, --objectives or --retain_terms, or change the recipe (forget_tokens, "
-                  "retain data)")
+                  "methods, --learning_rates, --objectives, --retain_terms or --retain_files, or change the recipe "
+                  "(forget_tokens, retain data)")
             return 3
         result, png = results[best["recipe"]], pngs[best["recipe"]]
         given = {**given_values(args.script), **given_values(args.training)}
         config = {"output_dir": args.training.output_dir, **plan_config(given, chosen, result, best["step"]),
-                  **{k: best[k] for k in ("learning_rate", "objective", "retain_loss", "retain_weight")}}
+                  **{k: best[k] for k in ("learning_rate", "objective", "retain_loss", "retain_weight",
+                                          "retain_file")}}
         header = (f"# written by hf-wagle plan: {chosen} met every target ({'; '.join(map(str, targets))}) at its "
                   f"matched point\n# on every seed, keeping the most held-out utility with the fewest weights "
                   f"changed; see compare_masks.json\n")
         (out / "plan.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False))
         print(f"chosen: {chosen} at lr {best['learning_rate']:g}, {best['objective']}, retain "
-              f"{best['retain_loss']}:{best['retain_weight']:g}; wrote {out / 'plan.yaml'} (run it: hf-wagle "
-              f"unlearn --config {out / 'plan.yaml'}), {out / 'plan.json'} and {png}")
+              f"{best['retain_loss']}:{best['retain_weight']:g}"
+              f"{' on ' + best['retain_file'] if args.plan.retain_files else ''}; wrote {out / 'plan.yaml'} "
+              f"(run it: hf-wagle unlearn --config {out / 'plan.yaml'}), {out / 'plan.json'} and {png}")
         return 0
