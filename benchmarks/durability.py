@@ -10,7 +10,8 @@ reported as `relearn_retain`), no quantisation; then the same attack stopped aft
 (`relearning_curve`), since the whole attack gives every fact back on every recipe. Per run: the targets, the
 evaluation kept, the recovery fractions with their row-bootstrap intervals, the L2 distance from the base, the
 relearning curve and the seconds the unlearning took (in the JSON only: on a shared machine they are not a cost;
-`benchmarks/step_cost.py --perturbation` measures that).
+`benchmarks/step_cost.py --perturbation` measures that). With `--protocols wmdp,muse`, also the audit's published
+attack protocols (`hf-wagle audit --protocol`), each on the same held-back half.
 
     python benchmarks/durability.py --out benchmarks/results/durability --seeds 0
     python benchmarks/durability.py --out benchmarks/results/durability --seeds 1,2 --recipes "npo,npo + sam 0.1" --add
@@ -37,6 +38,8 @@ STEPS = ["--max_steps", "12", "--target_eval_steps", "6"]
 # full-parameter 7B runs), 18% for 0.1 and 43% for 1.0: the radius that matters is the model's and the adapter's own
 RECIPES = {"npo": [],
            "grad_diff": ["--objective", "grad_diff", "--retain_loss", "nll", "--retain_weight", "1"],
+           "grad_diff lr 1e-3": ["--objective", "grad_diff", "--retain_loss", "nll", "--retain_weight", "1",
+                                 "--learning_rate", "1e-3"],
            "npo dense": ["--mask_method", "dense"],
            "npo + sam 0.1": ["--forget_perturbation", "sam", "--sam_rho", "0.1"],
            "npo + sam 1": ["--forget_perturbation", "sam", "--sam_rho", "1.0"],
@@ -71,10 +74,10 @@ def forget_file(recipe: str, work: Path) -> list[str]:
     return ["--forget_file", str(path)]
 
 
-def run(work: Path, seeds: list[int], recipes: list[str], path: Path) -> dict:
-    """Each recipe and seed not yet measured in `work` (a folder's `benchmark_run.json`, `audit.json` and
-    `relearning_curve.json` are read back, so an interrupted benchmark goes on where it stopped); `path` is rewritten
-    after every run."""
+def run(work: Path, seeds: list[int], recipes: list[str], path: Path, protocols: tuple[str, ...] = ()) -> dict:
+    """Each recipe and seed not yet measured in `work` (a folder's `benchmark_run.json`, `audit.json`,
+    `audit_<protocol>.json` and `relearning_curve.json` are read back, so an interrupted benchmark goes on where it
+    stopped); `path` is rewritten after every run."""
     model = str(smollm2_path())
     config = Path(__file__).resolve().parents[1] / "examples" / "unlearn_country_languages.yaml"
     results = json.loads(path.read_text()) if path.exists() else {}
@@ -92,10 +95,16 @@ def run(work: Path, seeds: list[int], recipes: list[str], path: Path) -> dict:
             if not (folder / "audit.json").exists():
                 hf_wagle(["audit", str(folder), "--base", model, "--forget", f"{SCENARIO}/forget", "--retain",
                           f"{SCENARIO}/neighbour", "--schemes", "", "--out", str(folder / "audit.json")])
+            for protocol in protocols:
+                if not (folder / f"audit_{protocol}.json").exists():
+                    hf_wagle(["audit", str(folder), "--base", model, "--forget", f"{SCENARIO}/forget", "--schemes",
+                              "", "--protocol", protocol, "--out", str(folder / f"audit_{protocol}.json")])
             unlearned = json.loads((folder / "unlearn_results.json").read_text())
             results[f"{recipe} seed {seed}"] = {"recipe": recipe, "seed": seed, **json.loads(done.read_text()),
                                                 "steps": unlearned["steps"], "after": unlearned["evaluation"]["after"],
                                                 "audit": json.loads((folder / "audit.json").read_text()),
+                                                "protocols": {p.stem.removeprefix("audit_"): json.loads(p.read_text())
+                                                              for p in sorted(folder.glob("audit_*.json"))},
                                                 "relearning_curve": relearning_curve(folder, model)}
             path.write_text(json.dumps(results, indent=2))
     return results
@@ -143,6 +152,12 @@ def table(results: dict) -> str:
                **{f"held-back answered after {k} relearning steps":
                   (lambda r, k=k: (r.get("relearning_curve") or {}).get(str(k), {}).get("answered"))
                   for k in CURVE_STEPS}}
+    for protocol in sorted({p for r in results.values() for p in r.get("protocols", {})}):
+        columns[f"answered after relearn forget, {protocol}"] = (
+            lambda r, p=protocol: r.get("protocols", {}).get(p, {}).get("answered", {}).get("relearn"))
+        columns[f"recovery: relearn forget, {protocol}"] = (
+            lambda r, p=protocol: (r.get("protocols", {}).get(p, {}).get("recovery", {}).get("relearn") or {})
+            .get("recovery"))
     rows = ["| recipe | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for recipe in dict.fromkeys(r["recipe"] for r in results.values()):
         mine = [r for r in results.values() if r["recipe"] == recipe]
@@ -155,6 +170,8 @@ if __name__ == "__main__":
     parser.add_argument("--out", default="benchmarks/results/durability")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
+    parser.add_argument("--protocols", default="", help="comma-separated published attack protocols to audit each "
+                        "run with as well (wmdp, muse)")
     parser.add_argument("--add", action="store_true", help="keep the runs already in durability.json")
     parser.add_argument("--work", help="folder for the runs' adapters (default: a temporary folder); runs already "
                         "in it are read back, not run again")
@@ -168,5 +185,6 @@ if __name__ == "__main__":
     path = out / "durability.json"
     if path.exists() and not args.add:
         path.unlink()
-    results = run(work, [int(s) for s in args.seeds.split(",")], [s.strip() for s in args.recipes.split(",")], path)
+    results = run(work, [int(s) for s in args.seeds.split(",")], [s.strip() for s in args.recipes.split(",")], path,
+                  tuple(p.strip() for p in args.protocols.split(",") if p.strip()))
     print(table(results))
