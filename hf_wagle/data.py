@@ -114,11 +114,11 @@ def tokenize_example(example: dict, tokenizer, prompt_template: str, max_length:
             raise ValueError(f"the subject {subject!r} must occur in the question {example['question']!r} as whole "
                              "words, and finding its tokens needs a fast tokenizer (use_fast=True); fix the row's "
                              "`subject`")
-        start = prompt.rfind(example["question"])
-        if start < 0:
+        at = prompt.rfind(example["question"])
+        if at < 0:
             raise ValueError(f"the prompt template does not hold the question as written, so the subject "
                              f"{subject!r} cannot be found in it: {prompt!r}")
-        subject_chars = (start + where[0], start + where[1])
+        subject_chars = (at + where[0], at + where[1])
     if tokenizer.is_fast:
         enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
         # A token belongs to the answer when it covers any character after the prompt.

@@ -100,9 +100,8 @@ def recipe_name(recipe: dict) -> str:
 
 def deciding_levers(rows: list[dict]) -> dict:
     """For each lever tried at more than one value (the mask spec, learning rate, objective, retain term, retain
-    data), how many
-    of its settings met every target at each value; `decided`: the levers at some of whose values nothing met them
-    while others did (changing that lever alone can make or break the plan)."""
+    data), how many of its settings met every target at each value; `decided`: the levers at some of whose values
+    nothing met them while others did (changing that lever alone can make or break the plan)."""
     keys = {"mask": lambda r: r["spec"], "learning_rate": lambda r: r.get("learning_rate"),
             "objective": lambda r: r.get("objective"),
             "retain": lambda r: f"{r['retain_loss']}:{r['retain_weight']:g}" if r.get("retain_loss") else None,
