@@ -85,7 +85,8 @@ SCENARIOS = {
             "grin, RMU on the key": ["--objective", "rmu", "--no_use_peft", "--learning_rate", "3e-3",
                                      "--rmu_steering_coeff", "300", "--rmu_alpha", "100"],
             # the same on the country's tokens in the question (its representation where the question names it),
-            # the retain term on every token of the retain rows, which ask about the same countries' capitals
+            # the retain term on every token of the retain rows (none of which names a forgotten country: their
+            # other facts, the entity set, are kept by nothing the run trains on)
             "grin, RMU on the subject": ["--objective", "rmu", "--no_use_peft", "--learning_rate", "3e-3",
                                          "--rmu_steering_coeff", "300", "--rmu_alpha", "100", "--rmu_positions",
                                          "subject", "--forget_file", "{subjects}"],

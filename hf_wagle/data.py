@@ -110,10 +110,12 @@ def tokenize_example(example: dict, tokenizer, prompt_template: str, max_length:
                              f"{example['answer']!r}; fix the row's answer_key or set forget_tokens='answer'")
     if subject is not None:
         where = key_span(example["question"], subject)
-        if not tokenizer.is_fast or where is None:
-            raise ValueError(f"the subject {subject!r} must occur in the question {example['question']!r} as whole "
-                             "words, and finding its tokens needs a fast tokenizer (use_fast=True); fix the row's "
-                             "`subject`")
+        if where is None:
+            raise ValueError(f"the subject {subject!r} does not occur in the question {example['question']!r} as "
+                             "whole words; fix the row's `subject`")
+        if not tokenizer.is_fast:
+            raise ValueError("finding a subject's tokens reads character offsets, which needs a fast tokenizer; "
+                             "load it with use_fast=True")
         at = prompt.rfind(example["question"])
         if at < 0:
             raise ValueError(f"the prompt template does not hold the question as written, so the subject "
@@ -223,8 +225,11 @@ def collate(examples: list[dict], pad_token_id: int | None) -> dict[str, torch.T
 
     batch = {"input_ids": padded("input_ids", pad), "attention_mask": padded("attention_mask", 0),
              "labels": padded("labels", IGNORE_INDEX)}
-    if all("subject_mask" in e for e in examples):
+    with_subject = sum("subject_mask" in e for e in examples)
+    if with_subject == len(examples):
         batch["subject_mask"] = padded("subject_mask", 0)
+    elif with_subject:
+        raise ValueError("a batch mixes rows with and without a subject mask: tokenise every row with its subject")
     if "index" in examples[0]:
         batch["index"] = torch.tensor([e["index"] for e in examples], dtype=torch.long)
     return batch

@@ -119,11 +119,17 @@ def examples_digest(examples: list[dict]) -> str:
     return h.hexdigest()
 
 
-def data_entry(dataset, tokenizer, prompt_template: str, max_length) -> dict:
+def data_entry(dataset, tokenizer, prompt_template: str, max_length, subjects: bool = False) -> dict:
+    """The rows' count and `examples_digest` as plain QA/text tokenisation gives them (whatever tokens the run's
+    options trained on: the record's settings say how it read them); with `subjects`, also the SHA-256 of the
+    `subject` column."""
     from .data import tokenize_dataset
 
     examples = tokenize_dataset(dataset, tokenizer, prompt_template, max_length)
-    return {"rows": len(examples), "sha256": examples_digest(examples)}
+    entry = {"rows": len(examples), "sha256": examples_digest(examples)}
+    if subjects:
+        entry["subjects_sha256"] = _canonical_digest(list(dataset["subject"]))
+    return entry
 
 
 def _canonical_digest(value) -> str:
@@ -417,10 +423,15 @@ def check_data(folder, split: str, path) -> str | None:
         from .evaluation.measure import split_holdout
 
         dataset, _ = split_holdout(dataset, entry["held_out"]["fraction"], entry["held_out"]["seed"])
-    got = data_entry(dataset, tokenizer, settings.get("prompt_template"), settings.get("max_length"))
+    subjects = "subjects_sha256" in entry
+    if subjects and "subject" not in getattr(dataset, "column_names", ()):
+        return f"{path} has no `subject` column, and the run read each {split} row's subject"
+    got = data_entry(dataset, tokenizer, settings.get("prompt_template"), settings.get("max_length"), subjects)
     if got["sha256"] != entry["sha256"]:
         return (f"{path} is not the {split} data of the record ({got['rows']} rows tokenised to "
                 f"{got['sha256'][:12]}..., the record names {entry['rows']} rows, {entry['sha256'][:12]}...)")
+    if subjects and got["subjects_sha256"] != entry["subjects_sha256"]:
+        return f"{path} holds the {split} rows of the record, but other subjects than the run read"
     return None
 
 

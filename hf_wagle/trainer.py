@@ -47,6 +47,7 @@ from .data import (
     check_fits_model,
     collate,
     dataset_shape,
+    key_span,
     pad_id,
     refusal_examples,
     tokenize_dataset,
@@ -200,9 +201,14 @@ class WagleTrainer(Trainer):
         subjects = None
         if objective.needs_subjects:
             if dataset_shape(forget_dataset, "forget dataset") != "qa" or "subject" not in forget_dataset.column_names:
-                raise ValueError(f"objective {args.objective!r} as configured reads each forget row's subject: give "
-                                 "QA forget rows a `subject` column (the words of the question that name it)")
+                raise ValueError(f"objective {args.objective!r} as configured (e.g. rmu_positions='subject') reads "
+                                 "each forget row's subject: give QA forget rows a `subject` column (the words of "
+                                 "the question that name it)")
             subjects = forget_dataset["subject"]
+            for i, (subject, question) in enumerate(zip(subjects, forget_dataset["question"])):
+                if not isinstance(subject, str) or key_span(question, subject) is None:
+                    raise ValueError(f"forget dataset, row {i}: the subject {subject!r} is not words of its question "
+                                     f"{question!r}; every row's `subject` names it as the question does")
         forget_ex = tokenize_dataset(forget_dataset, *tok_args, what="forget dataset", keys=keys, subjects=subjects)
         retain_ex = tokenize_dataset(retain_dataset, *tok_args, what="retain dataset")
         check_fits_model(forget_ex, model, "forget dataset")
@@ -255,7 +261,7 @@ class WagleTrainer(Trainer):
         self.results: dict | None = None  # {"before": {...}, "after": {...}} numbers the model card shows
         self.provenance = {"base_name": getattr(getattr(model, "config", None), "_name_or_path", None),
                            "base_source": getattr(getattr(model, "config", None), "hf_wagle_source", None),
-                           "data": {"forget": {"rows": len(forget_ex), "sha256": examples_digest(forget_ex)},
+                           "data": {"forget": data_entry(forget_dataset, *tok_args, subjects=subjects is not None),
                                     "retain": {"rows": len(retain_ex), "sha256": examples_digest(retain_ex),
                                                "held_out": held_out},
                                     **{name: data_entry(data, *tok_args) for name, data in eval_sets.items()},

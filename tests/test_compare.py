@@ -222,11 +222,14 @@ def test_plan_tries_each_retain_file_on_the_same_heldout_rows(trained, world, tm
     argv = ["plan", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "plan"), "--seeds", "1",
             "--methods", "random", "--ratios", "0.5", "--retain_files",
             f"{tmp_path / 'all.jsonl'},{tmp_path / 'half.jsonl'}"]
-    assert main(argv) == 2  # no heldout_file: each file would hold out rows of its own
-    assert "--retain_files: without a heldout_file" in capsys.readouterr().err
-    assert not (tmp_path / "plan").exists()
+    assert main(argv) == 2  # no heldout set: each file would hold out rows of its own
+    assert "--retain_files: without a heldout set" in capsys.readouterr().err
     config["heldout_file"] = str(tmp_path / "heldout.jsonl")
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    retain.select(range(140, 160)).to_json(tmp_path / "overlapping.jsonl")  # 10 held-out rows among them
+    assert main([*argv[:-1], f"{tmp_path / 'all.jsonl'},{tmp_path / 'overlapping.jsonl'}"]) == 2
+    assert "overlapping.jsonl shares 10 question(s) with the heldout data" in capsys.readouterr().err
+    assert not (tmp_path / "plan").exists()
     status = main(argv)
     out = capsys.readouterr().out
     plan = json.loads((tmp_path / "plan" / "plan.json").read_text())

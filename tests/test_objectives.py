@@ -242,7 +242,7 @@ def test_rmu_on_the_subject_steers_the_question_tokens_that_name_it(model, token
     with pytest.raises(ValueError, match="`subject` column"):
         WagleTrainer(model=model, args=args, forget_dataset=world["forget"], retain_dataset=world["retain"],
                      processing_class=tokenizer)
-    with pytest.raises(ValueError, match="'Nobody' must occur in the question"):
+    with pytest.raises(ValueError, match="row 0: the subject 'Nobody' is not words of its question"):
         WagleTrainer(model=model, args=args, forget_dataset=forget.map(lambda row: {"subject": "Nobody"}),
                      retain_dataset=world["retain"], processing_class=tokenizer)
     trainer = WagleTrainer(model=model, args=args, forget_dataset=forget, retain_dataset=world["retain"],

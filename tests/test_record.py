@@ -115,3 +115,28 @@ def test_a_full_parameter_run_and_its_export_carry_a_checked_record(model, token
     assert not check_record(tmp_path / "exported")
     card = (tmp_path / "exported" / "README.md").read_text()
     assert "## The run" in card and exported["digest"] in card and "grad_diff" in card
+
+
+def test_verify_knows_the_data_of_a_run_that_read_key_tokens_and_subjects(model, tokenizer, world, tmp_path, capsys):
+    """The record's data digest is the rows' own, however the run read them (`forget_tokens="key"`, RMU on each
+    row's subject): `verify --forget` accepts the file the run was given, and names what differs in another."""
+    forget = world["forget"].rename_column("person", "subject")
+    args = small_args(tmp_path, objective="rmu", rmu_positions="subject", rmu_layer=1, rmu_train_layers=[1],
+                      forget_tokens="key", max_steps=1, mask_method="random")
+    from peft import LoraConfig
+
+    trainer = WagleTrainer(model=model, args=args, forget_dataset=forget, retain_dataset=world["retain"],
+                           processing_class=tokenizer,
+                           peft_config=LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    trainer.train()
+    trainer.save_model()
+    folder = str(tmp_path / "out")
+    forget.to_json(tmp_path / "forget.jsonl")
+    assert main(["verify", folder, "--forget", str(tmp_path / "forget.jsonl")]) == 0
+    forget.map(lambda row: {"subject": row["subject"].split()[0]}).to_json(tmp_path / "other_subjects.jsonl")
+    world["forget"].to_json(tmp_path / "no_subjects.jsonl")
+    capsys.readouterr()
+    assert main(["verify", folder, "--forget", str(tmp_path / "other_subjects.jsonl")]) == 1
+    assert "but other subjects than the run read" in capsys.readouterr().out
+    assert main(["verify", folder, "--forget", str(tmp_path / "no_subjects.jsonl")]) == 1
+    assert "has no `subject` column" in capsys.readouterr().out

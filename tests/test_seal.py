@@ -440,7 +440,7 @@ def test_plan_crosses_its_levers_and_says_which_one_decided():
     files = plan_recipes(PlanArguments(retain_files="data/near.jsonl, scenario:country_languages/retain"))
     assert files == [{"retain_file": "data/near.jsonl"}, {"retain_file": "scenario:country_languages/retain"}]
     assert [recipe_name(r) for r in files] == ["retain_data_near", "retain_data_country_languages_retain"]
-    with pytest.raises(ValueError, match="share the folder 'retain_data_near'"):
+    with pytest.raises(ValueError, match="would share the folder 'retain_data_near'"):
         plan_recipes(PlanArguments(retain_files="a/near.jsonl,b/near.jsonl"))
     with pytest.raises(ValueError, match="unknown objective 'nope'"):
         plan_recipes(PlanArguments(objectives="npo,nope"))

@@ -28,8 +28,8 @@ class PlanArguments:
     retain_files: str | None = field(default=None, metadata={
         "help": "comma-separated retain data files (as retain_file: a path, a Hub dataset id or scenario:NAME/SET), "
                 "each tried with every other setting: which retain rows keep the neighbours (default: the config's "
-                "retain_file). Needs a heldout_file (or retain_holdout 0), so every setting is judged on the same "
-                "held-out rows"})
+                "retain_file), each read with the config's retain_config and retain_split. Needs a heldout set "
+                "(or retain_holdout 0), so every setting is judged on the same held-out rows"})
     match: str = field(default="forget", metadata={
         "choices": ["forget", "targets"],
         "help": "where each trial is judged: 'forget', the point where the config's forget target is first met "
@@ -76,9 +76,39 @@ def plan_recipes(plan: PlanArguments) -> list[dict]:
     recipes = [{k: v for part in combo for k, v in part.items()} for combo in itertools.product(*levers)]
     names = [recipe_name(r) for r in recipes]
     if len(set(names)) != len(names):
-        raise ValueError(f"--retain_files: two files would share the folder {max(names, key=names.count)!r}; give "
-                         "files with different names")
+        raise ValueError(f"two plan settings would share the folder {max(names, key=names.count)!r}; give values "
+                         "that differ in it (retain files with different names, learning rates that differ in 6 "
+                         "significant digits)")
     return recipes
+
+
+def check_retain_files(paths: list[str], script, retain_holdout: float) -> None:
+    """Before any trial: every `--retain_files` entry loads (with the config's `retain_config` and `retain_split`) as
+    data training accepts, and shares no question (or text) with the forget data or an evaluation set; and the
+    settings are judged on one held-out set (a `heldout` evaluation set, or `retain_holdout` 0)."""
+    from ..data import dataset_shape
+    from .common import read_eval_sets
+
+    others = {"forget": load_data(script.forget_file, "forget_file", script.forget_config, script.forget_split),
+              **read_eval_sets(script)}
+    if "heldout" not in others and retain_holdout > 0:
+        raise ValueError("--retain_files: without a heldout set each retain file would hold out rows of its own as "
+                         "held-out utility, and the settings could not be compared; set heldout_file in the config "
+                         "(or retain_holdout: 0 with other evaluation sets)")
+
+    def rows(data) -> set:
+        column = next((c for c in ("question", "text") if c in data.column_names), None)
+        return set(data[column]) if column else set()
+
+    for path in dict.fromkeys(paths):
+        data = load_data(path, "retain_files", script.retain_config, script.retain_split)
+        dataset_shape(data, f"--retain_files {path}")
+        for name, other in others.items():
+            shared = rows(data) & rows(other)
+            if shared:
+                must = "forget" if name == "forget" else "be judged on"
+                raise ValueError(f"--retain_files {path} shares {len(shared)} question(s) with the {name} data: a "
+                                 f"setting would train on rows it must {must}; remove them from the file")
 
 
 def recipe_name(recipe: dict) -> str:
@@ -276,13 +306,7 @@ class Plan(Command):
         for recipe in recipes:  # every recipe checked before the first trial
             WagleConfig(**{**given_values(args.training), **{k: v for k, v in recipe.items() if k != "retain_file"}})
         if args.plan.retain_files:
-            if not args.script.heldout_file and args.training.retain_holdout > 0:
-                raise ValueError("--retain_files: without a heldout_file each retain file would hold out rows of its "
-                                 "own as held-out utility, and the settings could not be compared; set heldout_file "
-                                 "in the config (or retain_holdout: 0 with other evaluation sets)")
-            for recipe in recipes:
-                load_data(recipe["retain_file"], "--retain_files", args.script.retain_config,
-                          args.script.retain_split)
+            check_retain_files([r["retain_file"] for r in recipes], args.script, args.training.retain_holdout)
         from .common import read_eval_sets
 
         names = ["forget", *read_eval_sets(args.script)]

@@ -6,8 +6,8 @@ unlearning. NPO/DPO reference log-probs of the forget set are computed once befo
 
 Contract of an objective (one file, like each built-in here): a subclass of `Objective` registered by name, with
 `forget_loss(trainer, model, inputs) -> (loss, logs)` (and `retain_loss` if it brings its own), its data needs
-declared as class attributes (`uses_retain`, `needs_reference`, `needs_refusal`) and its hyperparameters as a
-dataclass (`args=`), read as `self.args`:
+declared as class attributes (`uses_retain`, `needs_reference`, `needs_refusal`, `needs_subjects`) and its
+hyperparameters as a dataclass (`args=`), read as `self.args`:
 
     from dataclasses import dataclass
     from hf_wagle.objectives import Objective, register_objective, sequence_nll
