@@ -99,6 +99,9 @@ SCENARIOS = {
             "dense, key tokens, KL retain x5": ["--mask_method", "none"],
             # the two neighbours that go first ask about a poem and a play; the retain rows name novels' authors
             "grin, key tokens, KL retain x5, retain + plays and poems": ["--retain_file", "{plays_and_poems}"],
+            # the levers measured on country_languages: a stronger retain term; a bounded, more local objective
+            "grin, key tokens, KL retain x20": ["--retain_weight", "20"],
+            "grin, key tokens, max entropy, KL retain x5": ["--objective", "me", "--learning_rate", "1e-3"],
         }),
     "element_symbols": Scenario(
         EXAMPLES / "unlearn_smollm2.yaml", "selectivity_topic", ("forget", "topic", "heldout"), ("topic", "heldout"),
