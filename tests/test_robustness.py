@@ -17,6 +17,7 @@ from hf_wagle.experiments.robustness import (  # noqa: E402
     quantised_model,
     quantised_weight,
     recovery,
+    relearned_model,
     update_survival,
 )
 
@@ -228,6 +229,20 @@ def test_relearning_trains_on_one_half_and_scores_the_other(trained, world):
     assert scores["retain_model_relearn"] == pytest.approx(scores["relearn"], rel=1e-5)
     assert scores["relearn"] > scores["unlearned_held_back"] + 0.01  # a gain to compare: R = 1 is not the no-gain rule
     assert report["openunlearning"]["R"] == pytest.approx(1.0, rel=1e-3) and "nf4" in report["openunlearning"]["why"]
+
+
+def test_a_relearning_curve_from_one_attack_is_each_shorter_attack(trained, world):
+    """`on_step` sees the attack stopped after each step: the weights of a separate attack of k steps, bit for bit."""
+    model, tokenizer = trained
+    data = world["forget"].select(range(6))
+    seen = {}
+    relearned_model(model, tokenizer, data, 3, 1e-3, batch_size=4,
+                    on_step=lambda k, m: seen.update({k: [p.detach().clone() for p in m.parameters()]}))
+    assert sorted(seen) == [1, 2, 3]
+    for k in (1, 3):
+        alone = list(relearned_model(model, tokenizer, data, k, 1e-3, batch_size=4).parameters())
+        assert all(torch.equal(a, b) for a, b in zip(alone, seen[k]))
+    assert not torch.equal(seen[1][0], seen[3][0])
 
 
 def test_audit_command_appends_to_the_record_and_the_card(trained, world, tmp_path, capsys):

@@ -150,15 +150,16 @@ def _audit_warnings(record, base, forget, retain) -> list[str]:
     return out
 
 
-def _models(folder, base):
-    """`(original, unlearned, tokenizer)`: the base, and the run's model (an adapter merged into a copy of it)."""
+def _models(folder, base, loaded: tuple | None = None):
+    """`(original, unlearned, tokenizer)`: the base, and the run's model (an adapter merged into a copy of it).
+    `loaded`: the `(original, tokenizer)` of an earlier call with the same base, not loaded again (left unchanged)."""
     import copy
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    original = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()  # the change kept exactly
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    original, tokenizer = loaded or (  # float32: the change kept exactly
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(base))
     if (folder / "adapter_config.json").exists():
         from peft import PeftModel
 

@@ -244,9 +244,10 @@ def relearn_recoveries(runs, spec: str, seeds: int, base: str, forget, training)
     from ..experiments.robustness import audit
     from .audit import _models
 
-    out = []
-    for seed in range(seeds):
-        original, unlearned, tokenizer = _models(Path(runs) / run_folder(spec, seed), base)
+    out, loaded = [], None
+    for seed in range(seeds):  # the base loaded once: each seed's adapter is merged into a copy of it
+        original, unlearned, tokenizer = _models(Path(runs) / run_folder(spec, seed), base, loaded)
+        loaded = original, tokenizer
         report = audit(original, unlearned, tokenizer, forget, schemes=(), relearn_only=True, answers=False,
                        prompt_template=training.prompt_template, seed=seed, tokens=training.forget_tokens,
                        batch_size=training.per_device_eval_batch_size)

@@ -237,9 +237,10 @@ def barrier(values: list[float], alphas=INTERPOLATION) -> float:
 
 
 def relearned_model(model, tokenizer, data, steps: int, learning_rate: float, batch_size: int = 8,
-                    prompt_template: str | None = None, seed: int = 0):
+                    prompt_template: str | None = None, seed: int = 0, on_step=None):
     """A float32 copy of `model` after `steps` AdamW steps (no weight decay, every weight trainable) of the
-    answer-only NLL on `data`, batches taken in order and cycled."""
+    answer-only NLL on `data`, batches taken in order and cycled. `on_step(k, model)`, when given, is called after
+    step k with the copy in eval mode (the attack stopped after k steps: a relearning curve from one attack)."""
     from ..data import collate, pad_id, tokenize_dataset
     from ..losses import sequence_nll
     from ..options import DEFAULT_PROMPT_TEMPLATE
@@ -259,6 +260,10 @@ def relearned_model(model, tokenizer, data, steps: int, learning_rate: float, ba
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if on_step is not None:
+            with torch.no_grad():
+                on_step(step + 1, out.eval())
+            out.train()
     return out.eval()
 
 
