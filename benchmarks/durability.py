@@ -45,7 +45,7 @@ SCENARIO = "scenario:country_languages"
 STEPS = ["--max_steps", "12", "--target_eval_steps", "6"]
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "unlearn_country_languages.yaml"
 # `--matched`: every recipe stops at the first evaluation (every 2 steps, at most 24) where it answers at most 2 of the
-# 10 forget questions, the example's NPO at step 12 on every seed: recipes compared at the same forgetting, the
+# 10 forget questions, as the example's NPO does at step 6 on every seed: recipes compared at the same forgetting, the
 # neighbour and held-out facts left free (no utility floor) and reported
 MATCHED, MATCHED_MAX_STEPS = "forget_answered <= 0.2", 24
 # On this adapter at the start, the forget NLL at theta + eps falls by 2% for sam_rho 0.01 (the published value, for
@@ -65,6 +65,7 @@ RECIPES = {"npo": [],
                                             "true"],
            "npo + gnp 0.02": ["--forget_perturbation", "gnp", "--sam_rho", "0.1", "--gnp_gamma", "0.02"],
            "npo + averaging from 6": ["--weight_averaging_start", "6"],
+           "npo + averaging from 2": ["--weight_averaging_start", "2"],
            "npo + layered 2": ["--forget_folds", "2"],
            "npo + layered 2: attack the last fold": ["--forget_folds", "2"],
            "npo + layered 2: attack the first fold": ["--forget_folds", "2"]}
