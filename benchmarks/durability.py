@@ -228,15 +228,17 @@ def heldout_answered(run: dict) -> float | None:
     return run["after"].get("heldout_answered")
 
 
-def versus(results: dict, baseline: str = "npo") -> str:
+def versus(results: dict, baseline: str = "npo", matched: bool = False) -> str:
     """Each recipe against `baseline` on the same seeds, as ratios of the means (in brackets the range of the
     per-seed ratios): `given_back`, the audit's probability recovery and held-out answered; and the goal, at most
-    half the baseline's relearning (on both measures) with held-out answered at least 0.95 of its."""
+    half the baseline's relearning (on both measures) with held-out answered at least 0.95 of its. `matched`: only
+    the seeds on which both runs reached the matched forgetting; a recipe that reached it on none is left out."""
     measures = {"given back": given_back, "probability recovery": relearn_recovery,
                 "held-out answered": heldout_answered}
 
     def by_seed(recipe, f):
-        return {r["seed"]: f(r) for r in results.values() if r["recipe"] == recipe and f(r) is not None}
+        return {r["seed"]: f(r) for r in results.values() if r["recipe"] == recipe and f(r) is not None
+                and (r["targets_met"] or not matched)}
 
     rows = ["| recipe | seeds | " + " | ".join(f"{m} / {baseline}'s" for m in measures) + " | goal met |",
             "|---|---|" + "---|" * len(measures) + "---|"]
@@ -283,4 +285,4 @@ if __name__ == "__main__":
         run(work, [int(s) for s in args.seeds.split(",")], [s.strip() for s in args.recipes.split(",")], path,
             tuple(p.strip() for p in args.protocols.split(",") if p.strip()), args.matched)
     results = json.loads(path.read_text())
-    print(table(results), versus(results), sep="\n\n")
+    print(table(results), versus(results, matched=args.matched), sep="\n\n")
