@@ -152,7 +152,7 @@ def relearning_curve(folder: Path, model: str, steps: int = ATTACK_STEPS) -> dic
     2, 3 and 5, and not the original's score ("original")."""
     from hf_wagle.cli.audit import _models
     from hf_wagle.evaluation.measure import measure
-    from hf_wagle.experiments.robustness import relearned_model
+    from hf_wagle.experiments.robustness import relearned_model, relearning_halves
     from hf_wagle.options import DEFAULT_PROMPT_TEMPLATE
     from hf_wagle.real_model import load_scenario
 
@@ -160,7 +160,7 @@ def relearning_curve(folder: Path, model: str, steps: int = ATTACK_STEPS) -> dic
     if not path.exists():
         original, unlearned, tokenizer = _models(folder, model)
         forget = load_scenario("country_languages")["forget"]
-        held, attack = forget.select(range(0, len(forget), 2)), forget.select(range(1, len(forget), 2))
+        held, attack = relearning_halves(forget)
         curve = {}
 
         def score(k, relearned):

@@ -121,9 +121,7 @@ def test_without_stopping_the_best_evaluation_meeting_the_targets_is_restored(mo
     # the best evaluation meeting them all keeps the most of the `>=` targets' metrics, as a mean share of the start
     start, targets = history[0], trainer.evaluation.targets
     assert [str(t) for t in targets[:2]] == args.targets and len(targets) > 2
-    meeting = [h for h in history[1:] if all(
-        h[t.metric] >= t.bound(start[t.metric]) if t.op == ">=" else h[t.metric] <= t.bound(start[t.metric])
-        for t in targets)]
+    meeting = [h for h in history[1:] if all(t.shortfall(h[t.metric], start[t.metric]) == 0 for t in targets)]
     floors = [t.metric for t in targets if t.op == ">=" and start[t.metric] > 0]
     best = max(meeting, key=lambda h: sum(h[m] / start[m] for m in floors) / len(floors))
     assert kept["step"] == best["step"]

@@ -236,6 +236,11 @@ def barrier(values: list[float], alphas=INTERPOLATION) -> float:
     return max(v - ((1 - a) * values[0] + a * values[-1]) for a, v in zip(alphas, values))
 
 
+def relearning_halves(forget):
+    """`(held, attack)`: the relearning attack trains on the odd rows of `forget` and scores the even ones."""
+    return forget.select(range(0, len(forget), 2)), forget.select(range(1, len(forget), 2))
+
+
 def relearned_model(model, tokenizer, data, steps: int, learning_rate: float, batch_size: int = 8,
                     prompt_template: str | None = None, seed: int = 0, on_step=None):
     """A float32 copy of `model` after `steps` AdamW steps (no weight decay, every weight trainable) of the
@@ -434,8 +439,7 @@ def audit(original, unlearned, tokenizer, forget, retain=None, schemes=SCHEMES, 
         stages.step("paraphrased questions")
 
     if relearn_steps != 0:
-        held = forget.select(range(0, len(forget), 2))       # scored
-        attack = forget.select(range(1, len(forget), 2))     # trained on
+        held, attack = relearning_halves(forget)
         attack_protocol = RELEARN_PROTOCOLS[protocol]
         relearn_batch = attack_protocol.batch_size or batch_size
         relearn_lr = attack_protocol.learning_rate if relearn_lr is None else relearn_lr
